@@ -1,0 +1,84 @@
+"""PGD (Madry et al. 2018) on any objective over an ``InputSet``: the falsifier used by tests,
+branch-and-bound and adversarial training.
+
+``pgd_minimize`` minimizes ``objective(x) -> (B,)`` over each set of a batched ``InputSet``
+with signed-gradient steps (L-inf / box) or normalized-gradient steps (L2), random starts,
+and keeps the best point seen. The returned points always lie in the set (projected).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from certify.spec.output import margins
+from certify.spec.sets import InputSet
+
+
+def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: InputSet, steps: int = 20,
+                 restarts: int = 1, step_size: float | None = None, generator: torch.Generator | None = None,
+                 start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best (x, objective(x)) found per batch row: shapes (B, *shape) and (B,).
+
+    ``step_size`` defaults to 2.5 * (set radius) / steps (per feature for boxes). The first
+    restart starts at ``start`` (default: the set's centre), the others uniformly in the set.
+    """
+    lo, hi = input_set.box()
+    lo, hi = lo.detach(), hi.detach()
+    width = (hi - lo)
+    l2 = input_set.norm == "2"
+    if l2:
+        eps = torch.as_tensor(input_set.eps, dtype=lo.dtype).expand(lo.shape[0])
+        alpha = (2.5 * eps / max(steps, 1)).reshape((-1,) + (1,) * (lo.dim() - 1))
+    else:
+        alpha = 2.5 * (width / 2) / max(steps, 1)
+    if step_size is not None:
+        alpha = torch.full_like(alpha, step_size) if torch.is_tensor(alpha) else step_size
+    best_x = input_set.project(((lo + hi) / 2) if start is None else start.detach()).clone()
+    with torch.no_grad():
+        best_v = objective(best_x).detach()
+    for r in range(restarts):
+        if r == 0:
+            x = best_x.clone()
+        else:
+            x = input_set.project(input_set.sample(1, generator)[0])
+        for _ in range(steps):
+            x = x.detach().requires_grad_(True)
+            v = objective(x)
+            (g,) = torch.autograd.grad(v.sum(), x)
+            with torch.no_grad():
+                better = v.detach() < best_v
+                best_v = torch.where(better, v.detach(), best_v)
+                best_x[better] = x.detach()[better]
+                if l2:
+                    gn = g.flatten(1).norm(dim=1).clamp(min=1e-12).reshape((-1,) + (1,) * (g.dim() - 1))
+                    x = x - alpha * g / gn
+                else:
+                    x = x - alpha * g.sign()
+                x = input_set.project(x)
+        with torch.no_grad():
+            v = objective(x)
+            better = v < best_v
+            best_v = torch.where(better, v, best_v)
+            best_x[better] = x[better]
+    return best_x.detach(), best_v.detach()
+
+
+def pgd_margin(forward: Callable[[torch.Tensor], torch.Tensor], input_set: InputSet, C: torch.Tensor,
+               d: torch.Tensor | None = None, per_row: bool = False, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimize the margins ``C @ f(x) + d``.
+
+    ``per_row=False``: minimize the smallest row (a falsifier); returns x (B, *shape), value (B,).
+    ``per_row=True``: attack every row separately; returns x (B, rows, *shape), values (B, rows)
+    (the best attack value of each row: an upper bound on its true minimum).
+    """
+    if not per_row:
+        return pgd_minimize(lambda x: margins(forward(x), C, d).min(dim=1).values, input_set, **kw)
+    xs, vs = [], []
+    for r in range(C.shape[1]):
+        Cr = C[:, r:r + 1]
+        dr = None if d is None else d[:, r:r + 1]
+        x, v = pgd_minimize(lambda x: margins(forward(x), Cr, dr)[:, 0], input_set, **kw)
+        xs.append(x)
+        vs.append(v)
+    return torch.stack(xs, 1), torch.stack(vs, 1)

@@ -1,0 +1,1 @@
+"""The ``certify`` command line: one module per command family, registered in ``main.COMMANDS``."""

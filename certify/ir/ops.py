@@ -1,0 +1,439 @@
+"""The IR's ops: each defined once, with its shape rule and its reference torch semantics.
+
+Conventions
+-----------
+* Shapes are **per sample**: a tuple without the batch dimension. ``forward`` receives
+  tensors of shape ``(B, *shape)``.
+* Parameters are ``torch.Tensor`` attributes. They are referenced, not copied, so a
+  network built from a ``torch.nn.Module`` shares the module's parameters (gradients
+  flow back to the module: certified training relies on it).
+* ``infer_shape`` raises ``IRError`` naming the problem; it is called once when a
+  ``Network`` is built, so bad shapes fail at build time, never later.
+
+Engines keep one rule per op class here, in a dict keyed by the class.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from certify.errors import CertifyError
+
+Shape = tuple[int, ...]
+
+
+class IRError(CertifyError, ValueError):
+    """A network that the IR cannot represent or whose shapes do not fit."""
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise IRError(f"expected an int or a pair, got {v}")
+    return v
+
+
+def _broadcast_into(c: torch.Tensor, shape: Shape, what: str) -> None:
+    """Check that constant ``c`` broadcasts onto per-sample ``shape`` without enlarging it."""
+    try:
+        out = torch.broadcast_shapes(tuple(c.shape), tuple(shape))
+    except RuntimeError as e:
+        raise IRError(f"{what}: constant of shape {tuple(c.shape)} does not broadcast to {shape}") from e
+    if tuple(out) != tuple(shape):
+        raise IRError(f"{what}: constant of shape {tuple(c.shape)} would enlarge {shape} to {tuple(out)}")
+
+
+@dataclass(eq=False)
+class Op:
+    """Base class. ``arity`` is the number of node inputs (``None``: one or more)."""
+
+    arity: ClassVar[int | None] = 1
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The op's parameter tensors by field name (None-valued fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.tensors().values())
+
+    def describe(self) -> str:
+        """A short human-readable description used by ``Network.summary``."""
+        return self.kind
+
+    def map_tensors(self, fn) -> "Op":
+        """A copy of this op with ``fn`` applied to every parameter tensor."""
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
+        return type(self)(**kw)
+
+
+def _same(in_shapes: list[Shape]) -> Shape:
+    return tuple(in_shapes[0])
+
+
+# ----------------------------------------------------------------------------- affine ops
+@dataclass(eq=False)
+class Linear(Op):
+    """y = x @ W.T + b on flat inputs. weight: (out, in); bias: (out,) or None. Input (in,)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if self.weight.dim() != 2:
+            raise IRError(f"Linear weight must be 2-D, got shape {tuple(self.weight.shape)}")
+        if len(s) != 1 or s[0] != self.weight.shape[1]:
+            raise IRError(f"Linear expects input shape ({self.weight.shape[1]},), got {s}")
+        if self.bias is not None and tuple(self.bias.shape) != (self.weight.shape[0],):
+            raise IRError(f"Linear bias shape {tuple(self.bias.shape)} != ({self.weight.shape[0]},)")
+        return (int(self.weight.shape[0]),)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def describe(self):
+        return f"Linear {self.weight.shape[1]}->{self.weight.shape[0]}"
+
+
+@dataclass(eq=False)
+class Conv2d(Op):
+    """2-D convolution. weight: (O, I/groups, kh, kw); input (I, H, W). Symmetric padding."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        self.stride, self.padding, self.dilation = _pair(self.stride), _pair(self.padding), _pair(self.dilation)
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(s) != 3:
+            raise IRError(f"Conv2d expects a (C, H, W) input, got {s}")
+        o, ig, kh, kw = self.weight.shape
+        if s[0] != ig * self.groups:
+            raise IRError(f"Conv2d expects {ig * self.groups} input channels, got {s[0]}")
+        h = (s[1] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        w = (s[2] + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if h <= 0 or w <= 0:
+            raise IRError(f"Conv2d output would be empty for input {s}")
+        return (int(o), int(h), int(w))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def describe(self):
+        o, i, kh, kw = self.weight.shape
+        return f"Conv2d {i * self.groups}->{o} k{kh}x{kw} s{self.stride[0]} p{self.padding[0]}"
+
+
+@dataclass(eq=False)
+class ConstAdd(Op):
+    """y = x + c, with constant c broadcastable onto the input shape (Sub by a constant too)."""
+
+    const: torch.Tensor
+
+    def infer_shape(self, in_shapes):
+        _broadcast_into(self.const, in_shapes[0], "ConstAdd")
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return x + self.const
+
+
+@dataclass(eq=False)
+class ConstMul(Op):
+    """y = x * c, with constant c broadcastable onto the input shape (Div by a constant too)."""
+
+    const: torch.Tensor
+
+    def infer_shape(self, in_shapes):
+        _broadcast_into(self.const, in_shapes[0], "ConstMul")
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return x * self.const
+
+
+@dataclass(eq=False)
+class Add(Op):
+    """y = a + b of two node inputs of equal shape."""
+
+    arity: ClassVar[int] = 2
+
+    def infer_shape(self, in_shapes):
+        a, b = in_shapes
+        if tuple(a) != tuple(b):
+            raise IRError(f"Add needs equal shapes, got {a} and {b}")
+        return tuple(a)
+
+    def forward(self, a, b):
+        return a + b
+
+
+@dataclass(eq=False)
+class Sub(Op):
+    """y = a - b of two node inputs of equal shape."""
+
+    arity: ClassVar[int] = 2
+
+    def infer_shape(self, in_shapes):
+        a, b = in_shapes
+        if tuple(a) != tuple(b):
+            raise IRError(f"Sub needs equal shapes, got {a} and {b}")
+        return tuple(a)
+
+    def forward(self, a, b):
+        return a - b
+
+
+def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(C,) -> (C, 1, ..., 1) for a per-sample tensor of ``ndim`` dims."""
+    return t.reshape((-1,) + (1,) * (ndim - 1))
+
+
+@dataclass(eq=False)
+class BatchNorm(Op):
+    """Eval-mode batch norm over the channel axis (axis 0 of the per-sample shape)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float = 1e-5
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        c = self.mean.numel()
+        if len(s) < 1 or s[0] != c:
+            raise IRError(f"BatchNorm over {c} channels got input shape {s}")
+        return tuple(s)
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) so that y = x * scale + shift. Shapes (C,)."""
+        scale = self.weight / torch.sqrt(self.var + self.eps)
+        return scale, self.bias - self.mean * scale
+
+    def forward(self, x):
+        scale, shift = self.scale_shift()
+        nd = x.dim() - 1
+        return x * _channel_view(scale, nd) + _channel_view(shift, nd)
+
+
+@dataclass(eq=False)
+class Normalize(Op):
+    """Per-channel (x - mean) / std over axis 0 of the per-sample shape."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        c = self.mean.numel()
+        if self.std.numel() != c or len(s) < 1 or s[0] != c:
+            raise IRError(f"Normalize over {c} channels got input shape {s}")
+        if bool((self.std == 0).any()):
+            raise IRError("Normalize std has a zero entry")
+        return tuple(s)
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) so that y = x * scale + shift. Shapes (C,)."""
+        return 1.0 / self.std, -self.mean / self.std
+
+    def forward(self, x):
+        nd = x.dim() - 1
+        return (x - _channel_view(self.mean, nd)) / _channel_view(self.std, nd)
+
+
+@dataclass(eq=False)
+class AvgPool2d(Op):
+    """Average pooling on (C, H, W). Padding counts zeros (count_include_pad=True) unless told."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+    count_include_pad: bool = True
+
+    def __post_init__(self):
+        self.kernel = _pair(self.kernel)
+        self.stride = _pair(self.stride if self.stride is not None else self.kernel)
+        self.padding = _pair(self.padding)
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(s) != 3:
+            raise IRError(f"AvgPool2d expects (C, H, W), got {s}")
+        h = (s[1] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+        w = (s[2] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
+        if h <= 0 or w <= 0:
+            raise IRError(f"AvgPool2d output would be empty for input {s}")
+        return (s[0], int(h), int(w))
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=self.count_include_pad)
+
+    def describe(self):
+        return f"AvgPool2d k{self.kernel[0]} s{self.stride[0]} p{self.padding[0]}"
+
+
+@dataclass(eq=False)
+class MaxPool2d(Op):
+    """Max pooling on (C, H, W); padded positions never win (-inf padding)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        self.kernel = _pair(self.kernel)
+        self.stride = _pair(self.stride if self.stride is not None else self.kernel)
+        self.padding = _pair(self.padding)
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(s) != 3:
+            raise IRError(f"MaxPool2d expects (C, H, W), got {s}")
+        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
+            raise IRError("MaxPool2d padding must be at most half the kernel")
+        h = (s[1] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+        w = (s[2] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
+        if h <= 0 or w <= 0:
+            raise IRError(f"MaxPool2d output would be empty for input {s}")
+        return (s[0], int(h), int(w))
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+    def describe(self):
+        return f"MaxPool2d k{self.kernel[0]} s{self.stride[0]} p{self.padding[0]}"
+
+
+# ----------------------------------------------------------------------------- shape ops
+@dataclass(eq=False)
+class Flatten(Op):
+    """(d1, d2, ...) -> (d1 * d2 * ...,), row-major as torch.flatten(x, 1)."""
+
+    def infer_shape(self, in_shapes):
+        return (int(math.prod(in_shapes[0])),)
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+@dataclass(eq=False)
+class Reshape(Op):
+    """Row-major reshape of the per-sample tensor to ``shape`` (no batch dim, no -1)."""
+
+    shape: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        self.shape = tuple(int(d) for d in self.shape)
+
+    def infer_shape(self, in_shapes):
+        if math.prod(self.shape) != math.prod(in_shapes[0]) or any(d <= 0 for d in self.shape):
+            raise IRError(f"Reshape cannot turn {in_shapes[0]} into {self.shape}")
+        return self.shape
+
+    def forward(self, x):
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def describe(self):
+        return f"Reshape {self.shape}"
+
+
+@dataclass(eq=False)
+class Concat(Op):
+    """Concatenation of one or more inputs along per-sample ``axis`` (0 = first non-batch dim)."""
+
+    arity: ClassVar[None] = None
+    axis: int = 0
+
+    def infer_shape(self, in_shapes):
+        first = in_shapes[0]
+        ax = self.axis
+        if not 0 <= ax < len(first):
+            raise IRError(f"Concat axis {ax} out of range for shape {first}")
+        for s in in_shapes[1:]:
+            if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != ax):
+                raise IRError(f"Concat along axis {ax}: shapes {first} and {s} do not fit")
+        out = list(first)
+        out[ax] = sum(s[ax] for s in in_shapes)
+        return tuple(out)
+
+    def forward(self, *xs):
+        return torch.cat(xs, dim=self.axis + 1)
+
+
+@dataclass(eq=False)
+class Identity(Op):
+    """y = x."""
+
+    def infer_shape(self, in_shapes):
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return x
+
+
+# ----------------------------------------------------------------------------- activations
+@dataclass(eq=False)
+class ReLU(Op):
+    """y = max(x, 0)."""
+
+    def infer_shape(self, in_shapes):
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+@dataclass(eq=False)
+class Sigmoid(Op):
+    """y = 1 / (1 + exp(-x))."""
+
+    def infer_shape(self, in_shapes):
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+@dataclass(eq=False)
+class Tanh(Op):
+    """y = tanh(x)."""
+
+    def infer_shape(self, in_shapes):
+        return _same(in_shapes)
+
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+ALL_OPS: tuple[type[Op], ...] = (
+    Linear, Conv2d, ConstAdd, ConstMul, Add, Sub, BatchNorm, Normalize, AvgPool2d, MaxPool2d,
+    Flatten, Reshape, Concat, Identity, ReLU, Sigmoid, Tanh,
+)
+ACTIVATIONS: tuple[type[Op], ...] = (ReLU, Sigmoid, Tanh)

@@ -1,0 +1,178 @@
+"""Input sets, batched: an L-inf ball, an L2 ball (each optionally clipped to a data domain such
+as [0, 1]) and a box. Every set holds ``B`` independent sets, one per batch row.
+
+Shapes: ``center``/``lower``/``upper`` are (B, *input_shape); ``eps`` is a float or a (B,)
+tensor. ``box()`` returns the tightest per-feature interval (B, *input_shape) containing the set
+(for the clipped L2 ball this is a superset: engines that use the dual norm treat the L2 ball
+itself, which contains the clipped one, so they stay sound).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from certify.errors import CertifyError
+
+Domain = tuple[float, float] | None
+
+
+def _eps_view(eps, center: torch.Tensor) -> torch.Tensor:
+    e = torch.as_tensor(eps, dtype=center.dtype, device=center.device)
+    if e.dim() == 0:
+        e = e.expand(center.shape[0])
+    if e.shape != (center.shape[0],):
+        raise CertifyError(f"eps must be a float or have shape ({center.shape[0]},), got {tuple(e.shape)}")
+    if bool((e < 0).any()):
+        raise CertifyError("eps must be non-negative")
+    return e.reshape((-1,) + (1,) * (center.dim() - 1))
+
+
+class InputSet:
+    """Base class. ``norm`` is 'inf', '2' or 'box'."""
+
+    norm: str
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Euclidean-style projection of ``x`` (B, *shape) back into the set (used by PGD)."""
+        raise NotImplementedError
+
+    def contains(self, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+        """(B,) bool: does row b of ``x`` lie in set b (up to ``tol``)?"""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` points of each set, shape (n, B, *shape) (uniform for boxes; inside for balls)."""
+        raise NotImplementedError
+
+    @property
+    def batch(self) -> int:
+        return self.box()[0].shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.box()[0].shape[1:])
+
+
+@dataclass
+class Box(InputSet):
+    """Per-feature interval [lower, upper]; shapes (B, *input_shape)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    norm: str = "box"
+
+    def __post_init__(self):
+        if self.lower.shape != self.upper.shape:
+            raise CertifyError(f"box bounds have different shapes {tuple(self.lower.shape)} and {tuple(self.upper.shape)}")
+        if bool((self.lower > self.upper).any()):
+            raise CertifyError("box has a lower bound above its upper bound")
+
+    def box(self):
+        return self.lower, self.upper
+
+    def center(self) -> torch.Tensor:
+        return (self.lower + self.upper) / 2
+
+    def project(self, x):
+        return torch.maximum(torch.minimum(x, self.upper), self.lower)
+
+    def contains(self, x, tol=1e-6):
+        ok = (x >= self.lower - tol) & (x <= self.upper + tol)
+        return ok.flatten(1).all(1)
+
+    def sample(self, n, generator=None):
+        u = torch.rand((n,) + tuple(self.lower.shape), generator=generator, dtype=self.lower.dtype)
+        return self.lower + u * (self.upper - self.lower)
+
+
+@dataclass
+class LinfBall(InputSet):
+    """{x : ||x - center||_inf <= eps} intersected with the domain box (if given)."""
+
+    center: torch.Tensor
+    eps: object
+    domain: Domain = None
+    norm: str = "inf"
+
+    def box(self):
+        e = _eps_view(self.eps, self.center)
+        lo, hi = self.center - e, self.center + e
+        if self.domain is not None:
+            lo, hi = lo.clamp(min=self.domain[0]), hi.clamp(max=self.domain[1])
+        return lo, torch.maximum(hi, lo)
+
+    def as_box(self) -> Box:
+        return Box(*self.box())
+
+    def project(self, x):
+        lo, hi = self.box()
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def contains(self, x, tol=1e-6):
+        return self.as_box().contains(x, tol)
+
+    def sample(self, n, generator=None):
+        return self.as_box().sample(n, generator)
+
+
+@dataclass
+class L2Ball(InputSet):
+    """{x : ||x - center||_2 <= eps} (norm over all features of a sample), intersected with the
+    domain box (if given)."""
+
+    center: torch.Tensor
+    eps: object
+    domain: Domain = None
+    norm: str = "2"
+
+    def box(self):
+        e = _eps_view(self.eps, self.center)
+        lo, hi = self.center - e, self.center + e
+        if self.domain is not None:
+            lo, hi = lo.clamp(min=self.domain[0]), hi.clamp(max=self.domain[1])
+        return lo, torch.maximum(hi, lo)
+
+    def project(self, x):
+        # Alternating projections onto ball and domain converge to a point of the intersection;
+        # a few rounds suffice for PGD, and ``contains`` checks the result.
+        e = _eps_view(self.eps, self.center)
+        for _ in range(10 if self.domain is not None else 1):
+            d = x - self.center
+            n = d.flatten(1).norm(dim=1).reshape(e.shape).clamp(min=1e-12)
+            x = self.center + d * torch.clamp(e / n, max=1.0)
+            if self.domain is not None:
+                x = x.clamp(self.domain[0], self.domain[1])
+        return x
+
+    def contains(self, x, tol=1e-6):
+        e = _eps_view(self.eps, self.center).flatten()
+        ok = (x - self.center).flatten(1).norm(dim=1) <= e + tol
+        if self.domain is not None:
+            ok &= ((x >= self.domain[0] - tol) & (x <= self.domain[1] + tol)).flatten(1).all(1)
+        return ok
+
+    def sample(self, n, generator=None):
+        shape = (n,) + tuple(self.center.shape)
+        g = torch.randn(shape, generator=generator, dtype=self.center.dtype)
+        g = g / g.flatten(2).norm(dim=2).reshape(shape[:2] + (1,) * (len(shape) - 2)).clamp(min=1e-12)
+        d = self.center[0].numel()
+        r = torch.rand(shape[:2], generator=generator, dtype=self.center.dtype) ** (1.0 / d)
+        e = _eps_view(self.eps, self.center).unsqueeze(0)
+        pts = self.center.unsqueeze(0) + g * r.reshape(shape[:2] + (1,) * (len(shape) - 2)) * e
+        if self.domain is not None:
+            pts = torch.stack([self.project(p) for p in pts])
+        return pts
+
+
+def ball(center: torch.Tensor, eps, norm: str | int | float = "inf", domain: Domain = (0.0, 1.0)) -> InputSet:
+    """The L-inf (``norm='inf'``) or L2 (``norm=2``) ball around a batch ``center``, clipped to ``domain``."""
+    n = str(norm).lower()
+    if n in ("inf", "linf", "float('inf')"):
+        return LinfBall(center, eps, domain)
+    if n in ("2", "2.0", "l2"):
+        return L2Ball(center, eps, domain)
+    raise CertifyError(f"unsupported norm {norm!r}: use 'inf' or 2")
