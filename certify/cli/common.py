@@ -1,0 +1,95 @@
+"""Helpers shared by the commands: model and data loading, output-file flags, progress bars."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+import torch
+
+from certify.errors import CertifyError
+
+T = TypeVar("T")
+
+MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled model name "
+              "(digits-mlp, digits-cnn)")
+
+
+def load_model(path_or_name: str):
+    """The IR ``Network`` of a model file or bundled model name."""
+    from certify.models import BUNDLED, load_bundled, load_network
+    if path_or_name in BUNDLED:
+        return load_bundled(path_or_name)
+    p = Path(path_or_name)
+    if not p.exists():
+        raise CertifyError(f"model file {path_or_name} does not exist (bundled models: {', '.join(BUNDLED)})")
+    if p.is_dir():
+        raise CertifyError(f"model path {path_or_name} is a directory, not a model file")
+    name = p.name.lower()
+    if name.endswith(".onnx") or name.endswith(".onnx.gz"):
+        from certify.frontends.onnx import load
+        return load(str(p))
+    if name.endswith(".pt") or name.endswith(".pth"):
+        return load_network(str(p))
+    raise CertifyError(f"{path_or_name}: unknown model format (expected .onnx, .onnx.gz or a certify .pt checkpoint)")
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+
+
+def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits",
+                   help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
+                        "(default: digits)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
+    g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
+    g.add_argument("--n", "--max", dest="n", type=int, default=default_n,
+                   help=f"number of inputs to evaluate (default: {default_n})")
+    g.add_argument("--skip", type=int, default=1, help="take every SKIP-th input (default: 1)")
+    g.add_argument("--start", type=int, default=0, help="index of the first input (default: 0)")
+
+
+def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(indices into the split, images (N, C, H, W), labels (N,)) as selected by the data flags."""
+    from certify.data import load_dataset
+    for flag in ("n", "skip"):
+        if getattr(args, flag) < 1:
+            raise CertifyError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.start < 0:
+        raise CertifyError(f"--start must be >= 0, got {args.start}")
+    x, y = load_dataset(args.data, args.split, args.data_dir)
+    idx = list(range(args.start, len(x), args.skip))[: args.n]
+    if not idx:
+        raise CertifyError(f"no inputs selected: {args.data} has {len(x)} {args.split} images, --start {args.start}")
+    sel = torch.tensor(idx)
+    return idx, x[sel], y[sel]
+
+
+def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
+    """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
+    want = tuple(net.input_shape)
+    if tuple(x.shape[1:]) == want:
+        return x
+    if x[0].numel() == torch.Size(want).numel():
+        return x.reshape((x.shape[0],) + want)
+    raise CertifyError(f"data {data_name} has samples of shape {tuple(x.shape[1:])} but model {net.name} expects "
+                       f"input shape {want}")
+
+
+def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=default, help="JSON-lines result file, one record per input"
+                   + (f" (default: {default})" if default else ""))
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run: keep the records in --out "
+                   "and skip their inputs")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterable[T]:
+    """A tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
