@@ -286,6 +286,8 @@ class AvgPool2d(Op):
         (s,) = in_shapes
         if len(s) != 3:
             raise IRError(f"AvgPool2d expects (C, H, W), got {s}")
+        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
+            raise IRError("AvgPool2d padding must be at most half the kernel")
         h = (s[1] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
         w = (s[2] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
         if h <= 0 or w <= 0:
