@@ -13,7 +13,9 @@ from certify.cli.common import load_model
 from certify.data import load_dataset
 
 # Each engine contributes one function (net, X, y) -> list[str].
-SECTIONS: list[str] = []
+SECTIONS: list[str] = [
+    "certify.cli.smooth:demo_section",
+]
 
 
 def register(sub) -> None:

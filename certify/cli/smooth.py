@@ -1,0 +1,230 @@
+"""``certify smooth`` (randomized-smoothing certification of a data set, one record per input) and
+``certify curve`` (certified-accuracy tables, ACR, CSV and PNG from result files).
+
+Threads: the CLI keeps ``OMP_WAIT_POLICY=PASSIVE`` (set in ``certify.cli.main``): with the
+default ACTIVE policy, idle OpenMP workers spin and a loaded 2-core machine collapses; passive
+waiting costs nothing measurable on a quiet one. ``--threads`` sets torch's intra-op threads.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from certify.errors import CertifyError
+
+SMOOTH_HELP = """\
+Certify every selected input with randomized smoothing (Cohen, Rosenfeld & Kolter 2019):
+n0 noise samples select the top class, n fresh samples lower-bound its probability pA with a
+one-sided Clopper-Pearson bound at level 1 - alpha; the smoothed classifier abstains when that
+bound is below 1/2, else the certified radius is the noise family's formula (Gaussian: L2 radius
+sigma * Phi^-1(pA); laplace/uniform: L1). Each answer is wrong with probability at most alpha.
+
+Writes one JSON-lines record per input (engine 'smoothing', method = the noise, radius, verdict
+certified / abstain / misclassified, evidence: pa_lower, counts, sigma, n, n0, alpha). An
+interrupted run resumes with --resume (inputs already in --out are skipped; each input's noise
+is seeded by --seed and its index, so resumed answers equal uninterrupted ones).
+
+example: certify smooth model.onnx --data mnist --sigma 0.25 --n 100000 --skip 20 --max 500 --out r.jsonl
+"""
+
+CURVE_HELP = """\
+Certified accuracy vs radius of one or more result files (our JSON lines, or Cohen et al.'s
+tab-separated 'idx label predict radius correct time'): a table (best value per radius marked),
+the average certified radius (ACR), a CSV and a PNG plot with one line per file.
+An input counts at radius r when it is correctly classified with certified radius >= r.
+"""
+
+
+def register(sub) -> None:
+    from certify.cli.common import MODEL_HELP
+
+    p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
+                       description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits",
+                   help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
+                        "(default: digits)")
+    g.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $CERTIFY_DATA)")
+    g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
+    g.add_argument("--max", dest="max_inputs", type=int, default=500,
+                   help="number of inputs to certify (default: 500)")
+    g.add_argument("--skip", type=int, default=1, help="take every SKIP-th input (Cohen: 20 on MNIST; default 1)")
+    g.add_argument("--start", type=int, default=0, help="index of the first input (default: 0)")
+    s = p.add_argument_group("smoothing")
+    s.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"],
+                   help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
+    s.add_argument("--sigma", type=float, default=0.25,
+                   help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
+    s.add_argument("--n", dest="n_samples", type=int, default=100_000,
+                   help="Monte-Carlo samples for the estimate of pA (default: 100000)")
+    s.add_argument("--n0", type=int, default=100, help="samples to select the top class (default: 100)")
+    s.add_argument("--alpha", type=float, default=0.001,
+                   help="failure probability of each certificate (default: 0.001)")
+    s.add_argument("--batch", type=int, default=1000, help="noise samples per forward pass (default: 1000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; input i uses seed*1000003+i (default: 0)")
+    s.add_argument("--pushforward", default="auto", choices=["auto", "on", "off"],
+                   help="sample Gaussian noise after a first Linear layer (exact in distribution, faster for "
+                        "MLPs): auto = when it applies (default)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, help="JSON-lines result file, one record per input (default: print only)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep the records in --out and skip their inputs")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    o.add_argument("--format", default="jsonl", choices=["jsonl", "cohen"],
+                   help="cohen: also write Cohen et al.'s tab-separated file (idx label predict radius correct "
+                        "time) next to --out, with extension .tsv (default: jsonl only)")
+    p.set_defaults(func=run_smooth)
+
+    c = sub.add_parser("curve", help="certified-accuracy table, ACR, CSV and PNG from result files",
+                       description=CURVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("files", metavar="FILE", nargs="+", help="result files (JSON lines or Cohen's format)")
+    c.add_argument("--radii", type=float, nargs="+", default=None,
+                   help="radii for the table (default: 0 to the largest radius in round steps)")
+    c.add_argument("--step", type=float, default=None, help="radius step of the default radii")
+    c.add_argument("--format", default="text", choices=["text", "markdown", "latex", "all"],
+                   help="table format (default: text)")
+    c.add_argument("--out", default=None, help="PNG plot to write (default: none)")
+    c.add_argument("--csv", default=None, help="CSV to write (default: the --out path with .csv, if --out)")
+    c.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
+    c.add_argument("--title", default=None, help="plot title")
+    c.add_argument("--overwrite", action="store_true", help="replace existing PNG/CSV files")
+    c.set_defaults(func=run_curve)
+
+
+def input_seed(seed: int, idx: int) -> int:
+    """The per-input seed: reproducible and independent of which inputs ran before."""
+    return (int(seed) * 1_000_003 + int(idx)) % (2 ** 63)
+
+
+def verdict_of(prediction: int, label: int | None, radius: float) -> str:
+    if prediction == -1:
+        return "abstain"
+    if label is not None and prediction != label:
+        return "misclassified"
+    return "certified" if radius > 0 else "not_certified"
+
+
+def make_record(idx: int, label, result, seconds: float):
+    from certify.report.records import Record
+    ev = result.evidence()
+    ev["radius_inf"] = result.radius_in("inf")
+    return Record(idx=int(idx), label=None if label is None else int(label), predict=int(result.prediction),
+                  engine="smoothing", method=result.noise, verdict=verdict_of(result.prediction, label, result.radius),
+                  norm=result.norm, eps=None, radius=float(result.radius), seconds=float(seconds), evidence=ev)
+
+
+def _check_free(path: str, overwrite: bool, what: str) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise CertifyError(f"{what} {path} exists; pass --overwrite to replace it")
+
+
+def run_smooth(args) -> int:
+    from certify.cli.common import check_input_shape, load_data, load_model, progress
+    from certify.report.curve import default_radii, format_table, from_records, write_cohen
+    from certify.report.records import ResultWriter
+    from smoothing import Smooth
+
+    for flag, v in (("--max", args.max_inputs), ("--n", args.n_samples), ("--n0", args.n0), ("--batch", args.batch)):
+        if v < 1:
+            raise CertifyError(f"{flag} must be at least 1, got {v}")
+    if not 0 < args.alpha < 0.5:
+        raise CertifyError(f"--alpha must be in (0, 0.5), got {args.alpha}")
+    if args.format == "cohen" and not args.out:
+        raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
+    net = load_model(args.model)
+    if len(net.output_shape) != 1:
+        raise CertifyError(f"model {net.name} has output shape {net.output_shape}; smoothing needs class logits (K,)")
+    data_args = argparse.Namespace(data=args.data, data_dir=args.data_dir, split=args.split, n=args.max_inputs,
+                                   skip=args.skip, start=args.start)
+    idx, X, y = load_data(data_args)
+    X = check_input_shape(net, X, args.data)
+    push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
+    smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
+                    batch=args.batch, pushforward=push)
+
+    writer = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite) if args.out else None
+    cohen = None
+    if writer is not None and args.format == "cohen":
+        cohen = os.path.splitext(args.out)[0] + ".tsv"
+        if not args.resume:
+            _check_free(cohen, args.overwrite, "Cohen-format file")
+        write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
+    records = list(writer.done.values()) if writer else []
+    todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
+    if writer is not None and len(todo) < len(idx):
+        print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
+    try:
+        for k in progress(todo, total=len(todo), desc="smooth"):
+            t0 = time.perf_counter()
+            res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
+                                 seed=input_seed(args.seed, idx[k]))
+            rec = make_record(idx[k], int(y[k]), res, time.perf_counter() - t0)
+            records.append(rec)
+            if writer is not None:
+                writer.write(rec)
+                if cohen:
+                    write_cohen(cohen, [rec], append=True)
+            else:
+                print(f"{rec.idx}\tlabel {rec.label}\tpredict {rec.predict}\tradius {rec.radius:.3f}\t"
+                      f"pA>={res.pa_lower:.4f}\t{rec.seconds:.2f}s")
+    finally:
+        if writer is not None:
+            writer.close()
+    sel = set(idx)
+    res = from_records([r for r in records if r.idx in sel], args.out or "smooth")
+    print(f"\n{args.noise} sigma={args.sigma} n={args.n_samples} alpha={args.alpha}: {len(res)} inputs"
+          + (f", written to {args.out}" + (f" and {cohen}" if cohen else "") if args.out else ""))
+    print(format_table([res], default_radii([res])))
+    return 0
+
+
+def run_curve(args) -> int:
+    from certify.report.curve import default_radii, format_table, load_results, plot, write_csv
+
+    results = [load_results(f) for f in args.files]
+    names = [r.name for r in results]
+    for r in results:  # same base name from different folders: keep the labels apart
+        if names.count(r.name) > 1:
+            r.name = os.path.relpath(args.files[results.index(r)])
+    if args.step is not None and args.step <= 0:
+        raise CertifyError(f"--step must be positive, got {args.step}")
+    radii = args.radii if args.radii else default_radii(results, args.step)
+    if any(r < 0 for r in radii):
+        raise CertifyError(f"--radii must be >= 0, got {radii}")
+    fmts = ["text", "markdown", "latex"] if args.format == "all" else [args.format]
+    for f in fmts:
+        print(format_table(results, radii, f))
+        print()
+    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
+    for path, what in ((args.out, "plot"), (csv_path, "CSV file")):
+        if path:
+            _check_free(path, args.overwrite, what)
+    if csv_path:
+        write_csv(csv_path, results, radii)
+        print(f"wrote {csv_path}")
+    if args.out:
+        plot(args.out, results, args.max_radius, args.title)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def demo_section(net, X, y) -> list[str]:
+    """Smoothing certificates (Gaussian, sigma 0.25, n0=100, n=2000, alpha=0.001) of up to 10 inputs."""
+    from smoothing import Smooth
+
+    X, y = X[:10], y[:10]
+    smooth = Smooth(net, net.output_shape[0], noise="gaussian", sigma=0.25, seed=0, batch=2100)
+    lines = ["randomized smoothing (Cohen et al.): Gaussian sigma=0.25, n0=100, n=2000, alpha=0.001, "
+             "L2 radius with probability >= 0.999"]
+    lines.append("  idx  label  predict  pA_lower  L2 radius  Linf radius (=L2/sqrt(d))")
+    cert = 0
+    for i in range(len(X)):
+        r = smooth.certify(X[i].reshape(net.input_shape), n0=100, n=2000, alpha=0.001, seed=input_seed(0, i))
+        ok = r.prediction == int(y[i])
+        cert += ok and r.radius > 0
+        pred = "abstain" if r.abstained else str(r.prediction)
+        lines.append(f"  {i:3d}  {int(y[i]):5d}  {pred:>7s}  {r.pa_lower:8.4f}  {r.radius:9.3f}  {r.radius_in('inf'):11.4f}")
+    lines.append(f"  certified (correct, radius > 0): {cert}/{len(X)}")
+    return lines
