@@ -1,0 +1,121 @@
+"""alpha-CROWN (Xu et al. 2021): CROWN with optimized ReLU lower slopes.
+
+Every unstable ReLU gets a lower-relaxation slope in [0, 1], separately for every bound it
+feeds (auto_LiRPA's per-start-node alphas): for each pre-activation node S bounded by CROWN
+and for the output spec, one tensor per ReLU below S, of shape (B, rows of S, *relu shape)
+(rows = lower rows then upper rows), or only each row's receptive-field window of it when the
+rows of S run in patches mode (as auto_LiRPA's patches alphas). The slopes start at CROWN's adaptive choice (so the
+first iterate is exactly CROWN) and are optimized with Adam (learning rate decayed by 0.98
+per step) on the gradient of the bound; intermediate bounds are recomputed with their own
+slopes at every iteration (not intersected with CROWN's: that would block their gradient),
+so the final bound benefits from tighter intermediate layers. Every iterate is sound, so the best value seen per row (and per
+intermediate neuron) is kept: the result is never looser than CROWN's.
+
+Sigmoid / Tanh / MaxPool keep their fixed CROWN relaxations. The result is detached from the
+network parameters (the optimization runs on a detached copy of the network).
+"""
+from __future__ import annotations
+
+import torch
+
+from certify.ir import ops as O
+from certify.ir.network import Network
+from certify.spec.sets import InputSet
+from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds.ibp import Interval
+from bounds.relaxations import relu_adaptive_slope, relu_unstable
+
+
+class _Adam:
+    """Adam (Kingma & Ba) with a per-step learning-rate decay and projection onto [0, 1].
+    (torch.optim would do; importing it costs seconds of start-up time.)"""
+
+    def __init__(self, params, lr, decay, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.decay, self.b1, self.b2, self.eps = params, lr, decay, betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps)).clamp_(0.0, 1.0)
+        self.lr *= self.decay
+
+
+class _Slopes:
+    """The alpha variables, created on first use: for the rows of one backward pass (key =
+    the node being bounded and the chunk of rows) and one ReLU with unstable neurons, a
+    tensor (B, rows, *shape), or per-row windows (B, rows, C, Ph, Pw) when that pass runs in
+    patches mode (bounds/patches.py), initialized to CROWN's adaptive slopes."""
+
+    def __init__(self, net: Network, vals0: dict[str, Interval]):
+        self.init = {}
+        for n in net.nodes:
+            if isinstance(n.op, O.ReLU):
+                lo, hi = vals0[n.inputs[0]]
+                if bool(relu_unstable(lo, hi).any()):
+                    self.init[n.name] = relu_adaptive_slope(lo, hi)
+        self.params: dict = {}
+        self.creating = True
+
+    def __call__(self, key, node: str, rows: int, window=None):
+        p = self.params.get((key, node))
+        if p is not None or node not in self.init or not self.creating:
+            return p
+        a0 = self.init[node]
+        if window is not None:
+            p = window(a0).clone()
+        else:
+            p = a0.unsqueeze(1).expand((a0.shape[0], rows) + tuple(a0.shape[1:])).clone()
+        p.requires_grad_(True)
+        self.params[(key, node)] = p
+        return p
+
+
+def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
+                splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
+                optimize_intermediate: bool = False, decay: float = 0.98):
+    """Optimized bounds of ``C @ y + d``: (lower (B, rows), upper (B, rows), intermediate dict).
+
+    ``optimize_intermediate=True`` adds the widths of every pre-activation bound to the
+    objective (used by ``intermediate_bounds(method='alpha')``); otherwise only the final
+    bound is optimized (the intermediate slopes still follow its gradient)."""
+    net = net.detach()
+    rows: dict = {}
+    vals0 = propagate(net, input_set, "crown", splits, record_rows=rows)
+    vals0 = {k: (v[0].detach(), v[1].detach()) for k, v in vals0.items()}
+    lo0, hi0 = crown_spec(net, vals0, input_set, C, d, upper)
+    best_lo, best_hi = lo0.detach(), hi0.detach()
+    pre = preactivation_nodes(net)
+    best_pre = {k: vals0[k] for k in pre}
+    slopes = _Slopes(net, vals0)
+    if not slopes.init or iterations <= 0:
+        return best_lo, best_hi, best_pre
+    adam = None
+    for it in range(iterations):
+        vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=rows)
+        lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes)
+        slopes.creating = False
+        loss = -lo.sum() + (hi.sum() if upper else 0.0)
+        with torch.no_grad():
+            best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
+            for k in pre:
+                best_pre[k] = (torch.maximum(best_pre[k][0], vals[k][0]), torch.minimum(best_pre[k][1], vals[k][1]))
+        if optimize_intermediate:
+            loss = loss + sum((vals[k][1] - vals[k][0]).sum() for k in pre)
+        params = list(slopes.params.values())
+        if it == iterations - 1 or not params or not loss.requires_grad:
+            break
+        adam = adam or _Adam(params, lr, decay)
+        adam.step(torch.autograd.grad(loss, params, allow_unused=True))
+    with torch.no_grad():       # one more pass: the last slopes on the best bounds of every layer
+        lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, slopes)
+        best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
+    return best_lo, best_hi, best_pre

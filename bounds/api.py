@@ -1,0 +1,168 @@
+"""The public calls: ``ibp``, ``crown``, ``alpha`` (network or torch module + centre + eps),
+``compute_bounds`` (network + input set) and ``intermediate_bounds``.
+
+Shapes: ``x`` (B, *input_shape); ``C`` (B, rows, n_outputs) (a 2-D (rows, n_outputs) is used
+for every batch element); ``d`` (B, rows) or (rows,); results ``Bounds`` with ``.lower`` and
+``.upper`` of shape (B, rows), or (B, n_outputs) without a spec. ``domain`` clips the ball
+(None: no clipping); ``input_set`` (a ``certify.spec`` set) replaces x / eps / norm / domain.
+``splits``: {relu node name: int8 tensor (B, *pre-activation shape)}, +1 = the pre-activation
+is >= 0 (active), -1 = <= 0 (inactive), 0 = free; the bounds are then sound on that
+sub-domain (on an empty sub-domain they are vacuous).
+
+Bounds of ``ibp`` and ``crown`` are differentiable w.r.t. the network parameters; ``alpha``
+returns detached bounds.
+"""
+from __future__ import annotations
+
+import torch
+
+from certify.errors import CertifyError
+from certify.ir import ops as O
+from certify.ir.network import Network
+from certify.spec.sets import InputSet, ball
+from bounds.alpha import alpha_crown
+from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds.ibp import ibp_spec, interval_spec
+from bounds.result import Bounds
+
+METHODS = ("ibp", "crown", "crown-ibp", "alpha")
+
+
+def as_network(net_or_module, input_shape) -> Network:
+    """A ``Network`` as is, or a ``torch.nn.Module`` traced by the torch front end."""
+    if isinstance(net_or_module, Network):
+        return net_or_module
+    if isinstance(net_or_module, torch.nn.Module):
+        from certify.frontends.torch import from_module
+        return from_module(net_or_module, tuple(input_shape))
+    raise CertifyError(f"expected a certify Network or a torch.nn.Module, got {type(net_or_module).__name__}")
+
+
+def _input_set(net: Network, x, eps, norm, domain, input_set) -> InputSet:
+    if input_set is not None:
+        return input_set
+    if x is None:
+        raise CertifyError("give either x (with eps and norm) or input_set")
+    x = torch.as_tensor(x, dtype=net.dtype)
+    if tuple(x.shape[1:]) != net.input_shape:
+        raise CertifyError(f"x has shape {tuple(x.shape)}; {net.name} takes (batch, "
+                           f"{', '.join(map(str, net.input_shape))})")
+    return ball(x, eps, norm, domain)
+
+
+def _spec(net: Network, C, d, B: int, dtype):
+    if C is None:
+        if d is not None:
+            raise CertifyError("d given without C")
+        return None, None
+    C = torch.as_tensor(C, dtype=dtype)
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(B, -1, -1)
+    if C.dim() != 3 or C.shape[0] != B or C.shape[2] != net.output_size:
+        raise CertifyError(f"C must have shape (batch={B}, rows, outputs={net.output_size}), got {tuple(C.shape)}")
+    if d is not None:
+        d = torch.as_tensor(d, dtype=dtype)
+        if d.dim() == 1:
+            d = d.unsqueeze(0).expand(B, -1)
+        if tuple(d.shape) != (B, C.shape[1]):
+            raise CertifyError(f"d must have shape ({B}, {C.shape[1]}), got {tuple(d.shape)}")
+    return C, d
+
+
+def _prepare(net_or_module, x, eps, norm, domain, input_set, C, d):
+    shape = (tuple(input_set.shape) if input_set is not None else tuple(torch.as_tensor(x).shape[1:]))
+    net = as_network(net_or_module, shape)
+    s = _input_set(net, x, eps, norm, domain, input_set)
+    lo, _ = s.box()
+    if tuple(lo.shape[1:]) != net.input_shape:
+        raise CertifyError(f"input set of shape {tuple(lo.shape)} does not fit {net.name}'s input {net.input_shape}")
+    C, d = _spec(net, C, d, lo.shape[0], lo.dtype)
+    return net, s, C, d
+
+
+def _ibp_bounds(net: Network, s: InputSet, C, d, splits) -> Bounds:
+    vals = propagate(net, s, "ibp", splits)
+    out = net.node(net.output)
+    if C is None:
+        lo, hi = vals[net.output]
+        return Bounds(lo.flatten(1), hi.flatten(1))
+    if isinstance(out.op, O.Linear):
+        return Bounds(*ibp_spec(out.op, vals[out.inputs[0]], C, d))
+    return Bounds(*interval_spec(vals[net.output], C, d))
+
+
+def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: str = "crown", splits=None,
+                   **opts) -> Bounds:
+    """Bounds of ``C @ y + d`` (or of the outputs) over ``input_set`` (B sets) by ``method``.
+
+    Options: ``upper`` (default True; False skips the upper bounds of CROWN/alpha, left +inf),
+    alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp')."""
+    method = method.lower()
+    if method not in METHODS:
+        raise CertifyError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+    net, s, C, d = _prepare(net, None, None, None, None, input_set, C, d)
+    upper = bool(opts.pop("upper", True))
+    if method == "ibp":
+        _no_opts(opts, method)
+        return _ibp_bounds(net, s, C, d, splits)
+    if method in ("crown", "crown-ibp"):
+        inter = "ibp" if method == "crown-ibp" else opts.pop("intermediate", "crown")
+        _no_opts(opts, method)
+        vals = propagate(net, s, inter, splits)
+        return Bounds(*crown_spec(net, vals, s, C, d, upper))
+    iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))
+    _no_opts(opts, method)
+    lo, hi, _ = alpha_crown(net, s, C, d, splits, iterations, lr, upper)
+    return Bounds(lo, hi)
+
+
+def _no_opts(opts: dict, method: str) -> None:
+    if opts:
+        raise CertifyError(f"method {method!r} takes no option(s) {', '.join(sorted(opts))}")
+
+
+def ibp(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+        intermediate="ibp", splits=None) -> Bounds:
+    """Interval bounds of ``C @ y + d`` over the ``norm`` ball of radius ``eps`` around ``x``."""
+    net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
+    return _ibp_bounds(net, s, C, d, splits)
+
+
+def crown(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+          intermediate="crown", splits=None, upper: bool = True) -> Bounds:
+    """CROWN bounds; ``intermediate='ibp'`` takes the pre-activation bounds from IBP (CROWN-IBP)."""
+    net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
+    vals = propagate(net, s, intermediate, splits)
+    return Bounds(*crown_spec(net, vals, s, C, d, upper))
+
+
+def alpha(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+          intermediate="crown", iterations: int = 20, lr: float = 0.5, splits=None, upper: bool = True) -> Bounds:
+    """alpha-CROWN bounds (never looser than CROWN's); detached from the network parameters."""
+    if intermediate != "crown":
+        raise CertifyError("alpha-CROWN optimizes CROWN intermediate bounds; intermediate must be 'crown'")
+    net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
+    lo, hi, _ = alpha_crown(net, s, C, d, splits, iterations, lr, upper)
+    return Bounds(lo, hi)
+
+
+def intermediate_bounds(net: Network, input_set: InputSet, method: str = "crown", splits=None,
+                        **opts) -> dict[str, Bounds]:
+    """Bounds (B, *shape) of every node that feeds a ReLU / Sigmoid / Tanh / MaxPool.
+
+    ``method='alpha'`` optimizes the slopes to shrink the sum of these bounds' widths
+    (``iterations``, ``lr`` options) and returns the best bound of each neuron seen."""
+    method = method.lower()
+    net, s, _, _ = _prepare(net, None, None, None, None, input_set, None, None)
+    pre = preactivation_nodes(net)
+    if method in ("crown", "ibp"):
+        _no_opts(opts, method)
+        vals = propagate(net, s, method, splits)
+        return {k: Bounds(*vals[k]) for k in pre}
+    if method == "alpha":
+        iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))
+        _no_opts(opts, method)
+        _, _, best = alpha_crown(net, s, None, None, splits, iterations, lr, upper=False,
+                                 optimize_intermediate=True)
+        return {k: Bounds(*best[k]) for k in pre}
+    raise CertifyError(f"unknown intermediate-bound method {method!r}; choose crown, alpha or ibp")

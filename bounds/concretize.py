@@ -1,0 +1,39 @@
+"""Concretization: the minimum of a linear function ``A . x + c`` over an input set.
+
+``A`` has shape (B, R, *input_shape), ``c`` (B, R); the result is (B, R) lower bounds, one
+per row, each the exact minimum over the set (or over a superset of it):
+
+* box (and the L-inf ball, clipped or not, which is a box): ``A.mid - |A|.rad``;
+* L2 ball: ``A.center - eps ||A||_2`` (the dual norm). A ball clipped to a domain is a
+  subset of both the ball and the box ``input_set.box()``, so the larger of the two minima
+  is taken: both are sound, the max is tighter.
+"""
+from __future__ import annotations
+
+import torch
+
+from certify.spec.sets import InputSet
+
+
+def _box_min(A: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    mid = ((hi + lo) / 2).flatten(1).unsqueeze(2)         # (B, n, 1)
+    rad = ((hi - lo) / 2).flatten(1).unsqueeze(2)
+    Af = A.flatten(2)                                     # (B, R, n)
+    return torch.bmm(Af, mid).squeeze(2) - torch.bmm(Af.abs(), rad).squeeze(2)
+
+
+def concretize_lower(A: torch.Tensor, input_set: InputSet) -> torch.Tensor:
+    """min over x in the set of ``A . x`` for every row: (B, R)."""
+    lo, hi = input_set.box()
+    lo, hi = lo.to(A.dtype), hi.to(A.dtype)
+    box = _box_min(A, lo, hi)
+    if input_set.norm != "2":
+        return box
+    center = input_set.center.to(A.dtype)
+    eps = torch.as_tensor(input_set.eps, dtype=A.dtype)
+    eps = eps.expand(A.shape[0]) if eps.dim() == 0 else eps
+    Af = A.flatten(2)
+    ball = torch.bmm(Af, center.flatten(1).unsqueeze(2)).squeeze(2) - eps.unsqueeze(1) * Af.norm(dim=2)
+    if input_set.domain is None:
+        return ball
+    return torch.maximum(ball, box)

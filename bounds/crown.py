@@ -1,0 +1,318 @@
+"""CROWN (Zhang et al. 2018): backward linear bound propagation over the IR.
+
+``backward_lower(net, start, A, ...)`` returns, for every row of ``A`` (B, R, *shape(start)),
+a lower bound of ``A . y_start`` over the input set: the rows are pushed backward through
+the rule table of ``bounds/linear.py`` (summing contributions at nodes used more than once)
+down to the input, then concretized (``bounds/concretize.py``). Upper bounds are lower
+bounds of negated rows, so one code path serves both (rows [A; -A]).
+
+``propagate(net, input_set, intermediate, ...)`` computes, node by node, bounds of every
+node's output: IBP everywhere, and at each pre-activation node (an input of ReLU / Sigmoid /
+Tanh / MaxPool) CROWN itself when ``intermediate='crown'`` (layer by layer, as auto_LiRPA's
+``method='CROWN'``): one backward pass per such node, batched over the neurons that need
+it (all for Sigmoid / Tanh / MaxPool inputs; for ReLU inputs, the neurons whose interval
+bound straddles 0: a stable neuron's relaxation is exact whatever its bounds). Rows are
+packed per batch element, so the cost is B x (most such neurons in one element): linear in
+B. Rows of a (C, H, W) node travel as receptive-field windows (``bounds/patches.py``), so a
+convolutional layer costs its windows, not its whole image, per row. Results are intersected with IBP (both sound). ReLU splits clamp the pre-activation
+bounds as soon as they are computed, so later layers use the clamped bounds.
+
+Floating point: bounds are computed in the network's dtype. In float32 the rounding of the
+backward pass is of the order of 1e-6 relative to the magnitude of the terms; the tests
+check soundness exactly in float64 and with a 1e-4 relative tolerance in float32. No
+outward margin is added (the Sigmoid/Tanh relaxations carry their own, see relaxations.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from certify.errors import CertifyError
+from certify.ir import ops as O
+from certify.ir.network import Network
+from certify.spec.sets import InputSet
+from bounds.concretize import concretize_lower
+from bounds.ibp import Interval, ibp_node
+from bounds.linear import BACKWARD_RULES, START_RULES
+from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_dense
+from bounds.patches import add as patch_add
+
+NONLINEAR = (O.ReLU, O.Sigmoid, O.Tanh, O.MaxPool2d)
+ROW_BUDGET = 2 ** 24        # elements of one A tensor before a backward pass is split into chunks
+use_patches = True          # conv rows as receptive-field windows (bounds/patches.py); False: dense
+
+
+def preactivation_nodes(net: Network) -> dict[str, list[str]]:
+    """Nodes whose output feeds a ReLU/Sigmoid/Tanh/MaxPool -> the names of those consumers."""
+    out: dict[str, list[str]] = {}
+    for n in net.nodes:
+        if isinstance(n.op, NONLINEAR):
+            out.setdefault(n.inputs[0], []).append(n.name)
+    return out
+
+
+def ancestors(net: Network, name: str) -> set[str]:
+    """Every node (and the input) that ``name`` depends on, itself included."""
+    seen, stack = {name}, [name]
+    while stack:
+        n = stack.pop()
+        if n == net.input_name:
+            continue
+        for i in net.node(n).inputs:
+            if i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return seen
+
+
+class _Ctx:
+    def __init__(self, net, bounds, alpha_of, start):
+        self.net, self._bounds, self._alpha_of, self.start = net, bounds, alpha_of, start
+        self.in_shapes: list = []
+
+    def bounds(self, name: str) -> Interval:
+        return self._bounds[name]
+
+    def alpha(self, node: str, rows: int, window=None):
+        """Optimized lower slopes of ReLU ``node`` for the current rows: (B, rows, *shape), or
+        per-row windows (B, rows, C, Ph, Pw) when ``window`` (a function cutting them) is given."""
+        return None if self._alpha_of is None else self._alpha_of(self.start, node, rows, window)
+
+
+def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval], input_set: InputSet,
+                   alpha_of: Callable | None = None, key: str | None = None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower bounds (B, R) of ``A . y_start + bias`` (A: (B, R, *shape(start))) over the input set.
+
+    ``bounds`` must hold (lo, hi) of every pre-activation node below ``start``;
+    ``alpha_of(key, relu_node)`` may return ReLU lower slopes (B, R, *shape) to use (``key``:
+    the node whose bound is computed, default ``start``)."""
+    ctx = _Ctx(net, bounds, alpha_of, key or start)
+    pending = {start: A}
+    B, R = A.shape[:2]
+    if bias is None:
+        T = A.t if isinstance(A, Patches) else A
+        bias = torch.zeros((B, R), dtype=T.dtype, device=T.device)
+    for node in reversed(net.nodes):
+        Acur = pending.pop(node.name, None)
+        if Acur is None:
+            continue
+        ctx.in_shapes = [net.shape_of(i) for i in node.inputs]
+        out = None
+        if isinstance(Acur, Patches):
+            prule = PATCH_RULES.get(type(node.op))
+            out = None if prule is None else prule(node.op, Acur, node, ctx)
+            if out is None:
+                Acur = to_dense(Acur)
+        if out is None:
+            rule = BACKWARD_RULES.get(type(node.op))
+            if rule is None:
+                raise CertifyError(f"CROWN has no rule for op {node.op.kind} (node {node.name!r})")
+            out = rule(node.op, Acur, node, ctx)
+        As, b = out
+        if b is not None:
+            bias = bias + b
+        for i, Ai in zip(node.inputs, As):
+            pending[i] = Ai if i not in pending else _accumulate(pending[i], Ai)
+    Ax = pending.pop(net.input_name, None)
+    if Ax is None:      # the quantity does not depend on the input
+        return bias
+    if isinstance(Ax, Patches):
+        if input_set.norm != "2":
+            lo, hi = input_set.box()
+            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
+        Ax = to_dense(Ax)
+    return concretize_lower(Ax, input_set) + bias
+
+
+def _accumulate(a, b):
+    """Sum of two coefficient sets of one node (dense tensors and/or patches)."""
+    if isinstance(a, Patches) and isinstance(b, Patches):
+        s = patch_add(a, b)
+        if s is not None:
+            return s
+    a = to_dense(a) if isinstance(a, Patches) else a
+    b = to_dense(b) if isinstance(b, Patches) else b
+    return a + b
+
+
+def _needs_rows(net: Network, name: str, consumers: list[str], lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool: which neurons of pre-activation ``name`` need a CROWN bound."""
+    if all(isinstance(net.node(c).op, O.ReLU) for c in consumers):
+        return ((lo < 0) & (hi > 0)).flatten(1)
+    return torch.ones_like(lo, dtype=torch.bool).flatten(1)
+
+
+def pack_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, n) bool -> idx (B, R) of the True entries first (R = most Trues in a row), valid (B, R)."""
+    counts = mask.sum(1)
+    R = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :R]
+    valid = torch.arange(R, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    return order, valid
+
+
+def _onehot_rows(idx: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """[+e_idx ; -e_idx] rows: (B, 2R, *shape)."""
+    B, R = idx.shape
+    n = math.prod(shape)
+    E = torch.zeros(B, R, n, dtype=dtype, device=idx.device)
+    E.scatter_(2, idx.unsqueeze(2), 1.0)
+    return torch.cat([E, -E], 1).reshape((B, 2 * R) + tuple(shape))
+
+
+def max_ancestor_size(net: Network, name: str) -> int:
+    return max(math.prod(net.shape_of(a)) for a in ancestors(net, name))
+
+
+def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, bounds: dict[str, Interval],
+               input_set: InputSet, alpha_of: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN lower/upper bounds (B, R) of neurons ``idx`` (B, R) of node ``name`` (pad rows: -inf/+inf).
+
+    The rows are split into chunks so that no A tensor exceeds ``ROW_BUDGET`` elements; with
+    ``alpha_of`` each chunk has its own slopes (key ``(name, first row)``)."""
+    B, R = idx.shape
+    shape = net.shape_of(name)
+    dtype = input_set.box()[0].dtype
+    per_row = B * max_ancestor_size(net, name) * 2
+    step = max(1, ROW_BUDGET // max(per_row, 1))
+    los, his = [], []
+    for a in range(0, R, step):
+        b = min(R, a + step)
+        sub = idx[:, a:b]
+        sub_alpha = None
+        if alpha_of is not None:        # one set of slopes per chunk of rows
+            def sub_alpha(start, node, rows, window, a=a):
+                return alpha_of((start, a), node, rows, window)
+        node = net.node(name)
+        start_rule = START_RULES.get(type(node.op))
+        if use_patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
+            C_, H_, W_ = shape
+            t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype)
+            t.scatter_(2, (sub // (H_ * W_)).reshape(sub.shape + (1, 1, 1)), 1.0)
+            rem = sub % (H_ * W_)
+            p = Patches(torch.cat([t, -t], 1), torch.cat([rem // W_] * 2, 1), torch.cat([rem % W_] * 2, 1), H_, W_)
+            res = backward_lower(net, name, p, bounds, input_set, sub_alpha)
+        elif start_rule is not None:    # first step without forming the one-hot rows
+            Ain, b0 = start_rule(node.op, sub, net.shape_of(node.inputs[0]), shape)
+            b0 = torch.zeros(sub.shape, dtype=dtype) if b0 is None else b0
+            res = backward_lower(net, node.inputs[0], torch.cat([Ain, -Ain], 1), bounds, input_set, sub_alpha,
+                                 key=name, bias=torch.cat([b0, -b0], 1))
+        else:
+            res = backward_lower(net, name, _onehot_rows(sub, shape, dtype), bounds, input_set, sub_alpha)
+        los.append(res[:, :b - a])
+        his.append(-res[:, b - a:])
+    lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype)
+    hi = torch.cat(his, 1) if his else torch.zeros(B, 0, dtype=dtype)
+    inf = torch.full_like(lo, float("inf"))
+    return torch.where(valid, lo, -inf), torch.where(valid, hi, inf)
+
+
+def scatter_tighten(lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor, new_lo: torch.Tensor,
+                    new_hi: torch.Tensor) -> Interval:
+    """Intersect (lo, hi) (B, *shape) with new bounds of the neurons ``idx`` (B, R)."""
+    shape = lo.shape
+    lo = lo.flatten(1).scatter_reduce(1, idx, new_lo, "amax", include_self=True).reshape(shape)
+    hi = hi.flatten(1).scatter_reduce(1, idx, new_hi, "amin", include_self=True).reshape(shape)
+    return lo, hi
+
+
+def apply_splits(net: Network, consumers: list[str], iv: Interval, splits: dict | None) -> Interval:
+    """Clamp a pre-activation interval with the ReLU splits of its consumers (+1: lo >= 0, -1: hi <= 0)."""
+    if not splits:
+        return iv
+    lo, hi = iv
+    for c in consumers:
+        s = splits.get(c)
+        if s is None:
+            continue
+        if tuple(s.shape) != tuple(lo.shape):
+            raise CertifyError(f"splits[{c!r}] has shape {tuple(s.shape)}, expected {tuple(lo.shape)} "
+                               "(batch, *pre-activation shape)")
+        zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
+        lo = torch.where(s > 0, torch.maximum(lo, zero), lo)
+        hi = torch.where(s < 0, torch.minimum(hi, zero), hi)
+    return lo, hi
+
+
+def _affine_of_input(net: Network, name: str) -> bool:
+    """True when ``name`` is a Linear/Conv applied to the input (through reshapes only): IBP
+    is then exact for a box, so CROWN would only repeat it."""
+    n = net.node(name)
+    if not isinstance(n.op, (O.Linear, O.Conv2d)):
+        return False
+    src = n.inputs[0]
+    while src != net.input_name:
+        m = net.node(src)
+        if not isinstance(m.op, (O.Flatten, O.Reshape, O.Identity)):
+            return False
+        src = m.inputs[0]
+    return True
+
+
+def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", splits: dict | None = None,
+              alpha_of: Callable | None = None, rows: dict | None = None, reference: dict | None = None,
+              record_rows: dict | None = None) -> dict[str, Interval]:
+    """Bounds (lo, hi) (B, *shape) of every node, with CROWN (or IBP) pre-activation bounds.
+
+    ``rows``: fixed (idx, valid) per pre-activation node (alpha-CROWN keeps the neuron set of
+    its first pass); ``record_rows``: a dict that receives the (idx, valid) used;
+    ``reference``: sound bounds per node to intersect with (e.g. from an earlier pass)."""
+    if intermediate not in ("crown", "ibp"):
+        raise CertifyError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
+    pre = preactivation_nodes(net)
+    if splits:
+        relus = {c for cs in pre.values() for c in cs if isinstance(net.node(c).op, O.ReLU)}
+        unknown = set(splits) - relus
+        if unknown:
+            raise CertifyError(f"splits name {sorted(unknown)}, which are not ReLU nodes of {net.name}")
+    vals: dict[str, Interval] = {net.input_name: apply_splits(net, pre.get(net.input_name, []), input_set.box(), splits)}
+    for node in net.nodes:
+        iv = ibp_node(node.op, [vals[i] for i in node.inputs])
+        if node.name in pre:
+            iv = apply_splits(net, pre[node.name], iv, splits)
+            if reference is not None and node.name in reference:
+                ref = reference[node.name]
+                iv = (torch.maximum(iv[0], ref[0]), torch.minimum(iv[1], ref[1]))
+            use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))
+            if use_crown:
+                if rows is not None and node.name in rows:
+                    idx, valid = rows[node.name]
+                else:
+                    idx, valid = pack_rows(_needs_rows(net, node.name, pre[node.name], iv[0], iv[1]))
+                if record_rows is not None:
+                    record_rows[node.name] = (idx, valid)
+                if idx.shape[1] > 0:
+                    new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of)
+                    iv = scatter_tighten(iv[0], iv[1], idx, new_lo, new_hi)
+                    iv = apply_splits(net, pre[node.name], iv, splits)
+        vals[node.name] = iv
+    return vals
+
+
+def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tensor:
+    """The spec matrix (B, rows, *output_shape); identity rows when C is None."""
+    K = net.output_size
+    if C is None:
+        C = torch.eye(K, dtype=dtype).unsqueeze(0).expand(B, K, K)
+    return C.to(dtype).reshape((B, C.shape[1]) + tuple(net.output_shape))
+
+
+def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
+               d: torch.Tensor | None, upper: bool = True, alpha_of: Callable | None = None):
+    """Lower and upper CROWN bounds (B, rows) of ``C @ y + d`` given pre-activation bounds ``vals``.
+
+    With ``upper=False`` only lower bounds are computed (upper is +inf)."""
+    B = input_set.box()[0].shape[0]
+    dtype = input_set.box()[0].dtype
+    Cs = spec_rows(net, C, B, dtype)
+    rows = Cs.shape[1]
+    A = torch.cat([Cs, -Cs], 1) if upper else Cs
+    res = backward_lower(net, net.output, A, vals, input_set, alpha_of)
+    lo = res[:, :rows]
+    hi = -res[:, rows:] if upper else torch.full_like(lo, float("inf"))
+    if d is not None:
+        lo, hi = lo + d, hi + d
+    return lo, hi

@@ -1,0 +1,163 @@
+"""Patches: a sparse form of the backward coefficients for rows that start at a convolution.
+
+A row that bounds one neuron of a conv layer only involves, at every earlier node, the
+neuron's receptive field: a small window. ``Patches`` stores, per row, that window's
+coefficients ``t`` (B, R, C, Ph, Pw) and its top-left corner ``(oh, ow)`` (B, R) in the
+node's (H, W) grid (entries outside the grid are kept at 0). The backward rules of
+``PATCH_RULES`` (conv, activations, per-channel affine ops, Add / Sub, Identity) work on the
+windows; any other op densifies first (``to_dense``). This is auto_LiRPA's "patches mode"
+idea: the cost per row is the window, not the image, which is what makes CROWN's
+intermediate bounds of convolutional networks cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from certify.ir import ops as O
+from bounds.relaxations import relu_relax, sigmoid_relax, tanh_relax
+
+
+@dataclass
+class Patches:
+    t: torch.Tensor            # (B, R, C, Ph, Pw)
+    oh: torch.Tensor           # (B, R) long: window top row in the node's grid (may be < 0)
+    ow: torch.Tensor           # (B, R) long
+    H: int
+    W: int
+
+    @property
+    def shape(self):
+        return self.t.shape
+
+    def __neg__(self) -> "Patches":
+        return Patches(-self.t, self.oh, self.ow, self.H, self.W)
+
+    def with_t(self, t: torch.Tensor) -> "Patches":
+        return Patches(t, self.oh, self.ow, self.H, self.W)
+
+
+def _index(p: Patches):
+    B, R, _, Ph, Pw = p.t.shape
+    ph = max(0, int(-p.oh.min()), int((p.oh + Ph).max()) - p.H)
+    pw = max(0, int(-p.ow.min()), int((p.ow + Pw).max()) - p.W)
+    dev = p.oh.device
+    hi = (p.oh + ph).reshape(B, R, 1, 1) + torch.arange(Ph, device=dev).reshape(1, 1, Ph, 1)
+    wi = (p.ow + pw).reshape(B, R, 1, 1) + torch.arange(Pw, device=dev).reshape(1, 1, 1, Pw)
+    bi = torch.arange(B, device=dev).reshape(B, 1, 1, 1)
+    ri = torch.arange(R, device=dev).reshape(1, R, 1, 1)
+    return ph, pw, bi, ri, hi, wi
+
+
+def window(X: torch.Tensor, p: Patches) -> torch.Tensor:
+    """Each row's window of X: X (B, C, H, W) shared by the rows, or (B, R, C, H, W) per row
+    (a size-1 row dim broadcasts). Returns (B, R, C, Ph, Pw), zeros outside the grid."""
+    ph, pw, bi, ri, hi, wi = _index(p)
+    if X.dim() == 5 and X.shape[1] == 1:
+        X = X[:, 0]
+    Xp = F.pad(X, (pw, pw, ph, ph))
+    if X.dim() == 5:
+        out = Xp.permute(0, 1, 3, 4, 2).contiguous()[bi, ri, hi, wi]
+    else:
+        out = Xp.permute(0, 2, 3, 1).contiguous()[bi, hi, wi]
+    return out.permute(0, 1, 4, 2, 3)
+
+
+def mask(p: Patches) -> Patches:
+    """Zero the entries of windows that fall outside the node's grid."""
+    _, _, _, Ph, Pw = p.t.shape
+    dev = p.oh.device
+    h = p.oh.reshape(p.oh.shape + (1, 1)) + torch.arange(Ph, device=dev).reshape(1, 1, Ph, 1)
+    w = p.ow.reshape(p.ow.shape + (1, 1)) + torch.arange(Pw, device=dev).reshape(1, 1, 1, Pw)
+    ok = ((h >= 0) & (h < p.H) & (w >= 0) & (w < p.W)).unsqueeze(2)
+    return p.with_t(p.t * ok.to(p.t.dtype))
+
+
+def to_dense(p: Patches) -> torch.Tensor:
+    """(B, R, C, H, W) coefficients."""
+    B, R, C, Ph, Pw = p.t.shape
+    ph, pw, bi, ri, hi, wi = _index(p)
+    D = torch.zeros((B, R, p.H + 2 * ph, p.W + 2 * pw, C), dtype=p.t.dtype, device=p.t.device)
+    D = D.index_put((bi.expand(B, R, Ph, Pw), ri.expand(B, R, Ph, Pw), hi.expand(B, R, Ph, Pw),
+                     wi.expand(B, R, Ph, Pw)), p.t.permute(0, 1, 3, 4, 2))
+    return D.permute(0, 1, 4, 2, 3)[:, :, :, ph:ph + p.H, pw:pw + p.W]
+
+
+def add(a: Patches, b: Patches) -> Patches | None:
+    """a + b as one window per row when their offsets differ by the same amount in every row."""
+    dh, dw = b.oh - a.oh, b.ow - a.ow
+    if dh.numel() == 0 or not bool((dh == dh.flatten()[0]).all() & (dw == dw.flatten()[0]).all()):
+        return None
+    dh, dw = int(dh.flatten()[0]), int(dw.flatten()[0])
+    Pha, Pwa = a.t.shape[-2:]
+    Phb, Pwb = b.t.shape[-2:]
+    top, left = min(0, dh), min(0, dw)
+    bottom, right = max(Pha, dh + Phb), max(Pwa, dw + Pwb)
+    ta = F.pad(a.t, (-left, right - Pwa, -top, bottom - Pha))
+    tb = F.pad(b.t, (dw - left, right - dw - Pwb, dh - top, bottom - dh - Phb))
+    return Patches(ta + tb, a.oh + top, a.ow + left, a.H, a.W)
+
+
+def _conv(op: O.Conv2d, p: Patches, node, ctx):
+    if op.groups != 1:
+        return None
+    B, R, Oc, Ph, Pw = p.t.shape
+    t = F.conv_transpose2d(p.t.reshape(B * R, Oc, Ph, Pw), op.weight, None, op.stride, 0, 0, 1, op.dilation)
+    t = t.reshape((B, R) + tuple(t.shape[1:]))
+    bias = None if op.bias is None else torch.matmul(p.t.sum((3, 4)), op.bias)
+    in_shape = ctx.in_shapes[0]
+    q = mask(Patches(t, p.oh * op.stride[0] - op.padding[0], p.ow * op.stride[1] - op.padding[1],
+                     in_shape[1], in_shape[2]))
+    if t.shape[-2] * t.shape[-1] >= in_shape[1] * in_shape[2]:
+        return [to_dense(q)], bias              # the window covers the grid: dense is no dearer
+    return [q], bias
+
+
+def _elementwise(relax_fn):
+    def rule(op, p: Patches, node, ctx):
+        lo, hi = ctx.bounds(node.inputs[0])
+        a = ctx.alpha(node.name, p.t.shape[1], lambda X: window(X, p))
+        relu = isinstance(op, O.ReLU)
+        r = relax_fn(lo, hi)                            # on the grid once, then one gather
+        parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if relu else [r.lower_bias])
+        if a is not None:
+            parts.append(((lo < 0) & (hi > 0)).to(lo.dtype))
+        w = window(torch.cat(parts, 1), p).split(lo.shape[1], dim=2)
+        us, ub, ls = w[0], w[1], w[2]
+        if a is not None:                               # optimized slopes of unstable ReLUs
+            ls = torch.where(w[-1] > 0, a, ls)
+        A = p.t
+        Ap = A.clamp(min=0)
+        As = A * us + Ap * (ls - us)
+        bias = ((A - Ap) * ub).sum((2, 3, 4))
+        if not relu:
+            bias = bias + (Ap * w[3]).sum((2, 3, 4))
+        return [p.with_t(As)], bias
+    return rule
+
+
+def _channel_affine(op, p: Patches, node, ctx):
+    scale, shift = op.scale_shift()
+    v = (1, 1, -1, 1, 1)
+    return [p.with_t(p.t * scale.reshape(v))], (p.t * shift.reshape(v)).sum((2, 3, 4))
+
+
+PATCH_RULES = {
+    O.Conv2d: _conv,
+    O.ReLU: _elementwise(relu_relax),
+    O.Sigmoid: _elementwise(sigmoid_relax),
+    O.Tanh: _elementwise(tanh_relax),
+    O.BatchNorm: _channel_affine,
+    O.Normalize: _channel_affine,
+    O.Add: lambda op, p, node, ctx: ([p, p], None),
+    O.Sub: lambda op, p, node, ctx: ([p, -p], None),
+    O.Identity: lambda op, p, node, ctx: ([p], None),
+}
+
+
+def concretize_lower_patches(p: Patches, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """min of the rows over the box [lo, hi] (B, C, H, W): (B, R)."""
+    mid, rad = window((hi + lo) / 2, p), window((hi - lo) / 2, p)
+    return (p.t * mid).sum((2, 3, 4)) - (p.t.abs() * rad).sum((2, 3, 4))

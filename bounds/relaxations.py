@@ -1,0 +1,132 @@
+"""Linear relaxations of the nonlinear ops, from pre-activation bounds ``lo <= x <= hi``.
+
+Elementwise ops return ``Relax(lower_slope, lower_bias, upper_slope, upper_bias)``, tensors
+(B, *shape), such that for every x in [lo, hi]:
+
+    lower_slope * x + lower_bias  <=  f(x)  <=  upper_slope * x + upper_bias.
+
+* ReLU: upper = chord ``hi (x - lo) / (hi - lo)`` for unstable neurons; lower = ``a x`` with
+  any a in [0, 1] (CROWN's adaptive choice a = 1 if hi > -lo else 0, or alpha-CROWN's
+  optimized a); stable neurons are exact (identity or zero).
+* Sigmoid / Tanh (convex for x <= 0, concave for x >= 0): on a convex piece, chord above and
+  the tangent at the midpoint below; on a concave piece the reverse; on an interval that
+  straddles 0, the chord on a side where it is provably valid (upper if f'(hi) >= slope of
+  the chord, lower if f'(lo) >= it), otherwise DeepPoly's line of slope min(f'(lo), f'(hi))
+  through the endpoint. Intercepts are moved outward by ``10 * machine eps`` of the dtype
+  (1.2e-6 in float32) to absorb rounding of f at the endpoints.
+* MaxPool (DeepPoly): in each window, k = argmax of the lower bounds; ``y >= x_k`` always;
+  ``y <= x_k`` when lo_k >= hi_j for every other j (the max is x_k), else ``y <= max_j hi_j``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Relax(NamedTuple):
+    lower_slope: torch.Tensor
+    lower_bias: torch.Tensor
+    upper_slope: torch.Tensor
+    upper_bias: torch.Tensor
+
+
+def relu_unstable(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    return (lo < 0) & (hi > 0)
+
+
+def relu_adaptive_slope(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """CROWN's lower slope: 1 where hi > -lo (active-ish, or stable active), else 0."""
+    return ((hi > -lo) & (hi > 0)).to(lo.dtype)
+
+
+def relu_relax(lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor | None = None) -> Relax:
+    """ReLU relaxation. ``alpha`` (broadcastable to lo, values in [0, 1]) replaces the adaptive
+    lower slope of unstable neurons; stable neurons ignore it."""
+    unstable = relu_unstable(lo, hi)
+    active = (lo >= 0).to(lo.dtype)
+    denom = torch.where(unstable, hi - lo, torch.ones_like(lo))
+    up_slope = torch.where(unstable, hi / denom, active)
+    up_bias = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    if alpha is None:
+        low_slope = torch.where(unstable, relu_adaptive_slope(lo, hi), active)
+    else:
+        low_slope = torch.where(unstable, alpha, active)
+    return Relax(low_slope, torch.zeros_like(lo), up_slope, up_bias)
+
+
+def _s_shaped(lo, hi, f, df) -> Relax:
+    """Relaxation of a sigmoid-shaped f (convex on x <= 0, concave on x >= 0)."""
+    margin = 10 * torch.finfo(lo.dtype).eps
+    fl, fu, dl, du = f(lo), f(hi), df(lo), df(hi)
+    width = hi - lo
+    tiny = width <= 1e-6 * (1 + lo.abs())
+    k = torch.where(tiny, df((lo + hi) / 2), (fu - fl) / torch.where(tiny, torch.ones_like(width), width))
+    m = (lo + hi) / 2
+    fm, dm = f(m), df(m)
+    lam = torch.minimum(dl, du)
+    # Candidate lines (slope, intercept).
+    chord_b = fl - k * lo
+    tan_b = fm - dm * m
+    convex, concave = hi <= 0, lo >= 0
+    mixed = ~(convex | concave)
+    # Upper line.
+    up_chord = convex | (mixed & (du >= k))
+    up_s = torch.where(up_chord, k, torch.where(concave, dm, lam))
+    up_b = torch.where(up_chord, chord_b, torch.where(concave, tan_b, fu - lam * hi))
+    # Lower line.
+    lo_chord = concave | (mixed & (dl >= k))
+    lo_s = torch.where(lo_chord, k, torch.where(convex, dm, lam))
+    lo_b = torch.where(lo_chord, chord_b, torch.where(convex, tan_b, fl - lam * lo))
+    # A degenerate interval: the constant f(m) +- the (tiny) variation over the interval.
+    var = du.maximum(dl).maximum(dm) * width
+    lo_s, up_s = torch.where(tiny, torch.zeros_like(k), lo_s), torch.where(tiny, torch.zeros_like(k), up_s)
+    lo_b = torch.where(tiny, torch.minimum(fl, fu) - var, lo_b)
+    up_b = torch.where(tiny, torch.maximum(fl, fu) + var, up_b)
+    return Relax(lo_s, lo_b - margin, up_s, up_b + margin)
+
+
+def _dsigmoid(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _dtanh(x):
+    t = torch.tanh(x)
+    return 1 - t * t
+
+
+def sigmoid_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
+    return _s_shaped(lo, hi, torch.sigmoid, _dsigmoid)
+
+
+def tanh_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
+    return _s_shaped(lo, hi, torch.tanh, _dtanh)
+
+
+class PoolRelax(NamedTuple):
+    """MaxPool relaxation per output position: index (within the window) of the chosen input,
+    whether ``y = x_k`` exactly, and the constant upper bound. Shapes (B, C, Ho, Wo)."""
+    index: torch.Tensor
+    exact: torch.Tensor
+    upper_const: torch.Tensor
+
+
+def pool_windows(x: torch.Tensor, op, fill: float) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, kh*kw, Ho*Wo) windows of ``op`` (padding filled with ``fill``)."""
+    B, C, H, W = x.shape
+    ph, pw = op.padding
+    xp = F.pad(x, (pw, pw, ph, ph), value=fill) if (ph or pw) else x
+    cols = F.unfold(xp.reshape(B * C, 1, H + 2 * ph, W + 2 * pw), op.kernel, stride=op.stride)
+    return cols.reshape(B, C, cols.shape[1], cols.shape[2])
+
+
+def maxpool_relax(op, lo: torch.Tensor, hi: torch.Tensor) -> PoolRelax:
+    lw = pool_windows(lo, op, float("-inf"))
+    hw = pool_windows(hi, op, float("-inf"))
+    lmax, k = lw.max(dim=2)                                    # (B, C, L)
+    others = hw.scatter(2, k.unsqueeze(2), float("-inf")).max(dim=2).values
+    exact = lmax >= others
+    umax = hw.max(dim=2).values
+    return PoolRelax(k, exact, umax)

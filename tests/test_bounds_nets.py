@@ -1,0 +1,91 @@
+"""Helpers (no tests): small random IR networks for the bounds tests (float64 unless told): an MLP, a CNN with
+BatchNorm, a residual CNN, and a network using every other op."""
+from __future__ import annotations
+
+import torch
+
+from certify.ir import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
+                        Linear, MaxPool2d, Network, Node, Normalize, ReLU, Reshape, Sigmoid, Sub, Tanh,
+                        sequential)
+
+DT = torch.float64
+
+
+def _r(*shape, scale=1.0):
+    return torch.randn(*shape, dtype=DT) * scale
+
+
+def mlp(seed=0, widths=(6, 12, 12, 4)):
+    g = torch.manual_seed(seed)
+    ops = []
+    for k in range(len(widths) - 1):
+        ops.append(Linear(_r(widths[k + 1], widths[k], scale=widths[k] ** -0.5 * 1.5), _r(widths[k + 1], scale=0.3)))
+        if k < len(widths) - 2:
+            ops.append(ReLU())
+    return sequential((widths[0],), ops, name="mlp")
+
+
+def _bn(c):
+    return BatchNorm(_r(c, scale=0.2), torch.rand(c, dtype=DT) + 0.5, 1 + _r(c, scale=0.2), _r(c, scale=0.2))
+
+
+def cnn_bn(seed=0):
+    torch.manual_seed(seed)
+    return sequential((1, 6, 6), [
+        Conv2d(_r(3, 1, 3, 3, scale=0.6), _r(3, scale=0.2), 1, 1), _bn(3), ReLU(),
+        Conv2d(_r(4, 3, 3, 3, scale=0.35), _r(4, scale=0.2), 2, 1), _bn(4), ReLU(),
+        Flatten(), Linear(_r(4, 36, scale=0.3), _r(4, scale=0.2)),
+    ], name="cnn_bn")
+
+
+def resnet(seed=0):
+    torch.manual_seed(seed)
+    nodes = [
+        Node("c0", Conv2d(_r(3, 2, 3, 3, scale=0.5), _r(3, scale=0.2), 1, 1), ("input",)),
+        Node("r0", ReLU(), ("c0",)),
+        Node("c1", Conv2d(_r(3, 3, 3, 3, scale=0.35), _r(3, scale=0.2), 1, 1), ("r0",)),
+        Node("b1", _bn(3), ("c1",)),
+        Node("r1", ReLU(), ("b1",)),
+        Node("c2", Conv2d(_r(3, 3, 3, 3, scale=0.35), None, 1, 1), ("r1",)),
+        Node("add", Add(), ("c2", "r0")),
+        Node("r2", ReLU(), ("add",)),
+        Node("c3", Conv2d(_r(4, 3, 2, 2, scale=0.4), _r(4, scale=0.2), 2, 0), ("r2",)),
+        Node("r3", ReLU(), ("c3",)),
+        Node("f", Flatten(), ("r3",)),
+        Node("out", Linear(_r(3, 16, scale=0.3), _r(3, scale=0.2)), ("f",)),
+    ]
+    return Network((2, 5, 5), nodes, name="resnet")
+
+
+def mixed(seed=0):
+    """Normalize, ConstMul/ConstAdd, Conv, MaxPool, Tanh, AvgPool, Sigmoid, Concat, Sub, Reshape, Identity."""
+    torch.manual_seed(seed)
+    nodes = [
+        Node("norm", Normalize(torch.tensor([0.4, 0.5], dtype=DT), torch.tensor([0.3, 0.25], dtype=DT)), ("input",)),
+        Node("cm", ConstMul(_r(2, 1, 1, scale=0.5).abs() + 0.5), ("norm",)),
+        Node("ca", ConstAdd(_r(2, 6, 6, scale=0.1)), ("cm",)),
+        Node("conv", Conv2d(_r(3, 2, 3, 3, scale=0.4), _r(3, scale=0.2), 1, 1), ("ca",)),
+        Node("mp", MaxPool2d(2, 2), ("conv",)),
+        Node("th", Tanh(), ("mp",)),
+        Node("ap", AvgPool2d(2, 1, 1, count_include_pad=False), ("conv",)),
+        Node("rl", ReLU(), ("ap",)),
+        Node("mp2", MaxPool2d(3, 3, 1), ("rl",)),
+        Node("cat", Concat(0), ("th", "mp2")),
+        Node("id", Identity(), ("cat",)),
+        Node("flat", Reshape((54,)), ("id",)),
+        Node("l1", Linear(_r(8, 54, scale=0.3), _r(8, scale=0.2)), ("flat",)),
+        Node("sg", Sigmoid(), ("l1",)),
+        Node("l2", Linear(_r(8, 54, scale=0.3), None), ("flat",)),
+        Node("sub", Sub(), ("sg", "l2")),
+        Node("rs", ReLU(), ("sub",)),
+        Node("out", Linear(_r(3, 8, scale=0.5), _r(3, scale=0.2)), ("rs",)),
+    ]
+    return Network((2, 6, 6), nodes, name="mixed")
+
+
+ALL = {"mlp": mlp, "cnn_bn": cnn_bn, "resnet": resnet, "mixed": mixed}
+
+
+def centers(net, B=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((B,) + net.input_shape, generator=g, dtype=DT) * 0.8 + 0.1
