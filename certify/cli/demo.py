@@ -14,6 +14,7 @@ from certify.data import load_dataset
 # Each engine contributes one function (net, X, y) -> list[str].
 SECTIONS: list[str] = [
     "certify.cli.bounds:demo_section",
+    "certify.cli.convex:demo_section",
     "certify.cli.smooth:demo_section",
 ]
 

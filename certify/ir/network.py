@@ -143,7 +143,7 @@ class Network:
                 last_use[i] = k
         for k, n in enumerate(self.nodes):
             vals[n.name] = n.op.forward(*(vals[i] for i in n.inputs))
-            for i in n.inputs:
+            for i in set(n.inputs):
                 if last_use[i] == k and i != self.output:
                     del vals[i]
         return vals[self.output]
