@@ -1,0 +1,98 @@
+"""VNN-COMP benchmarks (../shared/vnncomp: acasxu 186, mnistfc 90, test 5) with ``bounds.bab``.
+
+For each benchmark: correct sat, correct unsat, wrong, unknown/timeout, median time and score
+(+10 correct, -150 wrong, a sat whose counterexample fails onnxruntime counts as wrong), beside
+alpha-beta-CROWN's columns from ground_truth.csv (its verdicts on the same instances, scored the
+same way, and its median time minus start-up overhead, GPU machine). Timeouts are the
+competition's times ``--timeout-scale``; ``--every K`` / ``--limit N`` pick a subset (every K-th
+instance of each benchmark). Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
+(``--fresh`` starts over); the table is printed and written to ``<out>/vnncomp.json``.
+
+    python benchmarks/vnncomp.py --quick                 # test + every 12th acasxu/mnistfc, x0.1 timeouts
+    python benchmarks/vnncomp.py --timeout-scale 1       # the full competition run (hours on 2 CPU cores)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from certify.cli.vnn import run_benchmark, summarize  # noqa: E402
+
+
+def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
+    rows = [r for r in gt_rows if (r["onnx"], r["vnnlib"]) in keys]
+    fake = []
+    for r in rows:
+        v = r.get("abcrown_result") or "unknown"
+        v = v if v in ("sat", "unsat", "timeout", "unknown", "error") else "unknown"
+        fake.append({"verdict": v, "truth": r["truth"], "ce_valid": "-",
+                     "seconds": r.get("abcrown_time_minus_overhead_s") or r.get("abcrown_time_s") or 0})
+    s = summarize(fake) if fake else None
+    return s
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "vnncomp"), help="VNN-COMP folder")
+    ap.add_argument("--benchmarks", default="test,acasxu,mnistfc", help="comma-separated benchmark names")
+    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout")
+    ap.add_argument("--every", type=int, default=1, help="run every K-th instance of each benchmark")
+    ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
+    ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
+    ap.add_argument("--fresh", action="store_true", help="ignore earlier rows in the output folder")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.timeout_scale, args.every = 0.1, 12
+    torch.set_num_threads(args.threads)
+    shared = Path(args.shared)
+    gt_path = shared / "ground_truth.csv"
+    gt_rows = list(csv.DictReader(open(gt_path, newline="")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name in args.benchmarks.split(","):
+        bdir = shared / name
+
+        def select(k, onnx, vnn):
+            return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
+
+        print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
+        s = run_benchmark(bdir, out / f"{name}.csv", ground_truth=gt_path, timeout_scale=args.timeout_scale,
+                          overwrite=args.fresh, select=select, log=lambda m: print(m, flush=True))
+        with open(out / f"{name}.csv", newline="") as f:
+            keys = {(f"{name}/{r['onnx']}", f"{name}/{r['vnnlib']}") for r in csv.DictReader(f)}
+        table[name] = {"ours": s, "abcrown": abcrown_columns(gt_rows, keys)}
+    hdr = (f"{'benchmark':<10} {'tool':<8} {'inst':>4} {'sat ok':>6} {'unsat ok':>8} {'wrong':>5} "
+           f"{'unk/to':>6} {'median s':>8} {'score':>6}")
+    print("\n" + hdr + "\n" + "-" * len(hdr))
+    for name, cols in table.items():
+        for tool, s in cols.items():
+            if s is None:
+                continue
+            bv = s["by_verdict"]
+            print(f"{name:<10} {tool:<8} {s['instances']:>4} {s['correct_sat']:>6} {s['correct_unsat']:>8} "
+                  f"{s['wrong']:>5} {bv['unknown'] + bv['timeout'] + bv['error']:>6} {s['median_s']:>8} {s['score']:>6}")
+    meta = {"timeout_scale": args.timeout_scale, "every": args.every, "limit": args.limit, "threads": args.threads,
+            "machine": platform.platform(), "torch": torch.__version__,
+            "note": "abcrown columns: its 2021 verdicts on the same instances, times minus start-up, GPU"}
+    (out / "vnncomp.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))
+    print(f"\nwrote {out / 'vnncomp.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Falsification for branch-and-bound: PGD on the violation value and exact re-checks.
+
+The violation value of a conjunction ``A y <= b`` at y is ``max_r (A y - b)_r``: <= 0 iff y
+violates the property. For a disjunction it is the minimum over the conjunctions. Candidates
+from PGD, box centres, box corners or LP optima become a ``sat`` only through ``confirm``,
+which re-evaluates the IR network in float64 and checks the VNN-LIB condition exactly (tol 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from certify.attack import pgd_minimize
+from certify.ir import Network
+from certify.spec.sets import Box
+
+
+def violation_value(y: torch.Tensor, disjuncts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """(N,) min over conjunctions (A, b) of max_r (A y - b)_r, for outputs y (N, n_out)."""
+    vals = [(y @ A.T.to(y.dtype) - b.to(y.dtype)).max(dim=1).values if A.shape[0] else
+            torch.full((y.shape[0],), -float("inf"), dtype=y.dtype) for A, b in disjuncts]
+    return torch.stack(vals, 1).min(1).values
+
+
+class Falsifier:
+    """Holds the network in float32 (search) and float64 (confirmation) and the property."""
+
+    def __init__(self, network: Network, prop, seed: int = 0):
+        self.net = network.detach().to(torch.float32)
+        self.net64 = network.detach().to(torch.float64)
+        self.prop = prop
+        self.gen = torch.Generator().manual_seed(seed)
+        self.shape = network.input_shape
+
+    def _flat_forward(self, net, x: torch.Tensor) -> torch.Tensor:
+        return net(x.reshape((x.shape[0],) + tuple(self.shape))).reshape(x.shape[0], -1)
+
+    def confirm(self, x) -> tuple[np.ndarray, np.ndarray] | None:
+        """(x, y) in float64 if x lies in a region and its exact output violates it, else None."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, -1)
+        with torch.no_grad():
+            y = self._flat_forward(self.net64, x)[0].numpy()
+        xn = x[0].numpy()
+        if self.prop.violated_by(xn, y, tol=0.0):
+            return xn.copy(), y.copy()
+        return None
+
+    def check_points(self, xs: torch.Tensor, disjuncts=None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Try a batch of candidate inputs (N, n_in); the best few are confirmed in float64."""
+        if xs.shape[0] == 0:
+            return None
+        with torch.no_grad():
+            y = self._flat_forward(self.net64, xs.to(torch.float64))
+        if disjuncts is None:
+            v = torch.stack([violation_value(y, [(torch.as_tensor(A), torch.as_tensor(b)) for A, b in r.disjuncts])
+                             for r in self.prop.regions], 1).min(1).values
+        else:
+            v = violation_value(y, disjuncts)
+        order = torch.argsort(v)[:8]
+        for i in order.tolist():
+            if v[i] <= 1e-9:
+                ce = self.confirm(xs[i])
+                if ce is not None:
+                    return ce
+        return None
+
+    def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
+            restarts: int = 5) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
+        """PGD in each box (lo, hi) (N, n_in) on the violation value; returns (counterexample or
+        None, best values (N,))."""
+        dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+               for A, b in disjuncts]
+        N, K = lo.shape[0], len(dis)
+        # one targeted attack per conjunction (the min over conjunctions alone gets stuck on one)
+        lo_k, hi_k = lo.repeat_interleave(K, 0), hi.repeat_interleave(K, 0)
+        lo32, hi32 = lo_k.to(torch.float32), hi_k.to(torch.float32)
+        box = Box(lo32.reshape((-1,) + tuple(self.shape)), hi32.reshape((-1,) + tuple(self.shape)))
+        which = torch.arange(K).repeat(N)
+
+        def objective(x):
+            y = self.net(x).reshape(x.shape[0], -1)
+            per = torch.stack([violation_value(y, [dk]) for dk in dis], 1)
+            return per.gather(1, which.unsqueeze(1)).squeeze(1)
+
+        x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen)
+        v = v.reshape(N, K).min(1).values
+        xs = x.reshape(x.shape[0], -1).to(torch.float64)
+        xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))
+        ce = self.check_points(xs, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+                                    for A, b in disjuncts])
+        return ce, v

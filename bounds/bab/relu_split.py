@@ -1,0 +1,188 @@
+"""Activation-split branch and bound (beta-CROWN style) with an exact LP at the leaves.
+
+A domain is the input box plus a sign for some ReLUs (+1 active, -1 inactive). Domains with the
+lowest bound are branched first, many at once: each picks the unstable neuron with the largest
+score |lambda| * (-l u / (u - l)) (BaBSR-like: the relaxation slack that the split removes,
+weighted by the neuron's coefficient in the bound), and its two children are bounded in one
+batched call with alpha-CROWN + beta multipliers for the splits (``bound_domains``). A domain is
+done when some margin row has a positive lower bound. A domain without unstable neurons is an
+affine piece: an LP (HiGHS) over the box and the split constraints decides it; its optimum is a
+counterexample candidate. Candidates (the minimizers of each child's linear bound, LP optima)
+are confirmed exactly by the caller's ``try_points``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+
+from bounds.bab.chain import Chain
+from bounds.bab.relax import bound_domains, pre_activation_bounds
+
+LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
+
+
+def _scores(res, rows: torch.Tensor, splits) -> torch.Tensor:
+    idx = torch.arange(rows.shape[0])
+    out = []
+    for (l, u), lam, s in zip(res.pre, res.lam_hidden, splits):
+        lam = lam[idx, rows]
+        unstable = (l < 0) & (u > 0) & (s == 0)
+        den = torch.where(unstable, u - l, torch.ones_like(u))
+        sc = lam.abs() * (-l * u / den) + 1e-9 * (u - l)
+        out.append(torch.where(unstable, sc, torch.full_like(sc, -float("inf"))))
+    return torch.cat(out, 1).float()
+
+
+def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
+    """Exact check of an affine piece: min t s.t. (C y + d)_r <= t, x in box, split signs.
+
+    Returns ("unsat", None), ("candidate", x) or ("unknown", None) (solver trouble)."""
+    n = chain.n_in
+    M, c = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    A_ub, b_ub = [], []
+    for k, (w, b) in enumerate(zip(chain.weights, chain.biases)):
+        M, c = w @ M, w @ c + b
+        if k == len(chain.weights) - 1:
+            break
+        l, u = pre[k]
+        s = splits[k]
+        act = s > 0
+        ina = s < 0
+        if act.any():
+            A_ub.append(-M[act]); b_ub.append(c[act])
+        if ina.any():
+            A_ub.append(M[ina]); b_ub.append(-c[ina])
+        on = l >= 0
+        M, c = M * on.unsqueeze(1).to(M.dtype), c * on.to(c.dtype)
+    Mo, co = C @ M, C @ c + d
+    A_ub.append(Mo); b_ub.append(-co)
+    A = torch.cat(A_ub).numpy()
+    A = np.hstack([A, np.zeros((A.shape[0], 1))])
+    A[-Mo.shape[0]:, -1] = -1.0
+    bub = torch.cat(b_ub).numpy()
+    obj = np.zeros(n + 1)
+    obj[-1] = 1.0
+    bnds = [(float(a), float(b)) for a, b in zip(lo.tolist(), hi.tolist())] + [(None, None)]
+    r = linprog(obj, A_ub=A, b_ub=bub, bounds=bnds, method="highs")
+    if r.status == 2:
+        return "unsat", None
+    if r.status != 0:
+        return "unknown", None
+    if r.fun > LP_MARGIN:
+        return "unsat", None
+    return "candidate", torch.as_tensor(r.x[:n])
+
+
+def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+                   deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
+                   root_iterations: int = 50, recompute: bool | None = None, max_domains: int = 200_000):
+    """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
+
+    Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
+    lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
+    C, d = C.double(), d.double()
+    if recompute is None:   # recompute intermediate bounds per domain when that is cheap
+        cost = sum(w.shape[0] * w.shape[1] * sum(chain.hidden_sizes[:k + 1]) for k, w in enumerate(chain.weights[:-1]))
+        recompute = cost < 5e6
+    t = time.monotonic()
+    root_pre = pre_activation_bounds(chain, lo1, hi1)
+    splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
+    res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
+                        recompute=False, iterations=root_iterations)
+    stats["bound_calls"] += 1
+    stats["domains"] += 1
+    stats["time_bound"] += time.monotonic() - t
+    best, row = res.lower.max(1)
+    stats.setdefault("root_lower", float(best[0]))
+    if bool(best[0] > 0):
+        return "unsat", None
+    # open domains
+    D_split = splits
+    D_lower = best
+    D_score = _scores(res, row, splits)
+    D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
+    while D_lower.shape[0]:
+        if time.monotonic() > deadline:
+            return "timeout", None
+        if D_lower.shape[0] > max_domains:
+            return "unknown", None
+        k = min(batch // 2, D_lower.shape[0])
+        pick = torch.topk(-D_lower, k).indices
+        keep = torch.ones(D_lower.shape[0], dtype=torch.bool)
+        keep[pick] = False
+        P_split = [s[pick] for s in D_split]
+        P_score = D_score[pick]
+        P_pre = [(l[pick], u[pick]) for l, u in D_pre] if recompute else None
+        D_split = [s[keep] for s in D_split]
+        D_lower, D_score = D_lower[keep], D_score[keep]
+        if recompute:
+            D_pre = [(l[keep], u[keep]) for l, u in D_pre]
+        top, neuron = P_score.max(1)
+        leaf = torch.isinf(top)
+        for i in torch.nonzero(leaf).flatten().tolist():   # affine pieces: decide exactly
+            pre_i = [(l[i], u[i]) for l, u in (P_pre if recompute else
+                                                 pre_activation_bounds(chain, lo1, hi1, [s[i:i + 1] for s in P_split],
+                                                                       root_pre, recompute=False))]
+            if not recompute:
+                pre_i = [(l[0], u[0]) for l, u in pre_i]
+            t = time.monotonic()
+            verdict, x = leaf_lp(chain, lo1[0], hi1[0], C, d, pre_i, [s[i] for s in P_split])
+            stats["lp_calls"] = stats.get("lp_calls", 0) + 1
+            stats["time_lp"] = stats.get("time_lp", 0.0) + time.monotonic() - t
+            if verdict == "candidate":
+                ce = try_points(x.reshape(1, -1))
+                if ce is not None:
+                    return "sat", ce
+                return "unknown", None
+            if verdict == "unknown":
+                return "unknown", None
+        br = ~leaf
+        if not bool(br.any()):
+            continue
+        P_split = [s[br] for s in P_split]
+        neuron = neuron[br]
+        if recompute:
+            P_pre = [(l[br], u[br]) for l, u in P_pre]
+        m = neuron.shape[0]
+        # children: first m active (+1), next m inactive (-1)
+        ch_split = [torch.cat([s, s]).clone() for s in P_split]
+        offs = np.cumsum([0] + chain.hidden_sizes)
+        for layer in range(len(chain.hidden_sizes)):
+            sel = (neuron >= offs[layer]) & (neuron < offs[layer + 1])
+            if sel.any():
+                rows_ = torch.nonzero(sel).flatten()
+                cols = neuron[sel] - int(offs[layer])
+                ch_split[layer][rows_, cols] = 1
+                ch_split[layer][rows_ + m, cols] = -1
+        ch_pre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in P_pre] if recompute else root_pre
+        n2 = 2 * m
+        t = time.monotonic()
+        res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
+                            d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
+                            iterations=iterations)
+        stats["bound_calls"] += 1
+        stats["domains"] += n2
+        stats["time_bound"] += time.monotonic() - t
+        best, row = res.lower.max(1)
+        open_ = ~(best > 0)
+        if not bool(open_.any()):
+            continue
+        # candidates: minimizers of each open child's linear bound over the box
+        lam = res.lam_in[torch.arange(n2), row][open_]
+        xs = torch.where(lam > 0, lo1.expand_as(lam), hi1.expand_as(lam))
+        order = torch.argsort(best[open_])[:16]
+        t = time.monotonic()
+        ce = try_points(xs[order])
+        stats["time_falsify"] += time.monotonic() - t
+        if ce is not None:
+            return "sat", ce
+        sc = _scores(res, row, ch_split)[open_]
+        D_split = [torch.cat([s, c[open_]]) for s, c in zip(D_split, ch_split)]
+        D_lower = torch.cat([D_lower, best[open_]])
+        D_score = torch.cat([D_score, sc])
+        if recompute:
+            D_pre = [(torch.cat([l0, l1[open_]]), torch.cat([u0, u1[open_]])) for (l0, u0), (l1, u1) in zip(D_pre, res.pre)]
+    return "unsat", None

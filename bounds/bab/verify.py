@@ -1,0 +1,149 @@
+"""``verify(network, prop, timeout)``: complete verification of a VNN-LIB property.
+
+Order of work: (1) PGD with restarts on every region's violation value (a quick attack finds
+most ``sat`` instances); (2) for every region and every conjunction of its violation, a
+branch-and-bound proof that the conjunction cannot hold: input splitting when the input has
+few dimensions, ReLU splitting otherwise (``method`` forces one); box centres, bound minimizers
+and LP optima are tried as counterexamples throughout, and PGD is repeated with new seeds
+between proofs. ``sat`` is reported only for a point confirmed in float64 through the IR;
+``unsat`` only when every conjunction of every region was proved by sound bounds (float64).
+
+Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
+splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
+practical only for low-dimensional inputs, sound always.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bounds.bab.chain import to_chain
+from bounds.bab.falsify import Falsifier
+from bounds.bab.generic import generic_input_split
+from bounds.bab.input_split import input_split_bab
+from bounds.bab.relu_split import relu_split_bab
+from certify.errors import CertifyError
+from certify.ir import Network
+from certify.spec.vnnlib import conjunction_margins
+
+METHODS = ("auto", "input", "relu")
+
+
+@dataclass
+class VerifyResult:
+    """``status``: sat / unsat / unknown / timeout; ``counterexample``: (x, y) float64 flat arrays
+    (only with sat); ``stats``: domains, bound_calls, lp_calls, method, seconds per phase."""
+
+    status: str
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None
+    stats: dict = field(default_factory=dict)
+
+
+def choose_method(n_inputs: int, n_relus: int) -> str:
+    """Input splitting for low-dimensional inputs (<= 12 dims), ReLU splitting otherwise."""
+    return "input" if n_inputs <= 12 or n_relus == 0 else "relu"
+
+
+def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
+           batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
+           falsify_first: bool = True) -> VerifyResult:
+    """Decide ``prop`` (a ``certify.spec.vnnlib.VnnlibProperty``) on ``network`` within ``timeout`` s.
+
+    ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats)."""
+    if method not in METHODS:
+        raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
+    n_in, n_out = network.input_size, network.output_size
+    if (prop.n_inputs, prop.n_outputs) != (n_in, n_out):
+        raise CertifyError(f"{prop.path}: property is for {prop.n_inputs} inputs / {prop.n_outputs} outputs, "
+                           f"the network has {n_in} / {n_out}")
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    stats = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0,
+             "time_lp": 0.0, "method": None, "regions": len(prop.regions)}
+
+    def done(status, ce=None):
+        stats["time_total"] = time.monotonic() - t0
+        return VerifyResult(status, ce, stats)
+
+    if not prop.regions:
+        return done("unsat")
+    fal = Falsifier(network, prop, seed)
+    boxes = [(torch.as_tensor(r.lower), torch.as_tensor(r.upper)) for r in prop.regions]
+    t = time.monotonic()
+    for (lo, hi), reg in zip(boxes if falsify_first else [], prop.regions):
+        ce = fal.check_points(torch.stack([(lo + hi) / 2, lo, hi]))
+        if ce is None:
+            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=50, restarts=pgd_restarts)
+        if ce is not None:
+            stats["time_falsify"] += time.monotonic() - t
+            stats["found_by"] = "pgd"
+            return done("sat", ce)
+    stats["time_falsify"] += time.monotonic() - t
+
+    t = time.monotonic()
+    chain = to_chain(network)
+    stats["time_setup"] = time.monotonic() - t
+    if chain is None:
+        try:
+            import bounds.api  # noqa: F401  (the bound engine, for networks that are not chains)
+        except ImportError:
+            stats["method"] = "falsify-only"
+            return done("unknown")
+        m = "generic-input"
+    else:
+        n_relus = sum(chain.hidden_sizes)
+        m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
+    stats["method"] = m
+    net64 = network.detach().to(torch.float64)
+    # each (region, conjunction) is a separate proof obligation, proved in turn
+    jobs = []
+    for (lo, hi), reg in zip(boxes, prop.regions):
+        for A, b in reg.disjuncts:
+            if A.shape[0] == 0:   # no output condition: every input of the region violates
+                ce = fal.check_points(((lo + hi) / 2).unsqueeze(0))
+                return done("sat", ce) if ce is not None else done("unknown")
+            C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+            jobs.append((lo, hi, C, d, reg))
+    status = "unsat"
+    for j, (lo, hi, C, d, reg) in enumerate(jobs):
+        if time.monotonic() > deadline:
+            return done("timeout")
+        dis = [(C, -d)]
+
+        def try_points(xs, dis=dis):
+            return fal.check_points(xs.to(torch.float64), dis)
+
+        if m == "generic-input":
+            verdict, ce = generic_input_split(net64, lo, hi, C, d, deadline, try_points, stats)
+        elif m == "input":
+            # a small portfolio: sensitivity branching with CROWN for a third of the time left,
+            # then smart branching with alpha-CROWN (each wins on instances the other loses)
+            first = time.monotonic() + (deadline - time.monotonic()) / 3
+            verdict, ce = input_split_bab(chain, lo, hi, C, d, first, try_points, stats,
+                                          batch=batch or 256, iterations=0, candidates=1)
+            if verdict == "timeout" and time.monotonic() < deadline:
+                verdict, ce = input_split_bab(chain, lo, hi, C, d, deadline, try_points, stats,
+                                              batch=batch or 128, iterations=3 if iterations is None else iterations)
+        else:
+            verdict, ce = relu_split_bab(chain, lo, hi, C, d, deadline, try_points, stats,
+                                         batch=batch or 256, iterations=iterations or 20)
+        if verdict == "sat":
+            stats["found_by"] = "bab"
+            return done("sat", ce)
+        if verdict in ("timeout", "unknown"):
+            # a last attack on this obligation before giving up
+            if time.monotonic() < deadline and falsify_first:
+                t = time.monotonic()
+                ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())],
+                                steps=100, restarts=pgd_restarts)
+                stats["time_falsify"] += time.monotonic() - t
+                if ce is not None:
+                    stats["found_by"] = "pgd"
+                    return done("sat", ce)
+            if verdict == "timeout":
+                return done("timeout")
+            status = "unknown"
+    return done(status)

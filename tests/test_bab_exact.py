@@ -1,0 +1,169 @@
+"""Branch and bound against an exact MILP (scipy/HiGHS) on small random ReLU networks.
+
+For each random network and random property (an input box and a conjunction ``A y <= b``), the
+MILP computes t* = min over the box of max_r (A y - b)_r exactly (big-M from interval bounds);
+the property is violated (sat) iff t* <= 0. BaB must agree whenever it answers, answer almost
+always, and every sat must carry a counterexample that violates the property in onnxruntime.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import Bounds as LinBounds
+from scipy.optimize import LinearConstraint, milp
+
+from bounds.bab import verify
+from bounds.bab.chain import to_chain
+from certify.cli.vnn import check_counterexample_ort
+from certify.ir import Linear, ReLU, sequential
+from certify.spec.vnnlib import Region, VnnlibProperty
+
+
+def random_net(rng, sizes):
+    ops = []
+    for k in range(len(sizes) - 1):
+        w = torch.tensor(rng.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]), dtype=torch.float32)
+        b = torch.tensor(rng.normal(size=sizes[k + 1]) * 0.3, dtype=torch.float32)
+        ops.append(Linear(w, b))
+        if k < len(sizes) - 2:
+            ops.append(ReLU())
+    return sequential((sizes[0],), ops, name="random")
+
+
+def exact_min(net, lo, hi, A, b):
+    """min over x in [lo, hi] of max_r (A f(x) - b)_r by MILP (variables x, z, a, delta, t)."""
+    ch = to_chain(net)
+    n_in = ch.n_in
+    names = []   # variable layout
+    nvar = n_in
+    cons_A, cons_l, cons_u = [], [], []
+    bounds_l, bounds_u, integrality = list(lo), list(hi), [0] * n_in
+    prev = list(range(n_in))
+    l, u = np.asarray(lo, float), np.asarray(hi, float)
+    for k, (w, bb) in enumerate(zip(ch.weights, ch.biases)):
+        w, bb = w.numpy(), bb.numpy()
+        zl = np.minimum(w, 0) @ u + np.maximum(w, 0) @ l + bb
+        zu = np.maximum(w, 0) @ u + np.minimum(w, 0) @ l + bb
+        last = k == len(ch.weights) - 1
+        zi = list(range(nvar, nvar + w.shape[0]))
+        nvar += w.shape[0]
+        bounds_l += zl.tolist(); bounds_u += zu.tolist(); integrality += [0] * w.shape[0]
+        for i in range(w.shape[0]):   # z_i - w_i a_prev = b_i
+            row = {zi[i]: 1.0}
+            for j, p in enumerate(prev):
+                row[p] = row.get(p, 0.0) - w[i, j]
+            cons_A.append(row); cons_l.append(bb[i]); cons_u.append(bb[i])
+        if last:
+            out = zi
+            break
+        ai = list(range(nvar, nvar + w.shape[0])); nvar += w.shape[0]
+        di = list(range(nvar, nvar + w.shape[0])); nvar += w.shape[0]
+        bounds_l += [0.0] * w.shape[0] + [0.0] * w.shape[0]
+        bounds_u += np.maximum(zu, 0).tolist() + [1.0] * w.shape[0]
+        integrality += [0] * w.shape[0] + [1] * w.shape[0]
+        for i in range(w.shape[0]):
+            cons_A.append({ai[i]: 1.0, zi[i]: -1.0}); cons_l.append(0.0); cons_u.append(np.inf)       # a >= z
+            cons_A.append({ai[i]: 1.0, zi[i]: -1.0, di[i]: -zl[i]}); cons_l.append(-np.inf); cons_u.append(-zl[i])  # a <= z - l(1-d)
+            cons_A.append({ai[i]: 1.0, di[i]: -max(zu[i], 0.0)}); cons_l.append(-np.inf); cons_u.append(0.0)   # a <= u d
+        prev = ai
+        l, u = np.maximum(zl, 0), np.maximum(zu, 0)
+    t = nvar; nvar += 1
+    bounds_l.append(-np.inf); bounds_u.append(np.inf); integrality.append(0)
+    for r in range(A.shape[0]):   # (A y - b)_r <= t
+        row = {t: -1.0}
+        for j, o in enumerate(out):
+            row[o] = row.get(o, 0.0) + A[r, j]
+        cons_A.append(row); cons_l.append(-np.inf); cons_u.append(b[r])
+    M = np.zeros((len(cons_A), nvar))
+    for i, row in enumerate(cons_A):
+        for j, v in row.items():
+            M[i, j] += v
+    c = np.zeros(nvar); c[t] = 1.0
+    res = milp(c, constraints=LinearConstraint(M, cons_l, cons_u), integrality=np.array(integrality),
+               bounds=LinBounds(bounds_l, bounds_u), options={"mip_rel_gap": 1e-9})
+    assert res.status == 0, res.message
+    return res.fun
+
+
+def random_case(seed, sizes):
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, sizes)
+    n_in, n_out = sizes[0], sizes[-1]
+    c = rng.uniform(-1, 1, n_in)
+    w = rng.uniform(0.2, 1.0)
+    lo, hi = c - w, c + w
+    k = rng.integers(1, 3)
+    A = rng.normal(size=(k, n_out))
+    with torch.no_grad():
+        ys = net(torch.tensor(rng.uniform(lo, hi, (400, n_in)), dtype=torch.float32)).double().numpy()
+    # thresholds near the sampled range, so that both verdicts occur
+    b = np.quantile(ys @ A.T, rng.uniform(0.0, 0.08), axis=0) - rng.uniform(0, 0.3) * (rng.random() < 0.5)
+    prop = VnnlibProperty("random", n_in, n_out, [Region(lo, hi, [(A, b)])])
+    return net, prop, lo, hi, A, b
+
+
+@pytest.mark.parametrize("method, sizes", [("input", [2, 8, 8, 3]), ("relu", [3, 6, 6, 2]),
+                                           ("relu", [4, 10, 3]), ("input", [3, 6, 6, 6, 2])])
+def test_bab_agrees_with_milp(method, sizes, tmp_path):
+    decided, sats, unsats = 0, 0, 0
+    n = 12
+    for seed in range(n):
+        net, prop, lo, hi, A, b = random_case(1000 * len(sizes) + seed, sizes)
+        # shift b so that t* = -tau is near 0 (the hard cases): t*(b + c) = t*(b) - c
+        tau = (0.002 + 0.05 * (seed % 4) / 3) * (1 if seed % 3 else -1)
+        b = b + exact_min(net, lo, hi, A, b) + tau
+        prop.regions[0].disjuncts[0] = (A, b)
+        t_star = exact_min(net, lo, hi, A, b)
+        assert t_star == pytest.approx(-tau, abs=1e-6)
+        # odd seeds: no attack first, so branch and bound itself must find the sats
+        res = verify(net, prop, timeout=20, method=method, pgd_restarts=2, falsify_first=seed % 2 == 0)
+        if abs(t_star) < 1e-6:
+            continue   # on the boundary: either answer is within float tolerance
+        if res.status == "sat":
+            assert t_star < 0, (seed, t_star)
+            x, y = res.counterexample
+            assert prop.violated_by(x, y)
+            path = tmp_path / f"n{seed}.onnx"
+            net.to_onnx(path)
+            assert check_counterexample_ort(str(path), prop, x, tol=1e-5)
+            sats += 1
+        elif res.status == "unsat":
+            assert t_star > 0, (seed, t_star)
+            unsats += 1
+        decided += res.status in ("sat", "unsat")
+    assert decided >= n - 2
+    assert sats >= 1 and unsats >= 1
+
+
+def test_unsat_needs_branching_on_a_hard_case():
+    """A property whose root bound is negative but which holds: BaB must branch and prove it."""
+    for seed in range(40):
+        net, prop, lo, hi, A, b = random_case(seed, [2, 12, 12, 2])
+        t_star = exact_min(net, lo, hi, A, b)
+        if t_star > 1e-3:
+            res = verify(net, prop, timeout=20, method="relu", pgd_restarts=1)
+            if res.stats.get("root_lower", 1.0) < 0:
+                assert res.status == "unsat" and res.stats["domains"] > 1
+                return
+    pytest.fail("no random case needed branching")
+
+
+def test_residual_network_uses_generic_input_split():
+    """A residual net is not a chain: BaB splits the input over the bounds engine's CROWN. The
+    thresholds sit 0.3 below / 0.05 above the minimum over a fine grid (Lipschitz slack < 0.05)."""
+    from certify.ir import Add, Network, Node
+    g = torch.Generator().manual_seed(0)
+    W1, W2, W3 = (torch.randn(6, 2, generator=g), torch.randn(6, 6, generator=g) / 3, torch.randn(1, 6, generator=g) / 3)
+    net = Network((2,), [Node("a", Linear(W1, torch.zeros(6)), ("input",)), Node("r", ReLU(), ("a",)),
+                         Node("b", Linear(W2, torch.zeros(6)), ("r",)), Node("s", Add(), ("a", "b")),
+                         Node("t", ReLU(), ("s",)), Node("o", Linear(W3, torch.zeros(1)), ("t",))])
+    assert to_chain(net) is None
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 401), torch.linspace(-1, 1, 401), indexing="ij"), -1)
+    with torch.no_grad():
+        m = float(net(grid.reshape(-1, 2)).min())
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    for thr, expect in [(m - 0.3, "unsat"), (m + 0.05, "sat")]:
+        prop = VnnlibProperty("res", 2, 1, [Region(lo, hi, [(np.array([[1.0]]), np.array([thr]))])])
+        res = verify(net, prop, timeout=30, falsify_first=False)
+        assert res.status == expect and res.stats["method"] == "generic-input"
