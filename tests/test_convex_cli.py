@@ -60,3 +60,11 @@ def test_radius_search(tmp_path, capsys):
     assert rec.eps is None and rec.verdict == "certified" and 0.01 < rec.radius < 0.5
     assert rec.evidence["min_margin_lower"] > 0 and rec.evidence["eps_checked"] == rec.radius
     assert "average certified radius" in capsys.readouterr().out
+
+
+def test_lp_l2_cli(tmp_path, capsys):
+    out = tmp_path / "l2.jsonl"
+    assert main(["lp", "digits-mlp", "--n", "2", "--norm", "2", "--eps", "0.1", "--out", str(out)]) == 0
+    assert "lp on 2 inputs, eps 0.1 (2)" in capsys.readouterr().out
+    recs = read_records(str(out))
+    assert all(r.norm == "2" and r.evidence["solver"] == "cvxpy-CLARABEL" for r in recs if r.verdict != "misclassified")

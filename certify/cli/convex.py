@@ -20,7 +20,7 @@ from certify.report.records import Record, ResultWriter
 from certify.spec.output import robustness_matrix
 
 HELP = {
-    "lp": ("certify by the triangle LP relaxation (HiGHS)",
+    "lp": ("certify by the triangle LP relaxation (HiGHS; L2 balls as a cone program)",
            "Lower-bound every robustness margin by the LP (triangle) relaxation of each unstable ReLU, with "
            "pre-activation bounds from CROWN (or alpha-CROWN); the bound is rebuilt from the LP dual, so solver "
            "tolerances cannot make it unsound. Sound, incomplete; tighter than CROWN."),
@@ -42,8 +42,10 @@ def register(sub) -> None:
         add_data_args(p, default_n=50)
         g = p.add_argument_group("certificate")
         g.add_argument("--eps", type=float, default=0.02, help="perturbation radius to certify (default: 0.02)")
-        if name == "sdp":
-            g.add_argument("--norm", default="inf", choices=["inf", "2"], help="ball norm: inf or 2 (default: inf)")
+        if name in ("lp", "sdp"):
+            g.add_argument("--norm", default="inf", choices=["inf", "2"],
+                           help="ball norm: inf or 2 (default: inf); for lp, 2 makes it a second-order cone "
+                                "program solved by cvxpy (Clarabel, or --solver scs)")
         g.add_argument("--domain", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                        help="valid input range the ball is clipped to (default: 0 1)")
         g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
@@ -58,14 +60,19 @@ def register(sub) -> None:
         if name == "lp":
             g.add_argument("--refine", choices=["all"], default=None,
                            help="'all': tighten every layer's pre-activation bounds by LP first (LP-ALL, slower)")
-            g.add_argument("--solver", default="highs", choices=["highs", "scipy"],
-                           help="highspy (default, warm-started) or scipy.optimize.linprog")
+            g.add_argument("--solver", default="highs", choices=["highs", "scipy", "clarabel", "scs"],
+                           help="highspy (default, warm-started) or scipy.optimize.linprog; for --norm 2 the "
+                                "cone solver: clarabel (default) or scs")
         elif name == "sdp":
             g.add_argument("--solver", default="SCS", choices=["SCS", "Clarabel", "first-order"],
                            help="SCS (default), Clarabel (small nets: memory grows fast) or first-order "
-                                "(Lagrangian dual ascent from the LP's multipliers, for large MLPs)")
+                                "(SDP-FO style: matrix-free Lanczos + Adam on the dual from the LP's multipliers, for "
+                                "784-input MLPs; --time-limit caps each margin row)")
             g.add_argument("--max-iters", type=int, default=None, help="SCS/Clarabel iteration cap (bound stays valid)")
-            g.add_argument("--iters", type=int, default=300, help="first-order solver steps (default: 300)")
+            g.add_argument("--refine", choices=["all"], default=None,
+                           help="'all': tighten every layer's pre-activation bounds by LP first (LP-ALL)")
+            g.add_argument("--iters", type=int, default=300, 
+                           help="first-order solver: Adam steps per margin row (default: 300)")
         else:
             g.add_argument("--mode", default="decision", choices=["decision", "full"],
                            help="decision: stop at the first proof or counterexample (default); "
@@ -78,10 +85,10 @@ def register(sub) -> None:
 def _method_kwargs(method: str, args) -> dict:
     kw = dict(bounds_method=args.bounds_method, domain=None if args.no_domain else tuple(args.domain))
     if method == "lp":
-        kw.update(refine=args.refine, solver=args.solver, time_limit=args.time_limit)
+        kw.update(norm=args.norm, refine=args.refine, solver=args.solver, time_limit=args.time_limit)
     elif method == "sdp":
         kw.update(norm=args.norm, solver=args.solver, max_iters=args.max_iters, time_limit=args.time_limit,
-                  iters=args.iters)
+                  iters=args.iters, refine=args.refine)
     else:
         kw.update(mode=args.mode, time_limit=args.time_limit or 60.0)
     return kw

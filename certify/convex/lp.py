@@ -7,9 +7,13 @@ each margin row swaps the objective and re-solves from the previous basis (warm 
 duality (``highs.dual_bound``), never read from the solver's objective; a solve that does not
 end ``optimal`` gives ``-inf`` and status ``unknown``-making.
 
+For an L2 ball the input constraint ||x - x0|| <= eps makes it a second-order cone program,
+solved by cvxpy (``lp_l2``: Clarabel by default) with the bound again rebuilt from duals.
+
 ``refine="all"`` (LP-ALL, Salman et al. 2019) first tightens the pre-activation bounds of
 every unstable ReLU layer by layer: two LPs (min and max) per unstable neuron over the
-relaxation of the layers before it, each bound again rebuilt from duals.
+relaxation of the layers before it, each bound again rebuilt from duals (for an L2 ball these
+refinement LPs use the ball's bounding box: looser, still sound).
 """
 from __future__ import annotations
 
@@ -101,30 +105,43 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
        time_limit: float | None = None, options: dict | None = None, pre_bounds: dict | None = None) -> ConvexResult:
     """Lower bounds of ``C @ net(x') + d`` over the perturbation set of each sample by the triangle LP.
 
-    Args: ``x`` (B, *input_shape); ``eps``/``norm``/``domain`` or ``input_set`` (L-inf ball or box);
+    Args: ``x`` (B, *input_shape); ``eps``/``norm``/``domain`` or ``input_set`` (L-inf ball, box, or
+    L2 ball: then a second-order cone program, see module doc);
     ``C`` (B, rows, K) (default identity), ``d`` (B, rows); ``bounds_method`` 'crown' | 'alpha' for the
     pre-activation bounds (or ``pre_bounds`` dict node -> (lo, hi)); ``refine`` None | 'all' (LP-ALL);
-    ``solver`` 'highs' | 'scipy'; ``options`` extra HiGHS options (e.g. an iteration cap).
+    ``solver`` 'highs' | 'scipy' (L2 balls: 'highs' means Clarabel; or 'clarabel' | 'scs' | 'ecos');
+    ``options`` extra HiGHS options (e.g. an iteration cap).
     Returns a ``ConvexResult`` (method 'lp' or 'lp-all'), ``.lower`` (B, rows) certified.
     """
     if refine not in (None, "all"):
         raise CertifyError(f"refine must be None or 'all', got {refine!r}")
     prob = prepare(net_or_module, x, eps, norm, C, d, domain, input_set, bounds_method, pre_bounds)
-    if not is_box_set(prob.input_set):
-        raise CertifyError(f"lp handles L-inf balls and boxes; got a {prob.input_set.norm}-norm set "
-                           "(use sdp, or bounds for L2)")
     B, rows = prob.C.shape[:2]
+    l2 = not is_box_set(prob.input_set)
+    if l2 and prob.input_set.norm != "2":
+        raise CertifyError(f"lp handles L-inf balls, boxes and L2 balls; got a {prob.input_set.norm}-norm set")
+    if l2:
+        from certify.convex.lp_l2 import solve_rows_l2
+        cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
+        eps_b = torch.as_tensor(prob.input_set.eps, dtype=torch.float64).reshape(-1).expand(B)
+    elif solver not in ("highs", "scipy"):
+        raise CertifyError(f"LP solver must be 'highs' or 'scipy', got {solver!r}")
     lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
     status, secs = [], []
     for b in range(B):
         t0 = time.perf_counter()
         if refine == "all":      # a refinement LP that fails leaves its bound as it was: still sound
-            refine_all(prob, b, solver, time_limit)
+            refine_all(prob, b, "highs" if l2 else solver, time_limit)
         enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre])
         obj = prob.objective(b)
-        lows, st = solve_rows(enc, _objective_rows(obj, enc), obj.const, solver, time_limit, options)
+        if l2:
+            x0 = prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy()
+            lows, st = solve_rows_l2(enc, _objective_rows(obj, enc), obj.const, x0, float(eps_b[b]), cone, time_limit)
+        else:
+            lows, st = solve_rows(enc, _objective_rows(obj, enc), obj.const, solver, time_limit, options)
         lower[b] = torch.from_numpy(lows)
         status.append(st)
         secs.append(time.perf_counter() - t0)
-    return ConvexResult("lp-all" if refine == "all" else "lp", "highspy" if solver == "highs" else "scipy-linprog",
+    name = f"cvxpy-{cone}" if l2 else ("highspy" if solver == "highs" else "scipy-linprog")
+    return ConvexResult("lp-all" if refine == "all" else "lp", name,
                         lower, torch.full((B, rows), np.inf, dtype=torch.float64), status, secs)

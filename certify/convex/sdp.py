@@ -10,18 +10,20 @@ f(v) = c^T (W_out z_L + b_out) + d. Quadratic constraints g_i(v) = [1;v]^T G_i [
   (D) (v - l)(u - v) >= 0 for every entry of v, with l, u the input box and the post-ReLU
       bounds from the pre-activation bounds;  (E) eps^2 - ||x - x0||^2 >= 0 for an L2 ball.
 The lifted SDP  min <F, P>  s.t. <G_i, P> (>= or =) 0, P[0,0] = 1, P PSD  is solved with cvxpy
-(SCS by default, Clarabel for small problems), or its Lagrangian dual by ``solve_first_order``
-(projected gradient ascent with line search, started from multipliers that reproduce the
-triangle LP's bound, for 784-input MLPs that SCS cannot load). Every row's reported bound is
-the better of the solver's dual point and the LP-derived one (both valid), so the SDP bound is
-never below the LP bound of the same pre-activation bounds (up to ~1e-5 slack).
+(SCS by default, Clarabel for small problems), or matrix-free by the SDP-FO-style first-order
+dual solver of ``sdp_fo`` (Lanczos + Adam, started from multipliers that reproduce the triangle
+LP's bound, for 784-input MLPs that SCS cannot load). Every row's reported bound is the better
+of the solver's dual point and the LP-derived one (both valid), so the SDP bound is never below
+the LP bound of the same pre-activation bounds (up to ~1e-5 slack).
 
 Certificate (weak duality, any multipliers lam (>= 0 on inequalities) and any kappa): with
 H(lam) = F - sum_i lam_i G_i, every feasible v satisfies
     f(v) >= [1;v]^T H [1;v] >= kappa + min(0, lambda_min(H - kappa e0 e0^T)) * R,
     R = 1 + sum_j max(l_j^2, u_j^2)  (a bound on ||[1;v]||^2 over the box).
 We compute lambda_min with a dense float64 eigensolver and lower it by a bound on its rounding
-error, so the reported bound is valid whether or not the solver converged.
+error, so the reported bound is valid whether or not the solver converged. The same dual point
+is also certified in the box-scaled form of ``sdp_fo`` (v = m + s w, R = 1 + #unfixed entries,
+kappa re-tuned), which is often tighter; the larger of the two valid values is reported.
 """
 from __future__ import annotations
 
@@ -121,14 +123,14 @@ class Multipliers:
                            None if self.F is None else [np.maximum(a, 0) for a in self.F])
 
 
-def hessian(f: Families, lam: Multipliers) -> sp.csr_matrix:
-    """H(lam) = F - sum_i lam_i G_i, symmetric (N+1, N+1) (see module doc)."""
+def _parts(f: Families, lam: Multipliers) -> tuple[float, np.ndarray, np.ndarray]:
+    """H(lam) without its ReLU-product blocks: (H[0,0], H[0, :] with entry 0 zeroed, diag) ((N+1,)
+    each). The remaining blocks are H[z_k, z_{k-1}] = diag(lam.C_k / 2) W_k (and transposed)."""
     N = f.N
-    row0 = np.zeros(N + 1)          # H[0, j] (j >= 1): stored once, symmetrized at the end
+    row0 = np.zeros(N + 1)          # H[0, j] (j >= 1)
     h00 = f.F00
     row0[1:] += f.Fvec / 2
     diag = np.zeros(N + 1)
-    offd = []
     for k in range(1, len(f.sizes)):
         zi, zp = f.blk(k), f.blk(k - 1)
         W, b = f.Ws[k - 1], f.bs[k - 1]
@@ -143,8 +145,6 @@ def hessian(f: Families, lam: Multipliers) -> sp.csr_matrix:
             row0[zi] += lF / 2
             h00 -= float((lF * sl) @ (b - t))
         diag[zi] -= lC
-        M = sp.diags(lC / 2) @ W             # H[zi, zp] += lC_i W_ij / 2
-        offd.append(sp.csr_matrix((M.tocoo().data, (zi[M.tocoo().row], zp[M.tocoo().col])), shape=(N + 1, N + 1)))
     diag[1:] += lam.D
     row0[1:] -= lam.D * (f.vlo + f.vhi) / 2
     h00 += float(lam.D @ (f.vlo * f.vhi))
@@ -155,9 +155,19 @@ def hessian(f: Families, lam: Multipliers) -> sp.csr_matrix:
         row0[xi] -= lam.E * x0
         h00 -= lam.E * (eps ** 2 - float(x0 @ x0))
     row0[0] = 0.0
+    return h00, row0, diag
+
+
+def hessian(f: Families, lam: Multipliers) -> sp.csr_matrix:
+    """H(lam) = F - sum_i lam_i G_i, symmetric (N+1, N+1) (see module doc)."""
+    N = f.N
+    h00, row0, diag = _parts(f, lam)
     E0 = sp.csr_matrix((row0[1:], (np.zeros(N, int), np.arange(1, N + 1))), shape=(N + 1, N + 1))
     H = sp.diags(diag) + E0 + E0.T + sp.csr_matrix(([h00], ([0], [0])), shape=(N + 1, N + 1))
-    for O in offd:
+    for k in range(1, len(f.sizes)):
+        zi, zp = f.blk(k), f.blk(k - 1)
+        M = (sp.diags(lam.C[k - 1] / 2) @ f.Ws[k - 1]).tocoo()    # H[zi, zp] += lC_i W_ij / 2
+        O = sp.csr_matrix((M.data, (zi[M.row], zp[M.col])), shape=(N + 1, N + 1))
         H = H + O + O.T
     return sp.csr_matrix(H)
 
@@ -268,6 +278,10 @@ def solve_cvxpy(f: Families, solver: str = "SCS", max_iters: int | None = None,
     for sign in (1.0, -1.0):      # cvxpy's sign convention for equality duals: try both (both valid)
         lam_s = Multipliers(lam.A, lam.B, [sign * c for c in lam.C], lam.D, lam.E, lam.F)
         best = max(best, bound_from(f, lam_s, kap))
+        if f.N < 2000:            # the same point, certified in the scaled form with kappa re-tuned
+            from certify.convex.sdp_fo import certify_point, tune_kappa
+            k, _, _ = tune_kappa(f, lam_s, kap[0] if kap else 0.0, None)
+            best = max(best, certify_point(f, lam_s, k)[0])
     return best, ("optimal" if prob.status == "optimal" else "dual_feasible") if np.isfinite(best) else prob.status
 
 
@@ -334,78 +348,22 @@ def from_lp(prob: Problem, b: int, row: int, f: Families) -> tuple[Multipliers, 
     return lam, val
 
 
-def dual_value(f: Families, lam: Multipliers) -> tuple[float, np.ndarray | None]:
-    """The Lagrangian dual function d(lam) = min_v [1;v]^T H(lam) [1;v] and its minimizer v*
-    (``-inf``, None when H's lower block is not positive definite)."""
-    H = hessian(f, lam).toarray()
-    M, h = H[1:, 1:], H[0, 1:]
-    try:
-        Lc = np.linalg.cholesky((M + M.T) / 2)
-    except np.linalg.LinAlgError:
-        return -np.inf, None
-    y = np.linalg.solve(Lc, h)
-    v = -np.linalg.solve(Lc.T, y)
-    return float(H[0, 0] - y @ y), v
-
-
-def solve_first_order(f: Families, iters: int = 300, lr: float = 1.0, time_limit: float | None = None,
-                      init: Multipliers | None = None) -> tuple[float, str]:
-    """Projected gradient ascent with a backtracking line search on the Lagrangian dual
-    d(lam) = min_v L(v, lam) (gradient by the envelope theorem: -g_i(v*)), inside the region
-    where H's lower block is positive definite (``dual_value`` is -inf outside, so the search
-    stays in it). ``lr`` is the first trial step. The final bound is recomputed by
-    ``bound_from`` (eigenvalue-corrected), valid for whatever point the ascent reached."""
-    lam = init or Multipliers.zeros(f)
-    if init is None:
-        lam.D = np.full(f.N, 1.0)
-    sizes = [len(a) for a in lam.A]
-    flat = lambda m: np.concatenate(m.A + m.B + m.C + m.F + [m.D, [m.E]])
-
-    def unflat(v):
-        parts, i = [], 0
-        for _ in range(4):
-            parts.append([v[i + sum(sizes[:j]): i + sum(sizes[: j + 1])] for j in range(len(sizes))])
-            i += sum(sizes)
-        return Multipliers(parts[0], parts[1], parts[2], v[i: i + f.N], float(v[-1]), parts[3])
-
-    theta = flat(lam)
-    val, v = dual_value(f, unflat(theta))
-    while v is None:                          # make the start positive definite
-        theta[-f.N - 1: -1] = theta[-f.N - 1: -1] * 4 + 1e-3
-        val, v = dual_value(f, unflat(theta))
-    step, t0 = lr, time.perf_counter()
-    for _ in range(iters):
-        g = flat(_grad(f, np.concatenate([[1.0], v])))
-        gn = float(np.linalg.norm(g))
-        if gn == 0:
-            break
-        for _ in range(30):
-            cand = flat(unflat(theta + step * g / gn).project())
-            cval, cv = dual_value(f, unflat(cand))
-            if cv is not None and cval > val:
-                break
-            step /= 2
-        else:
-            break
-        theta, val, v = cand, cval, cv
-        step *= 1.5
-        if time_limit and time.perf_counter() - t0 > time_limit:
-            break
-    bound = bound_from(f, unflat(theta).project(), [])
-    return bound, "dual_feasible" if np.isfinite(bound) else "failed"
-
-
 def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
         input_set=None, bounds_method: str = "crown", solver: str = "SCS", max_iters: int | None = None,
-        time_limit: float | None = None, iters: int = 300, lr: float = 1.0,
-        pre_bounds: dict | None = None) -> ConvexResult:
+        time_limit: float | None = None, iters: int = 300, lr: float = 0.01,
+        pre_bounds: dict | None = None, refine: str | None = None) -> ConvexResult:
     """Lower bounds of ``C @ net(x') + d`` by the Raghunathan et al. SDP (see module doc).
 
     ``solver``: 'SCS' (default), 'Clarabel' (small problems only) or 'first-order' (SDP-FO style,
-    ``iters`` steps). ``max_iters``/``time_limit`` cap the cvxpy solver per row; the bound stays
+    matrix-free: ``iters`` Adam steps of relative size ``lr``, stopped after ``time_limit``
+    seconds per row). ``max_iters``/``time_limit`` cap the cvxpy solver per row; the bound stays
     valid when it stops early. Every row's bound is rebuilt from a dual point (status
     'optimal' or 'dual_feasible'); a solver returning no dual point gives ``-inf``.
+    ``refine='all'`` first tightens every layer's pre-activation bounds by LP (LP-ALL, as in
+    ``lp``), which tightens the SDP's box and triangle constraints too.
     """
+    if refine not in (None, "all"):
+        raise CertifyError(f"refine must be None or 'all', got {refine!r}")
     prob = prepare(net_or_module, x, eps, norm, C, d, domain, input_set, bounds_method, pre_bounds)
     B, rows = prob.C.shape[:2]
     lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
@@ -413,16 +371,24 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
     fo = solver.lower().replace("_", "-") in ("first-order", "fo")
     for b in range(B):
         t0 = time.perf_counter()
+        if refine == "all":      # a refinement LP that fails leaves its bound as it was: still sound
+            from certify.convex.lp import refine_all
+            refine_all(prob, b)
         st = []
         for r in range(rows):
             f = families(prob, b, r)
             init, _ = from_lp(prob, b, r, f)
             if fo:
-                val, s = solve_first_order(f, iters, lr, time_limit=time_limit, init=init)
-            else:                               # both are valid bounds: keep the better one
+                from certify.convex.sdp_fo import solve_first_order
+                val, s, _ = solve_first_order(f, init, iters, lr, time_limit=time_limit)
+            else:
                 val, s = solve_cvxpy(f, solver, max_iters, time_limit)
-                val = max(val, bound_from(f, init, []))
-                s = s if s in ("optimal", "dual_feasible") or not np.isfinite(val) else "dual_feasible"
+            # both are valid: keep the better (the first-order solver already certifies its start,
+            # the LP point, when no iterate beats it: the dense check here is for small problems)
+            if s in ("optimal", "dual_feasible") or not np.isfinite(val):
+                lp_val = bound_from(f, init, []) if f.N < (600 if fo else 5000) else -np.inf
+                if lp_val > val:
+                    val, s = lp_val, "dual_feasible"
             lower[b, r] = val
             st.append(s)
         status.append(st)
