@@ -17,6 +17,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMANDS = [
     "certify.cli.info",      # certify info MODEL
     "certify.cli.demo",      # certify demo
+    "certify.cli.bounds",    # certify bounds MODEL --eps E --method ibp|crown|alpha
+    "certify.cli.convex",    # certify lp|sdp|milp MODEL --eps E
+    "certify.cli.smooth",    # certify smooth MODEL, certify curve FILE...
+    "certify.cli.vnn",       # certify vnnlib MODEL PROP / certify vnncomp DIR
+    "certify.cli.train",     # certify train --model M --objective O --out RUN
 ]
 
 DESCRIPTION = """\
