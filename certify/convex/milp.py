@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from certify.convex.encode import encode
-from certify.convex.highs import make_highs, set_objective, status_name
+from certify.convex.highs import dual_bound, make_highs, set_objective, status_name
 from certify.convex.lp import _objective_rows
 from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult
@@ -46,7 +46,12 @@ def _solve_row(enc, cost, c0, decision: bool, time_limit, options):
             h.cbMipInterrupt.unsubscribe(stop)
     st = status_name(h)
     info = h.getInfo()
-    dual = float(info.mip_dual_bound)
+    if not enc.integer.any():
+        # No unstable ReLU: the model is a plain LP (HiGHS leaves mip_dual_bound unset), exact,
+        # and its certified bound is rebuilt from the row duals as for ``lp``.
+        dual = dual_bound(cost, c0, enc, np.asarray(h.getSolution().row_dual)) if st == "optimal" else -np.inf
+    else:
+        dual = float(info.mip_dual_bound)
     sol = None
     if info.primal_solution_status == 2:                   # feasible incumbent
         sol = np.asarray(h.getSolution().col_value, dtype=np.float64)
