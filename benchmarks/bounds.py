@@ -6,7 +6,8 @@ first ``batch`` (1, 32) inputs of ``<net>_inputs.npz``, clipped to [0, 1] for th
 gap_mean = mean(ub - lb)) or ``margin`` (C = e_y - e_j, y = the network's own clean
 prediction; margin_lb_mean = mean lower bound; lower bounds only, as the reference). Methods
 IBP, CROWN, alpha-CROWN (20 iterations, lr 0.5, as auto_LiRPA's defaults). Time = median wall
-seconds of ``--repeats`` runs after a warm-up, with 2 threads and OMP_WAIT_POLICY=PASSIVE.
+seconds of ``--repeats`` runs after a warm-up (a call under 20 ms is repeated within a run and
+the time divided), with 2 threads and OMP_WAIT_POLICY=PASSIVE.
 The reference times were taken on a loaded machine: compare ratios, and batch-1 margin times
 against reference_quiet_batch1.json too. ``fwd`` is one forward pass of the same batch
 (IBP's target: within 3x of it).
@@ -42,14 +43,20 @@ NETS = ["mlp", "cnn", "resnet", "acas", "acasxu_1_1"]
 METHODS = {"IBP": "ibp", "CROWN": "crown", "alpha-CROWN": "alpha"}
 
 
-def _timed(fn, repeats: int):
+def _timed(fn, repeats: int, min_sample_s: float = 0.02):
+    """Median wall / CPU seconds per call over ``repeats`` samples, after a warm-up. A call
+    shorter than ``min_sample_s`` is repeated within each sample (and the time divided), so
+    sub-millisecond calls (IBP, a forward pass) are not timed at the clock's noise level."""
+    t = time.perf_counter()
     fn()                                       # warm-up
+    inner = max(1, int(min_sample_s / max(time.perf_counter() - t, 1e-7)))
     walls, cpus, out = [], [], None
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
+        for _ in range(inner):
+            out = fn()
+        walls.append((time.perf_counter() - t) / inner)
+        cpus.append((time.process_time() - c) / inner)
     return statistics.median(walls), statistics.median(cpus), out
 
 

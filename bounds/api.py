@@ -19,10 +19,10 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.sets import InputSet, ball
+from certify.spec.sets import InputSet, LinfBall, ball
 from bounds.alpha import alpha_crown
-from bounds.crown import crown_spec, preactivation_nodes, propagate
-from bounds.ibp import ibp_spec, interval_spec
+from bounds.crown import apply_splits, check_splits, crown_spec, preactivation_nodes, propagate
+from bounds.ibp import ibp_forward, ibp_spec, interval_spec
 from bounds.result import Bounds
 
 METHODS = ("ibp", "crown", "crown-ibp", "alpha")
@@ -69,10 +69,39 @@ def _spec(net: Network, C, d, B: int, dtype):
     return C, d
 
 
+class _Fixed:
+    """An input set whose ``box()`` is computed once (one bound computation asks for it often)."""
+
+    def __init__(self, s: InputSet):
+        self._set, self.norm = s, s.norm
+        eps = getattr(s, "eps", None)
+        if type(s) is LinfBall and type(eps) is float and eps >= 0:
+            # LinfBall.box() for a float radius without its tensor conversion and checks
+            # (a sizable share of one IBP call on a small network).
+            lo, hi = s.center - eps, s.center + eps
+            if s.domain is not None:
+                lo, hi = lo.clamp(min=s.domain[0]), hi.clamp(max=s.domain[1])
+                hi = torch.maximum(hi, lo)
+            self._box = (lo, hi)
+        else:
+            self._box = s.box()
+
+    def box(self):
+        return self._box
+
+    def __getattr__(self, name):
+        return getattr(self._set, name)
+
+
 def _prepare(net_or_module, x, eps, norm, domain, input_set, C, d):
-    shape = (tuple(input_set.shape) if input_set is not None else tuple(torch.as_tensor(x).shape[1:]))
+    if input_set is not None:
+        s = _Fixed(input_set)
+        shape = tuple(s.box()[0].shape[1:])
+    else:
+        shape = tuple(torch.as_tensor(x).shape[1:])
     net = as_network(net_or_module, shape)
-    s = _input_set(net, x, eps, norm, domain, input_set)
+    if input_set is None:
+        s = _Fixed(_input_set(net, x, eps, norm, domain, None))
     lo, _ = s.box()
     if tuple(lo.shape[1:]) != net.input_shape:
         raise CertifyError(f"input set of shape {tuple(lo.shape)} does not fit {net.name}'s input {net.input_shape}")
@@ -81,13 +110,18 @@ def _prepare(net_or_module, x, eps, norm, domain, input_set, C, d):
 
 
 def _ibp_bounds(net: Network, s: InputSet, C, d, splits) -> Bounds:
-    vals = propagate(net, s, "ibp", splits)
+    clamp = None
+    if splits:
+        check_splits(net, splits)
+        clamp = lambda consumers, iv: apply_splits(net, consumers, iv, splits)  # noqa: E731
     out = net.node(net.output)
+    if C is not None and isinstance(out.op, O.Linear):     # C folded into the last layer
+        vals = ibp_forward(net, s.box(), splits, stop=net.output, clamp=clamp)
+        return Bounds(*ibp_spec(out.op, vals[out.inputs[0]], C, d))
+    vals = ibp_forward(net, s.box(), splits, clamp=clamp)
     if C is None:
         lo, hi = vals[net.output]
         return Bounds(lo.flatten(1), hi.flatten(1))
-    if isinstance(out.op, O.Linear):
-        return Bounds(*ibp_spec(out.op, vals[out.inputs[0]], C, d))
     return Bounds(*interval_spec(vals[net.output], C, d))
 
 
@@ -108,8 +142,9 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
     if method in ("crown", "crown-ibp"):
         inter = "ibp" if method == "crown-ibp" else opts.pop("intermediate", "crown")
         _no_opts(opts, method)
-        vals = propagate(net, s, inter, splits)
-        return Bounds(*crown_spec(net, vals, s, C, d, upper))
+        cache: dict = {}
+        vals = propagate(net, s, inter, splits, relax_cache=cache)
+        return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache))
     iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))
     _no_opts(opts, method)
     lo, hi, _ = alpha_crown(net, s, C, d, splits, iterations, lr, upper)
@@ -132,8 +167,9 @@ def crown(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0
           intermediate="crown", splits=None, upper: bool = True) -> Bounds:
     """CROWN bounds; ``intermediate='ibp'`` takes the pre-activation bounds from IBP (CROWN-IBP)."""
     net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
-    vals = propagate(net, s, intermediate, splits)
-    return Bounds(*crown_spec(net, vals, s, C, d, upper))
+    cache: dict = {}
+    vals = propagate(net, s, intermediate, splits, relax_cache=cache)
+    return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache))
 
 
 def alpha(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,

@@ -25,7 +25,8 @@ def _box_min(A: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tenso
 def concretize_lower(A: torch.Tensor, input_set: InputSet) -> torch.Tensor:
     """min over x in the set of ``A . x`` for every row: (B, R)."""
     lo, hi = input_set.box()
-    lo, hi = lo.to(A.dtype), hi.to(A.dtype)
+    if lo.dtype != A.dtype:
+        lo, hi = lo.to(A.dtype), hi.to(A.dtype)
     box = _box_min(A, lo, hi)
     if input_set.norm != "2":
         return box

@@ -68,12 +68,24 @@ def ancestors(net: Network, name: str) -> set[str]:
 
 
 class _Ctx:
-    def __init__(self, net, bounds, alpha_of, start):
+    def __init__(self, net, bounds, alpha_of, start, relax_cache=None):
         self.net, self._bounds, self._alpha_of, self.start = net, bounds, alpha_of, start
+        self._cache = relax_cache
         self.in_shapes: list = []
 
     def bounds(self, name: str) -> Interval:
         return self._bounds[name]
+
+    def relaxation(self, key, fn, lo: torch.Tensor, hi: torch.Tensor):
+        """``fn(lo, hi)``, reused while ``key``'s bounds are these very tensors."""
+        if self._cache is None:
+            return fn(lo, hi)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is lo and hit[1] is hi:
+            return hit[2]
+        r = fn(lo, hi)
+        self._cache[key] = (lo, hi, r)
+        return r
 
     def alpha(self, node: str, rows: int, window=None):
         """Optimized lower slopes of ReLU ``node`` for the current rows: (B, rows, *shape), or
@@ -83,13 +95,14 @@ class _Ctx:
 
 def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval], input_set: InputSet,
                    alpha_of: Callable | None = None, key: str | None = None,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
+                   bias: torch.Tensor | None = None, relax_cache: dict | None = None) -> torch.Tensor:
     """Lower bounds (B, R) of ``A . y_start + bias`` (A: (B, R, *shape(start))) over the input set.
 
     ``bounds`` must hold (lo, hi) of every pre-activation node below ``start``;
     ``alpha_of(key, relu_node)`` may return ReLU lower slopes (B, R, *shape) to use (``key``:
-    the node whose bound is computed, default ``start``)."""
-    ctx = _Ctx(net, bounds, alpha_of, key or start)
+    the node whose bound is computed, default ``start``); ``relax_cache``: a dict that keeps
+    the activations' relaxations for later passes over the same bounds."""
+    ctx = _Ctx(net, bounds, alpha_of, key or start, relax_cache)
     pending = {start: A}
     B, R = A.shape[:2]
     if bias is None:
@@ -168,7 +181,8 @@ def max_ancestor_size(net: Network, name: str) -> int:
 
 
 def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, bounds: dict[str, Interval],
-               input_set: InputSet, alpha_of: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               input_set: InputSet, alpha_of: Callable | None = None,
+               relax_cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN lower/upper bounds (B, R) of neurons ``idx`` (B, R) of node ``name`` (pad rows: -inf/+inf).
 
     The rows are split into chunks so that no A tensor exceeds ``ROW_BUDGET`` elements; with
@@ -194,14 +208,15 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
             t.scatter_(2, (sub // (H_ * W_)).reshape(sub.shape + (1, 1, 1)), 1.0)
             rem = sub % (H_ * W_)
             p = Patches(torch.cat([t, -t], 1), torch.cat([rem // W_] * 2, 1), torch.cat([rem % W_] * 2, 1), H_, W_)
-            res = backward_lower(net, name, p, bounds, input_set, sub_alpha)
+            res = backward_lower(net, name, p, bounds, input_set, sub_alpha, relax_cache=relax_cache)
         elif start_rule is not None:    # first step without forming the one-hot rows
             Ain, b0 = start_rule(node.op, sub, net.shape_of(node.inputs[0]), shape)
             b0 = torch.zeros(sub.shape, dtype=dtype) if b0 is None else b0
             res = backward_lower(net, node.inputs[0], torch.cat([Ain, -Ain], 1), bounds, input_set, sub_alpha,
-                                 key=name, bias=torch.cat([b0, -b0], 1))
+                                 key=name, bias=torch.cat([b0, -b0], 1), relax_cache=relax_cache)
         else:
-            res = backward_lower(net, name, _onehot_rows(sub, shape, dtype), bounds, input_set, sub_alpha)
+            res = backward_lower(net, name, _onehot_rows(sub, shape, dtype), bounds, input_set, sub_alpha,
+                                 relax_cache=relax_cache)
         los.append(res[:, :b - a])
         his.append(-res[:, b - a:])
     lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype)
@@ -217,6 +232,27 @@ def scatter_tighten(lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor, new_l
     lo = lo.flatten(1).scatter_reduce(1, idx, new_lo, "amax", include_self=True).reshape(shape)
     hi = hi.flatten(1).scatter_reduce(1, idx, new_hi, "amin", include_self=True).reshape(shape)
     return lo, hi
+
+
+def tighten_straight_through(iv: Interval, ref: Interval) -> Interval:
+    """The intersection of ``iv`` with the sound bounds ``ref`` in value (so sound), with the
+    gradient of ``iv`` everywhere (as auto_LiRPA's reference bounds): a bound that ``ref``
+    beats, or ties, still passes the gradient to the slopes that produced it."""
+    lo, hi = iv
+    lo = lo + (torch.maximum(lo, ref[0]) - lo).detach()
+    hi = hi + (torch.minimum(hi, ref[1]) - hi).detach()
+    return lo, hi
+
+
+def scatter_replace(lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor, new_lo: torch.Tensor,
+                    new_hi: torch.Tensor, valid: torch.Tensor) -> Interval:
+    """(lo, hi) (B, *shape) with the neurons ``idx`` (B, R) replaced by the new bounds where
+    ``valid`` (pad rows keep the old ones)."""
+    shape = lo.shape
+    lo, hi = lo.flatten(1), hi.flatten(1)
+    nl = torch.where(valid, new_lo, lo.gather(1, idx))
+    nh = torch.where(valid, new_hi, hi.gather(1, idx))
+    return lo.scatter(1, idx, nl).reshape(shape), hi.scatter(1, idx, nh).reshape(shape)
 
 
 def apply_splits(net: Network, consumers: list[str], iv: Interval, splits: dict | None) -> Interval:
@@ -237,6 +273,20 @@ def apply_splits(net: Network, consumers: list[str], iv: Interval, splits: dict 
     return lo, hi
 
 
+def check_splits(net: Network, splits: dict) -> None:
+    """A ``CertifyError`` unless every key of ``splits`` is a ReLU node of ``net``."""
+    unknown = {k for k in splits if not _is_relu(net, k)}
+    if unknown:
+        raise CertifyError(f"splits name {sorted(unknown)}, which are not ReLU nodes of {net.name}")
+
+
+def _is_relu(net: Network, name: str) -> bool:
+    try:
+        return isinstance(net.node(name).op, O.ReLU)
+    except KeyError:
+        return False
+
+
 def _affine_of_input(net: Network, name: str) -> bool:
     """True when ``name`` is a Linear/Conv applied to the input (through reshapes only): IBP
     is then exact for a box, so CROWN would only repeat it."""
@@ -254,28 +304,26 @@ def _affine_of_input(net: Network, name: str) -> bool:
 
 def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", splits: dict | None = None,
               alpha_of: Callable | None = None, rows: dict | None = None, reference: dict | None = None,
-              record_rows: dict | None = None) -> dict[str, Interval]:
+              record_rows: dict | None = None, relax_cache: dict | None = None) -> dict[str, Interval]:
     """Bounds (lo, hi) (B, *shape) of every node, with CROWN (or IBP) pre-activation bounds.
 
     ``rows``: fixed (idx, valid) per pre-activation node (alpha-CROWN keeps the neuron set of
     its first pass); ``record_rows``: a dict that receives the (idx, valid) used;
-    ``reference``: sound bounds per node to intersect with (e.g. from an earlier pass)."""
+    ``relax_cache``: a dict to keep the activations' relaxations in (pass the same one to
+    ``crown_spec`` to reuse them there); ``reference``: sound bounds per pre-activation node to intersect with (e.g. the best of
+    earlier passes); the intersection's gradient is the computed bound's (straight-through), so
+    alpha-CROWN's slopes keep learning where the reference is as tight or tighter."""
     if intermediate not in ("crown", "ibp"):
         raise CertifyError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
     pre = preactivation_nodes(net)
+    relax_cache = {} if relax_cache is None else relax_cache
     if splits:
-        relus = {c for cs in pre.values() for c in cs if isinstance(net.node(c).op, O.ReLU)}
-        unknown = set(splits) - relus
-        if unknown:
-            raise CertifyError(f"splits name {sorted(unknown)}, which are not ReLU nodes of {net.name}")
+        check_splits(net, splits)
     vals: dict[str, Interval] = {net.input_name: apply_splits(net, pre.get(net.input_name, []), input_set.box(), splits)}
     for node in net.nodes:
         iv = ibp_node(node.op, [vals[i] for i in node.inputs])
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
-            if reference is not None and node.name in reference:
-                ref = reference[node.name]
-                iv = (torch.maximum(iv[0], ref[0]), torch.minimum(iv[1], ref[1]))
             use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))
             if use_crown:
                 if rows is not None and node.name in rows:
@@ -285,9 +333,16 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
                 if record_rows is not None:
                     record_rows[node.name] = (idx, valid)
                 if idx.shape[1] > 0:
-                    new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of)
-                    iv = scatter_tighten(iv[0], iv[1], idx, new_lo, new_hi)
+                    new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of, relax_cache)
+                    if alpha_of is None:
+                        iv = scatter_tighten(iv[0], iv[1], idx, new_lo, new_hi)
+                    else:           # alpha-CROWN: the tighter values, CROWN's gradient
+                        ibp_iv = iv
+                        iv = scatter_replace(iv[0], iv[1], idx, new_lo, new_hi, valid)
+                        iv = tighten_straight_through(iv, ibp_iv)
                     iv = apply_splits(net, pre[node.name], iv, splits)
+            if reference is not None and node.name in reference:
+                iv = tighten_straight_through(iv, reference[node.name])
         vals[node.name] = iv
     return vals
 
@@ -301,7 +356,8 @@ def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tens
 
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
-               d: torch.Tensor | None, upper: bool = True, alpha_of: Callable | None = None):
+               d: torch.Tensor | None, upper: bool = True, alpha_of: Callable | None = None,
+               relax_cache: dict | None = None):
     """Lower and upper CROWN bounds (B, rows) of ``C @ y + d`` given pre-activation bounds ``vals``.
 
     With ``upper=False`` only lower bounds are computed (upper is +inf)."""
@@ -310,7 +366,7 @@ def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: 
     Cs = spec_rows(net, C, B, dtype)
     rows = Cs.shape[1]
     A = torch.cat([Cs, -Cs], 1) if upper else Cs
-    res = backward_lower(net, net.output, A, vals, input_set, alpha_of)
+    res = backward_lower(net, net.output, A, vals, input_set, alpha_of, relax_cache=relax_cache)
     lo = res[:, :rows]
     hi = -res[:, rows:] if upper else torch.full_like(lo, float("inf"))
     if d is not None:

@@ -4,8 +4,18 @@ A rule takes the op and one interval ``(lo, hi)`` per node input (tensors (B, *s
 returns the interval of the op's output. Affine ops use the centre/radius form
 (``W mid +- |W| rad``), monotone ops are applied to both ends. Every rule is exact for the
 box it receives (the tightest box containing the op's image of that box), so IBP is sound.
+
+Speed (IBP is meant to cost a few forward passes): the weights the rules derive (``W/2``,
+``|W|/2``) are cached per weight tensor and version; ``ibp_forward`` walks a per-network plan
+(rules looked up once); on a chain of Linear / activation / reshape layers small enough,
+the interval travels stacked as one tensor [lo | hi] and each Linear is one matmul with
+``[[W+, W-], [W-, W+]]`` (as many torch calls as the forward pass). A spec ``C`` is folded
+into a last Linear layer (``ibp_spec``), which is tighter than bounding the outputs first.
 """
 from __future__ import annotations
+
+import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +29,63 @@ def _channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape((-1,) + (1,) * (ndim - 2))
 
 
+_DERIVED: dict = {}
+
+
+class Derived:
+    """``fn(*tensors)`` for the tensors given at each call, recomputed only when one of them
+    changed (another tensor, or an in-place update: its version); never cached while autograd
+    tracks one of them (training)."""
+
+    __slots__ = ("fn", "key", "value")
+
+    def __init__(self, fn):
+        self.fn, self.key, self.value = fn, None, None
+
+    def __call__(self, *ts):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
+            return self.fn(*ts)
+        key = tuple(None if t is None else (id(t), t._version) for t in ts)
+        if key != self.key:
+            self.value, self.key = self.fn(*ts), key
+        return self.value
+
+
+def derived(kind: str, w: torch.Tensor, fn):
+    """``fn(w)``, cached per (kind, tensor identity and version) like ``Derived`` (the cache
+    holds only a weak reference to ``w``)."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return fn(w)
+    key = (kind, id(w))
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0]() is w and hit[1] == w._version:
+        return hit[2]
+    val = fn(w)
+    if len(_DERIVED) > 4096:
+        _DERIVED.clear()
+    _DERIVED[key] = (weakref.ref(w), w._version, val)
+    return val
+
+
+def halved(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w / 2, |w| / 2): the weights of the centre/radius form ``W (lo+hi)/2 +- |W| (hi-lo)/2``
+    with the halving moved onto the weights (exact in floating point)."""
+    return derived("half", w, lambda w: (w * 0.5, w.abs() * 0.5))
+
+
 def _linear(op: O.Linear, x: Interval) -> Interval:
     lo, hi = x
-    mid, rad = (hi + lo) / 2, (hi - lo) / 2
-    c = F.linear(mid, op.weight, op.bias)
-    r = F.linear(rad, op.weight.abs())
+    wh, ah = halved(op.weight)
+    c = F.linear(hi + lo, wh, op.bias)
+    r = F.linear(hi - lo, ah)
     return c - r, c + r
 
 
 def _conv(op: O.Conv2d, x: Interval) -> Interval:
     lo, hi = x
-    mid, rad = (hi + lo) / 2, (hi - lo) / 2
-    c = F.conv2d(mid, op.weight, op.bias, op.stride, op.padding, op.dilation, op.groups)
-    r = F.conv2d(rad, op.weight.abs(), None, op.stride, op.padding, op.dilation, op.groups)
+    wh, ah = halved(op.weight)
+    c = F.conv2d(hi + lo, wh, op.bias, op.stride, op.padding, op.dilation, op.groups)
+    r = F.conv2d(hi - lo, ah, None, op.stride, op.padding, op.dilation, op.groups)
     return c - r, c + r
 
 
@@ -102,19 +156,21 @@ def ibp_node(op: O.Op, inputs: list[Interval]) -> Interval:
     return rule(op, *inputs)
 
 
-def ibp_spec(op_out: O.Op, x_in: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Interval:
+def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Interval:
     """Interval of ``C @ y + d`` where ``y = op_out(x)`` is a Linear output layer: C is folded
-    into the layer first (``(C W) x + C b``), which is tighter than bounding y then C y."""
+    into the layer first (``(C W) x + C b``, as CROWN-IBP / auto_LiRPA do), which is exact for
+    each row over the box of x and so never looser than bounding y, then C y."""
     lo, hi = x_in
-    W = torch.einsum("brk,ki->bri", C.to(op_out.weight.dtype), op_out.weight)
-    mid, rad = ((hi + lo) / 2).unsqueeze(2), ((hi - lo) / 2).unsqueeze(2)
-    c = torch.bmm(W, mid).squeeze(2)
-    if op_out.bias is not None:
-        c = c + torch.einsum("brk,k->br", C.to(op_out.weight.dtype), op_out.bias)
-    r = torch.bmm(W.abs(), rad).squeeze(2)
+    if C.dtype != op_out.weight.dtype:
+        C = C.to(op_out.weight.dtype)
+    W = torch.matmul(C, op_out.weight)                                   # (B, R, in)
+    c0 = torch.zeros(C.shape[:2], dtype=W.dtype, device=W.device) if op_out.bias is None \
+        else torch.matmul(C, op_out.bias)
     if d is not None:
-        c = c + d
-    return c - r, c + r
+        c0 = c0 + d
+    c = torch.baddbmm(c0.unsqueeze(2), W, (hi + lo).unsqueeze(2), alpha=0.5)
+    r = torch.bmm(W.abs(), (hi - lo).unsqueeze(2)) * 0.5
+    return (c - r).squeeze(2), (c + r).squeeze(2)
 
 
 def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Interval:
@@ -126,3 +182,111 @@ def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Inter
     if d is not None:
         c = c + d
     return c - r, c + r
+
+
+STACK_LIMIT = 1 << 17       # chains whose batch x (largest Linear's weights) is at most this run stacked
+
+
+def _stacked_linear(w: torch.Tensor, b: torch.Tensor | None):
+    """Weights of ``[lo', hi'] = [[W+, W-], [W-, W+]] [lo, hi] + [b, b]`` (one matmul)."""
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    ws = torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)], 0)
+    return ws, (None if b is None else torch.cat([b, b]))
+
+
+def _chain_step(op):
+    """A step on the stacked interval ``x`` (B, 2n) = [lo | hi] (each flattened per sample:
+    reshapes are then no-ops), or None (no such form)."""
+    if isinstance(op, O.Linear):
+        weights = Derived(_stacked_linear)
+
+        def lin(x):
+            ws, bs = weights(op.weight, op.bias)
+            return F.linear(x, ws, bs)
+        lin.size = op.weight.numel()
+        return lin
+    if isinstance(op, (O.ReLU, O.Sigmoid, O.Tanh)):
+        return op.forward
+    if isinstance(op, (O.Flatten, O.Reshape, O.Identity)):
+        return _same
+    return None
+
+
+def _same(x):
+    return x
+
+
+class _Plan:
+    """A network's IBP steps, looked up once: (node name, rule, op, input names, ReLU consumers);
+    ``chain``: for a chain of Linear / activation / reshape ops, steps on the stacked interval
+    (B, 2n) = [lo | hi] (as many torch calls as a forward pass), else None."""
+
+    def __init__(self, net):
+        consumers: dict[str, list[str]] = {}
+        for n in net.nodes:
+            if isinstance(n.op, O.ReLU):
+                consumers.setdefault(n.inputs[0], []).append(n.name)
+        self.steps = []
+        for n in net.nodes:
+            rule = IBP_RULES.get(type(n.op))
+            if rule is None:
+                from certify.errors import CertifyError
+                raise CertifyError(f"IBP has no rule for op {n.op.kind} (node {n.name!r})")
+            self.steps.append((n.name, rule, n.op, n.inputs, consumers.get(n.name)))
+        self.input_consumers = consumers.get(net.input_name)
+        self.nodes = net.nodes
+        chain, prev = [], net.input_name
+        for n in net.nodes:
+            step = _chain_step(n.op) if n.inputs == (prev,) else None
+            if step is None:
+                chain = None
+                break
+            chain.append((n.name, None if step is _same else step, math.prod(net.shape_of(n.name)),
+                          tuple(net.shape_of(n.name))))
+            prev = n.name
+        self.chain = chain
+        self.chain_size = max((getattr(c[1], "size", 0) for c in chain), default=0) if chain else 0
+
+
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def plan(net) -> _Plan:
+    """The cached IBP plan of ``net`` (rebuilt if its node list changed)."""
+    p = _PLANS.get(net)
+    if p is None or p.nodes is not net.nodes:
+        p = _PLANS[net] = _Plan(net)
+    return p
+
+
+def ibp_forward(net, box: Interval, splits: dict | None = None, stop: str | None = None,
+                clamp=None) -> dict[str, Interval]:
+    """Intervals (B, *shape) of the network's nodes, from the input box: every node's up to
+    (excluding) ``stop``, or, on a chain network without splits, only the last one computed
+    (the ``stop`` node's input, or the output). ``clamp(consumers, interval)`` (given with
+    ``splits``) applies ReLU splits to the inputs of the ReLUs ``consumers``."""
+    p = plan(net)
+    B = box[0].shape[0]
+    if p.chain is not None and not splits and B * p.chain_size <= STACK_LIMIT:
+        x = torch.cat([box[0].reshape(B, -1), box[1].reshape(B, -1)], 1)
+        last, n, shape = net.input_name, 0, net.input_shape
+        for name, step, size, out_shape in p.chain:
+            if name == stop:
+                break
+            if step is not None:        # (reshapes leave the flat stacked form as it is)
+                x = step(x)
+            last, n, shape = name, size, out_shape
+        if last == net.input_name:
+            return {last: box}
+        return {last: (x[:, :n].reshape((B,) + shape), x[:, n:].reshape((B,) + shape))}
+    if splits and p.input_consumers:
+        box = clamp(p.input_consumers, box)
+    vals = {net.input_name: box}
+    for name, rule, op, inputs, cons in p.steps:
+        if name == stop:
+            break
+        iv = rule(op, *[vals[i] for i in inputs])
+        if splits and cons:
+            iv = clamp(cons, iv)
+        vals[name] = iv
+    return vals

@@ -13,7 +13,9 @@ lower bounds of the negated rows (see bounds/crown.py).
 
 Convolutions go backward through ``conv_transpose2d`` (never unrolled to a dense matrix).
 A rule receives ``ctx``: ``ctx.bounds(name)`` -> (lo, hi) of a node, ``ctx.alpha(node, rows)`` ->
-optimized ReLU lower slopes (B, rows, *shape) or None, ``ctx.in_shapes``. Rows that start at
+optimized ReLU lower slopes (B, rows, *shape) or None, ``ctx.in_shapes``, and
+``ctx.relaxation(key, fn, lo, hi)`` -> ``fn(lo, hi)``, cached across the backward passes of one
+bound computation (as long as the node's bounds are the same tensors). Rows that start at
 a (C, H, W) node travel as receptive-field windows instead (``bounds/patches.py``, its own
 rule table); an op without a window rule turns them dense and uses this table.
 """
@@ -121,7 +123,11 @@ def _concat(op: O.Concat, A, node, ctx):
 def _elementwise(relax_fn):
     def rule(op, A, node, ctx):
         lo, hi = ctx.bounds(node.inputs[0])
-        r = relax_fn(lo.unsqueeze(1), hi.unsqueeze(1), ctx.alpha(node.name, A.shape[1]))
+        alpha = ctx.alpha(node.name, A.shape[1])
+        if alpha is None:           # the same for every backward pass through this node: cached
+            r = ctx.relaxation(node.name, lambda lo, hi: relax_fn(lo.unsqueeze(1), hi.unsqueeze(1)), lo, hi)
+        else:
+            r = relax_fn(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
         Ap = A.clamp(min=0)
         As = A * r.upper_slope + Ap * (r.lower_slope - r.upper_slope)
         B, R = A.shape[:2]

@@ -120,7 +120,7 @@ def _elementwise(relax_fn):
         lo, hi = ctx.bounds(node.inputs[0])
         a = ctx.alpha(node.name, p.t.shape[1], lambda X: window(X, p))
         relu = isinstance(op, O.ReLU)
-        r = relax_fn(lo, hi)                            # on the grid once, then one gather
+        r = ctx.relaxation((node.name, "grid"), relax_fn, lo, hi)   # on the grid once, then one gather
         parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if relu else [r.lower_bias])
         if a is not None:
             parts.append(((lo < 0) & (hi > 0)).to(lo.dtype))
