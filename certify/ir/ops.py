@@ -402,33 +402,32 @@ class Identity(Op):
 
 # ----------------------------------------------------------------------------- activations
 @dataclass(eq=False)
-class ReLU(Op):
-    """y = max(x, 0)."""
+class _Elementwise(Op):
+    """An elementwise activation: output shape = input shape."""
 
     def infer_shape(self, in_shapes):
         return _same(in_shapes)
+
+
+@dataclass(eq=False)
+class ReLU(_Elementwise):
+    """y = max(x, 0)."""
 
     def forward(self, x):
         return torch.relu(x)
 
 
 @dataclass(eq=False)
-class Sigmoid(Op):
+class Sigmoid(_Elementwise):
     """y = 1 / (1 + exp(-x))."""
-
-    def infer_shape(self, in_shapes):
-        return _same(in_shapes)
 
     def forward(self, x):
         return torch.sigmoid(x)
 
 
 @dataclass(eq=False)
-class Tanh(Op):
+class Tanh(_Elementwise):
     """y = tanh(x)."""
-
-    def infer_shape(self, in_shapes):
-        return _same(in_shapes)
 
     def forward(self, x):
         return torch.tanh(x)

@@ -28,6 +28,15 @@ def _eps_view(eps, center: torch.Tensor) -> torch.Tensor:
     return e.reshape((-1,) + (1,) * (center.dim() - 1))
 
 
+def _ball_box(center: torch.Tensor, eps, domain: Domain) -> tuple[torch.Tensor, torch.Tensor]:
+    """center -/+ eps per feature, clipped to the domain: the box enclosing an L-inf or L2 ball."""
+    e = _eps_view(eps, center)
+    lo, hi = center - e, center + e
+    if domain is not None:
+        lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
+    return lo, torch.maximum(hi, lo)
+
+
 class InputSet:
     """Base class. ``norm`` is 'inf', '2' or 'box'."""
 
@@ -99,11 +108,7 @@ class LinfBall(InputSet):
     norm: str = "inf"
 
     def box(self):
-        e = _eps_view(self.eps, self.center)
-        lo, hi = self.center - e, self.center + e
-        if self.domain is not None:
-            lo, hi = lo.clamp(min=self.domain[0]), hi.clamp(max=self.domain[1])
-        return lo, torch.maximum(hi, lo)
+        return _ball_box(self.center, self.eps, self.domain)
 
     def as_box(self) -> Box:
         return Box(*self.box())
@@ -130,11 +135,7 @@ class L2Ball(InputSet):
     norm: str = "2"
 
     def box(self):
-        e = _eps_view(self.eps, self.center)
-        lo, hi = self.center - e, self.center + e
-        if self.domain is not None:
-            lo, hi = lo.clamp(min=self.domain[0]), hi.clamp(max=self.domain[1])
-        return lo, torch.maximum(hi, lo)
+        return _ball_box(self.center, self.eps, self.domain)
 
     def project(self, x):
         # Alternating projections onto ball and domain converge to a point of the intersection;
