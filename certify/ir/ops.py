@@ -15,6 +15,7 @@ Engines keep one rule per op class here, in a dict keyed by the class.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -50,7 +51,7 @@ def _broadcast_into(c: torch.Tensor, shape: Shape, what: str) -> None:
 
 
 @dataclass(eq=False)
-class Op:
+class Op(ABC):
     """Base class. ``arity`` is the number of node inputs (``None``: one or more)."""
 
     arity: ClassVar[int | None] = 1
@@ -59,11 +60,13 @@ class Op:
     def kind(self) -> str:
         return type(self).__name__
 
-    def infer_shape(self, in_shapes: list[Shape]) -> Shape:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        """The per-sample output shape for these input shapes; raises ``IRError`` if they do not fit."""
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The reference torch semantics on batched inputs (B, *shape)."""
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The op's parameter tensors by field name (None-valued fields left out)."""

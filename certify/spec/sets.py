@@ -8,6 +8,7 @@ itself, which contains the clipped one, so they stay sound).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -37,25 +38,26 @@ def _ball_box(center: torch.Tensor, eps, domain: Domain) -> tuple[torch.Tensor, 
     return lo, torch.maximum(hi, lo)
 
 
-class InputSet:
+class InputSet(ABC):
     """Base class. ``norm`` is 'inf', '2' or 'box'."""
 
     norm: str
 
+    @abstractmethod
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The tightest per-feature box (lo, hi), each (B, *shape), containing the set."""
 
+    @abstractmethod
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Euclidean-style projection of ``x`` (B, *shape) back into the set (used by PGD)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def contains(self, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """(B,) bool: does row b of ``x`` lie in set b (up to ``tol``)?"""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` points of each set, shape (n, B, *shape) (uniform for boxes; inside for balls)."""
-        raise NotImplementedError
 
     @property
     def batch(self) -> int:
