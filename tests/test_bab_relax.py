@@ -91,3 +91,81 @@ def test_empty_domain_gets_infinite_bound():
     C, d = -torch.ones(2, 1, 1, dtype=torch.float64), torch.full((2, 1), 20.0, dtype=torch.float64)
     res = bound_domains(ch, lo, hi, C, d, splits=[s])
     assert torch.isinf(res.lower[0, 0]) and torch.isfinite(res.lower[1, 0])
+
+
+def _sample_margins(ch, lo, hi, C, d, n, g):
+    x = lo.unsqueeze(1) + torch.rand(lo.shape[0], n, lo.shape[1], generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
+    z = ch.forward(x.reshape(-1, lo.shape[1])).reshape(lo.shape[0], n, -1)
+    return torch.einsum("bno,bro->bnr", z, C) + d.unsqueeze(1)
+
+
+def test_staged_input_split_bounds_hold_with_parent_bounds():
+    """``staged_bounds`` on child boxes, with and without the parent's packed (float32, rounded
+    outward) pre-activation bounds: no sampled point below a bound; the packed interval
+    contains the float64 one."""
+    from bounds.bab.input_split import _pack, _unpack, staged_bounds
+    net = _mlp(4, [3, 12, 12, 12, 3])
+    ch = to_chain(net)
+    g = torch.Generator().manual_seed(5)
+    B, r = 8, 2
+    lo = torch.rand(B, 3, generator=g, dtype=torch.float64) - 1
+    hi = lo + 1.0
+    C = torch.randn(B, r, 3, generator=g, dtype=torch.float64)
+    d = torch.randn(B, r, generator=g, dtype=torch.float64)
+    par = staged_bounds(ch, lo, hi, C, d, 0, "hybrid")
+    pk = _unpack(_pack(par.pre), ch.hidden_sizes)
+    for (l, u), (pl, pu) in zip(par.pre, pk):
+        assert bool((pl <= l).all() and (pu >= u).all())
+    assert any(bool(((l < 0) & (u > 0)).any()) for l, u in par.pre)   # a non-trivial case
+    hi2 = hi.clone()
+    hi2[:, 1] = (lo[:, 1] + hi[:, 1]) / 2            # left children along dim 1
+    for pre in (None, pk):
+        for it in (0, 3):
+            res = staged_bounds(ch, lo, hi2, C, d, it, "hybrid", pre)
+            m = _sample_margins(ch, lo, hi2, C, d, 3000, g)
+            assert bool((m >= res.lower.unsqueeze(1) - 1e-9).all())
+            for (l, u) in res.pre:     # no box is declared empty
+                assert bool((l <= u).all())
+
+
+def test_warm_started_alpha_beta_stay_sound():
+    """Any alpha_init / beta_init (even out of range: they are clamped) gives bounds that hold on
+    sampled points of split domains, and the returned multipliers can seed the next call."""
+    net = _mlp(7, [3, 10, 10, 2])
+    ch = to_chain(net)
+    g = torch.Generator().manual_seed(8)
+    B, r = 6, 1
+    lo = torch.rand(B, 3, generator=g, dtype=torch.float64) - 1
+    hi = lo + 0.8
+    C = torch.randn(B, r, 2, generator=g, dtype=torch.float64)
+    d = torch.randn(B, r, generator=g, dtype=torch.float64)
+    pre = pre_activation_bounds(ch, lo, hi)
+    splits = []
+    for l, u in pre:
+        s = torch.zeros_like(l, dtype=torch.int8)
+        pick = (l < 0) & (u > 0) & (torch.rand(l.shape, generator=g) < 0.15)
+        s[pick] = torch.where(torch.rand(l.shape, generator=g) < 0.5, 1, -1).to(torch.int8)[pick]
+        splits.append(s)
+    assert sum(int((s != 0).sum()) for s in splits) >= 3
+    a0 = [3 * torch.randn(B, r, n, generator=g) for n in ch.hidden_sizes]
+    b0 = [2 * torch.randn(B, r, n, generator=g) for n in ch.hidden_sizes]
+    res = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=False, iterations=5,
+                        alpha_init=a0, beta_init=b0, stop_when_positive=False)
+    assert res.alpha is not None and all(a.shape == (B, r, n) for a, n in zip(res.alpha, ch.hidden_sizes))
+    res2 = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=False, iterations=5,
+                         alpha_init=res.alpha, beta_init=res.beta, stop_when_positive=False)
+    x = lo.unsqueeze(1) + torch.rand(B, 4000, 3, generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
+    checked = 0
+    for b in range(B):
+        a, ok = x[b], torch.ones(4000, dtype=torch.bool)
+        for k, (w, bias) in enumerate(zip(ch.weights, ch.biases)):
+            z = a @ w.T + bias
+            if k < len(ch.weights) - 1:
+                ok &= ((splits[k][b] > 0) & (z < 0) | (splits[k][b] < 0) & (z > 0)).sum(1) == 0
+                a = z.clamp(min=0)
+        m = z @ C[b].T + d[b]
+        for rr in (res, res2):
+            if ok.any() and torch.isfinite(rr.lower[b]).all():
+                assert bool((m[ok] >= rr.lower[b] - 1e-9).all())
+                checked += int(ok.sum())
+    assert checked > 1000

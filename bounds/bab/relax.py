@@ -32,12 +32,16 @@ Tensor = torch.Tensor
 class DomainBounds:
     """``lower`` (B, r): bounds on C z + d; ``lam_in`` (B, r, n_in): CROWN's linear coefficients
     on x (kept from the first pass: a steadier guide for input splits than alpha's); ``lam_hidden[k]`` (B, r, n_k): coefficients on a_k (for branching scores);
-    ``pre``: the (clamped) pre-activation bounds used, list of (l, u) (B, n_k)."""
+    ``pre``: the (clamped) pre-activation bounds used, list of (l, u) (B, n_k); ``alpha`` / ``beta``:
+    the optimized multipliers, lists per hidden layer of (B, r, n_k) (beta None where a layer has no
+    split), for warm-starting child domains; None when no optimization ran."""
 
     lower: Tensor
     lam_in: Tensor
     lam_hidden: list[Tensor]
     pre: list[tuple[Tensor, Tensor]]
+    alpha: list[Tensor] | None = None
+    beta: list[Tensor | None] | None = None
 
 
 def _relax(l: Tensor, u: Tensor):
@@ -92,49 +96,74 @@ def _clamp(l: Tensor, u: Tensor, s: Tensor | None):
 def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
     """Forward linear relaxation (symbolic intervals): z_k in [Lw x + Lb, Uw x + Ub] for x in the box,
     propagated layer by layer with the same ReLU relaxation; cost O(n_k^2 n_in) per layer, so
-    cheap for low-dimensional inputs. Returns clamped (l, u) (B, n_k) per hidden layer."""
-    c, r = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    cheap for low-dimensional inputs. Returns clamped (l, u) (B, n_k) per hidden layer.
+
+    Layout: the lower and upper forms of all B domains are one matrix (2 n_k, B (n_in + 1)) (the
+    last of the n_in + 1 columns is the constant), so a layer is one GEMM with [[W+, W-], [W-, W+]]."""
+    B, n_in = lo.shape
+    c, r = (hi + lo) / 2, (hi - lo) / 2                      # (B, n_in)
     w, b = chain.weights[0], chain.biases[0]
-    Lw = Uw = w.unsqueeze(0)
-    Lb = Ub = b.unsqueeze(0)
+    n = w.shape[0]
+    # F (2, n, B, n_in + 1): [lower; upper] forms, equal at layer 0
+    F = torch.empty(2, n, B, n_in + 1, dtype=lo.dtype)
+    F[:, :, :, :n_in] = w.unsqueeze(1)
+    F[:, :, :, n_in] = b.unsqueeze(1)
     out = []
     for t in range(len(chain.weights) - 1):
-        l = (Lw @ c).squeeze(-1) - (Lw.abs() @ r).squeeze(-1) + Lb
-        u = (Uw @ c).squeeze(-1) + (Uw.abs() @ r).squeeze(-1) + Ub
+        Fw, Fb = F[..., :n_in], F[..., n_in]                 # (2, n, B, n_in), (2, n, B)
+        mid = (Fw * c).sum(-1) + Fb
+        dev = (Fw.abs() * r).sum(-1)
+        l, u = (mid[0] - dev[0]).T, (mid[1] + dev[1]).T      # (B, n)
         if pre is not None:
             l, u = torch.maximum(l, pre[t][0]), torch.minimum(u, pre[t][1])
+            if splits is None:   # no split: a crossing is rounding (see bound_domains)
+                l, u = torch.minimum(l, u), torch.maximum(l, u)
         l, u = _clamp(l, u, None if splits is None else splits[t])
         out.append((l, u))
         su, tu, sl, _ = _relax(l, u)
-        Law, Lab = Lw * sl.unsqueeze(-1), Lb * sl
-        Uaw, Uab = Uw * su.unsqueeze(-1), Ub * su + tu
+        G = torch.stack([F[0] * sl.T.unsqueeze(-1), F[1] * su.T.unsqueeze(-1)])
+        G[1, :, :, n_in] += tu.T
         w, b = chain.weights[t + 1], chain.biases[t + 1]
+        m = w.shape[0]
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        Lw, Uw = wp @ Law + wn @ Uaw, wp @ Uaw + wn @ Law
-        Lb, Ub = Lab @ wp.T + Uab @ wn.T + b, Uab @ wp.T + Lab @ wn.T + b
+        W2 = torch.cat([torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)])          # (2m, 2n)
+        F = (W2 @ G.reshape(2 * n, B * (n_in + 1))).reshape(2, m, B, n_in + 1)
+        F[:, :, :, n_in] += b.unsqueeze(1)
+        n = m
     return out
 
 
 def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN
     back-substitution over the (already refined) earlier layers: only those neurons' bounds can
-    change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs."""
+    change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs.
+
+    Each pair gets two rows (its lower bound, and minus its upper bound) that start as the rows
+    of the layer's weight matrix; the relaxations of the earlier layers are computed once per
+    domain and gathered per pair."""
+    relax = []
     for t in range(1, len(out)):
+        l0, u0 = out[t - 1]
+        relax.append(_relax(l0, u0)[:3])
         l, u = out[t]
         dom, neu = torch.nonzero((l < 0) & (u > 0), as_tuple=True)
         if dom.numel() == 0:
             continue
         l, u = l.clone(), u.clone()
-        n = l.shape[1]
+        wt, bt = chain.weights[t], chain.biases[t]
         for s0 in range(0, dom.numel(), chunk):
             di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
-            P = di.numel()
-            C = torch.zeros(P, 2, n, dtype=lo.dtype)
-            ar = torch.arange(P)
-            C[ar, 0, ni] = 1.0
-            C[ar, 1, ni] = -1.0
-            pre_g = [(a[di], b[di]) for a, b in out[:t]]
-            low, _, _ = _backsub(chain, t, C, torch.zeros(P, 2, dtype=lo.dtype), lo[di], hi[di], pre_g)
+            lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
+            const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
+            for k in range(t - 1, -1, -1):
+                su, tu, sl = (v[di].unsqueeze(1) for v in relax[k])
+                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+                const = const + (neg * tu).sum(-1)
+                lam = pos * sl + neg * su
+                const = const + lam @ chain.biases[k]
+                lam = lam @ chain.weights[k]
+            c, r = ((hi + lo) / 2)[di].unsqueeze(-1), ((hi - lo) / 2)[di].unsqueeze(-1)
+            low = const + (lam @ c).squeeze(-1) - (lam.abs() @ r).squeeze(-1)
             l[di, ni] = torch.maximum(l[di, ni], low[:, 0])
             u[di, ni] = torch.minimum(u[di, ni], -low[:, 1])
         out[t] = _clamp(l, u, None if splits is None else splits[t])
@@ -178,10 +207,13 @@ def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre
 
 def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, splits=None, pre=None,
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
-                  stop_when_positive: bool = True, mode: str = "backward") -> DomainBounds:
+                  stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
+                  beta_init=None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
-    ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta.
+    ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
+    from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the
+    parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0).
     """
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     C, d = C.to(torch.float64), d.to(torch.float64)
@@ -189,6 +221,10 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     with torch.no_grad():
         pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool)
+        if splits is None:
+            # a box is never empty: bounds crossing after intersecting two sound enclosures can
+            # only be rounding, so the crossed pair is used as the interval (never "empty")
+            pre_b = [(torch.minimum(l, u), torch.maximum(l, u)) for l, u in pre_b]
         for l, u in pre_b:
             empty |= (l > u).any(1)
         lower, lam, hidden = _backsub(chain, L - 1, C, d, lo, hi, pre_b, keep=True)
@@ -198,14 +234,23 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     if iterations > 0 and (unstable_any or (use_beta and has_splits)) and not (stop_when_positive and bool((best.max(1).values > 0).all())):
         r = C.shape[1]
         alpha = []
-        for l, u in pre_b:
-            _, _, sl, _ = _relax(l, u)
-            alpha.append(sl.unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True))
+        for k, (l, u) in enumerate(pre_b):
+            if alpha_init is not None:
+                a0 = alpha_init[k].to(torch.float64).clamp(0, 1).expand(-1, r, -1)
+            else:
+                a0 = _relax(l, u)[2].unsqueeze(1).expand(-1, r, -1)
+            alpha.append(a0.clone().requires_grad_(True))
         params = list(alpha)
         beta = None
         if use_beta and has_splits:
-            beta = [torch.zeros(lo.shape[0], r, s.shape[1], dtype=torch.float64, requires_grad=True)
-                    if bool((s != 0).any()) else None for s in splits]
+            beta = []
+            for k, s in enumerate(splits):
+                if not bool((s != 0).any()):
+                    beta.append(None)
+                elif beta_init is not None and beta_init[k] is not None:
+                    beta.append(beta_init[k].to(torch.float64).clamp(min=0).expand(-1, r, -1).clone().requires_grad_(True))
+                else:
+                    beta.append(torch.zeros(lo.shape[0], r, s.shape[1], dtype=torch.float64, requires_grad=True))
             params += [b for b in beta if b is not None]
         opt = torch.optim.Adam(params, lr=lr)
         for _ in range(iterations):
@@ -227,6 +272,9 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                     for b in beta:
                         if b is not None:
                             b.clamp_(min=0)
+    else:
+        alpha, beta = alpha_init, beta_init
     best = best.detach()
     best = torch.where(empty.unsqueeze(1), torch.full_like(best, float("inf")), best)
-    return DomainBounds(best, lam.detach(), hidden, pre_b)
+    det = (lambda xs: None if xs is None else [None if x is None else x.detach() for x in xs])
+    return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta))

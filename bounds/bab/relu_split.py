@@ -4,7 +4,10 @@ A domain is the input box plus a sign for some ReLUs (+1 active, -1 inactive). D
 lowest bound are branched first, many at once: each picks the unstable neuron with the largest
 score |lambda| * (-l u / (u - l)) (BaBSR-like: the relaxation slack that the split removes,
 weighted by the neuron's coefficient in the bound), and its two children are bounded in one
-batched call with alpha-CROWN + beta multipliers for the splits (``bound_domains``). A domain is
+batched call with alpha-CROWN + beta multipliers for the splits (``bound_domains``), warm-started
+from the parent's optimized alpha/beta (any start is sound: alpha is clamped to [0, 1], beta to
+>= 0; on mnistfc 256x4 prop_0 it gave the same throughput and a slightly better worst open
+bound, -2.13 vs -2.27 after 12 s). A domain is
 done when some margin row has a positive lower bound. A domain without unstable neurons is an
 affine piece: an LP (HiGHS) over the box and the split constraints decides it; its optimum is a
 counterexample candidate. Candidates (the minimizers of each child's linear bound, LP optima)
@@ -78,8 +81,12 @@ def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
 
 def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                    deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
-                   root_iterations: int = 50, recompute: bool | None = None, max_domains: int = 200_000):
+                   root_iterations: int = 50, recompute: bool | None = None, max_domains: int = 200_000,
+                   warm_start: bool = True):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
+
+    ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
+    open domain in float32; any value is sound, see ``bound_domains``).
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
@@ -104,8 +111,23 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     D_lower = best
     D_score = _scores(res, row, splits)
     D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
+    r_rows = C.shape[0]
+
+    def _store(res, rows):
+        """alpha, beta of the domains ``rows`` of ``res`` as float32 lists (beta zero-filled)."""
+        if not warm_start or res.alpha is None:
+            return None
+        al = [a[rows].float() for a in res.alpha]
+        be = [(b[rows].float() if b is not None else torch.zeros(int(rows.sum()) if rows.dtype == torch.bool
+                                                                   else rows.numel(), r_rows, n, dtype=torch.float32))
+              for b, n in zip(res.beta or [None] * len(al), chain.hidden_sizes)]
+        return al, be
+
+    D_ab = _store(res, torch.ones(1, dtype=torch.bool))
     while D_lower.shape[0]:
         if time.monotonic() > deadline:
+            stats["open_domains"] = int(D_lower.shape[0])
+            stats["worst_open_lower"] = float(D_lower.min())
             return "timeout", None
         if D_lower.shape[0] > max_domains:
             return "unknown", None
@@ -118,6 +140,10 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         P_pre = [(l[pick], u[pick]) for l, u in D_pre] if recompute else None
         D_split = [s[keep] for s in D_split]
         D_lower, D_score = D_lower[keep], D_score[keep]
+        P_ab = None
+        if D_ab is not None:
+            P_ab = ([a[pick] for a in D_ab[0]], [b[pick] for b in D_ab[1]])
+            D_ab = ([a[keep] for a in D_ab[0]], [b[keep] for b in D_ab[1]])
         if recompute:
             D_pre = [(l[keep], u[keep]) for l, u in D_pre]
         top, neuron = P_score.max(1)
@@ -144,6 +170,8 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
             continue
         P_split = [s[br] for s in P_split]
         neuron = neuron[br]
+        if P_ab is not None:
+            P_ab = ([a[br] for a in P_ab[0]], [b[br] for b in P_ab[1]])
         if recompute:
             P_pre = [(l[br], u[br]) for l, u in P_pre]
         m = neuron.shape[0]
@@ -162,7 +190,9 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         t = time.monotonic()
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
-                            iterations=iterations)
+                            iterations=iterations,
+                            alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
+                            beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1
         stats["domains"] += n2
         stats["time_bound"] += time.monotonic() - t
@@ -183,6 +213,12 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         D_split = [torch.cat([s, c[open_]]) for s, c in zip(D_split, ch_split)]
         D_lower = torch.cat([D_lower, best[open_]])
         D_score = torch.cat([D_score, sc])
+        new_ab = _store(res, open_)
+        if D_ab is not None and new_ab is not None:
+            D_ab = ([torch.cat([a, b]) for a, b in zip(D_ab[0], new_ab[0])],
+                    [torch.cat([a, b]) for a, b in zip(D_ab[1], new_ab[1])])
+        elif new_ab is None:
+            D_ab = None
         if recompute:
             D_pre = [(torch.cat([l0, l1[open_]]), torch.cat([u0, u1[open_]])) for (l0, u0), (l1, u1) in zip(D_pre, res.pre)]
     return "unsat", None
