@@ -61,7 +61,6 @@ def _timed(fn, repeats: int, min_sample_s: float = 0.02):
 
 
 def run_one(net, x, eps, spec, method, clip, repeats):
-    B = x.shape[0]
     s = ball(x, eps, "inf", (0.0, 1.0) if clip else None)
     C = robustness_matrix(net(x).argmax(1), net.output_size) if spec == "margin" else None
     opts = {} if method == "ibp" else {"upper": spec == "logits"}

@@ -35,7 +35,6 @@ def exact_min(net, lo, hi, A, b):
     """min over x in [lo, hi] of max_r (A f(x) - b)_r by MILP (variables x, z, a, delta, t)."""
     ch = to_chain(net)
     n_in = ch.n_in
-    names = []   # variable layout
     nvar = n_in
     cons_A, cons_l, cons_u = [], [], []
     bounds_l, bounds_u, integrality = list(lo), list(hi), [0] * n_in

@@ -16,7 +16,7 @@ def _r(*shape, scale=1.0):
 
 
 def mlp(seed=0, widths=(6, 12, 12, 4)):
-    g = torch.manual_seed(seed)
+    torch.manual_seed(seed)
     ops = []
     for k in range(len(widths) - 1):
         ops.append(Linear(_r(widths[k + 1], widths[k], scale=widths[k] ** -0.5 * 1.5), _r(widths[k + 1], scale=0.3)))

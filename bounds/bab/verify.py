@@ -87,11 +87,6 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     chain = to_chain(network)
     stats["time_setup"] = time.monotonic() - t
     if chain is None:
-        try:
-            import bounds.api  # noqa: F401  (the bound engine, for networks that are not chains)
-        except ImportError:
-            stats["method"] = "falsify-only"
-            return done("unknown")
         m = "generic-input"
     else:
         n_relus = sum(chain.hidden_sizes)

@@ -100,7 +100,7 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
 
 
 def run(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, progress
+    from certify.cli.common import check_input_shape, load_data, load_model, progress, summary_lines
     from certify.report.records import Record, ResultWriter
 
     _check(args)
@@ -158,17 +158,9 @@ def run(args) -> int:
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - t_all
-    n = len(records)
-    correct = sum(r.correct for r in records)
-    certified = sum(r.certified for r in records)
     what = (f"{args.norm}-radius search" if args.radius else f"eps {args.eps:g} ({args.norm})")
-    print(f"{args.method} on {n} inputs, {what}: clean accuracy {correct / n:.4f}, "
-          f"certified accuracy {certified / n:.4f}, {elapsed:.2f} s ({elapsed / max(len(todo), 1):.4f} s/input)")
-    if args.radius and n:
-        radii = sorted(r.radius or 0.0 for r in records if r.correct)
-        mean = sum(r.radius or 0.0 for r in records if r.correct) / n
-        med = radii[len(radii) // 2] if radii else 0.0
-        print(f"average certified radius {mean:.5f} (0 for misclassified), median over correct {med:.5f}")
+    for line in summary_lines(records, args.method, what, elapsed, len(todo), args.radius):
+        print(line)
     if writer is not None:
         print(f"records written to {args.out}")
     return 0

@@ -93,3 +93,25 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str | None =
     """A tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
     from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+def summary_lines(records: list, method: str, what: str, elapsed: float, n_run: int, radius: bool) -> list[str]:
+    """The closing summary of a certificate run: clean / certified accuracy, counts of the other
+    verdicts (falsified, unknown, ...), time per input, and with ``radius`` the average certified
+    radius (0 for misclassified inputs) and the median over correctly classified ones."""
+    n = max(len(records), 1)
+    correct = sum(r.correct for r in records)
+    certified = sum(r.certified for r in records)
+    others: dict[str, int] = {}
+    for r in records:
+        if r.verdict not in ("certified", "not_certified", "misclassified"):
+            others[r.verdict] = others.get(r.verdict, 0) + 1
+    lines = [f"{method} on {len(records)} inputs, {what}: clean accuracy {correct / n:.4f}, "
+             f"certified accuracy {certified / n:.4f}" + "".join(f", {k} {v}" for k, v in sorted(others.items()))
+             + f", {elapsed:.2f} s ({elapsed / max(n_run, 1):.4f} s/input)"]
+    if radius and records:
+        radii = sorted(r.radius or 0.0 for r in records if r.correct)
+        mean = sum(r.radius or 0.0 for r in records if r.correct) / n
+        med = radii[len(radii) // 2] if radii else 0.0
+        lines.append(f"average certified radius {mean:.5f} (0 for misclassified), median over correct {med:.5f}")
+    return lines

@@ -14,7 +14,7 @@ import time
 import torch
 
 from certify.cli.common import (add_data_args, add_model_arg, add_output_args, check_input_shape, load_data,
-                                load_model, progress)
+                                load_model, progress, summary_lines)
 from certify.errors import CertifyError
 from certify.report.records import Record, ResultWriter
 from certify.spec.output import robustness_matrix
@@ -173,20 +173,9 @@ def run(args) -> int:
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - t_all
-    n = len(records)
-    correct = sum(r.correct for r in records)
-    certified = sum(r.certified for r in records)
-    others = {}
-    for r in records:
-        if r.verdict not in ("certified", "not_certified", "misclassified"):
-            others[r.verdict] = others.get(r.verdict, 0) + 1
     what = f"{norm}-radius search" if args.radius else f"eps {args.eps:g} ({norm})"
-    print(f"{records[0].method if records else method} on {n} inputs, {what}: clean accuracy {correct / n:.4f}, "
-          f"certified accuracy {certified / n:.4f}"
-          + "".join(f", {k} {v}" for k, v in sorted(others.items()))
-          + f", {elapsed:.2f} s ({elapsed / max(todo, 1):.4f} s/input)")
-    if args.radius and n:
-        print(f"average certified radius {sum(r.radius or 0.0 for r in records) / n:.5f} (0 for misclassified)")
+    for line in summary_lines(records, records[0].method if records else method, what, elapsed, todo, args.radius):
+        print(line)
     if writer is not None:
         print(f"records written to {args.out}")
     return 0

@@ -52,7 +52,6 @@ def encode(pl: PiecewiseLinear, lo0: np.ndarray, hi0: np.ndarray, pre: list[tupl
     ncont = int(sum(sizes))
     col_lo, col_hi = [lo0.astype(np.float64)], [hi0.astype(np.float64)]
     blocks, rlo, rhi, meta = [], [], [], []
-    bin_blocks = []          # (row indices in this layer's block list, coefficients) handled below
     nbin = 0
     bin_cols = []            # per layer: (unstable idx, binary column ids)
     for k in range(1, t + 1):
