@@ -52,3 +52,17 @@ def test_demo_runs_as_a_console_command():
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "clean accuracy on the digits test split: 0.9" in r.stdout
+
+
+def test_bounds_precision_float64_default_matches_float32(tmp_path):
+    from certify.report import read_records
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["bounds", "digits-cnn", "--n", "30", "--eps", "0.03", "--quiet", "--out", str(a)]) == 0
+    assert main(["bounds", "digits-cnn", "--n", "30", "--eps", "0.03", "--quiet", "--precision", "float32",
+                 "--out", str(b)]) == 0
+    ra, rb = read_records(str(a)), read_records(str(b))
+    assert [r.verdict for r in ra] == [r.verdict for r in rb]
+    assert sum(r.verdict == "certified" for r in ra) >= 20
+    for x, y in zip(ra, rb):
+        if x.evidence and y.evidence:
+            assert abs(x.evidence["min_margin_lower"] - y.evidence["min_margin_lower"]) < 1e-4
