@@ -20,6 +20,14 @@ Last, the LP solver comparison: highspy (model passed once, warm start) vs scipy
 
     python benchmarks/convex.py --quick          # minutes: 2 inputs, the smaller networks
     python benchmarks/convex.py --n 10           # everything
+    python benchmarks/convex.py --reproduce --n 30   # ~13 min: published reproduction (below)
+
+``--reproduce`` PGD-trains (plain torch, ~2 min) a 784-100-100-10 MNIST MLP at eps 0.1 and
+measures, on every 200th test image (``--n`` of them, default 50), the PGD-40 error, the MILP
+error range (falsified .. not certified; time-limit unknowns make the range), and the verified
+error of LP-ALL, LP, alpha-CROWN and CROWN, plus first-order SDP on ``--sdp-n`` inputs, beside
+Salman et al. 2019 (Adv-MLP-B, eps 0.1) and Raghunathan et al. 2018 (PGD-NN, eps 0.1). JSON to
+benchmarks/out/convex_reproduce.json; a stored run is in benchmarks/results/convex/.
 """
 from __future__ import annotations
 

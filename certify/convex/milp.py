@@ -12,7 +12,8 @@ The reported lower bound is the solver's dual bound lowered by ``ZERO_TOL * (1 +
 (its feasibility tolerances are 1e-6 / 1e-7). A candidate counterexample is clipped into the
 input box and re-run through the network in float64: margin < -1e-6 -> ``falsified``;
 within 1e-6 of zero, or positive although the solver called it negative -> ``unknown``.
-Anything that ends at the time limit is ``unknown``.
+Anything that ends at the time limit is ``unknown``, unless the branch-and-bound dual bound is
+already positive (the bound a decision-mode stop relies on): then the row is proved (``dual_feasible``).
 """
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
                 lower[b, r] = dual - ZERO_TOL * (1 + abs(dual))
             if st == "interrupted_by_user":
                 st = "dual_feasible" if dual > ZERO_TOL else "stopped"
+            elif st == "time_limit_reached" and dual > ZERO_TOL:
+                st = "dual_feasible"      # the same branch-and-bound dual bound a decision stop relies on
             if sol is not None:
                 xc = torch.from_numpy(np.clip(sol[:n0], prob.lower0[b], prob.upper0[b]))
                 m = float(prob.margins(b, xc.reshape((1,) + tuple(prob.net.input_shape)))[0, r])
