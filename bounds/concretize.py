@@ -15,11 +15,19 @@ import torch
 from certify.spec.sets import InputSet
 
 
+# Outward rounding of the concretization's own arithmetic: the computed minimum is lowered by
+# ROUND * unit roundoff * (|A| . (|mid| + rad)), which covers the rounding of the last dot products
+# (so a minimum that is attained, e.g. exactly 0 at a tie, is never reported above itself).
+ROUND = 4.0
+
+
 def _box_min(A: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     mid = ((hi + lo) / 2).flatten(1).unsqueeze(2)         # (B, n, 1)
     rad = ((hi - lo) / 2).flatten(1).unsqueeze(2)
     Af = A.flatten(2)                                     # (B, R, n)
-    return torch.bmm(Af, mid).squeeze(2) - torch.bmm(Af.abs(), rad).squeeze(2)
+    absA = torch.bmm(Af.abs(), torch.cat([rad, mid.abs() + rad], 2))   # (B, R, 2)
+    slack = ROUND * torch.finfo(A.dtype).eps * absA[..., 1]
+    return torch.bmm(Af, mid).squeeze(2) - absA[..., 0] - slack
 
 
 def concretize_lower(A: torch.Tensor, input_set: InputSet) -> torch.Tensor:
@@ -34,7 +42,10 @@ def concretize_lower(A: torch.Tensor, input_set: InputSet) -> torch.Tensor:
     eps = torch.as_tensor(input_set.eps, dtype=A.dtype)
     eps = eps.expand(A.shape[0]) if eps.dim() == 0 else eps
     Af = A.flatten(2)
-    ball = torch.bmm(Af, center.flatten(1).unsqueeze(2)).squeeze(2) - eps.unsqueeze(1) * Af.norm(dim=2)
+    nrm = Af.norm(dim=2)
+    slack = ROUND * torch.finfo(A.dtype).eps * (torch.bmm(Af.abs(), center.abs().flatten(1).unsqueeze(2)).squeeze(2)
+                                                + eps.unsqueeze(1) * nrm)
+    ball = torch.bmm(Af, center.flatten(1).unsqueeze(2)).squeeze(2) - eps.unsqueeze(1) * nrm - slack
     if input_set.domain is None:
         return ball
     return torch.maximum(ball, box)

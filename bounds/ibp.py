@@ -170,7 +170,15 @@ def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor 
         c0 = c0 + d
     c = torch.baddbmm(c0.unsqueeze(2), W, (hi + lo).unsqueeze(2), alpha=0.5)
     r = torch.bmm(W.abs(), (hi - lo).unsqueeze(2)) * 0.5
+    r = r + _roundoff(torch.bmm(W.abs(), (hi.abs() + lo.abs()).unsqueeze(2)) + c0.abs().unsqueeze(2))
     return (c - r).squeeze(2), (c + r).squeeze(2)
+
+
+def _roundoff(mag: torch.Tensor) -> torch.Tensor:
+    """Outward rounding of the final centre/radius dot products (``ROUND`` units of roundoff of
+    the magnitudes involved): an attained extreme, e.g. 0 at a tie, is never reported inside."""
+    from bounds.concretize import ROUND
+    return ROUND * torch.finfo(mag.dtype).eps * mag
 
 
 def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Interval:
@@ -181,6 +189,7 @@ def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Inter
     r = torch.bmm(C.abs().to(lo.dtype), rad).squeeze(2)
     if d is not None:
         c = c + d
+    r = r + _roundoff(torch.bmm(C.abs().to(lo.dtype), mid.abs() + rad).squeeze(2) + (0 if d is None else d.abs()))
     return c - r, c + r
 
 

@@ -238,7 +238,9 @@ def test_crown_matches_the_auto_lirpa_reference_numbers(shared_dir, name):
                 if r["net"] == name and r["eps"] == eps and r["batch"] == 1 and r["spec"] == "margin"}
         s = ball(x, eps, "inf", dom)
         assert abs(bounds.compute_bounds(net, s, C, method="crown").lower.mean().item() - want["CROWN"]) < 1e-4
-        assert abs(bounds.compute_bounds(net, s, C, method="ibp").lower.mean().item() - want["IBP"]) < 1e-3
+        # IBP bounds are outward-rounded by a few units of float32 roundoff of their magnitude (~2000 here)
+        assert abs(bounds.compute_bounds(net, s, C, method="ibp").lower.mean().item() - want["IBP"]) \
+            < 1e-3 + 2e-6 * abs(want["IBP"])
 
 
 def test_crown_equals_auto_lirpa_when_installed():

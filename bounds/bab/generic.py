@@ -13,6 +13,7 @@ import torch
 
 from certify.ir import Network
 from certify.spec.sets import Box
+from bounds.bab.relax import PROOF_TOL
 
 
 def generic_input_split(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -37,7 +38,7 @@ def generic_input_split(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: t
         stats["bound_calls"] += 1
         stats["domains"] += n
         stats["time_bound"] += time.monotonic() - t
-        open_ = ~(b.lower.reshape(n, -1).max(1).values > 0)
+        open_ = ~(b.lower.reshape(n, -1).max(1).values > PROOF_TOL)
         if not bool(open_.any()):
             continue
         l, h = l[open_], h[open_]

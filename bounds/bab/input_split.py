@@ -20,7 +20,7 @@ import time
 import torch
 
 from bounds.bab.chain import Chain
-from bounds.bab.relax import bound_domains
+from bounds.bab.relax import PROOF_TOL, bound_domains
 
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -47,7 +47,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
 
     l0, h0 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     res = bound(l0, h0)
-    if bool(res.lower.max(1).values[0] > 0):
+    if bool(res.lower.max(1).values[0] > PROOF_TOL):
         return "unsat", None
     # stack of open boxes: (lo, hi, split scores, packed pre-activation bounds) per box
     stack = [(l0, h0, _scores(res, l0, h0, min_width), _pack(res.pre))]
@@ -86,7 +86,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         pick = worse.argmax(1)                               # (N,)
         sel = torch.cat([torch.arange(N) * k_cand + pick, N * k_cand + torch.arange(N) * k_cand + pick])
         cl, ch = cl[sel], ch[sel]
-        open_ = ~(res.lower.max(1).values[sel] > 0)
+        open_ = ~(res.lower.max(1).values[sel] > PROOF_TOL)
         if not bool(open_.any()):
             continue
         cl, ch = cl[open_], ch[open_]
@@ -129,7 +129,7 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward")
     if mode == "forward" and iterations == 0:
         return res
-    open_ = ~(res.lower.max(1).values > 0)
+    open_ = ~(res.lower.max(1).values > PROOF_TOL)
     if not bool(open_.any()):
         return res
     # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next

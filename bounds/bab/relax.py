@@ -25,6 +25,9 @@ import torch
 
 from bounds.bab.chain import Chain
 
+# A bound proves a row only when it exceeds this (float64 rounding of the whole backward pass).
+PROOF_TOL = 1e-9
+
 Tensor = torch.Tensor
 
 
@@ -82,6 +85,9 @@ def _backsub(chain: Chain, t: int, C: Tensor, d: Tensor, lo: Tensor, hi: Tensor,
             lam = lam - beta[j].clamp(min=0) * splits[j].unsqueeze(1).to(lam.dtype)
     center, rad = (hi + lo) / 2, (hi - lo) / 2
     lower = const + (lam @ center.unsqueeze(-1)).squeeze(-1) - (lam.abs() @ rad.unsqueeze(-1)).squeeze(-1)
+    # outward rounding of the last dot products (an attained minimum is never reported above itself)
+    lower = lower - 4 * torch.finfo(lower.dtype).eps * ((lam.abs() @ (center.abs() + rad).unsqueeze(-1)).squeeze(-1)
+                                                        + const.abs())
     return lower, lam, hidden
 
 

@@ -22,7 +22,7 @@ import torch
 from scipy.optimize import linprog
 
 from bounds.bab.chain import Chain
-from bounds.bab.relax import bound_domains, pre_activation_bounds
+from bounds.bab.relax import PROOF_TOL, bound_domains, pre_activation_bounds
 
 LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
 
@@ -104,7 +104,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     stats["time_bound"] += time.monotonic() - t
     best, row = res.lower.max(1)
     stats.setdefault("root_lower", float(best[0]))
-    if bool(best[0] > 0):
+    if bool(best[0] > PROOF_TOL):
         return "unsat", None
     # open domains
     D_split = splits
@@ -197,7 +197,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         stats["domains"] += n2
         stats["time_bound"] += time.monotonic() - t
         best, row = res.lower.max(1)
-        open_ = ~(best > 0)
+        open_ = ~(best > PROOF_TOL)
         if not bool(open_.any()):
             continue
         # candidates: minimizers of each open child's linear bound over the box

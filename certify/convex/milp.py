@@ -97,7 +97,7 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
                 m = float(prob.margins(b, xc.reshape((1,) + tuple(prob.net.input_shape)))[0, r])
                 upper[b, r] = m
                 if m < -ZERO_TOL:
-                    found = xc.reshape(prob.net.input_shape).to(torch.float32)
+                    found = xc.reshape(prob.net.input_shape)   # the checked float64 point itself
                     st = "counterexample" if st == "stopped" else st
                 elif st == "stopped" or (st == "optimal" and dual <= ZERO_TOL):
                     st = "near_zero" if abs(m) <= ZERO_TOL else "bad_counterexample"

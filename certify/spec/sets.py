@@ -22,6 +22,8 @@ def _eps_view(eps, center: torch.Tensor) -> torch.Tensor:
     e = torch.as_tensor(eps, dtype=center.dtype, device=center.device)
     if e.dim() == 0:
         e = e.expand(center.shape[0])
+    if bool(torch.isnan(e).any()):
+        raise CertifyError("eps must be a number, got NaN")
     if e.shape != (center.shape[0],):
         raise CertifyError(f"eps must be a float or have shape ({center.shape[0]},), got {tuple(e.shape)}")
     if bool((e < 0).any()):
@@ -100,6 +102,15 @@ class Box(InputSet):
         return self.lower + u * (self.upper - self.lower)
 
 
+def _check_ball(center: torch.Tensor, eps, domain: Domain) -> None:
+    """A ball whose centre lies farther than eps outside the domain box meets it nowhere: its
+    'certificate' would be vacuous, so it is a user error (e.g. pixels in [0, 255], domain [0, 1])."""
+    e = _eps_view(eps, center)
+    if domain is not None and bool(((center < domain[0] - e) | (center > domain[1] + e)).any()):
+        raise CertifyError(f"input lies outside the domain {tuple(domain)} by more than eps: the perturbation "
+                           "set is empty (scale the data into the domain or pass another domain)")
+
+
 @dataclass
 class LinfBall(InputSet):
     """{x : ||x - center||_inf <= eps} intersected with the domain box (if given)."""
@@ -108,6 +119,9 @@ class LinfBall(InputSet):
     eps: object
     domain: Domain = None
     norm: str = "inf"
+
+    def __post_init__(self):
+        _check_ball(self.center, self.eps, self.domain)
 
     def box(self):
         return _ball_box(self.center, self.eps, self.domain)
@@ -135,6 +149,9 @@ class L2Ball(InputSet):
     eps: object
     domain: Domain = None
     norm: str = "2"
+
+    def __post_init__(self):
+        _check_ball(self.center, self.eps, self.domain)
 
     def box(self):
         return _ball_box(self.center, self.eps, self.domain)
