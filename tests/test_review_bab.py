@@ -116,8 +116,6 @@ def test_zero_width_box(method):
     assert verify(net, prop, timeout=10, method=method, falsify_first=False).status != "unsat"
 
 
-@pytest.mark.xfail(strict=True, reason="input-split BaB gives up ('unknown') on a zero-width box without "
-                                      "trying its single point, which violates")
 def test_zero_width_box_sat_without_initial_attack():
     net = _net(3)
     x = [0.3, 0.6]

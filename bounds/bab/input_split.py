@@ -62,8 +62,10 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             stack = []
         N = l.shape[0]
         top = sc.topk(k_cand, dim=1)
-        if bool((top.values[:, 0] < 0).any()):
-            return "unknown", None     # a box too thin to split and still open
+        thin = top.values[:, 0] < 0
+        if bool(thin.any()):           # a box too thin to split and still open: its points decide it
+            ce = try_points(torch.cat([(l[thin] + h[thin]) / 2, l[thin], h[thin]]))
+            return ("sat", ce) if ce is not None else ("unknown", None)
         dims = top.indices                                   # (N, k)
         valid = top.values >= 0
         idx = torch.arange(N).unsqueeze(1).expand(N, k_cand)
