@@ -19,7 +19,7 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.sets import InputSet, LinfBall, ball
+from certify.spec.sets import InputSet, ball
 from bounds.alpha import alpha_crown
 from bounds.crown import apply_splits, check_splits, crown_spec, preactivation_nodes, propagate
 from bounds.ibp import ibp_forward, ibp_spec, interval_spec
@@ -74,17 +74,7 @@ class _Fixed:
 
     def __init__(self, s: InputSet):
         self._set, self.norm = s, s.norm
-        eps = getattr(s, "eps", None)
-        if type(s) is LinfBall and type(eps) is float and eps >= 0:
-            # LinfBall.box() for a float radius without its tensor conversion and checks
-            # (a sizable share of one IBP call on a small network).
-            lo, hi = s.center - eps, s.center + eps
-            if s.domain is not None:
-                lo, hi = lo.clamp(min=s.domain[0]), hi.clamp(max=s.domain[1])
-                hi = torch.maximum(hi, lo)
-            self._box = (lo, hi)
-        else:
-            self._box = s.box()
+        self._box = s.box()
 
     def box(self):
         return self._box

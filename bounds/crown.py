@@ -192,6 +192,8 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
     dtype = input_set.box()[0].dtype
     per_row = B * max_ancestor_size(net, name) * 2
     step = max(1, ROW_BUDGET // max(per_row, 1))
+    node = net.node(name)
+    start_rule = START_RULES.get(type(node.op))
     los, his = [], []
     for a in range(0, R, step):
         b = min(R, a + step)
@@ -200,8 +202,6 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
         if alpha_of is not None:        # one set of slopes per chunk of rows
             def sub_alpha(start, node, rows, window, a=a):
                 return alpha_of((start, a), node, rows, window)
-        node = net.node(name)
-        start_rule = START_RULES.get(type(node.op))
         if use_patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
             C_, H_, W_ = shape
             t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype)

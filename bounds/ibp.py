@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from certify.ir import ops as O
+from bounds.concretize import ROUND
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -177,7 +178,6 @@ def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor 
 def _roundoff(mag: torch.Tensor) -> torch.Tensor:
     """Outward rounding of the final centre/radius dot products (``ROUND`` units of roundoff of
     the magnitudes involved): an attained extreme, e.g. 0 at a tie, is never reported inside."""
-    from bounds.concretize import ROUND
     return ROUND * torch.finfo(mag.dtype).eps * mag
 
 

@@ -25,6 +25,19 @@ def mlp(seed=0, widths=(6, 12, 12, 4)):
     return sequential((widths[0],), ops, name="mlp")
 
 
+def random_mlp(sizes, g: torch.Generator, bias_scale: float = 0.3, normalize: bool = True,
+               dtype=torch.float32, name: str = "network"):
+    """A ReLU MLP with layer widths ``sizes``, weights N(0, 1) (divided by sqrt(fan-in) when
+    ``normalize``) and biases N(0, bias_scale^2), drawn from ``g`` layer by layer (W, then b)."""
+    ops = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = torch.randn(b, a, generator=g, dtype=dtype)
+        ops.append(Linear(w / a ** 0.5 if normalize else w, torch.randn(b, generator=g, dtype=dtype) * bias_scale))
+        if k < len(sizes) - 2:
+            ops.append(ReLU())
+    return sequential((sizes[0],), ops, name=name)
+
+
 def _bn(c):
     return BatchNorm(_r(c, scale=0.2), torch.rand(c, dtype=DT) + 0.5, 1 + _r(c, scale=0.2), _r(c, scale=0.2))
 

@@ -9,19 +9,14 @@ import bounds
 from certify.attack import pgd_margin
 from certify.convex import lp, sdp
 from certify.errors import CertifyError
-from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
+from test_bounds_nets import random_mlp
 
 
 def setup(seed=0, sizes=(4, 12, 12, 3), B=3, eps=0.3):
     g = torch.Generator().manual_seed(seed)
-    ops = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        ops.append(Linear(torch.randn(b, a, generator=g) / a ** 0.5, torch.randn(b, generator=g) * 0.3))
-        if i < len(sizes) - 2:
-            ops.append(ReLU())
-    net = sequential((sizes[0],), ops)
+    net = random_mlp(sizes, g)
     x = torch.rand(B, sizes[0], generator=g)
     C = robustness_matrix(net(x).argmax(1), sizes[-1])
     pre = bounds.intermediate_bounds(net.to(torch.float64), ball(x.double(), eps, norm=2), method="crown")

@@ -11,16 +11,11 @@ from certify.convex.sdp import Multipliers, bound_from, families, solve_cvxpy
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
+from test_bounds_nets import random_mlp
 
 
 def mlp(sizes, seed):
-    g = torch.Generator().manual_seed(seed)
-    ops = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        ops.append(Linear(torch.randn(b, a, generator=g) / a ** 0.5, torch.randn(b, generator=g) * 0.3))
-        if i < len(sizes) - 2:
-            ops.append(ReLU())
-    return sequential((sizes[0],), ops)
+    return random_mlp(sizes, torch.Generator().manual_seed(seed))
 
 
 def case(seed=0, sizes=(3, 6, 6, 3), eps=0.2):

@@ -13,6 +13,7 @@ from certify.convex.sdp_fo import Scaled, certify_point, lanczos, solve_first_or
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
+from test_bounds_nets import random_mlp
 
 
 def net_2_8_8():
@@ -23,12 +24,7 @@ def net_2_8_8():
 
 def wide(seed=0, sizes=(6, 40, 40, 3)):
     g = torch.Generator().manual_seed(seed)
-    ops = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        ops.append(Linear(torch.randn(b, a, generator=g) / a ** 0.5, torch.randn(b, generator=g) * 0.3))
-        if i < len(sizes) - 2:
-            ops.append(ReLU())
-    net = sequential((sizes[0],), ops)
+    net = random_mlp(sizes, g)
     x = torch.rand(1, sizes[0], generator=g)
     return net, x, robustness_matrix(net(x).argmax(1), sizes[-1])
 

@@ -13,23 +13,17 @@ import bounds
 import certify.convex as convex
 from bounds.bab.verify import verify
 from certify.attack import pgd_margin
-from certify.ir import Linear, ReLU, sequential
 from certify.models import load_bundled
 from certify.data import load_dataset
 from certify.spec import ball, robustness_matrix
 from certify.spec.vnnlib import Region, VnnlibProperty
+from test_bounds_nets import random_mlp
 
 TOL = 1e-4
 
 
 def _mlp(seed, n_in=4, hidden=(12, 12), n_out=3):
-    g = torch.Generator().manual_seed(seed)
-    ops, prev = [], n_in
-    for h in hidden:
-        ops += [Linear(torch.randn(h, prev, generator=g) / prev ** 0.5, torch.randn(h, generator=g) * 0.1), ReLU()]
-        prev = h
-    ops.append(Linear(torch.randn(n_out, prev, generator=g) / prev ** 0.5, torch.randn(n_out, generator=g) * 0.1))
-    return sequential((n_in,), ops, name=f"mlp{seed}")
+    return random_mlp((n_in, *hidden, n_out), torch.Generator().manual_seed(seed), bias_scale=0.1, name=f"mlp{seed}")
 
 
 @pytest.mark.parametrize("seed", range(4))

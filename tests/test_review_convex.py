@@ -8,19 +8,14 @@ import torch
 
 from certify.convex import lp, milp, sdp
 from certify.ir import Linear, ReLU, sequential
+from test_bounds_nets import random_mlp
 
 DT = torch.float64
 
 
 def _net(seed, widths=(2, 6, 5, 3)):
-    g = torch.Generator().manual_seed(seed)
-    ops = []
-    for k in range(len(widths) - 1):
-        ops.append(Linear(torch.randn(widths[k + 1], widths[k], generator=g, dtype=DT),
-                          torch.randn(widths[k + 1], generator=g, dtype=DT) * 0.5))
-        if k < len(widths) - 2:
-            ops.append(ReLU())
-    return sequential((2,), ops, name=f"net{seed}")
+    return random_mlp(widths, torch.Generator().manual_seed(seed), bias_scale=0.5, normalize=False, dtype=DT,
+                      name=f"net{seed}")
 
 
 def _grid_min(net, lo, hi, C, d, n=301):

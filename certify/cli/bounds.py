@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from certify.cli.common import domain_from
 from certify.errors import CertifyError
 
 HELP = """\
@@ -35,7 +36,7 @@ examples:
 
 
 def register(sub) -> None:
-    from certify.cli.common import MODEL_HELP, add_data_args, add_output_args
+    from certify.cli.common import MODEL_HELP, add_data_args, add_domain_args, add_output_args
 
     p = sub.add_parser("bounds", help="bound propagation certificates (IBP / CROWN / alpha-CROWN) for a data set",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,9 +47,7 @@ def register(sub) -> None:
                    help="bound method (default: crown)")
     g.add_argument("--eps", type=float, default=0.02, help="perturbation radius to certify (default: 0.02)")
     g.add_argument("--norm", default="inf", choices=["inf", "2"], help="ball norm: inf or 2 (default: inf)")
-    g.add_argument("--domain", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
-                   help="valid input range the ball is clipped to (default: 0 1)")
-    g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
+    add_domain_args(g)
     g.add_argument("--radius", action="store_true",
                    help="find each input's largest certified eps by bisection instead of testing --eps")
     g.add_argument("--tol", type=float, default=1e-4, help="bisection tolerance of --radius (default: 1e-4)")
@@ -75,8 +74,7 @@ def _check(args) -> None:
         raise CertifyError(f"--tol must be > 0, got {args.tol}")
     if args.iterations < 0:
         raise CertifyError(f"--iterations must be >= 0, got {args.iterations}")
-    if not args.no_domain and args.domain[0] >= args.domain[1]:
-        raise CertifyError(f"--domain needs LO < HI, got {args.domain}")
+    domain_from(args)   # validates --domain
     if args.resume and not args.out:
         raise CertifyError("--resume needs --out (the result file to continue)")
 
@@ -115,7 +113,7 @@ def run(args) -> int:
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data).to(net.dtype)
-    domain = None if args.no_domain else tuple(args.domain)
+    domain = domain_from(args)
     writer = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite) if args.out else None
     todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
     records: list[Record] = [writer.done[i] for i in idx if writer is not None and i in writer.done]

@@ -80,6 +80,22 @@ def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
                        f"input shape {want}")
 
 
+def add_domain_args(g) -> None:
+    """--domain LO HI / --no-domain: the valid input range a perturbation ball is clipped to."""
+    g.add_argument("--domain", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                   help="valid input range the ball is clipped to (default: 0 1)")
+    g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
+
+
+def domain_from(args) -> tuple[float, float] | None:
+    """The (lo, hi) domain the flags of ``add_domain_args`` ask for (None: no clipping)."""
+    if args.no_domain:
+        return None
+    if args.domain[0] >= args.domain[1]:
+        raise CertifyError(f"--domain needs LO < HI, got {args.domain}")
+    return tuple(args.domain)
+
+
 def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=default, help="JSON-lines result file, one record per input"

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from certify.cli.common import (add_data_args, add_model_arg, add_output_args, check_input_shape, load_data,
-                                load_model, progress, summary_lines)
+from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, check_input_shape,
+                                domain_from, load_data, load_model, progress, summary_lines)
 from certify.errors import CertifyError
 from certify.report.records import Record, ResultWriter
 from certify.spec.output import robustness_matrix
@@ -46,9 +46,7 @@ def register(sub) -> None:
             g.add_argument("--norm", default="inf", choices=["inf", "2"],
                            help="ball norm: inf or 2 (default: inf); for lp, 2 makes it a second-order cone "
                                 "program solved by cvxpy (Clarabel, or --solver scs)")
-        g.add_argument("--domain", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
-                       help="valid input range the ball is clipped to (default: 0 1)")
-        g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
+        add_domain_args(g)
         g.add_argument("--radius", action="store_true",
                        help="find each input's largest certified eps by bisection instead of testing --eps")
         g.add_argument("--tol", type=float, default=1e-3, help="bisection tolerance of --radius (default: 1e-3)")
@@ -83,7 +81,7 @@ def register(sub) -> None:
 
 
 def _method_kwargs(method: str, args) -> dict:
-    kw = dict(bounds_method=args.bounds_method, domain=None if args.no_domain else tuple(args.domain))
+    kw = dict(bounds_method=args.bounds_method, domain=domain_from(args))
     if method == "lp":
         kw.update(norm=args.norm, refine=args.refine, solver=args.solver, time_limit=args.time_limit)
     elif method == "sdp":
@@ -99,8 +97,7 @@ def _check(args) -> None:
         raise CertifyError(f"--eps must be >= 0, got {args.eps}")
     if args.tol <= 0 or args.max_radius <= 0:
         raise CertifyError(f"--tol and --max-radius must be > 0, got {args.tol} and {args.max_radius}")
-    if not args.no_domain and args.domain[0] >= args.domain[1]:
-        raise CertifyError(f"--domain needs LO < HI, got {args.domain}")
+    domain_from(args)   # validates --domain
     if args.time_limit is not None and args.time_limit <= 0:
         raise CertifyError(f"--time-limit must be > 0, got {args.time_limit}")
     if args.resume and not args.out:

@@ -20,14 +20,21 @@ from certify.convex.encode import Encoding
 EPS64 = np.finfo(np.float64).eps
 
 
-def dual_bound(c: np.ndarray, c0: float, enc: Encoding, y: np.ndarray) -> float:
-    """The weak-duality lower bound of min c^T z + c0 over ``enc`` for row multipliers ``y``."""
+def row_terms(c: np.ndarray, enc: Encoding, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row multipliers ``y`` made dual-feasible in sign (a multiplier on an infinite row side is
+    dropped), their contribution per row (y_i times the row's finite lower / upper side) and the
+    reduced costs ``c - A^T y``: the shared part of every weak-duality bound here."""
     y = np.array(y, dtype=np.float64)
     y = np.where((y > 0) & ~np.isfinite(enc.row_lo), 0.0, y)
     y = np.where((y < 0) & ~np.isfinite(enc.row_hi), 0.0, y)
     rows = np.where(y > 0, y * np.where(np.isfinite(enc.row_lo), enc.row_lo, 0.0),
                     y * np.where(np.isfinite(enc.row_hi), enc.row_hi, 0.0))
-    r = c - enc.A.T @ y
+    return y, rows, c - enc.A.T @ y
+
+
+def dual_bound(c: np.ndarray, c0: float, enc: Encoding, y: np.ndarray) -> float:
+    """The weak-duality lower bound of min c^T z + c0 over ``enc`` for row multipliers ``y``."""
+    y, rows, r = row_terms(c, enc, y)
     cols = np.minimum(r * enc.col_lo, r * enc.col_hi)
     total = c0 + rows.sum() + cols.sum()
     # rounding: every product and sum is exact up to a relative EPS64 per operation

@@ -19,9 +19,9 @@ import warnings
 import numpy as np
 
 from certify.convex.encode import Encoding
+from certify.convex.highs import EPS64, row_terms
 from certify.errors import CertifyError
 
-EPS64 = np.finfo(np.float64).eps
 SOLVERS = ("CLARABEL", "SCS", "ECOS")
 
 
@@ -29,12 +29,7 @@ def l2_dual_bound(c: np.ndarray, c0: float, enc: Encoding, y: np.ndarray, q: np.
                   eps: float) -> float:
     """The weak-duality lower bound of the module doc for multipliers ``y`` (rows) and input split ``q``."""
     n0 = len(x0)
-    y = np.array(y, dtype=np.float64)
-    y = np.where((y > 0) & ~np.isfinite(enc.row_lo), 0.0, y)
-    y = np.where((y < 0) & ~np.isfinite(enc.row_hi), 0.0, y)
-    rows = np.where(y > 0, y * np.where(np.isfinite(enc.row_lo), enc.row_lo, 0.0),
-                    y * np.where(np.isfinite(enc.row_hi), enc.row_hi, 0.0))
-    r = c - enc.A.T @ y
+    y, rows, r = row_terms(c, enc, y)
     q = np.asarray(q, np.float64)
     rr = r.copy()
     rr[:n0] = q

@@ -296,6 +296,17 @@ def _binary(cv: _Converter, node, at, ins, origin):
     return Dyn(cv.emit(op, [x.name], node, origin), x.full)
 
 
+def _affine(cv: _Converter, x: Dyn, A: torch.Tensor, bias: np.ndarray | None, out: tuple, node, origin) -> Dyn:
+    """The affine node ``A @ x + bias`` on the flattened tensors, ``bias`` broadcast to ``out``."""
+    b = None
+    if bias is not None:
+        try:
+            b = cv.tensor(np.broadcast_to(bias, out).reshape(-1))
+        except ValueError:
+            raise cv.err(f"{origin}: bias of shape {bias.shape} does not broadcast to {out}") from None
+    return Dyn(cv.b.affine(x.name, A, b, ir_shape(out), node.output[0], origin), out)
+
+
 def _right(cv: _Converter, x: Dyn, W: np.ndarray, bias: np.ndarray | None, node, origin) -> Dyn:
     """x @ W (+ bias) with W of shape (n, k) acting on the last axis of x."""
     full = x.full
@@ -306,13 +317,7 @@ def _right(cv: _Converter, x: Dyn, W: np.ndarray, bias: np.ndarray | None, node,
     M = math.prod(full[:-1])
     Wt = cv.tensor(W.T)
     A = Wt if M == 1 else torch.kron(torch.eye(M, dtype=Wt.dtype), Wt)
-    b = None
-    if bias is not None:
-        try:
-            b = cv.tensor(np.broadcast_to(bias, out).reshape(-1))
-        except ValueError:
-            raise cv.err(f"{origin}: bias of shape {bias.shape} does not broadcast to {out}") from None
-    return Dyn(cv.b.affine(x.name, A, b, ir_shape(out), node.output[0], origin), out)
+    return _affine(cv, x, A, bias, out, node, origin)
 
 
 def _left(cv: _Converter, W: np.ndarray, x: Dyn, bias: np.ndarray | None, node, origin) -> Dyn:
@@ -332,13 +337,7 @@ def _left(cv: _Converter, W: np.ndarray, x: Dyn, bias: np.ndarray | None, node, 
         A = torch.kron(Wt, torch.eye(m, dtype=Wt.dtype)) if m > 1 else Wt
         if M > 1:
             A = torch.kron(torch.eye(M, dtype=Wt.dtype), A)
-    b = None
-    if bias is not None:
-        try:
-            b = cv.tensor(np.broadcast_to(bias, out).reshape(-1))
-        except ValueError:
-            raise cv.err(f"{origin}: bias of shape {bias.shape} does not broadcast to {out}") from None
-    return Dyn(cv.b.affine(x.name, A, b, ir_shape(out), node.output[0], origin), out)
+    return _affine(cv, x, A, bias, out, node, origin)
 
 
 def _matmul(cv: _Converter, node, at, ins, origin):

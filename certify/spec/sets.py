@@ -33,7 +33,9 @@ def _eps_view(eps, center: torch.Tensor) -> torch.Tensor:
 
 def _ball_box(center: torch.Tensor, eps, domain: Domain) -> tuple[torch.Tensor, torch.Tensor]:
     """center -/+ eps per feature, clipped to the domain: the box enclosing an L-inf or L2 ball."""
-    e = _eps_view(eps, center)
+    # a float radius (checked when the ball was built) needs no tensor conversion: this box is
+    # asked for on every bound call, and on a small network the conversion is a sizable share
+    e = eps if type(eps) is float else _eps_view(eps, center)
     lo, hi = center - e, center + e
     if domain is not None:
         lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
