@@ -65,11 +65,17 @@ class Falsifier:
         return None
 
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
-            restarts: int = 5) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
+            restarts: int = 5, parallel: int = 1) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
         """PGD in each box (lo, hi) (N, n_in) on the violation value; returns (counterexample or
-        None, best values (N,))."""
+        None, best values (N,)). ``parallel`` > 1 runs that many extra attacks per box side by side
+        from uniform random starts (one batch: cheap for small networks, e.g. ACAS Xu's)."""
         dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
                for A, b in disjuncts]
+        N0 = lo.shape[0]
+        if parallel > 1:
+            u = torch.rand((parallel,) + tuple(lo.shape), generator=self.gen, dtype=torch.float64)
+            starts = torch.cat([((lo + hi) / 2).unsqueeze(0).double(), lo.double() + u * (hi - lo).double()])
+            lo, hi = lo.repeat(parallel + 1, 1), hi.repeat(parallel + 1, 1)
         N, K = lo.shape[0], len(dis)
         # one targeted attack per conjunction (the min over conjunctions alone gets stuck on one)
         lo_k, hi_k = lo.repeat_interleave(K, 0), hi.repeat_interleave(K, 0)
@@ -82,8 +88,12 @@ class Falsifier:
             per = torch.stack([violation_value(y, [dk]) for dk in dis], 1)
             return per.gather(1, which.unsqueeze(1)).squeeze(1)
 
-        x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen)
-        v = v.reshape(N, K).min(1).values
+        start = None
+        if parallel > 1:
+            start = starts.reshape(N, -1).repeat_interleave(K, 0).to(torch.float32).reshape(box.lower.shape)
+        x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen, start=start,
+                            decay=parallel > 1)
+        v = v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
         xs = x.reshape(x.shape[0], -1).to(torch.float64)
         xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))
         ce = self.check_points(xs, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))

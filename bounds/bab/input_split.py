@@ -20,16 +20,19 @@ import time
 import torch
 
 from bounds.bab.chain import Chain
+from bounds.bab.clip import clip_boxes
 from bounds.bab.relax import PROOF_TOL, bound_domains
 
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                     deadline: float, try_points, stats: dict, batch: int = 128,
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
-                    candidates: int = 5, reuse_parent: bool = False):
+                    candidates: int = 5, reuse_parent: bool = False, clip: bool = True):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
-    ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres.
+    ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
+    corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
+    where its linear bounds still allow a violation (``bounds.bab.clip``).
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None).
     """
     Cb, db = C.double().unsqueeze(0), d.double().unsqueeze(0)
@@ -49,8 +52,14 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     res = bound(l0, h0)
     if bool(res.lower.max(1).values[0] > PROOF_TOL):
         return "unsat", None
+    if clip:
+        l0, h0, empty = clip_boxes(l0, h0, res.lam_in, res.lam_lower)
+        if bool(empty[0]):
+            stats["clipped_empty"] = stats.get("clipped_empty", 0) + 1
+            return "unsat", None
+    sc0 = _scores(res, l0, h0, min_width)
     # stack of open boxes: (lo, hi, split scores, packed pre-activation bounds) per box
-    stack = [(l0, h0, _scores(res, l0, h0, min_width), _pack(res.pre))]
+    stack = [(l0, h0, sc0, _pack(res.pre))]
     while stack:
         if time.monotonic() > deadline:
             return "timeout", None
@@ -92,14 +101,23 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         if not bool(open_.any()):
             continue
         cl, ch = cl[open_], ch[open_]
+        rows = sel[open_]
+        sub = _Sub(res, rows)
+        if clip:
+            cl, ch, empty = clip_boxes(cl, ch, sub.lam_in, sub.lam_lower)
+            if bool(empty.any()):
+                stats["clipped_empty"] = stats.get("clipped_empty", 0) + int(empty.sum())
+                keep = ~empty
+                cl, ch, rows, sub = cl[keep], ch[keep], rows[keep], _Sub(sub, keep)
+                if cl.shape[0] == 0:
+                    continue
+        sc = _scores(sub, cl, ch, min_width)
         t = time.monotonic()
-        ce = try_points((cl + ch) / 2)
+        ce = try_points(torch.cat([(cl + ch) / 2, _minimizers(sub, cl, ch)]))
         stats["time_falsify"] += time.monotonic() - t
         if ce is not None:
             return "sat", ce
-        rows = sel[open_]
-        sub = _Sub(res, rows)
-        stack.append((cl, ch, _scores(sub, cl, ch, min_width), _pack([(a[rows], b[rows]) for a, b in res.pre])))
+        stack.append((cl, ch, sc, _pack([(a[rows], b[rows]) for a, b in res.pre])))
     return "unsat", None
 
 
@@ -137,25 +155,32 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next
     sub = bound_domains(chain, l[open_], h[open_], C[open_], d[open_], iterations=iterations, mode=mode,
                         pre=[(a[open_], b[open_]) for a, b in res.pre])
-    lower, lam = res.lower.clone(), res.lam_in.clone()
+    lower, lam, lam_lower = res.lower.clone(), res.lam_in.clone(), res.lam_lower.clone()
     lower[open_] = torch.maximum(lower[open_], sub.lower)
     lam[open_] = sub.lam_in
+    lam_lower[open_] = sub.lam_lower
     pre_out = []
     for (a, b), (sa, sb) in zip(res.pre, sub.pre):
         a, b = a.clone(), b.clone()
         a[open_], b[open_] = sa, sb
         pre_out.append((a, b))
-    return _Bounds(lower, lam, pre_out)
+    return _Bounds(lower, lam, pre_out, lam_lower)
 
 
 class _Bounds:
-    def __init__(self, lower, lam_in, pre):
-        self.lower, self.lam_in, self.pre = lower, lam_in, pre
+    def __init__(self, lower, lam_in, pre, lam_lower):
+        self.lower, self.lam_in, self.pre, self.lam_lower = lower, lam_in, pre, lam_lower
 
 
 class _Sub:
     def __init__(self, res, rows):
-        self.lower, self.lam_in = res.lower[rows], res.lam_in[rows]
+        self.lower, self.lam_in, self.lam_lower = res.lower[rows], res.lam_in[rows], res.lam_lower[rows]
+
+
+def _minimizers(res, l, h):
+    """(N, n_in) the corner of each box minimizing the linear lower bound of its best row."""
+    lam = res.lam_in[torch.arange(l.shape[0]), res.lower.max(1).indices]
+    return torch.where(lam > 0, l, h)
 
 
 def _scores(res, l, h, min_width):

@@ -37,7 +37,10 @@ class DomainBounds:
     on x (kept from the first pass: a steadier guide for input splits than alpha's); ``lam_hidden[k]`` (B, r, n_k): coefficients on a_k (for branching scores);
     ``pre``: the (clamped) pre-activation bounds used, list of (l, u) (B, n_k); ``alpha`` / ``beta``:
     the optimized multipliers, lists per hidden layer of (B, r, n_k) (beta None where a layer has no
-    split), for warm-starting child domains; None when no optimization ran."""
+    split), for warm-starting child domains; None when no optimization ran. ``lam_lower`` (B, r): the
+    lower bound of the very pass that produced ``lam_in``, so ``lam_lower + lam_in (x - c) + |lam_in| rad``
+    (c, rad: the box's centre and radius) is a sound linear lower bound of each row at every x in
+    the box (used to clip input boxes)."""
 
     lower: Tensor
     lam_in: Tensor
@@ -45,6 +48,7 @@ class DomainBounds:
     pre: list[tuple[Tensor, Tensor]]
     alpha: list[Tensor] | None = None
     beta: list[Tensor | None] | None = None
+    lam_lower: Tensor | None = None
 
 
 def _relax(l: Tensor, u: Tensor):
@@ -150,7 +154,8 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
     relax = []
     for t in range(1, len(out)):
         l0, u0 = out[t - 1]
-        relax.append(_relax(l0, u0)[:3])
+        su0, tu0, sl0, _ = _relax(l0, u0)
+        relax.append((su0 - sl0, tu0, sl0))
         l, u = out[t]
         dom, neu = torch.nonzero((l < 0) & (u > 0), as_tuple=True)
         if dom.numel() == 0:
@@ -162,10 +167,10 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
             lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
             const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
             for k in range(t - 1, -1, -1):
-                su, tu, sl = (v[di].unsqueeze(1) for v in relax[k])
-                pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-                const = const + (neg * tu).sum(-1)
-                lam = pos * sl + neg * su
+                dsu, tu, sl = (v[di].unsqueeze(-1) for v in relax[k])    # (P, n, 1)
+                neg = lam.clamp(max=0)
+                const = const + (neg @ tu).squeeze(-1)
+                lam = lam * sl.transpose(1, 2) + neg * dsu.transpose(1, 2)
                 const = const + lam @ chain.biases[k]
                 lam = lam @ chain.weights[k]
             c, r = ((hi + lo) / 2)[di].unsqueeze(-1), ((hi - lo) / 2)[di].unsqueeze(-1)
@@ -234,6 +239,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
         for l, u in pre_b:
             empty |= (l > u).any(1)
         lower, lam, hidden = _backsub(chain, L - 1, C, d, lo, hi, pre_b, keep=True)
+    lam_lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, float("inf")), lower)
     best = lower
     unstable_any = any(bool(((l < 0) & (u > 0)).any()) for l, u in pre_b)
     has_splits = splits is not None and any(bool((s != 0).any()) for s in splits)
@@ -283,4 +289,4 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     best = best.detach()
     best = torch.where(empty.unsqueeze(1), torch.full_like(best, float("inf")), best)
     det = (lambda xs: None if xs is None else [None if x is None else x.detach() for x in xs])
-    return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta))
+    return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta), lam_lower)

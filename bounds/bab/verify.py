@@ -42,9 +42,12 @@ class VerifyResult:
     stats: dict = field(default_factory=dict)
 
 
+LOW_DIM = 12
+
+
 def choose_method(n_inputs: int, n_relus: int) -> str:
     """Input splitting for low-dimensional inputs (<= 12 dims), ReLU splitting otherwise."""
-    return "input" if n_inputs <= 12 or n_relus == 0 else "relu"
+    return "input" if n_inputs <= LOW_DIM or n_relus == 0 else "relu"
 
 
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
@@ -77,6 +80,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         ce = fal.check_points(torch.stack([(lo + hi) / 2, lo, hi]))
         if ce is None:
             ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=50, restarts=pgd_restarts)
+        if ce is None and n_in <= LOW_DIM:
+            # small inputs: thousands of attacks side by side cost well under a second
+            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=100, restarts=1,
+                            parallel=2000)
         if ce is not None:
             stats["time_falsify"] += time.monotonic() - t
             stats["found_by"] = "pgd"
@@ -102,10 +109,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return done("sat", ce) if ce is not None else done("unknown")
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
             jobs.append((lo, hi, C, d, reg))
-    status = "unsat"
-    for j, (lo, hi, C, d, reg) in enumerate(jobs):
-        if time.monotonic() > deadline:
-            return done("timeout")
+
+    def attempt(lo, hi, C, d, deadline):
+        """One obligation until ``deadline``: (verdict, counterexample, found_by)."""
         dis = [(C, -d)]
 
         def try_points(xs, dis=dis):
@@ -118,19 +124,26 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # branching with CROWN for half the time left, then the better of the 2 most
             # sensitive dims for half the rest, then smart branching with alpha-CROWN
             verdict = "timeout"
-            for share, bt, it, cand in ((0.5, 1024, 0, 1), (0.5, 512, 0, 2),
-                                        (1.0, 128, 3 if iterations is None else iterations, 5)):
+            for phase, (share, bt, it, cand) in enumerate(((0.5, 1024, 0, 1), (0.5, 512, 0, 2),
+                                                           (1.0, 128, 3 if iterations is None else iterations, 5))):
                 if verdict != "timeout" or time.monotonic() >= deadline:
                     break
                 until = time.monotonic() + share * (deadline - time.monotonic())
                 verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
                                               batch=batch or bt, iterations=it, candidates=cand)
+                if phase == 0 and verdict == "timeout" and falsify_first and time.monotonic() < deadline:
+                    # violations in thin regions: a larger, finer attack after the first phase
+                    t = time.monotonic()
+                    ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())], steps=300,
+                                    restarts=1, parallel=10000)
+                    stats["time_falsify"] += time.monotonic() - t
+                    if ce is not None:
+                        return "sat", ce, "pgd"
         else:
             verdict, ce = relu_split_bab(chain, lo, hi, C, d, deadline, try_points, stats,
                                          batch=batch or 256, iterations=iterations or 20)
         if verdict == "sat":
-            stats["found_by"] = "bab"
-            return done("sat", ce)
+            return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
             # a last attack on this obligation before giving up
             if time.monotonic() < deadline and falsify_first:
@@ -139,9 +152,32 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                                 steps=100, restarts=pgd_restarts)
                 stats["time_falsify"] += time.monotonic() - t
                 if ce is not None:
-                    stats["found_by"] = "pgd"
-                    return done("sat", ce)
-            if verdict == "timeout":
+                    return "sat", ce, "pgd"
+        return verdict, None, None
+
+    # each (region, conjunction) is a proof obligation. First pass: each gets an equal share of
+    # the time left (a violation of a later one is not starved by a hard earlier one); second
+    # pass: the ones that timed out, in turn, with all the time left.
+    status, pending = "unsat", list(range(len(jobs)))
+    for first in (True, False):
+        left = []
+        for i, j in enumerate(pending):
+            now = time.monotonic()
+            if now > deadline:
                 return done("timeout")
-            status = "unknown"
+            until = now + (deadline - now) / (len(pending) - i) if first else deadline
+            lo, hi, C, d, _ = jobs[j]
+            verdict, ce, how = attempt(lo, hi, C, d, until)
+            if verdict == "sat":
+                stats["found_by"] = how
+                return done("sat", ce)
+            if verdict == "timeout":
+                left.append(j)
+            elif verdict == "unknown":
+                status = "unknown"
+        pending = left
+        if not pending or len(jobs) == 1:
+            break
+    if pending:
+        return done("timeout")
     return done(status)

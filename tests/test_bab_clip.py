@@ -1,0 +1,76 @@
+"""Input-box clipping (``bounds.bab.clip``) and the side-by-side falsifier attacks.
+
+Clipping may only drop points that satisfy the property: on random networks and boxes, every
+sampled point whose margins are all <= 0 (a violation of the conjunction) must lie inside the
+clipped box, and a box reported empty must contain no such point. Boxes are chosen so that
+their bounds are close to 0, where clipping actually cuts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bounds.bab.chain import to_chain
+from bounds.bab.clip import clip_boxes
+from bounds.bab.falsify import Falsifier
+from bounds.bab.input_split import staged_bounds
+from certify.spec.vnnlib import Region, VnnlibProperty
+from tests.test_bounds_nets import random_mlp
+
+
+def _margins(chain, x, C, d):
+    z = x
+    for k, (w, b) in enumerate(zip(chain.weights, chain.biases)):
+        z = z @ w.T + b
+        if k < len(chain.weights) - 1:
+            z = z.clamp(min=0)
+    return z @ C.T + d
+
+
+def test_clip_keeps_every_violating_point():
+    g = torch.Generator().manual_seed(0)
+    cut = kept_total = 0
+    for trial in range(12):
+        net = random_mlp([3, 12, 12, 3], g, dtype=torch.float64)
+        chain = to_chain(net)
+        C = torch.randn(2, 3, generator=g, dtype=torch.float64)
+        N = 32
+        lo = torch.rand(N, 3, generator=g, dtype=torch.float64) * 2 - 1
+        hi = lo + 0.02 + torch.rand(N, 3, generator=g, dtype=torch.float64) * 0.2
+        xs = lo.unsqueeze(1) + torch.rand(N, 4000, 3, generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
+        m = _margins(chain, xs.reshape(-1, 3), C, torch.zeros(2, dtype=torch.float64)).reshape(N, 4000, 2)
+        # shift d so that about 1% of each box's samples violate (all rows <= 0)
+        q = torch.quantile(m.max(-1).values, 0.01, dim=1)                  # (N,)
+        d = -q.unsqueeze(1).expand(N, 2).clone()
+        res = staged_bounds(chain, lo, hi, C.expand(N, -1, -1), d, 0, "hybrid")
+        l2, h2, empty = clip_boxes(lo, hi, res.lam_in, res.lam_lower)
+        viol = ((m + d.unsqueeze(1)) <= 0).all(-1)                          # (N, 4000)
+        inside = ((xs >= l2.unsqueeze(1)) & (xs <= h2.unsqueeze(1))).all(-1)
+        assert not bool((viol & ~inside).any()), f"trial {trial}: a violating point was clipped away"
+        assert not bool((viol.any(1) & empty).any()), f"trial {trial}: a box with a violation was called empty"
+        assert bool(((l2 >= lo) & (h2 <= hi)).all())
+        ok = ~empty
+        cut += int((((h2 - l2) < (hi - lo) * 0.999).any(1) & ok).sum()) + int(empty.sum())
+        kept_total += N
+    assert cut > kept_total // 10, f"clipping cut only {cut} of {kept_total} boxes"
+
+
+def test_parallel_pgd_finds_a_narrow_violation():
+    g = torch.Generator().manual_seed(3)
+    net = random_mlp([4, 16, 16, 2], g)
+    x = (torch.rand(20000, 4, generator=g) * 2 - 1)
+    with torch.no_grad():
+        y = net(x)
+    diff = (y[:, 0] - y[:, 1]).double()
+    # violation: y0 - y1 <= t, with t chosen so that about 0.05% of the box violates
+    t = float(torch.quantile(diff, 0.0005))
+    A, b = np.array([[1.0, -1.0]]), np.array([t])
+    prop = VnnlibProperty("<test>", 4, 2, [Region(-np.ones(4), np.ones(4), [(A, b)])])
+    fal = Falsifier(net, prop, seed=0)
+    lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    ce, v = fal.pgd(lo, hi, [(A, b)], steps=60, restarts=1, parallel=500)
+    assert v.shape == (1,)
+    assert ce is not None
+    xs, ys = ce
+    assert np.all(xs >= -1) and np.all(xs <= 1)
+    assert ys[0] - ys[1] <= t
