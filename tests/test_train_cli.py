@@ -21,7 +21,10 @@ def test_train_ibp_then_evaluate_and_resume(tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     recs = read_records(str(out / "certify.jsonl"))
     assert [r.idx for r in recs] == list(range(0, 120, 3))
-    assert {r.engine for r in recs} == {"bounds"} and {r.method for r in recs} == {"crown"}
+    assert {r.engine for r in recs} == {"bounds"} and {r.method for r in recs} == {"crown+ibp"}
+    for r in recs:     # each row takes the better of CROWN and IBP: never below either's own minimum
+        ev = r.evidence
+        assert ev["margin_lower_bound"] >= max(ev["crown_margin_lower_bound"], ev["ibp_margin_lower_bound"]) - 1e-6
     for r in recs:     # a certified input is never one PGD breaks; a falsified one has a negative margin
         if r.verdict == "certified":
             assert r.evidence["margin_lower_bound"] > 0 and r.evidence["pgd20_margin"] > 0
