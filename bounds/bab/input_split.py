@@ -27,14 +27,22 @@ from bounds.bab.relax import PROOF_TOL, bound_domains
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                     deadline: float, try_points, stats: dict, batch: int = 128,
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
-                    candidates: int = 5, reuse_parent: bool = False, clip: bool = True):
+                    candidates: int = 5, reuse_parent: bool = False, clip: bool = True,
+                    mean_row: bool = True, state: dict | None = None):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
     corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
     where its linear bounds still allow a violation (``bounds.bab.clip``).
-    Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None).
+    Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None). ``state``: a dict
+    that keeps the open boxes at a timeout; passing it back (same problem, same ``candidates``)
+    continues the search where it stopped.
     """
+    if mean_row and C.shape[0] > 1:
+        # a violation needs every row <= 0, so their mean <= 0 too: a bound proving the mean row
+        # positive proves the box, and its relaxation (chosen for the mean) can do so where no
+        # single row's can
+        C, d = torch.cat([C, C.mean(0, keepdim=True)]), torch.cat([d, d.mean(0, keepdim=True)])
     Cb, db = C.double().unsqueeze(0), d.double().unsqueeze(0)
     n_in = lo.numel()
     k_cand = max(1, min(candidates, n_in))
@@ -48,20 +56,16 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         stats["time_bound"] += time.monotonic() - t
         return res
 
-    l0, h0 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
-    res = bound(l0, h0)
-    if bool(res.lower.max(1).values[0] > PROOF_TOL):
-        return "unsat", None
-    if clip:
-        l0, h0, empty = clip_boxes(l0, h0, res.lam_in, res.lam_lower)
-        if bool(empty[0]):
-            stats["clipped_empty"] = stats.get("clipped_empty", 0) + 1
-            return "unsat", None
-    sc0 = _scores(res, l0, h0, min_width)
-    # stack of open boxes: (lo, hi, split scores, packed pre-activation bounds) per box
-    stack = [(l0, h0, sc0, _pack(res.pre))]
+    if state is not None and state.get("stack"):
+        stack = state.pop("stack")
+    else:
+        stack = _root(lo, hi, bound, clip, min_width, stats)
+        if not isinstance(stack, list):
+            return stack
     while stack:
         if time.monotonic() > deadline:
+            if state is not None:
+                state["stack"] = stack
             return "timeout", None
         l, h, sc, pk = (torch.cat(t) for t in zip(*stack))
         if l.shape[0] > batch:
@@ -119,6 +123,21 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             return "sat", ce
         stack.append((cl, ch, sc, _pack([(a[rows], b[rows]) for a, b in res.pre])))
     return "unsat", None
+
+
+def _root(lo, hi, bound, clip, min_width, stats):
+    """The root box bounded (and clipped): a one-entry stack of open boxes, or a final verdict."""
+    l0, h0 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
+    res = bound(l0, h0)
+    if bool(res.lower.max(1).values[0] > PROOF_TOL):
+        return "unsat", None
+    if clip:
+        l0, h0, empty = clip_boxes(l0, h0, res.lam_in, res.lam_lower)
+        if bool(empty[0]):
+            stats["clipped_empty"] = stats.get("clipped_empty", 0) + 1
+            return "unsat", None
+    # stack of open boxes: (lo, hi, split scores, packed pre-activation bounds) per box
+    return [(l0, h0, _scores(res, l0, h0, min_width), _pack(res.pre))]
 
 
 def _pack(pre) -> torch.Tensor:

@@ -120,19 +120,20 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if m == "generic-input":
             verdict, ce = generic_input_split(net64, lo, hi, C, d, deadline, try_points, stats)
         elif m == "input":
-            # a small portfolio (each wins on ACAS Xu instances the others lose): sensitivity
-            # branching with CROWN for half the time left, then the better of the 2 most
-            # sensitive dims for half the rest, then smart branching with alpha-CROWN
-            verdict = "timeout"
-            for phase, (share, bt, it, cand) in enumerate(((0.5, 1024, 0, 1), (0.5, 512, 0, 2),
-                                                           (1.0, 128, 3 if iterations is None else iterations, 5))):
-                if verdict != "timeout" or time.monotonic() >= deadline:
+            # branching on the better of the 2 most sensitive dimensions with CROWN bounds: on ACAS
+            # Xu it beat 1 candidate and 5 candidates (with or without alpha) on every instance
+            # tried (e.g. 3_5 prop_1: 0.6 s vs 14.6 s). The search pauses once, at 40% of the time,
+            # for a large attack (violations in thin regions), then continues where it stopped.
+            verdict, ce, state = "timeout", None, {}
+            for share in (0.4, 1.0):
+                if time.monotonic() >= deadline:
                     break
                 until = time.monotonic() + share * (deadline - time.monotonic())
-                verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
-                                              batch=batch or bt, iterations=it, candidates=cand)
-                if phase == 0 and verdict == "timeout" and falsify_first and time.monotonic() < deadline:
-                    # violations in thin regions: a larger, finer attack after the first phase
+                verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats, batch=batch or 512,
+                                              iterations=iterations or 0, candidates=2, state=state)
+                if verdict != "timeout":
+                    break
+                if share < 1.0 and falsify_first and time.monotonic() < deadline:
                     t = time.monotonic()
                     ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())], steps=300,
                                     restarts=1, parallel=10000)

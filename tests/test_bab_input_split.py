@@ -74,3 +74,35 @@ def test_parallel_pgd_finds_a_narrow_violation():
     xs, ys = ce
     assert np.all(xs >= -1) and np.all(xs <= 1)
     assert ys[0] - ys[1] <= t
+
+
+def test_paused_search_continues_to_the_same_verdict():
+    """A search stopped by its deadline and continued from ``state`` decides what an uninterrupted
+    one decides, bounding no box twice (the domain counts add up)."""
+    from bounds.bab.input_split import input_split_bab
+    g = torch.Generator().manual_seed(5)
+    net = random_mlp([3, 16, 16, 2], g, dtype=torch.float64)
+    chain = to_chain(net)
+    lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    xs = torch.rand(20000, 3, generator=g, dtype=torch.float64) * 2 - 1
+    m = _margins(chain, xs, C, torch.zeros(1, dtype=torch.float64))[:, 0]
+    d = torch.tensor([-float(m.min()) + 0.2], dtype=torch.float64)     # sampled minimum 0.2 above 0: unsat
+    import time
+
+    def run(pauses):
+        st, state = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}, {}
+        verdict = "timeout"
+        for k in range(pauses + 1):
+            until = time.monotonic() + (30.0 if k == pauses else 0.0)
+            verdict, _ = input_split_bab(chain, lo, hi, C, d, until, lambda x: None, st, batch=8, iterations=0,
+                                         candidates=2, state=state)
+            if verdict != "timeout":
+                break
+        return verdict, st["domains"], state
+
+    whole, n_whole, _ = run(0)
+    paused, n_paused, state = run(3)
+    assert whole == paused == "unsat"
+    assert n_whole > 10                      # a real search, not a root proof
+    assert n_whole == n_paused and not state
