@@ -5,8 +5,11 @@ open box the ``candidates`` dimensions with the largest |CROWN coefficient| x wi
 split in two, all those children are bounded in one batched call (CROWN, plus a few alpha
 steps), and the dimension whose weaker child has the best bound is kept; its children that are
 proved are dropped and the others become open boxes. A box is proved when some row of its
-margins has a positive lower bound. Centres of open boxes are tried as counterexamples. Open
-boxes are kept on a stack (depth first), so memory stays bounded.
+margins (or their mean, for a conjunction of several rows) has a positive lower bound. Open
+boxes are then clipped to the part where their linear bounds still allow a violation
+(``bounds.bab.clip``); their centres and bound-minimizing corners are tried as counterexamples.
+Open boxes are kept on a stack (depth first), so memory stays bounded, and the stack can be
+kept at a timeout to continue the search later (``state``).
 
 Bounds are staged (``staged_bounds``): symbolic intervals for every box first (one GEMM per
 layer for the whole batch), then CROWN refinement of the still-unstable neurons (and alpha) only
