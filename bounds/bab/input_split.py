@@ -41,6 +41,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     that keeps the open boxes at a timeout; passing it back (same problem, same ``candidates``)
     continues the search where it stopped.
     """
+    r0 = C.shape[0]                     # branching follows the original rows only
     if mean_row and C.shape[0] > 1:
         # a violation needs every row <= 0, so their mean <= 0 too: a bound proving the mean row
         # positive proves the box, and its relaxation (chosen for the mean) can do so where no
@@ -62,7 +63,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     if state is not None and state.get("stack"):
         stack = state.pop("stack")
     else:
-        stack = _root(lo, hi, bound, clip, min_width, stats)
+        stack = _root(lo, hi, bound, clip, min_width, stats, r0)
         if not isinstance(stack, list):
             return stack
     while stack:
@@ -118,9 +119,9 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                 cl, ch, rows, sub = cl[keep], ch[keep], rows[keep], _Sub(sub, keep)
                 if cl.shape[0] == 0:
                     continue
-        sc = _scores(sub, cl, ch, min_width)
+        sc = _scores(sub, cl, ch, min_width, r0)
         t = time.monotonic()
-        ce = try_points(torch.cat([(cl + ch) / 2, _minimizers(sub, cl, ch)]))
+        ce = try_points(torch.cat([(cl + ch) / 2, _minimizers(sub, cl, ch, r0)]))
         stats["time_falsify"] += time.monotonic() - t
         if ce is not None:
             return "sat", ce
@@ -128,7 +129,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     return "unsat", None
 
 
-def _root(lo, hi, bound, clip, min_width, stats):
+def _root(lo, hi, bound, clip, min_width, stats, r0):
     """The root box bounded (and clipped): a one-entry stack of open boxes, or a final verdict."""
     l0, h0 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     res = bound(l0, h0)
@@ -140,7 +141,7 @@ def _root(lo, hi, bound, clip, min_width, stats):
             stats["clipped_empty"] = stats.get("clipped_empty", 0) + 1
             return "unsat", None
     # stack of open boxes: (lo, hi, split scores, packed pre-activation bounds) per box
-    return [(l0, h0, _scores(res, l0, h0, min_width), _pack(res.pre))]
+    return [(l0, h0, _scores(res, l0, h0, min_width, r0), _pack(res.pre))]
 
 
 def _pack(pre) -> torch.Tensor:
@@ -199,15 +200,16 @@ class _Sub:
         self.lower, self.lam_in, self.lam_lower = res.lower[rows], res.lam_in[rows], res.lam_lower[rows]
 
 
-def _minimizers(res, l, h):
-    """(N, n_in) the corner of each box minimizing the linear lower bound of its best row."""
-    lam = res.lam_in[torch.arange(l.shape[0]), res.lower.max(1).indices]
+def _minimizers(res, l, h, rows):
+    """(N, n_in) the corner of each box minimizing the linear lower bound of its best row (of the
+    first ``rows``)."""
+    lam = res.lam_in[torch.arange(l.shape[0]), res.lower[:, :rows].max(1).indices]
     return torch.where(lam > 0, l, h)
 
 
-def _scores(res, l, h, min_width):
+def _scores(res, l, h, min_width, rows):
     """|coefficient of the best row| x width per dimension; -1 where the box is too thin."""
-    row = res.lower.max(1).indices
+    row = res.lower[:, :rows].max(1).indices
     width = h - l
     sc = res.lam_in[torch.arange(l.shape[0]), row].abs() * width + 1e-12 * width
     return torch.where(width > min_width, sc, torch.full_like(sc, -1.0))
