@@ -145,6 +145,7 @@ def alpha_summary(d: Path) -> dict | None:
     if len(same) == len(alpha):
         out["pgd20_acc"] = sum(r.correct and r.evidence.get("pgd20_margin", 0.0) > 0 for r in same) / n
         out["crown_certified_acc"] = sum(r.certified for r in same) / n
+        out["crown_method"] = same[0].method if same else "crown"
         out["crown_seconds"] = round(sum(r.seconds for r in same), 1)
     return out
 
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
                   f"{'L-inf' if e['norm'] == 'inf' else 'L' + e['norm']} eps {e['eps']} ({e['engine']} {e['method']}, n={e['n']}){radii}")
             a = o["alpha"]
             if a:
-                same = (f", CROWN {a['crown_certified_acc']:.4f} ({a['crown_seconds']:.0f} s)"
+                same = (f", {a['crown_method']} {a['crown_certified_acc']:.4f} ({a['crown_seconds']:.0f} s)"
                         if "crown_certified_acc" in a else "")
                 print(f"      alpha-CROWN: certified {a['certified_acc']:.4f} ({a['seconds']:.0f} s), clean "
                       f"{a['clean_acc']:.4f} on the same n={a['n']}{same}")
