@@ -14,7 +14,9 @@ kept at a timeout to continue the search later (``state``).
 Bounds are staged (``staged_bounds``): symbolic intervals for every box first (one GEMM per
 layer for the whole batch), then CROWN refinement of the still-unstable neurons (and alpha) only
 for the boxes not yet proved. Measured on ACAS Xu (1 thread): the refinement cuts the domains
-needed ~25x (1_1 prop_3: 5.9k vs 145k+), so it pays for its ~5x cost per box.
+needed ~25x (1_1 prop_3: 5.9k vs 145k+), so it pays for its ~5x cost per box. Each child's
+pre-activation bounds are also intersected with its parent's (``reuse_parent``), which keeps more
+neurons stable and made the hardest ACAS Xu prop_1 / prop_2 instances solvable.
 """
 from __future__ import annotations
 
