@@ -10,17 +10,28 @@ from bounds.bab.chain import to_chain
 from bounds.bab.relax import bound_domains, pre_activation_bounds
 from certify.ir import (BatchNorm, ConstAdd, Conv2d, Flatten, Linear, Normalize, ReLU, Reshape,
                         sequential)
+from tests.test_bounds_nets import random_mlp
 
 
 def _mlp(seed, sizes):
-    g = torch.Generator().manual_seed(seed)
-    ops = []
-    for k in range(len(sizes) - 1):
-        ops.append(Linear(torch.randn(sizes[k + 1], sizes[k], generator=g) / sizes[k] ** 0.5,
-                          0.3 * torch.randn(sizes[k + 1], generator=g)))
-        if k < len(sizes) - 2:
-            ops.append(ReLU())
-    return sequential((sizes[0],), ops)
+    return random_mlp(sizes, torch.Generator().manual_seed(seed))
+
+
+def _split_domains(ch, g, B, r, n_out, frac):
+    """B boxes (width 0.8) with r random margin rows, and splits on a random ``frac`` of each
+    box's unstable neurons (sign +-1 at random)."""
+    lo = torch.rand(B, ch.n_in, generator=g, dtype=torch.float64) - 1
+    hi = lo + 0.8
+    C = torch.randn(B, r, n_out, generator=g, dtype=torch.float64)
+    d = torch.randn(B, r, generator=g, dtype=torch.float64)
+    pre = pre_activation_bounds(ch, lo, hi)
+    splits = []
+    for l, u in pre:
+        s = torch.zeros_like(l, dtype=torch.int8)
+        pick = (l < 0) & (u > 0) & (torch.rand(l.shape, generator=g) < frac)
+        s[pick] = torch.where(torch.rand(l.shape, generator=g) < 0.5, 1, -1).to(torch.int8)[pick]
+        splits.append(s)
+    return lo, hi, C, d, pre, splits
 
 
 def test_chain_matches_ir_on_a_conv_net():
@@ -47,18 +58,7 @@ def test_bounds_hold_on_sampled_points_of_split_domains(mode, iterations):
     ch = to_chain(net)
     g = torch.Generator().manual_seed(2)
     B, r = 6, 2
-    lo = torch.rand(B, 3, generator=g, dtype=torch.float64) - 1
-    hi = lo + 0.8
-    C = torch.randn(B, r, 4, generator=g, dtype=torch.float64)
-    d = torch.randn(B, r, generator=g, dtype=torch.float64)
-    pre = pre_activation_bounds(ch, lo, hi)
-    splits = []
-    for l, u in pre:   # split some unstable neurons at random
-        s = torch.zeros_like(l, dtype=torch.int8)
-        unstable = (l < 0) & (u > 0)
-        pick = unstable & (torch.rand(l.shape, generator=g) < 0.4)
-        s[pick] = torch.where(torch.rand(l.shape, generator=g) < 0.5, 1, -1).to(torch.int8)[pick]
-        splits.append(s)
+    lo, hi, C, d, pre, splits = _split_domains(ch, g, B, r, 4, 0.4)
     res = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=True, iterations=iterations,
                         mode=mode, stop_when_positive=False)
     x = lo.unsqueeze(1) + torch.rand(B, 4000, 3, generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
@@ -135,17 +135,7 @@ def test_warm_started_alpha_beta_stay_sound():
     ch = to_chain(net)
     g = torch.Generator().manual_seed(8)
     B, r = 6, 1
-    lo = torch.rand(B, 3, generator=g, dtype=torch.float64) - 1
-    hi = lo + 0.8
-    C = torch.randn(B, r, 2, generator=g, dtype=torch.float64)
-    d = torch.randn(B, r, generator=g, dtype=torch.float64)
-    pre = pre_activation_bounds(ch, lo, hi)
-    splits = []
-    for l, u in pre:
-        s = torch.zeros_like(l, dtype=torch.int8)
-        pick = (l < 0) & (u > 0) & (torch.rand(l.shape, generator=g) < 0.15)
-        s[pick] = torch.where(torch.rand(l.shape, generator=g) < 0.5, 1, -1).to(torch.int8)[pick]
-        splits.append(s)
+    lo, hi, C, d, pre, splits = _split_domains(ch, g, B, r, 2, 0.15)
     assert sum(int((s != 0).sum()) for s in splits) >= 3
     a0 = [3 * torch.randn(B, r, n, generator=g) for n in ch.hidden_sizes]
     b0 = [2 * torch.randn(B, r, n, generator=g) for n in ch.hidden_sizes]

@@ -22,7 +22,6 @@ REL_TOL = 1e-9
 
 
 def clip_boxes(lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, lower: torch.Tensor):
-    lo, hi = lo.clone(), hi.clone()
     c, rad = (hi + lo) / 2, (hi - lo) / 2
     # half-spaces a . x <= b, one per row, from the unclipped box's linear bounds
     a = lam
@@ -39,6 +38,4 @@ def clip_boxes(lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, lower: tor
         use = ok[:, r].unsqueeze(1)
         hi = torch.where(pos & use, torch.minimum(hi, t), hi)
         lo = torch.where(neg & use, torch.maximum(lo, t), lo)
-    empty = (lo > hi).any(1)
-    # keep non-empty boxes well formed (a clip can only cross bounds on an empty box)
-    return lo, hi, empty
+    return lo, hi, (lo > hi).any(1)

@@ -100,7 +100,6 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
     stats["method"] = m
     net64 = network.detach().to(torch.float64)
-    # each (region, conjunction) is a separate proof obligation, proved in turn
     jobs = []
     for (lo, hi), reg in zip(boxes, prop.regions):
         for A, b in reg.disjuncts:
@@ -108,7 +107,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 ce = fal.check_points(((lo + hi) / 2).unsqueeze(0))
                 return done("sat", ce) if ce is not None else done("unknown")
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
-            jobs.append((lo, hi, C, d, reg))
+            jobs.append((lo, hi, C, d))
 
     def attempt(lo, hi, C, d, deadline):
         """One obligation until ``deadline``: (verdict, counterexample, found_by)."""
@@ -116,6 +115,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
 
         def try_points(xs, dis=dis):
             return fal.check_points(xs.to(torch.float64), dis)
+
+        def attack(**kw):
+            t = time.monotonic()
+            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())], **kw)
+            stats["time_falsify"] += time.monotonic() - t
+            return ce
 
         if m == "generic-input":
             verdict, ce = generic_input_split(net64, lo, hi, C, d, deadline, try_points, stats)
@@ -146,9 +151,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 now = time.monotonic()
                 if not attacked and now - start > 0.3 * (deadline - start) and now < deadline:
                     attacked = True
-                    ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())], steps=300,
-                                    restarts=1, parallel=10000)
-                    stats["time_falsify"] += time.monotonic() - now
+                    ce = attack(steps=300, restarts=1, parallel=10000)
                     if ce is not None:
                         return "sat", ce, "pgd"
         else:
@@ -159,10 +162,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if verdict in ("timeout", "unknown"):
             # a last attack on this obligation before giving up
             if time.monotonic() < deadline and falsify_first:
-                t = time.monotonic()
-                ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())],
-                                steps=100, restarts=pgd_restarts)
-                stats["time_falsify"] += time.monotonic() - t
+                ce = attack(steps=100, restarts=pgd_restarts)
                 if ce is not None:
                     return "sat", ce, "pgd"
         return verdict, None, None
@@ -178,8 +178,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             if now > deadline:
                 return done("timeout")
             until = now + (deadline - now) / (len(pending) - i) if first else deadline
-            lo, hi, C, d, _ = jobs[j]
-            verdict, ce, how = attempt(lo, hi, C, d, until)
+            verdict, ce, how = attempt(*jobs[j], until)
             if verdict == "sat":
                 stats["found_by"] = how
                 return done("sat", ce)
