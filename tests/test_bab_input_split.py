@@ -71,6 +71,34 @@ def test_parallel_pgd_finds_a_narrow_violation():
     assert ys[0] - ys[1] <= t
 
 
+def test_pgd_from_given_starts_reaches_a_basin_that_random_starts_miss():
+    """``starts``: one attack from each given point. The violation value is 1 - 4 relu(0.5 -
+    |x - x0|_1) on [-1, 1]^12: flat (zero gradient) outside an L1 ball of radius 0.5 around x0 and
+    violated only within 0.25 of x0. Random restarts never land in the ball; attacks started
+    within it (one start outside the box, clipped into it) reach the violation."""
+    from certify.ir import Linear, ReLU, sequential
+    n = 12
+    x0 = torch.linspace(-0.5, 0.5, n)
+    eye = torch.eye(n)
+    net = sequential((n,), [Linear(torch.cat([eye, -eye]), torch.cat([-x0, x0])), ReLU(),
+                            Linear(-torch.ones(1, 2 * n), torch.tensor([0.5])), ReLU(),
+                            Linear(torch.tensor([[-4.0], [0.0]]), torch.tensor([1.0, 0.0]))])
+    A, b = np.array([[1.0, -1.0]]), np.array([0.0])
+    prop = VnnlibProperty("<test>", n, 2, [Region(-np.ones(n), np.ones(n), [(A, b)])])
+    fal = Falsifier(net, prop, seed=0)
+    lo, hi = -torch.ones(1, n, dtype=torch.float64), torch.ones(1, n, dtype=torch.float64)
+    ce, _ = fal.pgd(lo, hi, [(A, b)], steps=20, restarts=8)
+    assert ce is None
+    g = torch.Generator().manual_seed(1)
+    near = x0.double() + 0.4 / n * (torch.rand(8, n, generator=g, dtype=torch.float64) * 2 - 1)
+    near[0, 0] = 3.0
+    ce, v = fal.pgd(lo, hi, [(A, b)], steps=20, restarts=1, starts=near)
+    assert ce is not None
+    xs, ys = ce
+    assert np.all(xs >= -1) and np.all(xs <= 1) and ys[0] - ys[1] <= 0
+    assert np.abs(xs - x0.numpy()).sum() <= 0.25 + 1e-6
+
+
 def test_paused_search_continues_to_the_same_verdict():
     """A search stopped by its deadline and continued from ``state`` decides what an uninterrupted
     one decides, bounding no box twice (the domain counts add up)."""

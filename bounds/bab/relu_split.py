@@ -21,22 +21,11 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
+from bounds.bab.branching import babsr_scores, set_split
 from bounds.bab.chain import Chain
-from bounds.bab.relax import PROOF_TOL, bound_domains, pre_activation_bounds
+from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
 
 LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
-
-
-def _scores(res, rows: torch.Tensor, splits) -> torch.Tensor:
-    idx = torch.arange(rows.shape[0])
-    out = []
-    for (l, u), lam, s in zip(res.pre, res.lam_hidden, splits):
-        lam = lam[idx, rows]
-        unstable = (l < 0) & (u > 0) & (s == 0)
-        den = torch.where(unstable, u - l, torch.ones_like(u))
-        sc = lam.abs() * (-l * u / den) + 1e-9 * (u - l)
-        out.append(torch.where(unstable, sc, torch.full_like(sc, -float("inf"))))
-    return torch.cat(out, 1).float()
 
 
 def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
@@ -81,21 +70,23 @@ def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
 
 def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                    deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
-                   root_iterations: int = 50, recompute: bool | None = None, max_domains: int = 200_000,
-                   warm_start: bool = True):
+                   root_iterations: int = 50, recompute: bool = True, max_domains: int = 200_000,
+                   warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine"):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
 
     ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
     open domain in float32; any value is sound, see ``bound_domains``).
+    ``root_pre``: the box's pre-activation bounds when the caller has them (e.g. shared by the
+    obligations of one region); otherwise alpha-CROWN tightens CROWN's layer by layer
+    (``optimized_pre_bounds``, ``pre_iterations`` Adam steps per layer; 0: plain CROWN). Every
+    domain is bounded over them (clamped by its splits).
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     C, d = C.double(), d.double()
-    if recompute is None:   # recompute intermediate bounds per domain when that is cheap
-        cost = sum(w.shape[0] * w.shape[1] * sum(chain.hidden_sizes[:k + 1]) for k, w in enumerate(chain.weights[:-1]))
-        recompute = cost < 5e6
     t = time.monotonic()
-    root_pre = pre_activation_bounds(chain, lo1, hi1)
+    if root_pre is None:
+        root_pre = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations)
     splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
     res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
                         recompute=False, iterations=root_iterations)
@@ -109,7 +100,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     # open domains
     D_split = splits
     D_lower = best
-    D_score = _scores(res, row, splits)
+    D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
     D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
     r_rows = C.shape[0]
 
@@ -175,22 +166,16 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         if recompute:
             P_pre = [(l[br], u[br]) for l, u in P_pre]
         m = neuron.shape[0]
+        layer_of = torch.bucketize(neuron, torch.as_tensor(np.cumsum(chain.hidden_sizes)), right=True)
         # children: first m active (+1), next m inactive (-1)
-        ch_split = [torch.cat([s, s]).clone() for s in P_split]
-        offs = np.cumsum([0] + chain.hidden_sizes)
-        for layer in range(len(chain.hidden_sizes)):
-            sel = (neuron >= offs[layer]) & (neuron < offs[layer + 1])
-            if sel.any():
-                rows_ = torch.nonzero(sel).flatten()
-                cols = neuron[sel] - int(offs[layer])
-                ch_split[layer][rows_, cols] = 1
-                ch_split[layer][rows_ + m, cols] = -1
+        ch_split = [torch.cat([a, b]) for a, b in zip(set_split(chain, P_split, neuron, 1),
+                                                      set_split(chain, P_split, neuron, -1))]
         ch_pre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in P_pre] if recompute else root_pre
         n2 = 2 * m
         t = time.monotonic()
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
-                            iterations=iterations,
+                            iterations=iterations, mode=mode, refine_from=torch.cat([layer_of, layer_of]),
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1
@@ -209,7 +194,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         stats["time_falsify"] += time.monotonic() - t
         if ce is not None:
             return "sat", ce
-        sc = _scores(res, row, ch_split)[open_]
+        sc = babsr_scores(res.lam_hidden, res.pre, ch_split, row)[open_]
         D_split = [torch.cat([s, c[open_]]) for s, c in zip(D_split, ch_split)]
         D_lower = torch.cat([D_lower, best[open_]])
         D_score = torch.cat([D_score, sc])

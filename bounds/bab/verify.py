@@ -24,6 +24,7 @@ from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
 from bounds.bab.input_split import input_split_bab
+from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from certify.errors import CertifyError
 from certify.ir import Network
@@ -43,6 +44,10 @@ class VerifyResult:
 
 
 LOW_DIM = 12
+
+
+def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
+    return lo.numpy().tobytes(), hi.numpy().tobytes()
 
 
 def choose_method(n_inputs: int, n_relus: int) -> str:
@@ -108,6 +113,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return done("sat", ce) if ce is not None else done("unknown")
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
             jobs.append((lo, hi, C, d))
+    root_pre = {}   # per region box: pre-activation bounds shared by its obligations (ReLU splitting)
 
     def attempt(lo, hi, C, d, deadline):
         """One obligation until ``deadline``: (verdict, counterexample, found_by)."""
@@ -155,8 +161,16 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     if ce is not None:
                         return "sat", ce, "pgd"
         else:
-            verdict, ce = relu_split_bab(chain, lo, hi, C, d, deadline, try_points, stats,
-                                         batch=batch or 256, iterations=iterations or 20)
+            key = _box_key(lo, hi)
+
+            def try_and_attack(xs):
+                # the bound minimizers of the worst open domains are checked, then attacked by a
+                # short PGD from there (mnistfc 256x2 prop_9_0.05: sat in 4 s, 44 s without)
+                ce = try_points(xs)
+                return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs)
+
+            verdict, ce = relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats,
+                                         batch=batch or 256, iterations=iterations or 10, root_pre=root_pre[key])
         if verdict == "sat":
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
@@ -171,6 +185,20 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # the time left (a violation of a later one is not starved by a hard earlier one); second
     # pass: the ones that timed out, in turn, with all the time left.
     status, pending = "unsat", list(range(len(jobs)))
+    if m == "relu":
+        # every region's pre-activation bounds once (alpha-CROWN, layer by layer), then the
+        # obligations with the worst root bound first: the likeliest violations are searched first
+        t = time.monotonic()
+        root = []
+        for lo, hi, C, d in jobs:
+            key = _box_key(lo, hi)
+            if key not in root_pre:
+                root_pre[key] = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double())
+            res = bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0), d.unsqueeze(0),
+                                pre=root_pre[key], recompute=False)
+            root.append(float(res.lower.max()))
+        pending.sort(key=lambda j: root[j])
+        stats["time_bound"] += time.monotonic() - t
     for first in (True, False):
         left = []
         for i, j in enumerate(pending):
