@@ -102,9 +102,11 @@ def random_case(seed, sizes):
     return net, prop, lo, hi, A, b
 
 
-@pytest.mark.parametrize("method, sizes", [("input", [2, 8, 8, 3]), ("relu", [3, 6, 6, 2]),
-                                           ("relu", [4, 10, 3]), ("input", [3, 6, 6, 6, 2])])
-def test_bab_agrees_with_milp(method, sizes, tmp_path):
+@pytest.mark.parametrize("method, sizes, use_milp", [("input", [2, 8, 8, 3], False), ("relu", [3, 6, 6, 2], False),
+                                                     ("relu", [4, 10, 3], False), ("input", [3, 6, 6, 6, 2], False),
+                                                     ("relu", [3, 8, 8, 2], True)])
+def test_bab_agrees_with_milp(method, sizes, use_milp, tmp_path):
+    """``use_milp``: ReLU splitting with the HiGHS MILP beside it (either may decide)."""
     decided, sats, unsats = 0, 0, 0
     n = 12
     for seed in range(n):
@@ -116,7 +118,8 @@ def test_bab_agrees_with_milp(method, sizes, tmp_path):
         t_star = exact_min(net, lo, hi, A, b)
         assert t_star == pytest.approx(-tau, abs=1e-6)
         # odd seeds: no attack first, so branch and bound itself must find the sats
-        res = verify(net, prop, timeout=20, method=method, pgd_restarts=2, falsify_first=seed % 2 == 0)
+        res = verify(net, prop, timeout=20, method=method, pgd_restarts=2, falsify_first=seed % 2 == 0,
+                     use_milp=use_milp)
         if abs(t_star) < 1e-6:
             continue   # on the boundary: either answer is within float tolerance
         if res.status == "sat":
@@ -141,11 +144,41 @@ def test_unsat_needs_branching_on_a_hard_case():
         net, prop, lo, hi, A, b = random_case(seed, [2, 12, 12, 2])
         t_star = exact_min(net, lo, hi, A, b)
         if t_star > 1e-3:
-            res = verify(net, prop, timeout=20, method="relu", pgd_restarts=1)
+            res = verify(net, prop, timeout=20, method="relu", pgd_restarts=1, use_milp=False)
             if res.stats.get("root_lower", 1.0) < 0:
                 assert res.status == "unsat" and res.stats["domains"] > 1
                 return
     pytest.fail("no random case needed branching")
+
+
+def test_chain_milp_decisions_match_the_exact_minimum():
+    """``ChainMilp`` over alpha-CROWN root bounds (conjunctions of 1-2 rows): a proof only where
+    the exact minimum t* is positive, a candidate only where it is negative (and the candidate's
+    float64 value is within the solver tolerance of a violation); every case away from 0 decided."""
+    from bounds.bab.milp_chain import ChainMilp
+    from bounds.bab.relax import optimized_pre_bounds
+    from certify.spec.vnnlib import conjunction_margins
+    proved = found = 0
+    for seed in range(10):
+        net, prop, lo, hi, A, b = random_case(500 + seed, [3, 10, 10, 3])
+        tau = 0.03 * (1 if seed % 2 else -1)
+        b = b + exact_min(net, lo, hi, A, b) + tau          # t* = -tau
+        ch = to_chain(net)
+        l64, h64 = torch.as_tensor(lo).reshape(1, -1), torch.as_tensor(hi).reshape(1, -1)
+        pre = optimized_pre_bounds(ch, l64, h64, iterations=5)
+        C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+        m = ChainMilp(ch, l64[0], h64[0], pre, C, d)
+        m.solve(20.0)
+        assert m.decided, (seed, m.status)
+        if m.proved:
+            assert -tau > 0, seed
+            proved += 1
+        else:
+            y = ch.forward(torch.as_tensor(m.candidate).reshape(1, -1))[0].numpy()
+            assert -tau < 0 and (A @ y - b).max() < 1e-5, seed
+            assert np.all(m.candidate >= lo - 1e-9) and np.all(m.candidate <= hi + 1e-9)
+            found += 1
+    assert proved >= 3 and found >= 3
 
 
 def test_residual_network_uses_generic_input_split():

@@ -144,7 +144,7 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
 
 
 def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000,
-                     refine_from: Tensor | None = None):
+                     refine_from: Tensor | None = None, pre_alpha: dict | None = None):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN
     back-substitution over the (already refined) earlier layers: only those neurons' bounds can
     change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs.
@@ -153,7 +153,9 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
     of the layer's weight matrix; the relaxations of the earlier layers are computed once per
     domain and gathered per pair. ``refine_from`` (B,): domain b only refines layers
     t > refine_from[b] (a child whose parent's bounds were refined needs only the layers after
-    its new split). A box shared by all domains (``lo`` expanded from one row) is not gathered."""
+    its new split). A box shared by all domains (``lo`` expanded from one row) is not gathered.
+    ``pre_alpha``: lower slopes per neuron bound from ``optimized_pre_bounds(keep_alpha=True)`` on
+    a box containing every domain (any slope in [0, 1] is sound; CROWN's default otherwise)."""
     shared = lo.shape[0] == 1 or (lo.stride(0) == 0 and hi.stride(0) == 0)
     c_all, r_all = (hi + lo) / 2, (hi - lo) / 2
     relax = []
@@ -170,15 +172,25 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
             continue
         l, u = l.clone(), u.clone()
         wt, bt = chain.weights[t], chain.biases[t]
+        kept = None if pre_alpha is None else pre_alpha.get(t)
         for s0 in range(0, dom.numel(), chunk):
             di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
             lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
             const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
+            if kept is not None:
+                rows = kept[0][ni]
+                rows = torch.stack([rows, rows + kept[1][0].shape[0] // 2], 1)   # (P, 2)
             for k in range(t - 1, -1, -1):
                 dsu, tu, sl = (v[di].unsqueeze(-1) for v in relax[k])    # (P, n, 1)
                 neg = lam.clamp(max=0)
                 const = const + (neg @ tu).squeeze(-1)
-                lam = lam * sl.transpose(1, 2) + neg * dsu.transpose(1, 2)
+                if kept is not None:   # the kept slope where layer k's neuron is unstable
+                    su = (dsu + sl).transpose(1, 2)
+                    uns = ((out[k][0][di] < 0) & (out[k][1][di] > 0)).unsqueeze(1)
+                    a = torch.where(uns, kept[1][k][rows], sl.transpose(1, 2))
+                    lam = torch.where(lam >= 0, lam * a, lam * su)
+                else:
+                    lam = lam * sl.transpose(1, 2) + neg * dsu.transpose(1, 2)
                 const = const + lam @ chain.biases[k]
                 lam = lam @ chain.weights[k]
             if shared:
@@ -198,19 +210,19 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
 
 def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None,
                           recompute: bool = True, mode: str = "backward",
-                          refine_from: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+                          refine_from: Tensor | None = None, pre_alpha: dict | None = None) -> list[tuple[Tensor, Tensor]]:
     """Clamped bounds (l, u) (B, n_k) of every hidden pre-activation over the domains.
 
     ``mode``: "backward" (CROWN back-substitution per layer, tighter), "forward" (symbolic
     intervals, much cheaper when the input has few dimensions), "hybrid" (forward, then CROWN
     for the neurons still unstable) or "refine" (``pre`` clamped by the splits, then CROWN for
     the neurons still unstable: the splits of earlier layers tighten later ones; ``refine_from``
-    (B,): see ``_refine_unstable``)."""
+    (B,), ``pre_alpha``: see ``_refine_unstable``)."""
     B = lo.shape[0]
     if mode == "refine" and pre is not None and recompute:
         out = [_clamp(l.expand(B, -1), u.expand(B, -1), None if splits is None else splits[t])
                for t, (l, u) in enumerate(pre)]
-        return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from)
+        return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from, pre_alpha=pre_alpha)
     if mode in ("forward", "hybrid") and (pre is None or recompute):
         out = _forward_pre(chain, lo, hi, splits, pre)
         return _refine_unstable(chain, lo, hi, out, splits) if mode == "hybrid" else out
@@ -253,7 +265,7 @@ def _ascent_step(opt, low: Tensor, alpha: list[Tensor], beta=None) -> None:
 
 
 def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterations: int = 20,
-                         lr: float = 0.1) -> list[tuple[Tensor, Tensor]]:
+                         lr: float = 0.1, keep_alpha: bool = False):
     """Pre-activation bounds (l, u) (B, n_k) tightened layer by layer with alpha-CROWN.
 
     For each hidden layer t >= 1, the neurons that are unstable in any domain get their own
@@ -262,12 +274,17 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
     the CROWN bounds before layer t + 1 is bounded over them. Every alpha gives a sound bound, so
     the result is sound; it is never looser than ``pre_activation_bounds`` (``pre`` when given).
     On mnistfc 256x4 (eps 0.03) it cuts the last layer's unstable neurons from 203 to 64 and
-    lifts the root margin bound from -3.8 to -0.6 in 1.6 s (one thread)."""
+    lifts the root margin bound from -3.8 to -0.6 in 1.6 s (one thread).
+
+    ``keep_alpha``: also return, per layer t >= 1, ``(row, alphas)`` for one box (B = 1): ``row``
+    (n_t,) long, the row of neuron i's lower bound (its upper bound's is row + m; -1 for neurons
+    not optimized), ``alphas[j]`` (2 m, n_j) the best slopes found for layer j < t; sub-domains
+    of the box refine their bounds with them (``_refine_unstable``)."""
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     if pre is None:
         pre = pre_activation_bounds(chain, lo, hi)
     B = lo.shape[0]
-    out = [pre[0]]
+    out, kept = [pre[0]], {}
     for t in range(1, len(pre)):
         with torch.no_grad():   # CROWN over the refined earlier layers, intersected with ``pre``
             n = chain.weights[t].shape[0]
@@ -285,22 +302,31 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
             alpha = [_relax(*out[j])[2].unsqueeze(1).expand(-1, 2 * m, -1).clone().requires_grad_(True)
                      for j in range(t)]
             opt = torch.optim.Adam(alpha, lr=lr)
-            best = None
+            best, best_alpha = None, [a.detach().clone() for a in alpha]
             for _ in range(iterations):
                 low, _, _ = _backsub(chain, t, C, d, lo, hi, out, alpha)
-                best = low.detach() if best is None else torch.maximum(best, low.detach())
+                with torch.no_grad():
+                    better = low.detach() if best is None else low.detach() > best
+                    if best is not None:
+                        for ba, a in zip(best_alpha, alpha):
+                            ba[better] = a.detach()[better]
+                    best = low.detach() if best is None else torch.maximum(best, low.detach())
                 _ascent_step(opt, low, alpha)
+            if keep_alpha:
+                row = torch.full((n,), -1, dtype=torch.long)
+                row[idx] = torch.arange(m)
+                kept[t] = (row, [a[0].clamp(0, 1) for a in best_alpha])
             l, u = l.clone(), u.clone()
             l[:, idx] = torch.maximum(l[:, idx], best[:, :m])
             u[:, idx] = torch.minimum(u[:, idx], -best[:, m:])
         out.append((torch.minimum(l, u), torch.maximum(l, u)))   # a crossing is rounding (a box is never empty)
-    return out
+    return (out, kept) if keep_alpha else out
 
 
 def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, splits=None, pre=None,
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
-                  beta_init=None, refine_from: Tensor | None = None) -> DomainBounds:
+                  beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
@@ -311,7 +337,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     C, d = C.to(torch.float64), d.to(torch.float64)
     L = len(chain.weights)
     with torch.no_grad():
-        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from)
+        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can

@@ -71,7 +71,8 @@ def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
 def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                    deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
                    root_iterations: int = 50, recompute: bool = True, max_domains: int = 200_000,
-                   warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine"):
+                   warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine",
+                   pre_alpha: dict | None = None, stop=None):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
 
     ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
@@ -79,14 +80,17 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     ``root_pre``: the box's pre-activation bounds when the caller has them (e.g. shared by the
     obligations of one region); otherwise alpha-CROWN tightens CROWN's layer by layer
     (``optimized_pre_bounds``, ``pre_iterations`` Adam steps per layer; 0: plain CROWN). Every
-    domain is bounded over them (clamped by its splits).
+    domain is bounded over them (clamped by its splits). ``pre_alpha``: the slopes that produced
+    them (``keep_alpha``), reused when a domain's later layers are refined after a split.
+    ``stop``: a callable polled with the deadline; when it returns True the search ends as at a
+    timeout (e.g. a MILP running beside it has decided the obligation).
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     C, d = C.double(), d.double()
     t = time.monotonic()
     if root_pre is None:
-        root_pre = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations)
+        root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
     splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
     res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
                         recompute=False, iterations=root_iterations)
@@ -116,7 +120,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
 
     D_ab = _store(res, torch.ones(1, dtype=torch.bool))
     while D_lower.shape[0]:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
             stats["worst_open_lower"] = float(D_lower.min())
             return "timeout", None
@@ -176,6 +180,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
                             iterations=iterations, mode=mode, refine_from=torch.cat([layer_of, layer_of]),
+                            pre_alpha=pre_alpha,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1

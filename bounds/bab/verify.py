@@ -6,7 +6,10 @@ branch-and-bound proof that the conjunction cannot hold: input splitting when th
 few dimensions, ReLU splitting otherwise (``method`` forces one); box centres, bound minimizers
 and LP optima are tried as counterexamples throughout, and PGD is repeated with new seeds
 between proofs. ``sat`` is reported only for a point confirmed in float64 through the IR;
-``unsat`` only when every conjunction of every region was proved by sound bounds (float64).
+``unsat`` only when every conjunction of every region was proved by sound bounds (float64) or,
+for ReLU splitting, by the MILP that runs beside it on networks with few unstable ReLUs
+(``bounds.bab.milp_chain``: HiGHS's branch-and-bound dual bound, with a margin for its
+tolerances, as the convex engine's MILP certificates).
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
 splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
@@ -14,6 +17,7 @@ practical only for low-dimensional inputs, sound always.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +28,7 @@ from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
 from bounds.bab.input_split import input_split_bab
+from bounds.bab.milp_chain import ChainMilp
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from certify.errors import CertifyError
@@ -44,6 +49,7 @@ class VerifyResult:
 
 
 LOW_DIM = 12
+MILP_MAX_BINARIES = 400   # above this a MILP beside ReLU splitting seldom finishes (mnistfc 256x6: 950)
 
 
 def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
@@ -57,10 +63,11 @@ def choose_method(n_inputs: int, n_relus: int) -> str:
 
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
            batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
-           falsify_first: bool = True) -> VerifyResult:
+           falsify_first: bool = True, use_milp: bool = True) -> VerifyResult:
     """Decide ``prop`` (a ``certify.spec.vnnlib.VnnlibProperty``) on ``network`` within ``timeout`` s.
 
-    ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats)."""
+    ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats);
+    ``use_milp=False`` runs ReLU splitting without the MILP beside it."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -169,8 +176,34 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 ce = try_points(xs)
                 return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs)
 
-            verdict, ce = relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats,
-                                         batch=batch or 256, iterations=iterations or 10, root_pre=root_pre[key])
+            # a MILP over the root bounds runs beside the search on the other core when it has
+            # few binaries (HiGHS releases the GIL); whichever decides first ends the obligation
+            n_bin = sum(int(((l < 0) & (u > 0)).sum()) for l, u in root_pre[key][0])
+            thread = None
+            if use_milp and 0 < n_bin <= MILP_MAX_BINARIES:
+                milp = ChainMilp(chain, lo, hi, root_pre[key][0], C, d)
+                thread = threading.Thread(target=milp.solve, args=(deadline - time.monotonic(),), daemon=True)
+                thread.start()
+
+            def bab(stop=None):
+                return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
+                                      iterations=iterations or 10, root_pre=root_pre[key][0],
+                                      pre_alpha=root_pre[key][1], stop=stop)
+
+            verdict, ce = bab(None if thread is None else (lambda: milp.decided))
+            if thread is not None:
+                milp.cancel()
+                thread.join()
+                stats["milp_calls"] = stats.get("milp_calls", 0) + 1
+                if verdict in ("timeout", "unknown") and milp.proved:
+                    stats["milp_proved"] = stats.get("milp_proved", 0) + 1
+                    return "unsat", None, None
+                if verdict in ("timeout", "unknown") and milp.candidate is not None:
+                    ce = try_points(torch.as_tensor(milp.candidate).reshape(1, -1))
+                    if ce is not None:
+                        return "sat", ce, "milp"
+                    if time.monotonic() < deadline:   # a candidate the network does not confirm
+                        verdict, ce = bab()
         if verdict == "sat":
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
@@ -193,9 +226,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         for lo, hi, C, d in jobs:
             key = _box_key(lo, hi)
             if key not in root_pre:
-                root_pre[key] = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double())
+                root_pre[key] = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(),
+                                                     keep_alpha=True)
             res = bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0), d.unsqueeze(0),
-                                pre=root_pre[key], recompute=False)
+                                pre=root_pre[key][0], recompute=False)
             root.append(float(res.lower.max()))
         pending.sort(key=lambda j: root[j])
         stats["time_bound"] += time.monotonic() - t

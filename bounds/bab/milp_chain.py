@@ -1,0 +1,97 @@
+"""Exact decision of one obligation by mixed-integer programming on a ``Chain`` (HiGHS).
+
+The big-M encoding of ``certify.convex.encode`` (Tjeng et al. 2019) over the box and the given
+pre-activation bounds (e.g. the root's alpha-CROWN ones: the tighter, the fewer binaries and the
+smaller the big-M constants), one binary per unstable ReLU. HiGHS runs in decision mode: it stops
+as soon as its dual bound proves the obligation or an incumbent violates it.
+
+Guarantees, as for ``certify.convex.milp``: ``unsat`` only when HiGHS's branch-and-bound dual
+bound of min_x max_r (C z + d)_r, lowered by ``MARGIN * (1 + |bound|)`` (its feasibility
+tolerances are 1e-6 / 1e-7), is positive; a violating incumbent is only a candidate for the
+caller's ``try_points`` (checked in float64 through the network). A conjunction of several rows
+is encoded with one extra variable t <= every row (min t): its optimum is the max-row value.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from bounds.bab.chain import Chain
+from certify.convex.encode import encode
+from certify.convex.highs import make_highs, set_objective, status_name
+from certify.convex.linearize import Affine, PiecewiseLinear, ReluLayer
+
+MARGIN = 1e-5   # a dual bound must exceed this (relative, plus absolute) to count as a proof
+
+
+def chain_to_pl(chain: Chain) -> PiecewiseLinear:
+    """The chain as the convex engine's ``PiecewiseLinear`` (one ReLU layer per hidden layer)."""
+    layers = [ReluLayer(f"relu{k}", f"pre{k}", Affine({k: sp.csr_matrix(w.numpy())}, b.numpy().copy()),
+                        (w.shape[0],))
+              for k, (w, b) in enumerate(zip(chain.weights[:-1], chain.biases[:-1]))]
+    L = len(chain.weights) - 1
+    out = Affine({L: sp.csr_matrix(chain.weights[-1].numpy())}, chain.biases[-1].numpy().copy())
+    return PiecewiseLinear((chain.n_in,), layers, out)
+
+
+class ChainMilp:
+    """The MILP of one obligation ``max_r (C z_L + d)_r > 0`` over the box ``lo``, ``hi`` (n_in,),
+    given pre-activation bounds ``pre`` (list of (l, u), (1, n_k) or (n_k,)). ``solve`` runs HiGHS
+    (one thread) until the obligation is decided, ``time_limit`` passes or ``cancel()`` is called;
+    it is meant to run in a background thread beside branch and bound (HiGHS releases the GIL).
+    After it: ``proved`` (bool), ``candidate`` (an input (n_in,) float64, clipped into the box,
+    whose MILP value is negative, or None), ``status`` (HiGHS's), ``dual`` (the dual bound of the max-row value)."""
+
+    def __init__(self, chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre, C: torch.Tensor, d: torch.Tensor):
+        enc = encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
+                     [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
+        r = C.shape[0]
+        N = enc.A.shape[1]
+        off = enc.offsets[-1]
+        W = chain.weights[-1].numpy()
+        Cn, dn = C.double().numpy(), d.double().numpy()
+        rows = np.zeros((r, N + 1))
+        rows[:, off:off + W.shape[1]] = Cn @ W
+        rows[:, N] = -1.0                                  # row_r(z) - t <= -(C b + d)_r
+        enc.A = sp.vstack([sp.hstack([enc.A, sp.csr_matrix((enc.A.shape[0], 1))]), sp.csr_matrix(rows)]).tocsr()
+        enc.row_lo = np.concatenate([enc.row_lo, np.full(r, -np.inf)])
+        enc.row_hi = np.concatenate([enc.row_hi, -(Cn @ chain.biases[-1].numpy() + dn)])
+        enc.col_lo = np.concatenate([enc.col_lo, [-np.inf]])
+        enc.col_hi = np.concatenate([enc.col_hi, [np.inf]])
+        enc.integer = np.concatenate([enc.integer, [False]])
+        self.enc, self.n_in = enc, chain.n_in
+        self.binaries = int(enc.integer.sum())
+        self.proved, self.candidate, self.status, self.dual = False, None, "not_run", -np.inf
+        self._cancel = False
+
+    def cancel(self) -> None:
+        self._cancel = True
+
+    def solve(self, time_limit: float) -> None:
+        h = make_highs(self.enc, max(time_limit, 0.01))
+        cost = np.zeros(self.enc.A.shape[1])
+        cost[-1] = 1.0
+        set_objective(h, cost, 0.0)
+
+        def stop(e):
+            if self._cancel or e.data_out.mip_dual_bound > MARGIN or e.data_out.mip_primal_bound < -MARGIN:
+                e.interrupt()
+        h.cbMipInterrupt.subscribe(stop)
+        try:
+            h.run()
+        finally:
+            h.cbMipInterrupt.unsubscribe(stop)
+        self.status = status_name(h)
+        info = h.getInfo()
+        if self.binaries == 0:
+            return   # a plain LP: HiGHS leaves mip_dual_bound unset; leave it to branch and bound
+        self.dual = float(info.mip_dual_bound)
+        self.proved = bool(np.isfinite(self.dual) and self.dual - MARGIN * (1 + abs(self.dual)) > 0)
+        if info.primal_solution_status == 2 and float(info.objective_function_value) < 0:
+            x = np.asarray(h.getSolution().col_value, dtype=np.float64)[:self.n_in]
+            self.candidate = np.clip(x, self.enc.col_lo[:self.n_in], self.enc.col_hi[:self.n_in])   # tolerances
+
+    @property
+    def decided(self) -> bool:
+        return self.proved or self.candidate is not None
