@@ -87,7 +87,10 @@ class ChainMilp:
         if self.binaries == 0:
             return   # a plain LP: HiGHS leaves mip_dual_bound unset; leave it to branch and bound
         self.dual = float(info.mip_dual_bound)
-        self.proved = bool(np.isfinite(self.dual) and self.dual - MARGIN * (1 + abs(self.dual)) > 0)
+        # only a bound from a solve that ran normally counts (an "infeasible" model here can only
+        # be numerical trouble: the box is not empty and the bounds are sound)
+        ran = self.status in ("optimal", "interrupted_by_user", "time_limit_reached")
+        self.proved = bool(ran and np.isfinite(self.dual) and self.dual - MARGIN * (1 + abs(self.dual)) > 0)
         if info.primal_solution_status == 2 and float(info.objective_function_value) < 0:
             x = np.asarray(h.getSolution().col_value, dtype=np.float64)[:self.n_in]
             self.candidate = np.clip(x, self.enc.col_lo[:self.n_in], self.enc.col_hi[:self.n_in])   # tolerances
