@@ -155,7 +155,7 @@ def test_chain_milp_decisions_match_the_exact_minimum():
     """``ChainMilp`` over alpha-CROWN root bounds (conjunctions of 1-2 rows): a proof only where
     the exact minimum t* is positive, a candidate only where it is negative (and the candidate's
     float64 value is within the solver tolerance of a violation); every case away from 0 decided."""
-    from bounds.bab.milp_chain import ChainMilp
+    from bounds.bab.milp_chain import ChainMilp, box_encoding
     from bounds.bab.relax import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     proved = found = 0
@@ -167,7 +167,7 @@ def test_chain_milp_decisions_match_the_exact_minimum():
         l64, h64 = torch.as_tensor(lo).reshape(1, -1), torch.as_tensor(hi).reshape(1, -1)
         pre = optimized_pre_bounds(ch, l64, h64, iterations=5)
         C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
-        m = ChainMilp(ch, l64[0], h64[0], pre, C, d)
+        m = ChainMilp(ch, box_encoding(ch, l64[0], h64[0], pre), C, d)
         m.solve(20.0)
         assert m.decided, (seed, m.status)
         if m.proved:

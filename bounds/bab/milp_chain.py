@@ -13,12 +13,14 @@ is encoded with one extra variable t <= every row (min t): its optimum is the ma
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from bounds.bab.chain import Chain
-from certify.convex.encode import encode
+from certify.convex.encode import Encoding, encode
 from certify.convex.highs import make_highs, set_objective, status_name
 from certify.convex.linearize import Affine, PiecewiseLinear, ReluLayer
 
@@ -35,33 +37,37 @@ def chain_to_pl(chain: Chain) -> PiecewiseLinear:
     return PiecewiseLinear((chain.n_in,), layers, out)
 
 
+def box_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> Encoding:
+    """The big-M encoding of the hidden layers over the box ``lo``, ``hi`` (n_in,) and the bounds
+    ``pre`` (list of (l, u), (1, n_k) or (n_k,)): shared by every obligation of one box."""
+    return encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
+                  [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
+
+
 class ChainMilp:
-    """The MILP of one obligation ``max_r (C z_L + d)_r > 0`` over the box ``lo``, ``hi`` (n_in,),
-    given pre-activation bounds ``pre`` (list of (l, u), (1, n_k) or (n_k,)). ``solve`` runs HiGHS
+    """The MILP of one obligation ``max_r (C z_L + d)_r > 0`` over a box, from the box's
+    ``box_encoding``. ``solve`` runs HiGHS
     (one thread) until the obligation is decided, ``time_limit`` passes or ``cancel()`` is called;
     it is meant to run in a background thread beside branch and bound (HiGHS releases the GIL).
     After it: ``proved`` (bool), ``candidate`` (an input (n_in,) float64, clipped into the box,
     whose MILP value is negative, or None), ``status`` (HiGHS's), ``dual`` (the dual bound of the max-row value)."""
 
-    def __init__(self, chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre, C: torch.Tensor, d: torch.Tensor):
-        enc = encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
-                     [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
-        r = C.shape[0]
-        N = enc.A.shape[1]
-        off = enc.offsets[-1]
+    def __init__(self, chain: Chain, box: Encoding, C: torch.Tensor, d: torch.Tensor):
+        r, N = C.shape[0], box.A.shape[1]
+        off = box.offsets[-1]
         W = chain.weights[-1].numpy()
         Cn, dn = C.double().numpy(), d.double().numpy()
         rows = np.zeros((r, N + 1))
         rows[:, off:off + W.shape[1]] = Cn @ W
         rows[:, N] = -1.0                                  # row_r(z) - t <= -(C b + d)_r
-        enc.A = sp.vstack([sp.hstack([enc.A, sp.csr_matrix((enc.A.shape[0], 1))]), sp.csr_matrix(rows)]).tocsr()
-        enc.row_lo = np.concatenate([enc.row_lo, np.full(r, -np.inf)])
-        enc.row_hi = np.concatenate([enc.row_hi, -(Cn @ chain.biases[-1].numpy() + dn)])
-        enc.col_lo = np.concatenate([enc.col_lo, [-np.inf]])
-        enc.col_hi = np.concatenate([enc.col_hi, [np.inf]])
-        enc.integer = np.concatenate([enc.integer, [False]])
-        self.enc, self.n_in = enc, chain.n_in
-        self.binaries = int(enc.integer.sum())
+        self.enc = replace(
+            box, A=sp.vstack([sp.hstack([box.A, sp.csr_matrix((box.A.shape[0], 1))]), sp.csr_matrix(rows)]).tocsr(),
+            row_lo=np.concatenate([box.row_lo, np.full(r, -np.inf)]),
+            row_hi=np.concatenate([box.row_hi, -(Cn @ chain.biases[-1].numpy() + dn)]),
+            col_lo=np.concatenate([box.col_lo, [-np.inf]]), col_hi=np.concatenate([box.col_hi, [np.inf]]),
+            integer=np.concatenate([box.integer, [False]]))
+        self.n_in = chain.n_in
+        self.binaries = int(box.integer.sum())
         self.proved, self.candidate, self.status, self.dual = False, None, "not_run", -np.inf
         self._cancel = False
 

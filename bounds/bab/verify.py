@@ -28,7 +28,7 @@ from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
 from bounds.bab.input_split import input_split_bab
-from bounds.bab.milp_chain import ChainMilp
+from bounds.bab.milp_chain import ChainMilp, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from certify.errors import CertifyError
@@ -120,7 +120,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return done("sat", ce) if ce is not None else done("unknown")
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
             jobs.append((lo, hi, C, d))
-    root_pre = {}   # per region box: pre-activation bounds shared by its obligations (ReLU splitting)
+    roots = {}   # per region box (ReLU splitting): what its obligations share, see below
 
     def attempt(lo, hi, C, d, deadline):
         """One obligation until ``deadline``: (verdict, counterexample, found_by)."""
@@ -168,7 +168,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     if ce is not None:
                         return "sat", ce, "pgd"
         else:
-            key = _box_key(lo, hi)
+            root = roots[_box_key(lo, hi)]
 
             def try_and_attack(xs):
                 # the bound minimizers of the worst open domains are checked, then attacked by a
@@ -178,17 +178,18 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
 
             # a MILP over the root bounds runs beside the search on the other core when it has
             # few binaries (HiGHS releases the GIL); whichever decides first ends the obligation
-            n_bin = sum(int(((l < 0) & (u > 0)).sum()) for l, u in root_pre[key][0])
             thread = None
-            if use_milp and 0 < n_bin <= MILP_MAX_BINARIES:
-                milp = ChainMilp(chain, lo, hi, root_pre[key][0], C, d)
+            if use_milp and 0 < root["binaries"] <= MILP_MAX_BINARIES:
+                if "encoding" not in root:
+                    root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
+                milp = ChainMilp(chain, root["encoding"], C, d)
                 thread = threading.Thread(target=milp.solve, args=(deadline - time.monotonic(),), daemon=True)
                 thread.start()
 
             def bab(stop=None):
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
-                                      iterations=iterations or 10, root_pre=root_pre[key][0],
-                                      pre_alpha=root_pre[key][1], stop=stop)
+                                      iterations=iterations or 10, root_pre=root["pre"],
+                                      pre_alpha=root["slopes"], stop=stop)
 
             verdict, ce = bab(None if thread is None else (lambda: milp.decided))
             if thread is not None:
@@ -219,19 +220,22 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # pass: the ones that timed out, in turn, with all the time left.
     status, pending = "unsat", list(range(len(jobs)))
     if m == "relu":
-        # every region's pre-activation bounds once (alpha-CROWN, layer by layer), then the
-        # obligations with the worst root bound first: the likeliest violations are searched first
+        # every region's pre-activation bounds once (alpha-CROWN, layer by layer) with the slopes
+        # that gave them (and, built when first needed, its MILP encoding), then the obligations
+        # with the worst root bound first: the likeliest violations are searched first
         t = time.monotonic()
-        root = []
+        root_bound = []
         for lo, hi, C, d in jobs:
             key = _box_key(lo, hi)
-            if key not in root_pre:
-                root_pre[key] = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(),
-                                                     keep_alpha=True)
+            if key not in roots:
+                pre, slopes = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(),
+                                                   keep_alpha=True)
+                roots[key] = {"pre": pre, "slopes": slopes,
+                              "binaries": sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre)}
             res = bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0), d.unsqueeze(0),
-                                pre=root_pre[key][0], recompute=False)
-            root.append(float(res.lower.max()))
-        pending.sort(key=lambda j: root[j])
+                                pre=roots[key]["pre"], recompute=False)
+            root_bound.append(float(res.lower.max()))
+        pending.sort(key=lambda j: root_bound[j])
         stats["time_bound"] += time.monotonic() - t
     for first in (True, False):
         left = []
