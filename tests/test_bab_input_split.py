@@ -129,3 +129,30 @@ def test_paused_search_continues_to_the_same_verdict():
     assert whole == paused == "unsat"
     assert n_whole > 10                      # a real search, not a root proof
     assert n_whole == n_paused and not state
+
+
+def test_face_biased_sampling_finds_a_violation_on_the_boundary():
+    """``Falsifier.sample``: y0 = 1000 sum_i relu(distance of x_i to within 0.001 of a chosen face)
+    on [0, 1]^5 reaches 3.5 only when 4 of the 5 coordinates sit (almost) on their faces (x0..x2
+    up, x3, x4 down): a uniform sample lands there with probability ~1e-12, PGD sees zero gradient
+    outside the slabs, the box's corners give 2 and 3. Samples pinned to faces find it, inside
+    the box exactly, and what they return violates the property."""
+    from certify.ir import Linear, ReLU, sequential
+    n = 5
+    sign = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0])
+    net = sequential((n,), [Linear(torch.diag(sign), torch.tensor([-0.999] * 3 + [0.001] * 2)), ReLU(),
+                            Linear(torch.cat([1000 * torch.ones(1, n), torch.zeros(1, n)]), torch.zeros(2))])
+    A, b = np.array([[-1.0, 1.0]]), np.array([-3.5])          # violation: y0 - y1 >= 3.5
+    lo_np, hi_np = np.zeros(n), np.ones(n)
+    prop = VnnlibProperty("<test>", n, 2, [Region(lo_np, hi_np, [(A, b)])])
+    fal = Falsifier(net, prop, seed=0)
+    lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    assert fal.check_points(torch.stack([lo, hi, (lo + hi) / 2])) is None
+    ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(A, b)], steps=50, restarts=1, parallel=2000)
+    assert ce is None
+    assert fal.sample(lo, hi, [(A, b)], face=0.0) is None                  # uniform samples miss it
+    ce = fal.sample(lo, hi, [(A, b)], n=50000, face=0.3)
+    assert ce is not None
+    xs, ys = ce
+    assert np.all(xs >= 0) and np.all(xs <= 1) and ys[0] - ys[1] >= 3.5
+    assert int(np.isclose(xs, [1, 1, 1, 0, 0], atol=0.001).sum()) >= 4

@@ -41,8 +41,10 @@ def test_shared_test_instances(shared_dir, onnx, prop):
         assert p.violated_by(x, y) and check_counterexample_ort(str(d / onnx), p, x, tol=0.0)
 
 
-# fast ACAS Xu instances (a few seconds each on one core): sat via the attack and via BaB, unsat
+# fast ACAS Xu instances (a few seconds each on one core): sat via the attack, via BaB and via
+# face-biased sampling (1_9 prop_7: its violations lie on the box's boundary), unsat
 ACAS = [("ACASXU_run2a_2_1_batch_2000.onnx", "prop_2.vnnlib"),
+        ("ACASXU_run2a_1_9_batch_2000.onnx", "prop_7.vnnlib"),
         ("ACASXU_run2a_1_7_batch_2000.onnx", "prop_3.vnnlib"),
         ("ACASXU_run2a_1_1_batch_2000.onnx", "prop_1.vnnlib"),
         ("ACASXU_run2a_1_7_batch_2000.onnx", "prop_1.vnnlib")]

@@ -64,6 +64,31 @@ class Falsifier:
                     return ce
         return None
 
+    def sample(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, n: int = 50000, face: float = 0.3,
+               keep: int = 64) -> tuple[np.ndarray, np.ndarray] | None:
+        """Random inputs in the box [lo, hi] (n_in,): each coordinate uniform, or, with probability
+        ``face``, pinned to one of its two bounds (half each). Screened in float32, the ``keep``
+        best are re-checked in float64 (``check_points``); the points are drawn in float64, so
+        they lie in the box exactly.
+
+        Why the faces: violations of low-dimensional properties often lie on the box's boundary,
+        where uniform sampling never lands and PGD stalls. ACAS Xu 1_9 prop_7 (sat): the best of
+        4M uniform samples is 2e-4 short of a violation, 20,000 PGD attacks of 300 steps find
+        none, and 20k face-biased samples find one (0.1 s, in each of 6 seeds)."""
+        lo, hi = lo.reshape(-1).double(), hi.reshape(-1).double()
+        shape = (n, lo.numel())
+        x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
+        pin = torch.rand(shape, generator=self.gen) < face
+        upper = torch.rand(shape, generator=self.gen) < 0.5
+        x = torch.where(pin, torch.where(upper, hi, lo), x)
+        dis32 = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+                 for A, b in disjuncts]
+        with torch.no_grad():
+            v = violation_value(self._flat_forward(self.net, x.to(torch.float32)), dis32)
+        best = x[torch.argsort(v)[:keep]]
+        return self.check_points(best, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+                                        for A, b in disjuncts])
+
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
             restarts: int = 5, parallel: int = 1,
             starts: torch.Tensor | None = None) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
