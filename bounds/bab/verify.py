@@ -17,7 +17,6 @@ practical only for low-dimensional inputs, sound always.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
 from bounds.bab.input_split import input_split_bab
-from bounds.bab.milp_chain import ChainMilp, box_encoding
+from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from certify.errors import CertifyError
@@ -79,7 +78,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     stats = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0,
              "time_lp": 0.0, "method": None, "regions": len(prop.regions)}
 
+    milps = None   # ReLU splitting: the MILP queue beside branch and bound (``bounds.bab.milp_chain``)
+
     def done(status, ce=None):
+        if milps is not None:
+            milps.close()
+            stats["milp_calls"] = milps.solves
         stats["time_total"] = time.monotonic() - t0
         return VerifyResult(status, ce, stats)
 
@@ -125,8 +129,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             jobs.append((lo, hi, C, d))
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
 
-    def attempt(lo, hi, C, d, deadline):
-        """One obligation until ``deadline``: (verdict, counterexample, found_by)."""
+    def attempt(j, deadline):
+        """Obligation j until ``deadline``: (verdict, counterexample, found_by)."""
+        lo, hi, C, d = jobs[j]
         dis = [(C, -d)]
 
         def try_points(xs, dis=dis):
@@ -146,8 +151,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # search best suited to it. On ACAS Xu each wins instances the others lose: splitting
             # the most sensitive dimension (1_1 prop_2: 0.9 s, the others time out), the better of
             # the 2 most sensitive (3_5 prop_1: 0.6 s vs 14.6 s), smart branching over 5 with
-            # alpha steps (2_8 prop_1). Once 30% of the time is gone a large attack runs
-            # (violations in thin regions).
+            # alpha steps (2_8 prop_1). Once 30% of the time is gone a large attack and 200k
+            # face-biased samples run (violations in thin regions).
             its = 3 if iterations is None else iterations
             searches = [dict(batch=batch or 1024, iterations=0, candidates=1),
                         dict(batch=batch or 512, iterations=0, candidates=2),
@@ -170,6 +175,11 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     ce = attack(steps=300, restarts=1, parallel=10000)
                     if ce is not None:
                         return "sat", ce, "pgd"
+                    t = time.monotonic()
+                    ce = fal.sample(lo, hi, dis, n=200000)
+                    stats["time_falsify"] += time.monotonic() - t
+                    if ce is not None:
+                        return "sat", ce, "sample"
         else:
             root = roots[_box_key(lo, hi)]
 
@@ -179,35 +189,31 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 ce = try_points(xs)
                 return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs)
 
-            # a MILP over the root bounds runs beside the search on the other core when it has
-            # few binaries (HiGHS releases the GIL); whichever decides first ends the obligation
-            thread = None
-            if use_milp and 0 < root["binaries"] <= MILP_MAX_BINARIES:
-                if "encoding" not in root:
-                    root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
-                milp = ChainMilp(chain, root["encoding"], C, d)
-                thread = threading.Thread(target=milp.solve, args=(deadline - time.monotonic(),), daemon=True)
-                thread.start()
-
-            def bab(stop=None):
+            def bab():
+                # the MILP queue (if any) deciding this obligation ends the search
+                stop = None if milps is None else (lambda: j in milps.results)
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
                                       pre_alpha=root["slopes"], stop=stop)
 
-            verdict, ce = bab(None if thread is None else (lambda: milp.decided))
-            if thread is not None:
-                milp.cancel()
-                thread.join()
-                stats["milp_calls"] = stats.get("milp_calls", 0) + 1
-                if verdict in ("timeout", "unknown") and milp.proved:
+            while True:
+                verdict, ce = ("timeout", None) if milps is not None and j in milps.results else bab()
+                if milps is None or verdict in ("sat", "unsat"):
+                    break
+                found = milps.results.get(j)
+                if found is None:
+                    break
+                if found[0] == "unsat":
                     stats["milp_proved"] = stats.get("milp_proved", 0) + 1
                     return "unsat", None, None
-                if verdict in ("timeout", "unknown") and milp.candidate is not None:
-                    ce = try_points(torch.as_tensor(milp.candidate).reshape(1, -1))
-                    if ce is not None:
-                        return "sat", ce, "milp"
-                    if time.monotonic() < deadline:   # a candidate the network does not confirm
-                        verdict, ce = bab()
+                ce = try_points(torch.as_tensor(found[1]).reshape(1, -1))
+                if ce is not None:
+                    return "sat", ce, "milp"
+                del milps.results[j]              # a candidate the network does not confirm
+                if time.monotonic() >= deadline:
+                    break
+            if milps is not None and verdict in ("sat", "unsat"):
+                milps.drop(j)
         if verdict == "sat":
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
@@ -240,6 +246,19 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             root_bound.append(float(res.lower.max()))
         pending.sort(key=lambda j: root_bound[j])
         stats["time_bound"] += time.monotonic() - t
+        if use_milp:
+            # a MILP over the root bounds, one obligation after the other in the same order, runs
+            # on the other core beside branch and bound when the region has few unstable ReLUs;
+            # whichever decides an obligation first ends it
+            def make(j):
+                lo, hi, C, d = jobs[j]
+                root = roots[_box_key(lo, hi)]
+                if not 0 < root["binaries"] <= MILP_MAX_BINARIES:
+                    return None
+                if "encoding" not in root:
+                    root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
+                return ChainMilp(chain, root["encoding"], C, d)
+            milps = MilpQueue(pending, make, deadline)
     for first in (True, False):
         left = []
         for i, j in enumerate(pending):
@@ -247,7 +266,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             if now > deadline:
                 return done("timeout")
             until = now + (deadline - now) / (len(pending) - i) if first else deadline
-            verdict, ce, how = attempt(*jobs[j], until)
+            verdict, ce, how = attempt(j, until)
             if verdict == "sat":
                 stats["found_by"] = how
                 return done("sat", ce)
