@@ -181,6 +181,41 @@ def test_chain_milp_decisions_match_the_exact_minimum():
     assert proved >= 3 and found >= 3
 
 
+def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones():
+    """``MilpQueue``: one thread solves the obligations' MILPs in order until the deadline. Of
+    four (t* = +0.03, -0.03, +0.05, -0.05) the proved ones are exactly those with t* > 0, the
+    candidates exactly those with t* < 0 (each violating the property within the solver's
+    tolerance), and an obligation dropped before its turn (branch and bound decided it) is never
+    solved."""
+    import time
+    from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
+    from bounds.bab.relax import optimized_pre_bounds
+    from certify.spec.vnnlib import conjunction_margins
+    net, prop, lo, hi, A, b0 = random_case(520, [3, 10, 10, 3])
+    ch = to_chain(net)
+    l64, h64 = torch.as_tensor(lo).reshape(1, -1), torch.as_tensor(hi).reshape(1, -1)
+    enc = box_encoding(ch, l64[0], h64[0], optimized_pre_bounds(ch, l64, h64, iterations=5))
+    t_star = exact_min(net, lo, hi, A, b0)
+    taus = [-0.03, 0.03, -0.05, 0.05, -0.04]         # t* = -tau
+    jobs = [(A, b0 + t_star + tau) for tau in taus]
+    made = []
+
+    def make(j):
+        made.append(j)
+        C, d = (torch.as_tensor(v) for v in conjunction_margins(*jobs[j]))
+        return ChainMilp(ch, enc, C, d)
+
+    q = MilpQueue(range(5), make, time.monotonic() + 60.0)
+    q.drop(4)                     # decided elsewhere while the queue works on obligation 0
+    q.wait()
+    assert 4 not in made and q.solves == 4
+    assert q.proved == {0, 2}
+    assert set(q.candidates) == {1, 3}
+    for j, x in q.candidates.items():
+        y = ch.forward(torch.as_tensor(x).reshape(1, -1))[0].numpy()
+        assert (A @ y - jobs[j][1]).max() < 1e-5
+
+
 def test_residual_network_uses_generic_input_split():
     """A residual net is not a chain: BaB splits the input over the bounds engine's CROWN. The
     thresholds sit 0.3 below / 0.05 above the minimum over a fine grid (Lipschitz slack < 0.05)."""

@@ -117,12 +117,13 @@ class MilpQueue:
     time, so a MILP that needs longer than branch and bound's share still finishes (mnistfc 256x2
     prop_0_0.05: the violated label's MILP needs ~19 s, its share at the full 120 s was 13 s).
     ``drop(j)``: branch and bound decided j (skipped, or its running solve cancelled).
-    ``results[j]``: ("unsat", None) or ("candidate", x (n_in,)); a candidate is still to be
-    confirmed by the caller. Reads of ``results`` from the main thread are safe (dict assignment
-    is atomic)."""
+    ``proved``: the obligations whose MILP proved them; ``candidates[j]``: a violating incumbent
+    x (n_in,) of j's MILP, still to be confirmed by the caller (who pops it). Set and dict updates
+    are atomic, so the main thread may read them while the queue runs."""
 
     def __init__(self, order, make, deadline: float):
-        self.results: dict = {}
+        self.proved: set = set()
+        self.candidates: dict = {}
         self.solves = 0
         self._skip: set = set()
         self._current = None          # (j, ChainMilp) being solved
@@ -147,15 +148,19 @@ class MilpQueue:
             self._current = None
             self.solves += 1
             if milp.proved:
-                self.results[j] = ("unsat", None)
+                self.proved.add(j)
             elif milp.candidate is not None:
-                self.results[j] = ("candidate", milp.candidate)
+                self.candidates[j] = milp.candidate
 
     def drop(self, j) -> None:
         self._skip.add(j)
         cur = self._current
         if cur is not None and cur[0] == j:
             cur[1].cancel()
+
+    def wait(self) -> None:
+        """Wait until every obligation is solved, skipped, or the deadline passed."""
+        self._thread.join()
 
     def close(self) -> None:
         """Cancel the running solve and wait for the thread."""

@@ -129,6 +129,16 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             jobs.append((lo, hi, C, d))
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
 
+    def milp_candidates():
+        """A counterexample from the MILP queue's candidates (each checked once in float64)."""
+        while milps is not None and milps.candidates:
+            k, x = milps.candidates.popitem()
+            C, d = jobs[k][2:]
+            ce = fal.check_points(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1), [(C, -d)])
+            if ce is not None:
+                return ce
+        return None
+
     def attempt(j, deadline):
         """Obligation j until ``deadline``: (verdict, counterexample, found_by)."""
         lo, hi, C, d = jobs[j]
@@ -190,27 +200,24 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs)
 
             def bab():
-                # the MILP queue (if any) deciding this obligation ends the search
-                stop = None if milps is None else (lambda: j in milps.results)
+                # ends when the MILP queue proves this obligation or has a candidate for any
+                stop = None if milps is None else (lambda: j in milps.proved or bool(milps.candidates))
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
                                       pre_alpha=root["slopes"], stop=stop)
 
+            verdict = "timeout"
             while True:
-                verdict, ce = ("timeout", None) if milps is not None and j in milps.results else bab()
-                if milps is None or verdict in ("sat", "unsat"):
-                    break
-                found = milps.results.get(j)
-                if found is None:
-                    break
-                if found[0] == "unsat":
-                    stats["milp_proved"] = stats.get("milp_proved", 0) + 1
-                    return "unsat", None, None
-                ce = try_points(torch.as_tensor(found[1]).reshape(1, -1))
+                ce = milp_candidates()
                 if ce is not None:
                     return "sat", ce, "milp"
-                del milps.results[j]              # a candidate the network does not confirm
-                if time.monotonic() >= deadline:
+                if milps is not None and j in milps.proved:
+                    stats["milp_proved"] = stats.get("milp_proved", 0) + 1
+                    return "unsat", None, None
+                if verdict == "unknown" or time.monotonic() >= deadline:
+                    break
+                verdict, ce = bab()   # stopped early by the queue: its news are read above
+                if milps is None or verdict in ("sat", "unsat"):
                     break
             if milps is not None and verdict in ("sat", "unsat"):
                 milps.drop(j)
