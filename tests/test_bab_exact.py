@@ -234,3 +234,45 @@ def test_residual_network_uses_generic_input_split():
         prop = VnnlibProperty("res", 2, 1, [Region(lo, hi, [(np.array([[1.0]]), np.array([thr]))])])
         res = verify(net, prop, timeout=30, falsify_first=False)
         assert res.status == expect and res.stats["method"] == "generic-input"
+
+
+def test_input_split_with_box_milps_agrees_with_the_exact_minimum():
+    """Input splitting that parks every open box below the root with ``BoxMilps`` (depth 0, any
+    number of unstable ReLUs): on cases with the exact minimum t* = +0.02 it proves unsat, with
+    MILPs that did prove boxes; with t* = -0.02 it never says unsat, and a sat comes with a point
+    that violates the property in float64. The thread is gone after ``close``."""
+    import time
+    from bounds.bab.input_split import BoxMilps, input_split_bab
+    from certify.spec.vnnlib import conjunction_margins
+    used = found = 0
+    for seed in range(6):
+        net, prop, lo, hi, A, b0 = random_case(700 + seed, [3, 12, 12, 2])
+        ch = to_chain(net)
+        t_star = exact_min(net, lo, hi, A, b0)
+        for tau in (-0.02, 0.02):                      # t* = -tau
+            C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b0 + t_star + tau))
+            lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+
+            def try_points(xs, C=C, d=d):
+                m = (ch.forward(xs.double()) @ C.T + d).max(1).values
+                i = int(m.argmin())
+                return (xs[i].numpy(), None) if m[i] <= 0 else None
+
+            stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+            milp = BoxMilps(ch, C, d)
+            verdict, ce = input_split_bab(ch, lo_t, hi_t, C, d, time.monotonic() + 30, try_points, stats,
+                                          batch=16, iterations=0, candidates=2, milp=milp, milp_depth=0,
+                                          milp_max=1000)
+            milp.close()
+            assert not milp._thread.is_alive()
+            if tau < 0:
+                assert verdict == "unsat", seed
+                used += milp.proved
+            else:
+                assert verdict in ("sat", "timeout", "unknown"), seed
+                if verdict == "sat":
+                    found += 1
+                    x = torch.as_tensor(ce[0]).reshape(1, -1)
+                    assert np.all(ce[0] >= lo - 1e-12) and np.all(ce[0] <= hi + 1e-12)
+                    assert float((ch.forward(x) @ C.T + d).max()) <= 0
+    assert used > 0 and found >= 3

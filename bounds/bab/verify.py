@@ -26,7 +26,7 @@ import torch
 from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
-from bounds.bab.input_split import input_split_bab
+from bounds.bab.input_split import BoxMilps, input_split_bab
 from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
@@ -164,32 +164,41 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # alpha steps (2_8 prop_1). Once 30% of the time is gone a large attack and 200k
             # face-biased samples run (violations in thin regions).
             its = 3 if iterations is None else iterations
+            # the 2-candidate search hands its small open boxes to MILPs in a second thread
+            # (``BoxMilps``), which keep working while the other searches have their turns
+            box_milps = BoxMilps(chain, C, d) if use_milp else None
             searches = [dict(batch=batch or 1024, iterations=0, candidates=1),
-                        dict(batch=batch or 512, iterations=0, candidates=2),
+                        dict(batch=batch or 512, iterations=0, candidates=2, milp=box_milps),
                         dict(batch=batch or 128, iterations=its, candidates=5)]
-            states = [{} for _ in searches]
-            start, slice_, turn, attacked = time.monotonic(), 0.5, 0, not falsify_first
-            verdict, ce = "timeout", None
-            while time.monotonic() < deadline:
-                until = min(deadline, time.monotonic() + slice_)
-                k = turn % len(searches)
-                verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
-                                              state=states[k], **searches[k])
-                if verdict != "timeout":
-                    break
-                slice_ *= 2 if k == len(searches) - 1 else 1
-                turn += 1
-                now = time.monotonic()
-                if not attacked and now - start > 0.3 * (deadline - start) and now < deadline:
-                    attacked = True
-                    ce = attack(steps=300, restarts=1, parallel=10000)
-                    if ce is not None:
-                        return "sat", ce, "pgd"
-                    t = time.monotonic()
-                    ce = fal.sample(lo, hi, dis, n=200000)
-                    stats["time_falsify"] += time.monotonic() - t
-                    if ce is not None:
-                        return "sat", ce, "sample"
+            try:
+                states = [{} for _ in searches]
+                start, slice_, turn, attacked = time.monotonic(), 0.5, 0, not falsify_first
+                verdict, ce = "timeout", None
+                while time.monotonic() < deadline:
+                    until = min(deadline, time.monotonic() + slice_)
+                    k = turn % len(searches)
+                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
+                                                  state=states[k], **searches[k])
+                    if verdict != "timeout":
+                        break
+                    slice_ *= 2 if k == len(searches) - 1 else 1
+                    turn += 1
+                    now = time.monotonic()
+                    if not attacked and now - start > 0.3 * (deadline - start) and now < deadline:
+                        attacked = True
+                        ce = attack(steps=300, restarts=1, parallel=10000)
+                        if ce is not None:
+                            return "sat", ce, "pgd"
+                        t = time.monotonic()
+                        ce = fal.sample(lo, hi, dis, n=200000)
+                        stats["time_falsify"] += time.monotonic() - t
+                        if ce is not None:
+                            return "sat", ce, "sample"
+            finally:
+                if box_milps is not None:
+                    box_milps.close()
+                    stats["milp_calls"] = stats.get("milp_calls", 0) + box_milps.calls
+                    stats["milp_proved"] = stats.get("milp_proved", 0) + box_milps.proved
         else:
             root = roots[_box_key(lo, hi)]
 
