@@ -17,6 +17,11 @@ for the boxes not yet proved. Measured on ACAS Xu (1 thread): the refinement cut
 needed ~25x (1_1 prop_3: 5.9k vs 145k+), so it pays for its ~5x cost per box. Each child's
 pre-activation bounds are also intersected with its parent's (``reuse_parent``), which keeps more
 neurons stable and made the hardest ACAS Xu prop_1 / prop_2 instances solvable.
+
+Small open boxes can be handed to exact MILPs in a background thread (``BoxMilps``); the search
+then ends with ``unsat`` only when its stack is empty and no parked box is left unproved.
+Soundness: a box leaves the search only when a float64 bound, the clipping, or a MILP's dual
+bound (with ``bounds.bab.milp_chain``'s margin) proves it.
 """
 from __future__ import annotations
 

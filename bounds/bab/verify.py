@@ -1,15 +1,16 @@
 """``verify(network, prop, timeout)``: complete verification of a VNN-LIB property.
 
 Order of work: (1) PGD with restarts on every region's violation value (a quick attack finds
-most ``sat`` instances); (2) for every region and every conjunction of its violation, a
+most ``sat`` instances; low-dimensional inputs also get face-biased random samples); (2) for every region and every conjunction of its violation, a
 branch-and-bound proof that the conjunction cannot hold: input splitting when the input has
 few dimensions, ReLU splitting otherwise (``method`` forces one); box centres, bound minimizers
 and LP optima are tried as counterexamples throughout, and PGD is repeated with new seeds
 between proofs. ``sat`` is reported only for a point confirmed in float64 through the IR;
-``unsat`` only when every conjunction of every region was proved by sound bounds (float64) or,
-for ReLU splitting, by the MILP that runs beside it on networks with few unstable ReLUs
-(``bounds.bab.milp_chain``: HiGHS's branch-and-bound dual bound, with a margin for its
-tolerances, as the convex engine's MILP certificates).
+``unsat`` only when every conjunction of every region was proved by sound bounds (float64) or
+by a MILP in the second thread: for ReLU splitting, one per obligation on networks with few
+unstable ReLUs; for input splitting, one per small open box (``bounds.bab.milp_chain``: HiGHS's
+branch-and-bound dual bound, with a margin for its tolerances, as the convex engine's MILP
+certificates).
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
 splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
