@@ -232,3 +232,21 @@ def test_refine_from_and_shared_box_give_the_same_sound_bounds():
     assert checked > 1000
     for (l, u), (fl, fu) in zip(part, shared):          # domain 0 (refine_from -1) is refined fully
         assert torch.equal(l[0], fl[0]) and torch.equal(u[0], fu[0])
+    # a deadline already past: no layer is refined, every domain keeps the split-clamped bounds,
+    # which still hold on the sampled points and are never tighter than the refined ones
+    import time
+    late = pre_activation_bounds(ch, lo1.expand(B, -1), hi1.expand(B, -1), splits, pre, mode="refine",
+                                 deadline=time.monotonic() - 1.0)
+    clamped = pre_activation_bounds(ch, lo1.expand(B, -1), hi1.expand(B, -1), splits, pre, mode="refine",
+                                    refine_from=torch.full((B,), len(pre)))
+    looser = 0
+    for b in range(B):
+        ok = torch.ones(x.shape[0], dtype=torch.bool)
+        for z, s in zip(zs, splits):
+            ok &= ((s[b] > 0) & (z < 0) | (s[b] < 0) & (z > 0)).sum(1) == 0
+        for z, (l, u), (cl, cu), (fl, fu) in zip(zs, late, clamped, shared):
+            assert torch.equal(l[b], cl[b]) and torch.equal(u[b], cu[b])
+            assert bool((z[ok] >= l[b] - 1e-9).all() and (z[ok] <= u[b] + 1e-9).all())
+            assert bool((l[b] <= fl[b] + 1e-12).all() and (u[b] >= fu[b] - 1e-12).all())
+            looser += int((l[b] < fl[b] - 1e-9).sum() + (u[b] > fu[b] + 1e-9).sum())
+    assert looser > 0

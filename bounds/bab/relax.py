@@ -19,6 +19,8 @@ Shapes: lo, hi (B, n_in); C (B, r, n_out); d (B, r); splits: list per hidden lay
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 
 import torch
@@ -144,7 +146,8 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
 
 
 def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000,
-                     refine_from: Tensor | None = None, pre_alpha: dict | None = None):
+                     refine_from: Tensor | None = None, pre_alpha: dict | None = None,
+                     deadline: float | None = None):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN
     back-substitution over the (already refined) earlier layers: only those neurons' bounds can
     change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs.
@@ -155,7 +158,9 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
     t > refine_from[b] (a child whose parent's bounds were refined needs only the layers after
     its new split). A box shared by all domains (``lo`` expanded from one row) is not gathered.
     ``pre_alpha``: lower slopes per neuron bound from ``optimized_pre_bounds(keep_alpha=True)`` on
-    a box containing every domain (any slope in [0, 1] is sound; CROWN's default otherwise)."""
+    a box containing every domain (any slope in [0, 1] is sound; CROWN's default otherwise).
+    ``deadline``: past it, the neurons not yet refined keep the bounds they came with (sound: each
+    enclosure holds whatever the other neurons' are)."""
     shared = lo.shape[0] == 1 or (lo.stride(0) == 0 and hi.stride(0) == 0)
     c_all, r_all = (hi + lo) / 2, (hi - lo) / 2
     relax = []
@@ -163,6 +168,8 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
         l0, u0 = out[t - 1]
         su0, tu0, sl0, uns0 = _relax(l0, u0)
         relax.append((su0 - sl0, tu0, sl0, uns0))
+        if deadline is not None and time.monotonic() > deadline:
+            break
         l, u = out[t]
         todo = (l < 0) & (u > 0)
         if refine_from is not None:
@@ -174,6 +181,8 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
         wt, bt = chain.weights[t], chain.biases[t]
         kept = None if pre_alpha is None else pre_alpha.get(t)
         for s0 in range(0, dom.numel(), chunk):
+            if deadline is not None and s0 and time.monotonic() > deadline:
+                break                        # the pairs left keep their bounds
             di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
             lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
             const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
@@ -217,7 +226,8 @@ def _crown_layer(chain: Chain, t: int, lo: Tensor, hi: Tensor, out) -> tuple[Ten
 
 def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None,
                           recompute: bool = True, mode: str = "backward",
-                          refine_from: Tensor | None = None, pre_alpha: dict | None = None) -> list[tuple[Tensor, Tensor]]:
+                          refine_from: Tensor | None = None, pre_alpha: dict | None = None,
+                          deadline: float | None = None) -> list[tuple[Tensor, Tensor]]:
     """Clamped bounds (l, u) (B, n_k) of every hidden pre-activation over the domains.
 
     ``mode``: "backward" (CROWN back-substitution per layer, tighter), "forward" (symbolic
@@ -229,7 +239,8 @@ def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre
     if mode == "refine" and pre is not None and recompute:
         out = [_clamp(l.expand(B, -1), u.expand(B, -1), None if splits is None else splits[t])
                for t, (l, u) in enumerate(pre)]
-        return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from, pre_alpha=pre_alpha)
+        return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from, pre_alpha=pre_alpha,
+                                deadline=deadline)
     if mode in ("forward", "hybrid") and (pre is None or recompute):
         out = _forward_pre(chain, lo, hi, splits, pre)
         return _refine_unstable(chain, lo, hi, out, splits) if mode == "hybrid" else out
@@ -327,8 +338,12 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
 def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, splits=None, pre=None,
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
-                  beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None) -> DomainBounds:
+                  beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None,
+                  deadline: float | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
+
+    ``deadline`` (time.monotonic()): the alpha/beta iterations stop there (every iterate's bound
+    is sound, so the best so far is returned); the pass before them always runs.
 
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
     from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the
@@ -338,7 +353,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     C, d = C.to(torch.float64), d.to(torch.float64)
     L = len(chain.weights)
     with torch.no_grad():
-        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha)
+        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha, deadline)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can
@@ -381,6 +396,8 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                 bm = better.unsqueeze(-1)
                 hidden = [torch.where(bm, h, h0) for h, h0 in zip(hid_i, hidden)]
             if stop_when_positive and bool((best.max(1).values > 0).all()):
+                break
+            if deadline is not None and time.monotonic() > deadline:
                 break
             _ascent_step(opt, low, alpha, beta)
     else:

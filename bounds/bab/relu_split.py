@@ -119,8 +119,9 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         return al, be
 
     D_ab = _store(res, torch.ones(1, dtype=torch.bool))
+    last_call = 0.0   # seconds the last batch took: a batch that cannot end by the deadline is not begun
     while D_lower.shape[0]:
-        if time.monotonic() > deadline or (stop is not None and stop()):
+        if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
             stats["worst_open_lower"] = float(D_lower.min())
             return "timeout", None
@@ -180,12 +181,13 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
                             iterations=iterations, mode=mode, refine_from=torch.cat([layer_of, layer_of]),
-                            pre_alpha=pre_alpha,
+                            pre_alpha=pre_alpha, deadline=deadline,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1
         stats["domains"] += n2
-        stats["time_bound"] += time.monotonic() - t
+        last_call = time.monotonic() - t
+        stats["time_bound"] += last_call
         best, row = res.lower.max(1)
         open_ = ~(best > PROOF_TOL)
         if not bool(open_.any()):
