@@ -259,12 +259,11 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum():
                 return (xs[i].numpy(), None) if m[i] <= 0 else None
 
             stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
-            milp = BoxMilps(ch, C, d)
+            milp = BoxMilps(ch, lo_t, hi_t, C, d, max_unstable=1000, depth=0)
             verdict, ce = input_split_bab(ch, lo_t, hi_t, C, d, time.monotonic() + 30, try_points, stats,
-                                          batch=16, iterations=0, candidates=2, milp=milp, milp_depth=0,
-                                          milp_max=1000)
+                                          batch=16, iterations=0, candidates=2, milp=milp)
             milp.close()
-            assert not milp._thread.is_alive()
+            assert not milp._worker._thread.is_alive()
             if tau < 0:
                 assert verdict == "unsat", seed
                 used += milp.proved

@@ -25,7 +25,6 @@ bound (with ``bounds.bab.milp_chain``'s margin) proves it.
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -34,7 +33,7 @@ import torch
 
 from bounds.bab.chain import Chain
 from bounds.bab.clip import clip_boxes
-from bounds.bab.milp_chain import ChainMilp, box_encoding
+from bounds.bab.milp_chain import ChainMilp, MilpWorker, box_encoding
 from bounds.bab.relax import PROOF_TOL, bound_domains
 
 
@@ -42,22 +41,19 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                     deadline: float, try_points, stats: dict, batch: int = 128,
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
                     candidates: int = 5, reuse_parent: bool = True, clip: bool = True,
-                    mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None,
-                    milp_max: int = 30, milp_depth: float = 10.0):
+                    mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
     corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
     where its linear bounds still allow a violation (``bounds.bab.clip``).
-    ``milp`` (a ``BoxMilps`` for this problem): an open box with at most ``milp_max`` unstable
-    ReLUs whose volume is below 2^-``milp_depth`` of the root's is handed to its thread instead of
-    being split; a box the MILP does not prove comes back to the stack. Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None). ``state``: a dict
+    ``milp`` (a ``BoxMilps`` for this problem): the open boxes it deems small are handed to its
+    thread instead of being split; a box the MILP does not prove comes back to the stack.
+    Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None). ``state``: a dict
     that keeps the open boxes at a timeout; passing it back (same problem, same ``candidates``)
     continues the search where it stopped.
     """
     r0 = C.shape[0]                     # branching follows the original rows only
-    positive = (hi - lo).reshape(-1) > 0
-    log_vol0 = float(torch.log2((hi - lo).reshape(-1)[positive].double()).sum())
     if mean_row and C.shape[0] > 1:
         # a violation needs every row <= 0, so their mean <= 0 too: a bound proving the mean row
         # positive proves the box, and its relaxation (chosen for the mean) can do so where no
@@ -158,7 +154,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         pre = [(a[rows], b[rows]) for a, b in res.pre]
         pk = _pack(pre)
         if milp is not None:
-            small = milp.eligible(cl, ch, pre, milp_max, log_vol0 - milp_depth, positive)
+            small = milp.eligible(cl, ch, pre)
             for i in torch.nonzero(small).flatten().tolist():
                 milp.submit(cl[i], ch[i], [(a[i:i + 1], b[i:i + 1]) for a, b in pre],
                             (cl[i:i + 1], ch[i:i + 1], sc[i:i + 1], pk[i:i + 1]))
@@ -170,13 +166,15 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
 
 
 class BoxMilps:
-    """Small open boxes decided exactly by HiGHS MILPs in a background thread, beside the input
-    split on the main thread (HiGHS releases the GIL: the two use both cores).
+    """Small open boxes decided exactly by HiGHS MILPs on a ``milp_chain.MilpWorker`` thread,
+    beside the input split on the main thread.
 
-    A box is parked with ``submit`` (its (l, h), its pre-activation bounds [(1, n_k)] and the
-    stack record to give back); each gets the big-M MILP of ``milp_chain.ChainMilp`` for the
-    conjunction C z + d (``time_limit`` s). It is dropped only on a proof (HiGHS's dual bound
-    with ``milp_chain``'s margin); otherwise its record comes back through ``collect``, with any
+    ``eligible``: the open boxes with at most ``max_unstable`` unstable ReLUs and less than
+    2^-``depth`` of the root box's volume (over its dimensions of positive width). A box is
+    parked with ``submit`` (its (l, h), its pre-activation bounds [(1, n_k)] and the stack record
+    to give back); each gets the big-M MILP of ``milp_chain.ChainMilp`` for the conjunction
+    C z + d (``time_limit`` s). It is dropped only on a proof (HiGHS's dual bound with
+    ``milp_chain``'s margin); otherwise its record comes back through ``collect``, with any
     violating incumbent as a candidate for the caller's ``try_points``.
 
     Why: near a nearly-violated point, input splitting shrinks a relaxation gap only linearly
@@ -185,49 +183,24 @@ class BoxMilps:
     2-candidate search with MILPs (~60 ms each) on its open boxes with <= 30 unstable ReLUs and
     below 2^-10 of the root volume proves it in 60 s (1017 MILPs, all but 3 proved)."""
 
-    def __init__(self, chain: Chain, C: torch.Tensor, d: torch.Tensor, time_limit: float = 1.0):
-        self.chain, self.C, self.d, self.time_limit = chain, C, d, time_limit
-        self.calls = self.proved = 0
-        self._todo: queue.Queue = queue.Queue()
+    def __init__(self, chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+                 max_unstable: int = 30, depth: float = 10.0, time_limit: float = 1.0):
+        self.max_unstable = max_unstable
+        width = (hi - lo).reshape(-1).double()
+        self._positive = width > 0
+        self._log_vol_max = float(torch.log2(width[self._positive]).sum()) - depth
+        self.proved = 0
         self._lock = threading.Lock()
-        self._back, self._found, self._pending = [], [], 0
-        self._closed, self._current = False, None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._boxes: dict = {}                   # id -> (l, h, pre, record) until built
+        self._back, self._found, self._pending, self._next = [], [], 0, 0
 
-    @staticmethod
-    def eligible(l, h, pre, max_unstable: int, log_vol_max: float, positive) -> torch.Tensor:
-        """(N,) bool: boxes with <= ``max_unstable`` unstable ReLUs and log2 volume (over the
-        dimensions of positive root width) <= ``log_vol_max``."""
-        unstable = sum(((a < 0) & (b > 0)).sum(1) for a, b in pre)
-        log_vol = torch.log2((h - l)[:, positive].clamp(min=1e-300)).sum(1)
-        return (unstable <= max_unstable) & (log_vol <= log_vol_max)
+        def build(key):
+            l, h, pre, _ = self._boxes[key]
+            return ChainMilp(chain, box_encoding(chain, l, h, pre), C, d), time_limit
 
-    def submit(self, l, h, pre, record) -> None:
-        with self._lock:
-            self._pending += 1
-        self._todo.put((l, h, pre, record))
-
-    def collect(self):
-        """(records not proved, candidate inputs, number still in the thread), read at once."""
-        with self._lock:
-            back, found, pending = self._back, self._found, self._pending
-            self._back, self._found = [], []
-        return back, found, pending
-
-    def _run(self) -> None:
-        while True:
-            item = self._todo.get()
-            if item is None or self._closed:
-                return
-            l, h, pre, record = item
-            milp = ChainMilp(self.chain, box_encoding(self.chain, l, h, pre), self.C, self.d)
-            self._current = milp
-            if not self._closed:
-                milp.solve(self.time_limit)
-            self._current = None
+        def done(key, milp):
+            record = self._boxes.pop(key)[3]
             with self._lock:
-                self.calls += 1
                 if milp.proved:
                     self.proved += 1
                 else:
@@ -236,15 +209,35 @@ class BoxMilps:
                         self._found.append(milp.candidate)
                 self._pending -= 1
 
+        self._worker = MilpWorker(build, done)
+
+    @property
+    def calls(self) -> int:
+        return self._worker.solves
+
+    def eligible(self, l, h, pre) -> torch.Tensor:
+        """(N,) bool: the boxes (l, h (N, n_in), bounds ``pre``) small enough for a MILP."""
+        unstable = sum(((a < 0) & (b > 0)).sum(1) for a, b in pre)
+        log_vol = torch.log2((h - l)[:, self._positive].clamp(min=1e-300)).sum(1)
+        return (unstable <= self.max_unstable) & (log_vol <= self._log_vol_max)
+
+    def submit(self, l, h, pre, record) -> None:
+        with self._lock:
+            self._pending += 1
+            key, self._next = self._next, self._next + 1
+        self._boxes[key] = (l, h, pre, record)
+        self._worker.put(key)
+
+    def collect(self):
+        """(records not proved, candidate inputs, number still in the thread), read at once."""
+        with self._lock:
+            back, found, pending = self._back, self._found, self._pending
+            self._back, self._found = [], []
+        return back, found, pending
+
     def close(self) -> None:
-        """Cancel the running solve and wait for the thread (a thread left inside HiGHS at
-        interpreter exit aborts the process); parked boxes are forgotten."""
-        self._closed = True
-        cur = self._current
-        if cur is not None:
-            cur.cancel()
-        self._todo.put(None)
-        self._thread.join()
+        """Cancel the running solve and stop the thread; parked boxes are forgotten."""
+        self._worker.close()
 
 
 def _root(lo, hi, bound, clip, min_width, stats, r0):

@@ -13,6 +13,7 @@ is encoded with one extra variable t <= every row (min t): its optimum is the ma
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import replace
@@ -108,9 +109,69 @@ class ChainMilp:
         return self.proved or self.candidate is not None
 
 
+class MilpWorker:
+    """One background thread solving ``ChainMilp``s one at a time, beside branch and bound on the
+    main thread (HiGHS releases the GIL: the two use both cores).
+
+    ``put(item)`` queues work; the thread calls ``build(item) -> (ChainMilp, time_limit) | None``
+    (None: nothing to solve), solves, then ``done(item, milp)``. ``drop(item)``: the item is
+    skipped if not begun, its solve cancelled if running (items must be hashable). ``join()``
+    waits for the queued items; ``close()`` cancels the running solve and stops, waiting for the
+    thread (one left inside HiGHS at interpreter exit aborts the process)."""
+
+    def __init__(self, build, done):
+        self._build, self._done = build, done
+        self.solves = 0
+        self._todo: queue.Queue = queue.Queue()
+        self._dropped: set = set()
+        self._current = None          # (item, ChainMilp) being solved
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def put(self, item) -> None:
+        self._todo.put(item)
+
+    def _run(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None or self._closed:
+                return
+            if item in self._dropped:
+                continue
+            job = self._build(item)
+            if job is None:
+                continue
+            milp, time_limit = job
+            self._current = (item, milp)
+            if self._closed or item in self._dropped:   # dropped while being built
+                self._current = None
+                continue
+            milp.solve(time_limit)
+            self._current = None
+            self.solves += 1
+            self._done(item, milp)
+
+    def drop(self, item) -> None:
+        self._dropped.add(item)
+        cur = self._current
+        if cur is not None and cur[0] == item:
+            cur[1].cancel()
+
+    def join(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+
+    def close(self) -> None:
+        self._closed = True
+        cur = self._current
+        if cur is not None:
+            cur[1].cancel()
+        self.join()
+
+
 class MilpQueue:
-    """One MILP at a time, in a background thread, over a list of obligations in order, beside
-    branch and bound on the main thread (HiGHS releases the GIL: the two use both cores).
+    """The obligations' MILPs, in order, on one ``MilpWorker`` until ``deadline``.
 
     ``make(j) -> ChainMilp | None`` builds obligation j's MILP (None: not worth one). Each MILP
     runs until ``deadline`` or until it decides: a solve is not cut to an obligation's share of the
@@ -124,48 +185,33 @@ class MilpQueue:
     def __init__(self, order, make, deadline: float):
         self.proved: set = set()
         self.candidates: dict = {}
-        self.solves = 0
-        self._skip: set = set()
-        self._current = None          # (j, ChainMilp) being solved
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, args=(list(order), make, deadline), daemon=True)
-        self._thread.start()
 
-    def _run(self, order, make, deadline):
-        for j in order:
-            if self._closed or time.monotonic() >= deadline:
-                return
-            if j in self._skip:
-                continue
+        def build(j):
+            if time.monotonic() >= deadline:
+                return None
             milp = make(j)
-            if milp is None:
-                continue
-            self._current = (j, milp)
-            if j in self._skip or self._closed:   # dropped while being built
-                self._current = None
-                continue
-            milp.solve(deadline - time.monotonic())
-            self._current = None
-            self.solves += 1
+            return None if milp is None else (milp, deadline - time.monotonic())
+
+        def done(j, milp):
             if milp.proved:
                 self.proved.add(j)
             elif milp.candidate is not None:
                 self.candidates[j] = milp.candidate
 
+        self._worker = MilpWorker(build, done)
+        for j in order:
+            self._worker.put(j)
+
+    @property
+    def solves(self) -> int:
+        return self._worker.solves
+
     def drop(self, j) -> None:
-        self._skip.add(j)
-        cur = self._current
-        if cur is not None and cur[0] == j:
-            cur[1].cancel()
+        self._worker.drop(j)
+
+    def close(self) -> None:
+        self._worker.close()
 
     def wait(self) -> None:
         """Wait until every obligation is solved, skipped, or the deadline passed."""
-        self._thread.join()
-
-    def close(self) -> None:
-        """Cancel the running solve and wait for the thread."""
-        self._closed = True
-        cur = self._current
-        if cur is not None:
-            cur[1].cancel()
-        self._thread.join()
+        self._worker.join()

@@ -20,7 +20,6 @@ Shapes: lo, hi (B, n_in); C (B, r, n_out); d (B, r); splits: list per hidden lay
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass
 
 import torch
@@ -342,8 +341,10 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                   deadline: float | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
-    ``deadline`` (time.monotonic()): the alpha/beta iterations stop there (every iterate's bound
-    is sound, so the best so far is returned); the pass before them always runs.
+    ``deadline`` (time.monotonic()): the per-domain refinement (mode "refine") and the alpha/beta
+    iterations stop there; what is left keeps its sound bound (the refinement's unreached neurons
+    their split-clamped bounds, the iterations their best iterate). The first backward pass always
+    runs.
 
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
     from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the

@@ -148,11 +148,14 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         def try_points(xs, dis=dis):
             return fal.check_points(xs.to(torch.float64), dis)
 
-        def attack(**kw):
+        def timed(search, *args, **kw):
             t = time.monotonic()
-            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), [(C.numpy(), -d.numpy())], **kw)
+            out = search(*args, **kw)
             stats["time_falsify"] += time.monotonic() - t
-            return ce
+            return out
+
+        def attack(**kw):
+            return timed(fal.pgd, lo.unsqueeze(0), hi.unsqueeze(0), dis, **kw)[0]
 
         if m == "generic-input":
             verdict, ce = generic_input_split(net64, lo, hi, C, d, deadline, try_points, stats)
@@ -167,7 +170,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             its = 3 if iterations is None else iterations
             # the 2-candidate search hands its small open boxes to MILPs in a second thread
             # (``BoxMilps``), which keep working while the other searches have their turns
-            box_milps = BoxMilps(chain, C, d) if use_milp else None
+            box_milps = BoxMilps(chain, lo, hi, C, d) if use_milp else None
             searches = [dict(batch=batch or 1024, iterations=0, candidates=1),
                         dict(batch=batch or 512, iterations=0, candidates=2, milp=box_milps),
                         dict(batch=batch or 128, iterations=its, candidates=5)]
@@ -190,9 +193,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                         ce = attack(steps=300, restarts=1, parallel=10000)
                         if ce is not None:
                             return "sat", ce, "pgd"
-                        t = time.monotonic()
-                        ce = fal.sample(lo, hi, dis, n=200000)
-                        stats["time_falsify"] += time.monotonic() - t
+                        ce = timed(fal.sample, lo, hi, dis, n=200000)
                         if ce is not None:
                             return "sat", ce, "sample"
             finally:
