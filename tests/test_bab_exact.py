@@ -236,11 +236,14 @@ def test_residual_network_uses_generic_input_split():
         assert res.status == expect and res.stats["method"] == "generic-input"
 
 
-def test_input_split_with_box_milps_agrees_with_the_exact_minimum():
+@pytest.mark.parametrize("instability, wait", [(False, True), (True, False)])
+def test_input_split_with_box_milps_agrees_with_the_exact_minimum(instability, wait):
     """Input splitting that parks every open box below the root with ``BoxMilps`` (depth 0, any
     number of unstable ReLUs): on cases with the exact minimum t* = +0.02 it proves unsat, with
     MILPs that did prove boxes; with t* = -0.02 it never says unsat, and a sat comes with a point
-    that violates the property in float64. The thread is gone after ``close``."""
+    that violates the property in float64. The thread is gone after ``close``. Also with the
+    instability candidate, and with ``wait=False`` (the search returns while boxes are parked and
+    is called again with its state until it decides)."""
     import time
     from bounds.bab.input_split import BoxMilps, input_split_bab
     from certify.spec.vnnlib import conjunction_margins
@@ -260,8 +263,11 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum():
 
             stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
             milp = BoxMilps(ch, lo_t, hi_t, C, d, max_unstable=1000, depth=0)
-            verdict, ce = input_split_bab(ch, lo_t, hi_t, C, d, time.monotonic() + 30, try_points, stats,
-                                          batch=16, iterations=0, candidates=2, milp=milp)
+            state, end, verdict = {}, time.monotonic() + 30, "timeout"
+            while verdict == "timeout" and time.monotonic() < end:
+                verdict, ce = input_split_bab(ch, lo_t, hi_t, C, d, end, try_points, stats, batch=16, iterations=0,
+                                              candidates=2, milp=milp, instability=instability, wait=wait,
+                                              state=state)
             milp.close()
             assert not milp._worker._thread.is_alive()
             if tau < 0:

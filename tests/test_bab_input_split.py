@@ -156,3 +156,53 @@ def test_face_biased_sampling_finds_a_violation_on_the_boundary():
     xs, ys = ce
     assert np.all(xs >= 0) and np.all(xs <= 1) and ys[0] - ys[1] >= 3.5
     assert int(np.isclose(xs, [1, 1, 1, 0, 0], atol=0.001).sum()) >= 4
+
+
+def test_instability_shares_add_up_to_the_unstable_neurons():
+    """``_forward_pre``'s instability: each unstable neuron's range is shared out over the inputs,
+    so per box the shares add up to the number of unstable neurons; an input of width 0 has none."""
+    from bounds.bab.relax import _forward_pre
+    g = torch.Generator().manual_seed(3)
+    chain = to_chain(random_mlp([4, 16, 16, 16, 3], g, dtype=torch.float64))
+    lo = torch.rand(64, 4, generator=g, dtype=torch.float64) * 2 - 1
+    hi = lo + torch.rand(64, 4, generator=g, dtype=torch.float64) * 0.5
+    hi[:, 2] = lo[:, 2]
+    inst = []
+    out = _forward_pre(chain, lo, hi, inst=inst)
+    unstable = sum(((l < 0) & (u > 0)).sum(1) for l, u in out).double()
+    assert unstable.sum() > 100
+    assert torch.allclose(inst[0].sum(1), unstable, rtol=1e-9, atol=1e-9)
+    assert bool((inst[0] >= 0).all()) and bool((inst[0][:, 2] == 0).all())
+
+
+def _blind_spot_chain():
+    """f(x) = x_0 + 0.1 + [relu(x_1) + relu(-x_1) - relu(x_1) - relu(-x_1)] (= x_0 + 0.1): CROWN's
+    bound has coefficient 0 on x_1 but a gap of half x_1's width from the four unstable ReLUs."""
+    from bounds.bab.chain import Chain
+    w1 = torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1], [0, 1], [0, -1]], dtype=torch.float64)
+    w2 = torch.tensor([[1.0, -1, 1, 1, -1, -1]], dtype=torch.float64)
+    return Chain([w1, w2], [torch.zeros(6, dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)])
+
+
+def test_instability_candidate_splits_the_input_the_scores_cannot_see():
+    """On ``_blind_spot_chain`` over x_0 in [0, 1], x_1 in [-1, 1] (minimum 0.1: unsat), the score
+    |coefficient| x width never picks x_1, so the 1-candidate search only thins x_0 out and ends
+    without a proof; with the instability candidate it splits x_1 and proves the box at once."""
+    import time
+    from bounds.bab.input_split import input_split_bab
+    chain = _blind_spot_chain()
+    lo, hi = torch.tensor([0.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    C, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    xs = lo + torch.rand(10000, 2, dtype=torch.float64) * (hi - lo)
+    assert float(chain.forward(xs).min()) >= 0.1 - 1e-12
+
+    def run(instability):
+        st = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+        verdict, _ = input_split_bab(chain, lo, hi, C, d, time.monotonic() + 10, lambda x: None, st, batch=8,
+                                     iterations=0, candidates=1, instability=instability)
+        return verdict, st["domains"]
+
+    blind, _ = run(False)
+    seen, n = run(True)
+    assert blind in ("unknown", "timeout")
+    assert seen == "unsat" and n <= 16

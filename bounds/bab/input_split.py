@@ -18,6 +18,13 @@ needed ~25x (1_1 prop_3: 5.9k vs 145k+), so it pays for its ~5x cost per box. Ea
 pre-activation bounds are also intersected with its parent's (``reuse_parent``), which keeps more
 neurons stable and made the hardest ACAS Xu prop_1 / prop_2 instances solvable.
 
+The scores see only the final bound's sensitivity to each input. An input can leave many
+intermediate neurons unstable (its width spans their switching points) while the bound's
+coefficient on it is near 0, and then no scored split helps: ACAS Xu 1_1 prop_6's open boxes
+ended 1e-9 wide in the scored inputs and half the root's width in another one. With
+``instability`` the input causing most of the unstable neurons' ranges (``relax._forward_pre``)
+is one more candidate; the pick among the candidates stays the bound-based one.
+
 Small open boxes can be handed to exact MILPs in a background thread (``BoxMilps``); the search
 then ends with ``unsat`` only when its stack is empty and no parked box is left unproved.
 Soundness: a box leaves the search only when a float64 bound, the clipping, or a MILP's dual
@@ -41,12 +48,17 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                     deadline: float, try_points, stats: dict, batch: int = 128,
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
                     candidates: int = 5, reuse_parent: bool = True, clip: bool = True,
-                    mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None):
+                    mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None,
+                    instability: bool = False, stop=None, wait: bool = True):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
     corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
-    where its linear bounds still allow a violation (``bounds.bab.clip``).
+    where its linear bounds still allow a violation (``bounds.bab.clip``). ``instability``: one
+    more candidate per box, the input that causes most of its unstable neurons' ranges (below).
+    ``stop()``: checked before each batch, True ends the call like the deadline (state kept);
+    ``wait=False``: when only boxes parked in ``milp``'s thread are left, return at once
+    ("timeout", state kept) instead of waiting for them.
     ``milp`` (a ``BoxMilps`` for this problem): the open boxes it deems small are handed to its
     thread instead of being split; a box the MILP does not prove comes back to the stack.
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None). ``state``: a dict
@@ -62,6 +74,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     Cb, db = C.double().unsqueeze(0), d.double().unsqueeze(0)
     n_in = lo.numel()
     k_cand = max(1, min(candidates, n_in))
+    unst = instability and k_cand < n_in
 
     def bound(l, h, pre=None):
         n = l.shape[0]
@@ -88,7 +101,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                     return "sat", ce
         if not stack and (milp is None or pending == 0):
             return "unsat", None          # every box proved, by bounds or by a MILP
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (stop is not None and stop()) or (not stack and not wait):
             if state is not None:
                 state["stack"] = stack
             return "timeout", None
@@ -102,34 +115,43 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         else:
             stack = []
         N = l.shape[0]
+        sc, inst = sc[:, :n_in], sc[:, n_in:]
         top = sc.topk(k_cand, dim=1)
         thin = top.values[:, 0] < 0
         if bool(thin.any()):           # a box too thin to split and still open: its points decide it
             ce = try_points(torch.cat([(l[thin] + h[thin]) / 2, l[thin], h[thin]]))
             return ("sat", ce) if ce is not None else ("unknown", None)
-        dims = top.indices                                   # (N, k)
-        valid = top.values >= 0
-        idx = torch.arange(N).unsqueeze(1).expand(N, k_cand)
+        dims, valid, k = top.indices, top.values >= 0, k_cand               # (N, k)
+        if unst:
+            # one more candidate, the input with the largest instability (module docstring), unless
+            # the scores pick it already. Measured on the open boxes of ACAS Xu 1_1 prop_6 (Y_4 <=
+            # Y_0) after 40 s: halving that input proves all children (31 unstable ReLUs -> 12),
+            # halving any scored one none
+            e = inst.argmax(1, keepdim=True)
+            new = ~(dims == e).any(1, keepdim=True) & (inst.gather(1, e) >= 0)
+            dims, valid = torch.cat([dims, e], 1), torch.cat([valid, new], 1)
+            k += 1
+        idx = torch.arange(N).unsqueeze(1).expand(N, k)
         mid = ((l + h) / 2)[idx, dims]                       # (N, k)
-        Lc = l.unsqueeze(1).expand(N, k_cand, n_in).clone()
-        Hc = h.unsqueeze(1).expand(N, k_cand, n_in).clone()
+        Lc = l.unsqueeze(1).expand(N, k, n_in).clone()
+        Hc = h.unsqueeze(1).expand(N, k, n_in).clone()
         H_left, L_right = Hc.clone(), Lc.clone()
-        i0, i1 = idx.reshape(-1), torch.arange(k_cand).repeat(N)
+        i0, i1 = idx.reshape(-1), torch.arange(k).repeat(N)
         H_left[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
         L_right[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
         cl = torch.cat([Lc.reshape(-1, n_in), L_right.reshape(-1, n_in)])
         ch = torch.cat([H_left.reshape(-1, n_in), Hc.reshape(-1, n_in)])
-        parent = torch.arange(N).repeat_interleave(k_cand).repeat(2)
+        parent = torch.arange(N).repeat_interleave(k).repeat(2)
         # a child box lies in its parent's, so the parent's pre-activation bounds hold on it and
         # are intersected with the child's (``reuse_parent``): more neurons stable, a cheaper
         # refinement and tighter bounds. Measured on ACAS Xu with 2 candidates and CROWN: 3_9
         # prop_1 1.5 s (timeout at 116 s without), 1_8 prop_2 0.8 s (timeout), 3_8 prop_1 985
         # domains instead of 4169
         res = bound(cl, ch, _unpack(pk[parent], chain.hidden_sizes) if reuse_parent else None)
-        best = res.lower.max(1).values.reshape(2, N, k_cand)
+        best = res.lower.max(1).values.reshape(2, N, k)
         worse = torch.minimum(best[0], best[1]).masked_fill(~valid, -float("inf"))
         pick = worse.argmax(1)                               # (N,)
-        sel = torch.cat([torch.arange(N) * k_cand + pick, N * k_cand + torch.arange(N) * k_cand + pick])
+        sel = torch.cat([torch.arange(N) * k + pick, N * k + torch.arange(N) * k + pick])
         cl, ch = cl[sel], ch[sel]
         open_ = ~(res.lower.max(1).values[sel] > PROOF_TOL)
         if not bool(open_.any()):
@@ -228,6 +250,11 @@ class BoxMilps:
         self._boxes[key] = (l, h, pre, record)
         self._worker.put(key)
 
+    def settled(self) -> bool:
+        """Whether a box has come back or none is left in the thread (the search has news)."""
+        with self._lock:
+            return self._pending == 0 or bool(self._back) or bool(self._found)
+
     def collect(self):
         """(records not proved, candidate inputs, number still in the thread), read at once."""
         with self._lock:
@@ -279,8 +306,11 @@ def _unpack(pk: torch.Tensor, sizes) -> list:
 def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None):
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
-    open. Both bounds are sound, so their maximum is; ``lam_in`` comes from the last stage run."""
-    res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward")
+    open. Both bounds are sound, so their maximum is; ``lam_in`` comes from the last stage run.
+    The result's ``instability`` (B, n_in): see ``relax._forward_pre``."""
+    inst = []
+    res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", inst=inst)
+    res.instability = inst[0]
     if mode == "forward" and iterations == 0:
         return res
     open_ = ~(res.lower.max(1).values > PROOF_TOL)
@@ -298,7 +328,9 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
         a, b = a.clone(), b.clone()
         a[open_], b[open_] = sa, sb
         pre_out.append((a, b))
-    return _Bounds(lower, lam, pre_out, lam_lower)
+    out = _Bounds(lower, lam, pre_out, lam_lower)
+    out.instability = inst[0]
+    return out
 
 
 class _Bounds:
@@ -309,6 +341,7 @@ class _Bounds:
 class _Sub:
     def __init__(self, res, rows):
         self.lower, self.lam_in, self.lam_lower = res.lower[rows], res.lam_in[rows], res.lam_lower[rows]
+        self.instability = res.instability[rows]
 
 
 def _minimizers(res, l, h, rows):
@@ -319,8 +352,10 @@ def _minimizers(res, l, h, rows):
 
 
 def _scores(res, l, h, min_width, rows):
-    """|coefficient of the best row| x width per dimension; -1 where the box is too thin."""
+    """(N, 2 n_in): |coefficient of the best row| x width per dimension, then the box's
+    ``instability`` per dimension; -1 where the box is too thin."""
     row = res.lower[:, :rows].max(1).indices
     width = h - l
     sc = res.lam_in[torch.arange(l.shape[0]), row].abs() * width + 1e-12 * width
-    return torch.where(width > min_width, sc, torch.full_like(sc, -1.0))
+    sc = torch.cat([sc, res.instability + 1e-12 * width], 1)
+    return torch.where((width > min_width).repeat(1, 2), sc, torch.full_like(sc, -1.0))

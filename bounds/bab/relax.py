@@ -104,13 +104,16 @@ def _clamp(l: Tensor, u: Tensor, s: Tensor | None):
     return l, u
 
 
-def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
+def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None, inst=None):
     """Forward linear relaxation (symbolic intervals): z_k in [Lw x + Lb, Uw x + Ub] for x in the box,
     propagated layer by layer with the same ReLU relaxation; cost O(n_k^2 n_in) per layer, so
     cheap for low-dimensional inputs. Returns clamped (l, u) (B, n_k) per hidden layer.
 
     Layout: the lower and upper forms of all B domains are one matrix (2 n_k, B (n_in + 1)) (the
-    last of the n_in + 1 columns is the constant), so a layer is one GEMM with [[W+, W-], [W-, W+]]."""
+    last of the n_in + 1 columns is the constant), so a layer is one GEMM with [[W+, W-], [W-, W+]].
+    ``inst``: a list to which the (B, n_in) *instability* of each input dimension is appended:
+    over the neurons left unstable, the share of each one's symbolic range that the dimension's
+    width causes, summed (which input to split to make neurons stable)."""
     B, n_in = lo.shape
     c, r = (hi + lo) / 2, (hi - lo) / 2                      # (B, n_in)
     w, b = chain.weights[0], chain.biases[0]
@@ -123,7 +126,8 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
     for t in range(len(chain.weights) - 1):
         Fw, Fb = F[..., :n_in], F[..., n_in]                 # (2, n, B, n_in), (2, n, B)
         mid = (Fw * c).sum(-1) + Fb
-        dev = (Fw.abs() * r).sum(-1)
+        per_dim = Fw.abs() * r                               # (2, n, B, n_in)
+        dev = per_dim.sum(-1)
         l, u = (mid[0] - dev[0]).T, (mid[1] + dev[1]).T      # (B, n)
         if pre is not None:
             l, u = torch.maximum(l, pre[t][0]), torch.minimum(u, pre[t][1])
@@ -131,7 +135,11 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
                 l, u = torch.minimum(l, u), torch.maximum(l, u)
         l, u = _clamp(l, u, None if splits is None else splits[t])
         out.append((l, u))
-        su, tu, sl, _ = _relax(l, u)
+        su, tu, sl, unstable = _relax(l, u)
+        if inst is not None:
+            share = (per_dim[0] + per_dim[1]) / (dev[0] + dev[1]).clamp(min=1e-300).unsqueeze(-1)
+            score = (share * unstable.T.unsqueeze(-1)).sum(0)                  # (B, n_in)
+            inst_sum = score if t == 0 else inst_sum + score
         G = torch.stack([F[0] * sl.T.unsqueeze(-1), F[1] * su.T.unsqueeze(-1)])
         G[1, :, :, n_in] += tu.T
         w, b = chain.weights[t + 1], chain.biases[t + 1]
@@ -141,6 +149,8 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None):
         F = (W2 @ G.reshape(2 * n, B * (n_in + 1))).reshape(2, m, B, n_in + 1)
         F[:, :, :, n_in] += b.unsqueeze(1)
         n = m
+    if inst is not None:
+        inst.append(inst_sum if out else torch.zeros_like(lo))
     return out
 
 
@@ -226,14 +236,15 @@ def _crown_layer(chain: Chain, t: int, lo: Tensor, hi: Tensor, out) -> tuple[Ten
 def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None,
                           recompute: bool = True, mode: str = "backward",
                           refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                          deadline: float | None = None) -> list[tuple[Tensor, Tensor]]:
+                          deadline: float | None = None, inst=None) -> list[tuple[Tensor, Tensor]]:
     """Clamped bounds (l, u) (B, n_k) of every hidden pre-activation over the domains.
 
     ``mode``: "backward" (CROWN back-substitution per layer, tighter), "forward" (symbolic
     intervals, much cheaper when the input has few dimensions), "hybrid" (forward, then CROWN
     for the neurons still unstable) or "refine" (``pre`` clamped by the splits, then CROWN for
     the neurons still unstable: the splits of earlier layers tighten later ones; ``refine_from``
-    (B,), ``pre_alpha``: see ``_refine_unstable``)."""
+    (B,), ``pre_alpha``: see ``_refine_unstable``). ``inst`` (modes "forward", "hybrid"): see
+    ``_forward_pre``."""
     B = lo.shape[0]
     if mode == "refine" and pre is not None and recompute:
         out = [_clamp(l.expand(B, -1), u.expand(B, -1), None if splits is None else splits[t])
@@ -241,7 +252,7 @@ def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre
         return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from, pre_alpha=pre_alpha,
                                 deadline=deadline)
     if mode in ("forward", "hybrid") and (pre is None or recompute):
-        out = _forward_pre(chain, lo, hi, splits, pre)
+        out = _forward_pre(chain, lo, hi, splits, pre, inst)
         return _refine_unstable(chain, lo, hi, out, splits) if mode == "hybrid" else out
     out = []
     for t in range(len(chain.weights) - 1):
@@ -338,7 +349,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
                   beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                  deadline: float | None = None) -> DomainBounds:
+                  deadline: float | None = None, inst: list | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``deadline`` (time.monotonic()): the per-domain refinement (mode "refine") and the alpha/beta
@@ -349,12 +360,14 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
     from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the
     parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0).
+    ``inst``: a list that gets the inputs' instability (``_forward_pre``; modes "forward", "hybrid").
     """
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     C, d = C.to(torch.float64), d.to(torch.float64)
     L = len(chain.weights)
     with torch.no_grad():
-        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha, deadline)
+        pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha, deadline,
+                                      inst)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can

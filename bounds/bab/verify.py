@@ -169,20 +169,44 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # face-biased samples run (violations in thin regions).
             its = 3 if iterations is None else iterations
             # the 2-candidate search hands its small open boxes to MILPs in a second thread
-            # (``BoxMilps``), which keep working while the other searches have their turns
+            # (``BoxMilps``), which keep working while the other searches have their turns.
+            # When only boxes in that thread are left to it, it gives its turn up at once
+            # (``wait=False``, instead of waiting the turn out), and the other searches stop as soon
+            # as the thread has news for it (``stop``): it runs then, inside their turn. ACAS Xu
+            # 1_1 prop_6: unsat in 66 s instead of 83 s
             box_milps = BoxMilps(chain, lo, hi, C, d) if use_milp else None
-            searches = [dict(batch=batch or 1024, iterations=0, candidates=1),
-                        dict(batch=batch or 512, iterations=0, candidates=2, milp=box_milps),
+            states = [{}, {}, {}]
+
+            def waiting():   # the MILP search has nothing left but parked boxes, and news of them
+                return "stack" in states[1] and not states[1]["stack"] and box_milps.settled()
+
+            # the 1- and 2-candidate searches also try the input that causes most of the unstable
+            # neurons' ranges (``instability``; the 5-candidate one tries every input already)
+            searches = [dict(batch=batch or 1024, iterations=0, candidates=1, instability=True),
+                        dict(batch=batch or 512, iterations=0, candidates=2, milp=box_milps, instability=True,
+                             wait=box_milps is None),
                         dict(batch=batch or 128, iterations=its, candidates=5)]
+            if box_milps is not None:
+                searches[0]["stop"] = searches[2]["stop"] = waiting
+
+            def run_turn(k, until):
+                while True:
+                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
+                                                  state=states[k], **searches[k])
+                    if verdict != "timeout" or k == 1 or box_milps is None or not waiting():
+                        return verdict, ce
+                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
+                                                  state=states[1], **searches[1])
+                    if verdict != "timeout" or time.monotonic() >= until:
+                        return verdict, ce
+                    # search k goes on with what is left of its turn
+
             try:
-                states = [{} for _ in searches]
                 start, slice_, turn, attacked = time.monotonic(), 0.5, 0, not falsify_first
                 verdict, ce = "timeout", None
                 while time.monotonic() < deadline:
-                    until = min(deadline, time.monotonic() + slice_)
                     k = turn % len(searches)
-                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
-                                                  state=states[k], **searches[k])
+                    verdict, ce = run_turn(k, min(deadline, time.monotonic() + slice_))
                     if verdict != "timeout":
                         break
                     slice_ *= 2 if k == len(searches) - 1 else 1
