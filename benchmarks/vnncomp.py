@@ -5,7 +5,8 @@ For each benchmark: correct sat, correct unsat, wrong, unknown/timeout, median t
 alpha-beta-CROWN's columns from ground_truth.csv (its verdicts on the same instances, scored the
 same way, and its median time minus start-up overhead, GPU machine). Timeouts are the
 competition's times ``--timeout-scale``; ``--every K`` / ``--limit N`` pick a subset (every K-th
-instance of each benchmark). Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
+instance of each benchmark), ``--unsolved-in DIR`` the instances an earlier run left undecided,
+``--known-truth`` those whose truth is known. Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
 (``--fresh`` starts over); the table is printed and written to ``<out>/vnncomp.json``.
 
     python benchmarks/vnncomp.py --quick                 # test + every 12th acasxu/mnistfc, x0.1 timeouts
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=1, help="run every K-th instance of each benchmark")
     ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
     ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
+    ap.add_argument("--unsolved-in", default=None, metavar="DIR",
+                    help="only the instances without a sat/unsat verdict in DIR/<benchmark>.csv (an earlier "
+                         "run, e.g. at scaled timeouts)")
+    ap.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
     ap.add_argument("--fresh", action="store_true", help="ignore earlier rows in the output folder")
@@ -66,8 +71,22 @@ def main(argv=None) -> int:
     table = {}
     for name in args.benchmarks.split(","):
         bdir = shared / name
+        unsolved = None
+        if args.unsolved_in:
+            prev = Path(args.unsolved_in) / f"{name}.csv"
+            if not prev.exists():
+                print(f"error: --unsolved-in: {prev} does not exist", file=sys.stderr)
+                return 2
+            with open(prev, newline="") as f:
+                unsolved = {(r["onnx"], r["vnnlib"]) for r in csv.DictReader(f) if r["verdict"] not in ("sat", "unsat")}
+        known = {(r["onnx"].split("/", 1)[-1], r["vnnlib"].split("/", 1)[-1]) for r in gt_rows
+                 if r["benchmark"] == name and r["truth"] in ("sat", "unsat")}
 
         def select(k, onnx, vnn):
+            if unsolved is not None and (onnx, vnn) not in unsolved:
+                return False
+            if args.known_truth and (onnx, vnn) not in known:
+                return False
             return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
@@ -87,6 +106,7 @@ def main(argv=None) -> int:
             print(f"{name:<10} {tool:<8} {s['instances']:>4} {s['correct_sat']:>6} {s['correct_unsat']:>8} "
                   f"{s['wrong']:>5} {bv['unknown'] + bv['timeout'] + bv['error']:>6} {s['median_s']:>8} {s['score']:>6}")
     meta = {"timeout_scale": args.timeout_scale, "every": args.every, "limit": args.limit, "threads": args.threads,
+            "unsolved_in": args.unsolved_in, "known_truth": args.known_truth,
             "machine": platform.platform(), "torch": torch.__version__,
             "note": "abcrown columns: its 2021 verdicts on the same instances, times minus start-up, GPU"}
     (out / "vnncomp.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))

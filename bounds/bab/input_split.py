@@ -79,7 +79,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     def bound(l, h, pre=None):
         n = l.shape[0]
         t = time.monotonic()
-        res = staged_bounds(chain, l, h, Cb.expand(n, -1, -1), db.expand(n, -1), iterations, mode, pre)
+        res = staged_bounds(chain, l, h, Cb.expand(n, -1, -1), db.expand(n, -1), iterations, mode, pre, unst)
         stats["bound_calls"] += 1
         stats["domains"] += n
         stats["time_bound"] += time.monotonic() - t
@@ -303,14 +303,14 @@ def _unpack(pk: torch.Tensor, sizes) -> list:
     return out
 
 
-def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None):
+def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False):
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
     open. Both bounds are sound, so their maximum is; ``lam_in`` comes from the last stage run.
-    The result's ``instability`` (B, n_in): see ``relax._forward_pre``."""
-    inst = []
+    The result's ``instability`` (B, n_in): see ``relax._forward_pre`` (zeros unless asked for)."""
+    inst = [] if instability else None
     res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", inst=inst)
-    res.instability = inst[0]
+    res.instability = inst[0] if instability else torch.zeros_like(l)
     if mode == "forward" and iterations == 0:
         return res
     open_ = ~(res.lower.max(1).values > PROOF_TOL)
@@ -329,7 +329,7 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
         a[open_], b[open_] = sa, sb
         pre_out.append((a, b))
     out = _Bounds(lower, lam, pre_out, lam_lower)
-    out.instability = inst[0]
+    out.instability = res.instability
     return out
 
 
