@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
                     candidates: int = 5, reuse_parent: bool = True, clip: bool = True,
                     mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None,
-                    instability: bool = False, stop=None, wait: bool = True):
+                    instability: bool = False, stop: "Callable[[], bool] | None" = None, wait: bool = True):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
