@@ -29,7 +29,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from certify.cli.vnn import run_benchmark, summarize  # noqa: E402
+from certify.cli.vnn import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
 
 
 def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     shared = Path(args.shared)
     gt_path = shared / "ground_truth.csv"
     gt_rows = list(csv.DictReader(open(gt_path, newline="")))
+    gt = read_ground_truth(gt_path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = {}
@@ -79,13 +80,11 @@ def main(argv=None) -> int:
                 return 2
             with open(prev, newline="") as f:
                 unsolved = {(r["onnx"], r["vnnlib"]) for r in csv.DictReader(f) if r["verdict"] not in ("sat", "unsat")}
-        known = {(r["onnx"].split("/", 1)[-1], r["vnnlib"].split("/", 1)[-1]) for r in gt_rows
-                 if r["benchmark"] == name and r["truth"] in ("sat", "unsat")}
 
         def select(k, onnx, vnn):
             if unsolved is not None and (onnx, vnn) not in unsolved:
                 return False
-            if args.known_truth and (onnx, vnn) not in known:
+            if args.known_truth and (truth_for(gt, name, onnx, vnn) or {}).get("truth") not in ("sat", "unsat"):
                 return False
             return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
 

@@ -116,7 +116,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         else:
             stack = []
         N = l.shape[0]
-        sc, inst = sc[:, :n_in], sc[:, n_in:]
+        sc, inst = sc[:, :n_in], sc[:, n_in:]     # inst: (N, n_in) with ``instability``, else empty
         top = sc.topk(k_cand, dim=1)
         thin = top.values[:, 0] < 0
         if bool(thin.any()):           # a box too thin to split and still open: its points decide it
@@ -308,10 +308,8 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
     open. Both bounds are sound, so their maximum is; ``lam_in`` comes from the last stage run.
-    The result's ``instability`` (B, n_in): see ``relax._forward_pre`` (zeros unless asked for)."""
-    inst = [] if instability else None
-    res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", inst=inst)
-    res.instability = inst[0] if instability else torch.zeros_like(l)
+    ``instability``: the result's ``instability`` (B, n_in) from the first stage (else None)."""
+    res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", instability=instability)
     if mode == "forward" and iterations == 0:
         return res
     open_ = ~(res.lower.max(1).values > PROOF_TOL)
@@ -329,20 +327,19 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
         a, b = a.clone(), b.clone()
         a[open_], b[open_] = sa, sb
         pre_out.append((a, b))
-    out = _Bounds(lower, lam, pre_out, lam_lower)
-    out.instability = res.instability
-    return out
+    return _Bounds(lower, lam, pre_out, lam_lower, res.instability)
 
 
 class _Bounds:
-    def __init__(self, lower, lam_in, pre, lam_lower):
+    def __init__(self, lower, lam_in, pre, lam_lower, instability):
         self.lower, self.lam_in, self.pre, self.lam_lower = lower, lam_in, pre, lam_lower
+        self.instability = instability
 
 
 class _Sub:
     def __init__(self, res, rows):
         self.lower, self.lam_in, self.lam_lower = res.lower[rows], res.lam_in[rows], res.lam_lower[rows]
-        self.instability = res.instability[rows]
+        self.instability = None if res.instability is None else res.instability[rows]
 
 
 def _minimizers(res, l, h, rows):
@@ -353,10 +350,12 @@ def _minimizers(res, l, h, rows):
 
 
 def _scores(res, l, h, min_width, rows):
-    """(N, 2 n_in): |coefficient of the best row| x width per dimension, then the box's
-    ``instability`` per dimension; -1 where the box is too thin."""
+    """(N, n_in): |coefficient of the best row| x width per dimension, followed, when the bounds
+    carry it, by the box's ``instability`` per dimension (N, 2 n_in); -1 where the box is too thin."""
     row = res.lower[:, :rows].max(1).indices
     width = h - l
-    sc = res.lam_in[torch.arange(l.shape[0]), row].abs() * width + 1e-12 * width
-    sc = torch.cat([sc, res.instability + 1e-12 * width], 1)
-    return torch.where((width > min_width).repeat(1, 2), sc, torch.full_like(sc, -1.0))
+    parts = [res.lam_in[torch.arange(l.shape[0]), row].abs() * width]
+    if res.instability is not None:
+        parts.append(res.instability)
+    thin = width <= min_width
+    return torch.cat([(p + 1e-12 * width).masked_fill(thin, -1.0) for p in parts], 1)

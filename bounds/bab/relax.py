@@ -41,7 +41,8 @@ class DomainBounds:
     split), for warm-starting child domains; None when no optimization ran. ``lam_lower`` (B, r): the
     lower bound of the very pass that produced ``lam_in``, so ``lam_lower + lam_in (x - c) + |lam_in| rad``
     (c, rad: the box's centre and radius) is a sound linear lower bound of each row at every x in
-    the box (used to clip input boxes)."""
+    the box (used to clip input boxes). ``instability`` (B, n_in): how much of the unstable
+    neurons' ranges each input causes (``_forward_pre``), when asked for."""
 
     lower: Tensor
     lam_in: Tensor
@@ -50,6 +51,7 @@ class DomainBounds:
     alpha: list[Tensor] | None = None
     beta: list[Tensor | None] | None = None
     lam_lower: Tensor | None = None
+    instability: Tensor | None = None
 
 
 def _relax(l: Tensor, u: Tensor):
@@ -349,7 +351,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
                   beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                  deadline: float | None = None, inst: list | None = None) -> DomainBounds:
+                  deadline: float | None = None, instability: bool = False) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``deadline`` (time.monotonic()): the per-domain refinement (mode "refine") and the alpha/beta
@@ -360,8 +362,10 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
     from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the
     parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0).
-    ``inst``: a list that gets the inputs' instability (``_forward_pre``; modes "forward", "hybrid").
+    ``instability`` (modes "forward", "hybrid"): also return the inputs' instability
+    (``_forward_pre``).
     """
+    inst = [] if instability else None
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
     C, d = C.to(torch.float64), d.to(torch.float64)
     L = len(chain.weights)
@@ -419,4 +423,5 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     best = best.detach()
     best = torch.where(empty.unsqueeze(1), torch.full_like(best, float("inf")), best)
     det = (lambda xs: None if xs is None else [None if x is None else x.detach() for x in xs])
-    return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta), lam_lower)
+    return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta), lam_lower,
+                        inst[0] if instability else None)

@@ -175,10 +175,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # as the thread has news for it (``stop``): it runs then, inside their turn (ACAS Xu
             # 1_1 prop_6 with the instability candidate in that search only: 66 s instead of 83 s)
             box_milps = BoxMilps(chain, lo, hi, C, d) if use_milp else None
-            states = [{}, {}, {}]
+            states, M = [{}, {}, {}], 1           # M: the search that parks boxes in ``box_milps``
 
             def waiting():   # the MILP search has nothing left but parked boxes, and news of them
-                return "stack" in states[1] and not states[1]["stack"] and box_milps.settled()
+                return "stack" in states[M] and not states[M]["stack"] and box_milps.settled()
 
             # the 1- and 2-candidate searches also try the input that causes most of the unstable
             # neurons' ranges (``instability``; the 5-candidate one tries every input already)
@@ -187,16 +187,19 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                              wait=False),
                         dict(batch=batch or 128, iterations=its, candidates=5)]
             if box_milps is not None:
-                searches[0]["stop"] = searches[2]["stop"] = waiting
+                for k, s in enumerate(searches):
+                    if k != M:
+                        s["stop"] = waiting
+
+            def search(k, until):   # search k, from where it stopped, until ``until``
+                return input_split_bab(chain, lo, hi, C, d, until, try_points, stats, state=states[k], **searches[k])
 
             def run_turn(k, until):
                 while True:
-                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
-                                                  state=states[k], **searches[k])
-                    if verdict != "timeout" or k == 1 or box_milps is None or not waiting():
+                    verdict, ce = search(k, until)
+                    if verdict != "timeout" or k == M or box_milps is None or not waiting():
                         return verdict, ce
-                    verdict, ce = input_split_bab(chain, lo, hi, C, d, until, try_points, stats,
-                                                  state=states[1], **searches[1])
+                    verdict, ce = search(M, until)
                     if verdict != "timeout" or time.monotonic() >= until:
                         return verdict, ce
                     # search k goes on with what is left of its turn

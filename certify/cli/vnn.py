@@ -146,7 +146,8 @@ def read_ground_truth(path: Path | None) -> dict[tuple[str, str], dict]:
         return out
 
 
-def _truth_for(gt: dict, bench: str, onnx: str, vnnlib: str):
+def truth_for(gt: dict, bench: str, onnx: str, vnnlib: str):
+    """The ground-truth row (``read_ground_truth``) of one instance of benchmark ``bench``, or None."""
     return gt.get((f"{bench}/{onnx}", f"{bench}/{vnnlib}")) or gt.get((onnx, vnnlib))
 
 
@@ -230,7 +231,7 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
                 log(f"  {onnx} {vnn}: error: {e}")
                 verdict = "error"
             secs = time.monotonic() - t0
-            g = _truth_for(gt, bench, onnx, vnn)
+            g = truth_for(gt, bench, onnx, vnn)
             truth = g["truth"] if g else ""
             correct, _ = score_row(verdict, truth or None, ce_valid)
             row = {"benchmark": bench, "onnx": onnx, "vnnlib": vnn, "timeout_s": f"{timeout:.1f}",
