@@ -7,6 +7,7 @@ always, and every sat must carry a counterexample that violates the property in 
 """
 from __future__ import annotations
 
+import highspy
 import numpy as np
 import pytest
 import torch
@@ -151,11 +152,15 @@ def test_unsat_needs_branching_on_a_hard_case():
     pytest.fail("no random case needed branching")
 
 
-def test_chain_milp_decisions_match_the_exact_minimum():
-    """``ChainMilp`` over alpha-CROWN root bounds (conjunctions of 1-2 rows): a proof only where
-    the exact minimum t* is positive, a candidate only where it is negative (and the candidate's
-    float64 value is within the solver tolerance of a violation); every case away from 0 decided."""
-    from bounds.bab.milp_chain import ChainMilp, box_encoding
+@pytest.mark.parametrize("encoding", ["box_encoding", "compact_encoding"])
+def test_chain_milp_decisions_match_the_exact_minimum(encoding):
+    """``ChainMilp`` over alpha-CROWN root bounds (conjunctions of 1-2 rows), with either
+    encoding: a proof only where the exact minimum t* is positive, a candidate only where it is
+    negative (and the candidate's float64 value is within the solver tolerance of a violation);
+    every case away from 0 decided."""
+    import bounds.bab.milp_chain as mc
+    from bounds.bab.milp_chain import ChainMilp
+    box_encoding = getattr(mc, encoding)
     from bounds.bab.relax import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     proved = found = 0
@@ -179,6 +184,40 @@ def test_chain_milp_decisions_match_the_exact_minimum():
             assert np.all(m.candidate >= lo - 1e-9) and np.all(m.candidate <= hi + 1e-9)
             found += 1
     assert proved >= 3 and found >= 3
+
+
+def test_compact_encoding_has_the_exact_minimum():
+    """``compact_encoding`` (stable ReLUs substituted away) and ``box_encoding`` describe the same
+    MILP: solved to optimality, both give the exact minimum t* of max_r (A f(x) - b)_r over the box
+    (found independently by ``exact_min``), on boxes of several widths (some with many stable
+    neurons, active and inactive, some with none unstable: a plain LP)."""
+    from bounds.bab.milp_chain import ChainMilp, box_encoding, compact_encoding
+    from bounds.bab.relax import optimized_pre_bounds
+    from certify.convex.highs import make_highs, set_objective
+    from certify.spec.vnnlib import conjunction_margins
+    kinds = set()
+    for seed in range(8):
+        net, prop, lo, hi, A, b = random_case(540 + seed, [3, 12, 12, 3])
+        c, r = (lo + hi) / 2, (hi - lo) / 2 * [1.0, 0.3, 0.05, 0.002][seed % 4]
+        lo, hi = c - r, c + r
+        ch = to_chain(net)
+        l64, h64 = torch.as_tensor(lo).reshape(1, -1), torch.as_tensor(hi).reshape(1, -1)
+        pre = optimized_pre_bounds(ch, l64, h64, iterations=5)
+        C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+        opt = []
+        for enc in (box_encoding(ch, l64[0], h64[0], pre), compact_encoding(ch, l64[0], h64[0], pre)):
+            m = ChainMilp(ch, enc, C, d)
+            h = make_highs(m.enc, 30.0, m.options)
+            cost = np.zeros(m.enc.A.shape[1])
+            cost[-1] = 1.0
+            set_objective(h, cost)
+            h.run()
+            assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+            opt.append(h.getInfo().objective_function_value)
+        t_star = exact_min(net, lo, hi, A, b)
+        assert abs(opt[0] - t_star) < 1e-6 and abs(opt[1] - t_star) < 1e-6, (seed, opt, t_star)
+        kinds.add(sum(int(((a < 0) & (u > 0)).sum()) for a, u in pre) == 0)
+    assert kinds == {True, False}
 
 
 def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones():
@@ -241,7 +280,7 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum(instability, w
     """Input splitting that parks every open box below the root with ``BoxMilps`` (depth 0, any
     number of unstable ReLUs): on cases with the exact minimum t* = +0.02 it proves unsat, with
     MILPs that did prove boxes; with t* = -0.02 it never says unsat, and a sat comes with a point
-    that violates the property in float64. The thread is gone after ``close``. Also with the
+    that violates the property in float64. The threads are gone after ``close``. Also with the
     instability candidate, and with ``wait=False`` (the search returns while boxes are parked and
     is called again with its state until it decides)."""
     import time
@@ -269,7 +308,7 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum(instability, w
                                               candidates=2, milp=milp, instability=instability, wait=wait,
                                               state=state)
             milp.close()
-            assert not milp._worker._thread.is_alive()
+            assert not any(w._thread.is_alive() for w in milp._workers)
             if tau < 0:
                 assert verdict == "unsat", seed
                 used += milp.proved

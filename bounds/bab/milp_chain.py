@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,45 +40,112 @@ def chain_to_pl(chain: Chain) -> PiecewiseLinear:
     return PiecewiseLinear((chain.n_in,), layers, out)
 
 
-def box_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> Encoding:
+@dataclass
+class ChainEncoding:
+    """A MILP of a chain's hidden layers over one box: the rows ``enc`` and the last hidden
+    layer's ReLU outputs as an affine map of its columns, ``z_last = last @ cols + last_const``
+    (n_last,), which the obligation's output rows are built from."""
+    enc: Encoding
+    last: sp.csr_matrix        # (n_last, N)
+    last_const: np.ndarray     # (n_last,)
+    options: dict = field(default_factory=dict)   # HiGHS options for its MILPs
+
+
+def box_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> ChainEncoding:
     """The big-M encoding of the hidden layers over the box ``lo``, ``hi`` (n_in,) and the bounds
-    ``pre`` (list of (l, u), (1, n_k) or (n_k,)): shared by every obligation of one box."""
-    return encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
-                  [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
+    ``pre`` (list of (l, u), (1, n_k) or (n_k,)): shared by every obligation of one box. One
+    column per ReLU output: the weight matrices stay sparse in it (784-input mnistfc)."""
+    enc = encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
+                 [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
+    n, off, N = chain.hidden_sizes[-1], enc.offsets[-1], enc.A.shape[1]
+    last = sp.csr_matrix((np.ones(n), (np.arange(n), off + np.arange(n))), shape=(n, N))
+    return ChainEncoding(enc, last, np.zeros(n))
+
+
+def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> ChainEncoding:
+    """The same MILP as ``box_encoding`` with every stable ReLU substituted away: columns are the
+    inputs, then per layer the unstable ReLUs' outputs a and binaries delta (the last column
+    layout: [x, a_1, delta_1, a_2, delta_2, ...]). Each pre-activation is an affine map
+    ``P v + p`` of the columns so far; an active ReLU's output is that map (with the row
+    l <= P v + p <= u the big-M encoding has as its column bounds), an inactive one's is 0, and an
+    unstable one's satisfies a >= pre, a <= pre - l (1 - delta), 0 <= a <= u delta.
+
+    Dense rows over few columns: for a small box of a few-input network (ACAS Xu: 5 inputs,
+    20-30 unstable ReLUs) HiGHS decides it in ~13 ms instead of ~45 ms (plus ~7 ms to build the
+    sparse encoding, here ~1 ms): presolve has no stable neurons to remove."""
+    x_lo, x_hi = lo.double().numpy().ravel(), hi.double().numpy().ravel()
+    n_in = x_lo.size
+    col_lo, col_hi, integer = [x_lo], [x_hi], [np.zeros(n_in, dtype=bool)]
+    rows, r_lo, r_hi = [], [], []
+    Z, zc = np.eye(n_in), np.zeros(n_in)          # the previous layer's outputs: Z v + zc
+    for k, (w, b) in enumerate(zip(chain.weights[:-1], chain.biases[:-1])):
+        w = w.double().numpy()
+        P, p = w @ Z, w @ zc + b.double().numpy()
+        l, u = (t.double().numpy().ravel() for t in pre[k])
+        act, uns = l >= 0, (l < 0) & (u > 0)
+        iu = np.flatnonzero(uns)
+        m, nv = iu.size, P.shape[1]
+        N = nv + 2 * m
+        P = np.hstack([P, np.zeros((P.shape[0], 2 * m))])
+        rows = [np.hstack([r, np.zeros((r.shape[0], 2 * m))]) for r in rows]
+        if act.any():                                                     # l <= pre <= u
+            rows.append(P[act]); r_lo.append(l[act] - p[act]); r_hi.append(u[act] - p[act])
+        if m:
+            Ea, Ed = np.zeros((m, N)), np.zeros((m, N))
+            Ea[np.arange(m), nv + np.arange(m)] = 1.0
+            Ed[np.arange(m), nv + m + np.arange(m)] = 1.0
+            Pu, lu, uu = P[iu], l[iu], u[iu]
+            rows += [Pu - Ea, Ea - Pu - lu[:, None] * Ed, Ea - uu[:, None] * Ed]
+            r_lo += [np.full(m, -np.inf)] * 3
+            r_hi += [-p[iu], p[iu] - lu, np.zeros(m)]
+            col_lo += [np.zeros(m), np.zeros(m)]
+            col_hi += [uu, np.ones(m)]
+            integer += [np.zeros(m, dtype=bool), np.ones(m, dtype=bool)]
+        Z, zc = np.zeros((P.shape[0], N)), np.zeros(P.shape[0])
+        Z[act], zc[act] = P[act], p[act]
+        Z[iu, nv + np.arange(m)] = 1.0
+    N = Z.shape[1]
+    A = sp.csr_matrix(np.vstack(rows)) if rows else sp.csr_matrix((0, N))
+    A.eliminate_zeros()
+    integer = np.concatenate(integer)
+    enc = Encoding(A, np.concatenate(r_lo) if r_lo else np.zeros(0), np.concatenate(r_hi) if r_hi else np.zeros(0),
+                   np.concatenate(col_lo), np.concatenate(col_hi), integer, [0], int((~integer).sum()), [])
+    return ChainEncoding(enc, sp.csr_matrix(Z), zc, {"presolve": "off"})   # nothing to presolve: ~25% faster
 
 
 class ChainMilp:
     """The MILP of one obligation ``max_r (C z_L + d)_r > 0`` over a box, from the box's
-    ``box_encoding``. ``solve`` runs HiGHS
+    ``box_encoding`` or ``compact_encoding``. ``solve`` runs HiGHS
     (one thread) until the obligation is decided, ``time_limit`` passes or ``cancel()`` is called;
     it is meant to run in a background thread beside branch and bound (HiGHS releases the GIL).
     After it: ``proved`` (bool), ``candidate`` (an input (n_in,) float64, clipped into the box,
     whose MILP value is negative, or None), ``status`` (HiGHS's), ``dual`` (the dual bound of the max-row value)."""
 
-    def __init__(self, chain: Chain, box: Encoding, C: torch.Tensor, d: torch.Tensor):
-        r, N = C.shape[0], box.A.shape[1]
-        off = box.offsets[-1]
-        W = chain.weights[-1].numpy()
+    def __init__(self, chain: Chain, box: ChainEncoding, C: torch.Tensor, d: torch.Tensor):
+        enc = box.enc
+        r, N = C.shape[0], enc.A.shape[1]
+        W, b = chain.weights[-1].double().numpy(), chain.biases[-1].double().numpy()
         Cn, dn = C.double().numpy(), d.double().numpy()
-        rows = np.zeros((r, N + 1))
-        rows[:, off:off + W.shape[1]] = Cn @ W
-        rows[:, N] = -1.0                                  # row_r(z) - t <= -(C b + d)_r
+        CW = sp.csr_matrix(Cn @ W)
+        rows = sp.hstack([CW @ box.last, sp.csr_matrix(-np.ones((r, 1)))])   # row_r(z) - t <= -const_r
+        const = Cn @ (W @ box.last_const + b) + dn
         self.enc = replace(
-            box, A=sp.vstack([sp.hstack([box.A, sp.csr_matrix((box.A.shape[0], 1))]), sp.csr_matrix(rows)]).tocsr(),
-            row_lo=np.concatenate([box.row_lo, np.full(r, -np.inf)]),
-            row_hi=np.concatenate([box.row_hi, -(Cn @ chain.biases[-1].numpy() + dn)]),
-            col_lo=np.concatenate([box.col_lo, [-np.inf]]), col_hi=np.concatenate([box.col_hi, [np.inf]]),
-            integer=np.concatenate([box.integer, [False]]))
+            enc, A=sp.vstack([sp.hstack([enc.A, sp.csr_matrix((enc.A.shape[0], 1))]), rows]).tocsr(),
+            row_lo=np.concatenate([enc.row_lo, np.full(r, -np.inf)]),
+            row_hi=np.concatenate([enc.row_hi, -const]),
+            col_lo=np.concatenate([enc.col_lo, [-np.inf]]), col_hi=np.concatenate([enc.col_hi, [np.inf]]),
+            integer=np.concatenate([enc.integer, [False]]))
         self.n_in = chain.n_in
-        self.binaries = int(box.integer.sum())
+        self.binaries = int(enc.integer.sum())
         self.proved, self.candidate, self.status, self.dual = False, None, "not_run", -np.inf
+        self.options = box.options
         self._cancel = False
 
     def cancel(self) -> None:
         self._cancel = True
 
     def solve(self, time_limit: float) -> None:
-        h = make_highs(self.enc, max(time_limit, 0.01))
+        h = make_highs(self.enc, max(time_limit, 0.01), self.options)
         cost = np.zeros(self.enc.A.shape[1])
         cost[-1] = 1.0
         set_objective(h, cost, 0.0)
