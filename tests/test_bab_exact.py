@@ -220,8 +220,9 @@ def test_compact_encoding_has_the_exact_minimum():
     assert kinds == {True, False}
 
 
-def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones():
-    """``MilpQueue``: one thread solves the obligations' MILPs in order until the deadline. Of
+@pytest.mark.parametrize("threads", [1, 2])
+def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones(threads):
+    """``MilpQueue``: one or two threads solve the obligations' MILPs in order until the deadline. Of
     four (t* = +0.03, -0.03, +0.05, -0.05) the proved ones are exactly those with t* > 0, the
     candidates exactly those with t* < 0 (each violating the property within the solver's
     tolerance), and an obligation dropped before its turn (branch and bound decided it) is never
@@ -244,10 +245,10 @@ def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones():
         C, d = (torch.as_tensor(v) for v in conjunction_margins(*jobs[j]))
         return ChainMilp(ch, enc, C, d)
 
-    q = MilpQueue(range(5), make, time.monotonic() + 60.0)
+    q = MilpQueue(range(5), make, time.monotonic() + 60.0, threads=threads)
     q.drop(4)                     # decided elsewhere while the queue works on obligation 0
     q.wait()
-    assert 4 not in made and q.solves == 4
+    assert 4 not in made and q.solves == 4 and not q._worker.alive()
     assert q.proved == {0, 2}
     assert set(q.candidates) == {1, 3}
     for j, x in q.candidates.items():
@@ -308,7 +309,7 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum(instability, w
                                               candidates=2, milp=milp, instability=instability, wait=wait,
                                               state=state)
             milp.close()
-            assert not any(w._thread.is_alive() for w in milp._workers)
+            assert not milp._worker.alive()
             if tau < 0:
                 assert verdict == "unsat", seed
                 used += milp.proved

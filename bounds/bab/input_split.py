@@ -190,7 +190,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
 
 class BoxMilps:
     """Small open boxes decided exactly by HiGHS MILPs on ``threads`` ``milp_chain.MilpWorker``
-    threads (boxes dealt out in turn), beside the input split on the main thread.
+    threads (one queue), beside the input split on the main thread.
 
     ``eligible``: the open boxes with at most ``max_unstable`` unstable ReLUs and less than
     2^-``depth`` of the root box's volume (over its dimensions of positive width). A box is
@@ -237,11 +237,11 @@ class BoxMilps:
                         self._found.append(milp.candidate)
                 self._pending -= 1
 
-        self._workers = [MilpWorker(build, done) for _ in range(threads)]
+        self._worker = MilpWorker(build, done, threads)
 
     @property
     def calls(self) -> int:
-        return sum(w.solves for w in self._workers)
+        return self._worker.solves
 
     def eligible(self, l, h, pre) -> torch.Tensor:
         """(N,) bool: the boxes (l, h (N, n_in), bounds ``pre``) small enough for a MILP."""
@@ -254,7 +254,7 @@ class BoxMilps:
             self._pending += 1
             key, self._next = self._next, self._next + 1
         self._boxes[key] = (l, h, pre, record)
-        self._workers[key % len(self._workers)].put(key)
+        self._worker.put(key)
 
     def settled(self) -> bool:
         """Whether a box has come back or none is left in the thread (the search has news)."""
@@ -270,8 +270,7 @@ class BoxMilps:
 
     def close(self) -> None:
         """Cancel the running solve and stop the thread; parked boxes are forgotten."""
-        for w in self._workers:
-            w.close()
+        self._worker.close()
 
 
 def _root(lo, hi, bound, clip, min_width, stats, r0):

@@ -177,29 +177,32 @@ class ChainMilp:
 
 
 class MilpWorker:
-    """One background thread solving ``ChainMilp``s one at a time, beside branch and bound on the
-    main thread (HiGHS releases the GIL: the two use both cores).
+    """``threads`` background threads solving ``ChainMilp``s from one queue, beside branch and
+    bound on the main thread (HiGHS releases the GIL: they use the other core).
 
-    ``put(item)`` queues work; the thread calls ``build(item) -> (ChainMilp, time_limit) | None``
-    (None: nothing to solve), solves, then ``done(item, milp)``. ``drop(item)``: the item is
-    skipped if not begun, its solve cancelled if running (items must be hashable). ``join()``
-    waits for the queued items; ``close()`` cancels the running solve and stops, waiting for the
-    thread (one left inside HiGHS at interpreter exit aborts the process)."""
+    ``put(item)`` queues work; a free thread calls ``build(item) -> (ChainMilp, time_limit) | None``
+    (None: nothing to solve), solves, then ``done(item, milp)`` (called from that thread).
+    ``drop(item)``: the item is skipped if not begun, its solve cancelled if running (items must
+    be hashable). ``join()`` waits for the queued items; ``close()`` cancels the running solves
+    and stops, waiting for the threads (one left inside HiGHS at interpreter exit aborts the
+    process)."""
 
-    def __init__(self, build, done):
+    def __init__(self, build, done, threads: int = 1):
         self._build, self._done = build, done
         self.solves = 0
         self._todo: queue.Queue = queue.Queue()
         self._dropped: set = set()
-        self._current = None          # (item, ChainMilp) being solved
+        self._current: dict = {}      # thread index -> (item, ChainMilp) being solved
+        self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
 
     def put(self, item) -> None:
         self._todo.put(item)
 
-    def _run(self) -> None:
+    def _run(self, me: int) -> None:
         while True:
             item = self._todo.get()
             if item is None or self._closed:
@@ -210,29 +213,34 @@ class MilpWorker:
             if job is None:
                 continue
             milp, time_limit = job
-            self._current = (item, milp)
+            self._current[me] = (item, milp)
             if self._closed or item in self._dropped:   # dropped while being built
-                self._current = None
+                self._current.pop(me, None)
                 continue
             milp.solve(time_limit)
-            self._current = None
-            self.solves += 1
+            self._current.pop(me, None)
+            with self._lock:
+                self.solves += 1
             self._done(item, milp)
 
     def drop(self, item) -> None:
         self._dropped.add(item)
-        cur = self._current
-        if cur is not None and cur[0] == item:
-            cur[1].cancel()
+        for cur in list(self._current.values()):
+            if cur[0] == item:
+                cur[1].cancel()
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     def join(self) -> None:
-        self._todo.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._todo.put(None)
+        for t in self._threads:
+            t.join()
 
     def close(self) -> None:
         self._closed = True
-        cur = self._current
-        if cur is not None:
+        for cur in list(self._current.values()):
             cur[1].cancel()
         self.join()
 
@@ -249,7 +257,7 @@ class MilpQueue:
     x (n_in,) of j's MILP, still to be confirmed by the caller (who pops it). Set and dict updates
     are atomic, so the main thread may read them while the queue runs."""
 
-    def __init__(self, order, make, deadline: float):
+    def __init__(self, order, make, deadline: float, threads: int = 1):
         self.proved: set = set()
         self.candidates: dict = {}
 
@@ -265,7 +273,7 @@ class MilpQueue:
             elif milp.candidate is not None:
                 self.candidates[j] = milp.candidate
 
-        self._worker = MilpWorker(build, done)
+        self._worker = MilpWorker(build, done, threads)
         for j in order:
             self._worker.put(j)
 
