@@ -25,7 +25,7 @@ ended 1e-9 wide in the scored inputs and half the root's width in another one. W
 ``instability`` the input causing most of the unstable neurons' ranges (``relax._forward_pre``)
 is one more candidate; the pick among the candidates stays the bound-based one.
 
-Small open boxes can be handed to exact MILPs in a background thread (``BoxMilps``); the search
+Small open boxes can be handed to exact MILPs in background threads (``BoxMilps``); the search
 then ends with ``unsat`` only when its stack is empty and no parked box is left unproved.
 Soundness: a box leaves the search only when a float64 bound, the clipping, or a MILP's dual
 bound (with ``bounds.bab.milp_chain``'s margin) proves it.
@@ -106,7 +106,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             if state is not None:
                 state["stack"] = stack
             return "timeout", None
-        if not stack:                     # only boxes in the MILP thread are left
+        if not stack:                     # only boxes in the MILP threads are left
             time.sleep(0.005)
             continue
         l, h, sc, pk = (torch.cat(t) for t in zip(*stack))

@@ -7,8 +7,8 @@ few dimensions, ReLU splitting otherwise (``method`` forces one); box centres, b
 and LP optima are tried as counterexamples throughout, and PGD is repeated with new seeds
 between proofs. ``sat`` is reported only for a point confirmed in float64 through the IR;
 ``unsat`` only when every conjunction of every region was proved by sound bounds (float64) or
-by a MILP in the second thread: for ReLU splitting, one per obligation on networks with few
-unstable ReLUs; for input splitting, one per small open box (``bounds.bab.milp_chain``: HiGHS's
+by a MILP in a background thread: for ReLU splitting, one per obligation on networks with few
+unstable ReLUs; for input splitting, one per small open box, on two threads (``bounds.bab.milp_chain``: HiGHS's
 branch-and-bound dual bound, with a margin for its tolerances, as the convex engine's MILP
 certificates).
 
@@ -168,11 +168,11 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             # alpha steps (2_8 prop_1). Once 30% of the time is gone a large attack and 200k
             # face-biased samples run (violations in thin regions).
             its = 3 if iterations is None else iterations
-            # the 2-candidate search hands its small open boxes to MILPs in a second thread
+            # the 2-candidate search hands its small open boxes to MILPs in two background threads
             # (``BoxMilps``), which keep working while the other searches have their turns.
-            # When only boxes in that thread are left to it, it gives its turn up at once
+            # When only boxes in those threads are left to it, it gives its turn up at once
             # (``wait=False``, instead of waiting the turn out), and the other searches stop as soon
-            # as the thread has news for it (``stop``): it runs then, inside their turn (ACAS Xu
+            # as the threads have news for it (``stop``): it runs then, inside their turn (ACAS Xu
             # 1_1 prop_6 with the instability candidate in that search only: 66 s instead of 83 s)
             box_milps = BoxMilps(chain, lo, hi, C, d) if use_milp else None
             states, M = [{}, {}, {}], 1           # M: the search that parks boxes in ``box_milps``
