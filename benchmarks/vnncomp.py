@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     shared = Path(args.shared)
     gt_path = shared / "ground_truth.csv"
-    gt_rows = list(csv.DictReader(open(gt_path, newline="")))
     gt = read_ground_truth(gt_path)
+    gt_rows = list(gt.values())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = {}

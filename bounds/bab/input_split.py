@@ -47,7 +47,7 @@ from bounds.bab.relax import PROOF_TOL, bound_domains
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                     deadline: float, try_points, stats: dict, batch: int = 128,
-                    iterations: int = 3, min_width: float = 1e-9, mode: str = "hybrid",
+                    iterations: int = 3, min_width: float = 1e-9, mode: str = "refine",
                     candidates: int = 5, reuse_parent: bool = True, clip: bool = True,
                     mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None,
                     instability: bool = False, stop: "Callable[[], bool] | None" = None, wait: bool = True):
@@ -196,9 +196,10 @@ class BoxMilps:
     2^-``depth`` of the root box's volume (over its dimensions of positive width). A box is
     parked with ``submit`` (its (l, h), its pre-activation bounds [(1, n_k)] and the stack record
     to give back); each gets the big-M MILP of ``milp_chain.ChainMilp`` for the conjunction
-    C z + d (``time_limit`` s), stable ReLUs substituted away (``compact_encoding``). It is dropped only on a proof (HiGHS's dual bound with
-    ``milp_chain``'s margin); otherwise its record comes back through ``collect``, with any
-    violating incumbent as a candidate for the caller's ``try_points``.
+    C z + d (``time_limit`` s), stable ReLUs substituted away (``compact_encoding``). It is
+    dropped only on a proof (HiGHS's dual bound with ``milp_chain``'s margin); otherwise its
+    record comes back through ``collect``, with any violating incumbent as a candidate for the
+    caller's ``try_points``.
 
     Why: near a nearly-violated point, input splitting shrinks a relaxation gap only linearly
     with the box, while a box with few unstable ReLUs has a small exact MILP. ACAS Xu 3_3 prop_2
@@ -257,12 +258,12 @@ class BoxMilps:
         self._worker.put(key)
 
     def settled(self) -> bool:
-        """Whether a box has come back or none is left in the thread (the search has news)."""
+        """Whether a box has come back or none is left in the threads (the search has news)."""
         with self._lock:
             return self._pending == 0 or bool(self._back) or bool(self._found)
 
     def collect(self):
-        """(records not proved, candidate inputs, number still in the thread), read at once."""
+        """(records not proved, candidate inputs, number still in the threads), read at once."""
         with self._lock:
             back, found, pending = self._back, self._found, self._pending
             self._back, self._found = [], []
@@ -312,7 +313,10 @@ def _unpack(pk: torch.Tensor, sizes) -> list:
 def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False):
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
-    open. Both bounds are sound, so their maximum is; ``lam_in`` comes from the last stage run.
+    open, over the first stage's intermediate bounds. With ``mode="refine"`` that second stage is
+    CROWN for the neurons still unstable; "hybrid" would redo the symbolic-interval pass first and
+    get the same bounds (about 15% of ACAS Xu's bounding time in a profile). Both bounds are
+    sound, so their maximum is; ``lam_in`` comes from the last stage run.
     ``instability``: the result's ``instability`` (B, n_in) from the first stage (else None)."""
     res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", instability=instability)
     if mode == "forward" and iterations == 0:
@@ -320,11 +324,9 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     open_ = ~(res.lower.max(1).values > PROOF_TOL)
     if not bool(open_.any()):
         return res
-    # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next;
-    # "hybrid" would redo that forward pass and get the same bounds, so only its CROWN refinement
-    # of the still-unstable neurons runs (mode "refine": ~15% of the bounding time on ACAS Xu)
-    sub = bound_domains(chain, l[open_], h[open_], C[open_], d[open_], iterations=iterations,
-                        mode="refine" if mode == "hybrid" else mode, pre=[(a[open_], b[open_]) for a, b in res.pre])
+    # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next
+    sub = bound_domains(chain, l[open_], h[open_], C[open_], d[open_], iterations=iterations, mode=mode,
+                        pre=[(a[open_], b[open_]) for a, b in res.pre])
     lower, lam, lam_lower = res.lower.clone(), res.lam_in.clone(), res.lam_lower.clone()
     lower[open_] = torch.maximum(lower[open_], sub.lower)
     lam[open_] = sub.lam_in

@@ -76,7 +76,7 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
     x_lo, x_hi = lo.double().numpy().ravel(), hi.double().numpy().ravel()
     n_in = x_lo.size
     col_lo, col_hi, integer = [x_lo], [x_hi], [np.zeros(n_in, dtype=bool)]
-    rows, r_lo, r_hi = [], [], []
+    rows, r_lo, r_hi = [], [], []                 # rows over the columns so far (padded at the end)
     Z, zc = np.eye(n_in), np.zeros(n_in)          # the previous layer's outputs: Z v + zc
     for k, (w, b) in enumerate(zip(chain.weights[:-1], chain.biases[:-1])):
         w = w.double().numpy()
@@ -87,7 +87,6 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
         m, nv = iu.size, P.shape[1]
         N = nv + 2 * m
         P = np.hstack([P, np.zeros((P.shape[0], 2 * m))])
-        rows = [np.hstack([r, np.zeros((r.shape[0], 2 * m))]) for r in rows]
         if act.any():                                                     # l <= pre <= u
             rows.append(P[act]); r_lo.append(l[act] - p[act]); r_hi.append(u[act] - p[act])
         if m:
@@ -105,7 +104,8 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
         Z[act], zc[act] = P[act], p[act]
         Z[iu, nv + np.arange(m)] = 1.0
     N = Z.shape[1]
-    A = sp.csr_matrix(np.vstack(rows)) if rows else sp.csr_matrix((0, N))
+    A = sp.csr_matrix(np.vstack([np.pad(r, ((0, 0), (0, N - r.shape[1]))) for r in rows])) if rows \
+        else sp.csr_matrix((0, N))
     A.eliminate_zeros()
     integer = np.concatenate(integer)
     enc = Encoding(A, np.concatenate(r_lo) if r_lo else np.zeros(0), np.concatenate(r_hi) if r_hi else np.zeros(0),
