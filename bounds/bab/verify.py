@@ -31,6 +31,7 @@ from bounds.bab.input_split import BoxMilps, input_split_bab
 from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
+from bounds.bab.tighten import tighten_bounds
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.vnnlib import conjunction_margins
@@ -50,6 +51,8 @@ class VerifyResult:
 
 LOW_DIM = 12
 MILP_MAX_BINARIES = 400   # above this a MILP beside ReLU splitting seldom finishes (mnistfc 256x6: 950)
+QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the obligations ...
+TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 
 
 def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
@@ -63,11 +66,13 @@ def choose_method(n_inputs: int, n_relus: int) -> str:
 
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
            batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
-           falsify_first: bool = True, use_milp: bool = True) -> VerifyResult:
+           falsify_first: bool = True, use_milp: bool = True, tighten: float = TIGHTEN) -> VerifyResult:
     """Decide ``prop`` (a ``certify.spec.vnnlib.VnnlibProperty``) on ``network`` within ``timeout`` s.
 
     ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats);
-    ``use_milp=False`` runs ReLU splitting without the MILP beside it."""
+    ``use_milp=False`` runs ReLU splitting without the MILP beside it; ``tighten``: the share of
+    the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
+    branch and bound (``bounds.bab.tighten``; 0: never)."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -300,17 +305,49 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 root = roots[_box_key(lo, hi)]
                 if not 0 < root["binaries"] <= MILP_MAX_BINARIES:
                     return None
-                if "encoding" not in root:
-                    root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
-                return ChainMilp(chain, root["encoding"], C, d)
+                enc = root.get("encoding")   # dropped when the bounds are tightened (main thread)
+                if enc is None:
+                    enc = root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
+                return ChainMilp(chain, enc, C, d)
             milps = MilpQueue(pending, make, deadline)
-    for first in (True, False):
+
+    def tighten_regions(pending, until):
+        """The pending obligations' regions get their intermediate bounds tightened by branch and
+        bound (time shared equally) and the obligations are put back in order of their new root
+        bounds; a MILP built from then on encodes the tighter bounds."""
+        keys = list(dict.fromkeys(_box_key(*jobs[j][:2]) for j in pending))
+        t = time.monotonic()
+        for i, key in enumerate(keys):
+            lo, hi = next(jobs[j][:2] for j in pending if _box_key(*jobs[j][:2]) == key)
+            root = roots[key]
+            share = time.monotonic() + (until - time.monotonic()) / (len(keys) - i)
+            root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats)
+            root["binaries"] = sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"])
+            root.pop("encoding", None)
+        for j in pending:
+            lo, hi, C, d = jobs[j]
+            root_bound[j] = float(bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0),
+                                                d.unsqueeze(0), pre=roots[_box_key(lo, hi)]["pre"],
+                                                recompute=False).lower.max())
+        pending.sort(key=lambda j: root_bound[j])
+        stats["time_tighten"] = stats.get("time_tighten", 0.0) + time.monotonic() - t
+    # ReLU splitting on networks with intermediate layers to tighten: a quick pass first (most
+    # instances end there), then the regions of what is left get their bounds tightened
+    # (``tighten_regions``), then the usual two passes over the tightened bounds
+    stages = ["share", "rest"]
+    if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
+        stages = ["quick", "tighten"] + stages
+    for stage in stages:
+        if stage == "tighten":
+            tighten_regions(pending, time.monotonic() + tighten * (deadline - time.monotonic()))
+            continue
+        end = min(deadline, t0 + QUICK * timeout) if stage == "quick" else deadline
         left = []
         for i, j in enumerate(pending):
             now = time.monotonic()
             if now > deadline:
                 return done("timeout")
-            until = now + (deadline - now) / (len(pending) - i) if first else deadline
+            until = deadline if stage == "rest" else now + max(0.0, end - now) / (len(pending) - i)
             verdict, ce, how = attempt(j, until)
             if verdict == "sat":
                 stats["found_by"] = how
@@ -320,7 +357,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             elif verdict == "unknown":
                 status = "unknown"
         pending = left
-        if not pending or len(jobs) == 1:
+        if not pending or (len(jobs) == 1 and stage == "share"):
             break
     if pending:
         return done("timeout")

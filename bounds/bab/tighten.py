@@ -1,0 +1,168 @@
+"""Intermediate bounds tightened by branch and bound (the role of alpha-beta-CROWN's MIP refinement).
+
+alpha-CROWN bounds a hidden neuron by one linear relaxation of the layers below it; on deep
+mnistfc networks that leaves many neurons unstable whose true range has one sign, and loose
+bounds on the rest, which loosens every relaxation above them. alpha-beta-CROWN tightens them
+with a MIP per neuron (Gurobi); here each bound is its own ReLU-splitting problem on the chain
+cut after that layer, and all of a layer's problems share one batched search:
+
+* neuron i of hidden layer t has two obligations, z_i > 0 (lower bound) and -z_i > 0 (upper).
+  A domain is (obligation, ReLU splits of the layers below t); children are bounded with
+  alpha-beta-CROWN (``bound_domains``), and a domain whose bound is positive is closed.
+* An obligation's bound is the minimum over its open domains (every closed domain is above 0),
+  so it is sound at any time: the search can stop whenever its time is up. An obligation with no
+  open domain left proves the neuron stable.
+* Each round works on the obligations whose bound is closest to 0 relative to the neuron's
+  range (the likeliest to become stable), a few lowest domains each. An obligation stops
+  (``frozen``) when its worst domain has no neuron left to split, when it has used
+  ``max_domains`` domains, or when its bound is within ``converged`` x range of a value the
+  network attains (the bound minimizers' true values: little is left to gain).
+
+``tighten_bounds`` runs the layers in order over a time budget shared by their numbers of
+unstable neurons; after each layer the later ones are bounded again by alpha-CROWN over the
+tightened ones. Every step intersects with the bounds it was given: never looser, always sound.
+
+On mnistfc 256x2 prop_1_0.03 (20 s for layer 2: 102 -> 93 unstable neurons) the worst root
+margin bound rises from -1.47 to -0.96; on 256x4 prop_3_0.03 (20 + 2 + 10 s) from -1.36 to -1.14.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from bounds.bab.branching import babsr_scores, set_split
+from bounds.bab.chain import Chain
+from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds
+
+Tensor = torch.Tensor
+
+
+def _bounds_per_obligation(n_ob: int, ob: Tensor, low: Tensor) -> Tensor:
+    """min over each obligation's open domains (+inf for an obligation without one)."""
+    out = torch.full((n_ob,), float("inf"), dtype=torch.float64)
+    return out.scatter_reduce(0, ob, low, "amin") if ob.numel() else out
+
+
+def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: float,
+                  pre_alpha: dict | None = None, batch: int = 512, iterations: int = 10,
+                  max_domains: int = 2000, converged: float = 0.01,
+                  stats: dict | None = None) -> tuple[Tensor, Tensor]:
+    """Bounds (l, u) (n_t,) of hidden layer t >= 1's pre-activation over the box ``lo``, ``hi``
+    (n_in,), at least as tight as ``pre[t]`` (pre: (l, u) per hidden layer, (1, n_k) or (n_k,);
+    layers < t are the ones split). Sound whenever the deadline stops it."""
+    sub = Chain(chain.weights[:t + 1], chain.biases[:t + 1])
+    lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
+    l, u = (v.reshape(-1).double().clone() for v in pre[t])
+    idx = torch.nonzero((l < 0) & (u > 0)).flatten()
+    m = idx.numel()
+    if m == 0 or time.monotonic() >= deadline:
+        return l, u
+    n_ob, sizes = 2 * m, sub.hidden_sizes
+    C = torch.zeros(n_ob, 1, l.numel(), dtype=torch.float64)
+    C[torch.arange(m), 0, idx] = 1.0                 # obligation k < m: z_idx[k] > 0
+    C[m + torch.arange(m), 0, idx] = -1.0            # obligation m + k: -z_idx[k] > 0
+    scale = (u - l)[idx].repeat(2)
+    root = [(a.reshape(1, -1).double(), b.reshape(1, -1).double()) for a, b in pre[:t]]
+    offsets = torch.as_tensor(np.cumsum(sizes))
+    stats = {} if stats is None else stats
+
+    def bound(ob, splits, dpre, refine_from):
+        B = ob.numel()
+        res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob], torch.zeros(B, 1, dtype=torch.float64),
+                            splits=splits, pre=root if dpre is None else dpre, recompute=dpre is not None and t > 1,
+                            mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations)
+        low = res.lower[:, 0]
+        # the minimizer of each domain's linear bound, through the network: a value z attains
+        x = torch.where(res.lam_in[:, 0] > 0, lo1, hi1)
+        seen = (sub.forward(x) * C[ob, 0]).sum(1)
+        scores = babsr_scores(res.lam_hidden, res.pre, splits, torch.zeros(B, dtype=torch.long))
+        stats["tighten_domains"] = stats.get("tighten_domains", 0) + B
+        return low, seen, scores, [(a.expand(B, -1), b.expand(B, -1)) for a, b in res.pre]
+
+    ob = torch.arange(n_ob)
+    splits = [torch.zeros(n_ob, n, dtype=torch.int8) for n in sizes]
+    low, seen, score, dpre = bound(ob, splits, None, None)
+    attained = seen.clone()                          # the least value seen per obligation
+    used = torch.ones(n_ob, dtype=torch.long)
+    frozen = torch.zeros(n_ob, dtype=torch.bool)
+    op = low <= PROOF_TOL
+    D = dict(ob=ob[op], low=low[op], score=score[op], split=[s[op] for s in splits],
+             pre=[(a[op], b[op]) for a, b in dpre])
+
+    def take(mask):
+        return dict(ob=D["ob"][mask], low=D["low"][mask], score=D["score"][mask],
+                    split=[s[mask] for s in D["split"]], pre=[(a[mask], b[mask]) for a, b in D["pre"]])
+
+    while D["ob"].numel() and time.monotonic() < deadline:
+        cur = _bounds_per_obligation(n_ob, D["ob"], D["low"])
+        frozen |= used >= max_domains
+        frozen |= cur >= attained - converged * scale
+        active = ~frozen & torch.isfinite(cur)
+        if not bool(active.any()):
+            break
+        per = max(1, (batch // 2) // int(active.sum()))
+        rank = torch.where(active, cur / scale, torch.full_like(cur, -float("inf")))
+        chosen = torch.zeros(n_ob, dtype=torch.bool)
+        chosen[torch.argsort(rank, descending=True)[:max(1, (batch // 2) // per)]] = True
+        chosen &= active
+        # each chosen obligation's ``per`` lowest domains
+        cand = torch.nonzero(chosen[D["ob"]]).flatten()
+        cand = cand[torch.argsort(D["low"][cand])]
+        cand = cand[torch.sort(D["ob"][cand], stable=True).indices]
+        obs = D["ob"][cand]
+        pick = cand[(torch.arange(obs.numel()) - torch.searchsorted(obs, obs)) < per]
+        top, neuron = D["score"][pick].max(1)
+        leaf = torch.isinf(top)            # nothing left to split: that obligation's bound is final
+        frozen[D["ob"][pick[leaf]]] = True
+        pick, neuron = pick[~leaf], neuron[~leaf]
+        if pick.numel() == 0:
+            continue
+        rest = torch.ones(D["ob"].numel(), dtype=torch.bool)
+        rest[pick] = False
+        P, D = take(~rest), take(rest)
+        order = torch.argsort(pick)        # take() keeps index order: align ``neuron`` with it
+        neuron = neuron[order]
+        ch_split = [torch.cat([a, b]) for a, b in zip(set_split(sub, P["split"], neuron, 1),
+                                                      set_split(sub, P["split"], neuron, -1))]
+        layer_of = torch.bucketize(neuron, offsets, right=True)
+        ch_ob = torch.cat([P["ob"], P["ob"]])
+        low, seen, score, dpre = bound(ch_ob, ch_split, [(torch.cat([a, a]), torch.cat([b, b])) for a, b in P["pre"]],
+                                       torch.cat([layer_of, layer_of]))
+        attained = attained.scatter_reduce(0, ch_ob, seen, "amin")
+        used.index_add_(0, ch_ob, torch.ones_like(ch_ob))
+        op = low <= PROOF_TOL
+        D = dict(ob=torch.cat([D["ob"], ch_ob[op]]), low=torch.cat([D["low"], low[op]]),
+                 score=torch.cat([D["score"], score[op]]),
+                 split=[torch.cat([a, b[op]]) for a, b in zip(D["split"], ch_split)],
+                 pre=[(torch.cat([a0, a1[op]]), torch.cat([b0, b1[op]])) for (a0, b0), (a1, b1) in zip(D["pre"], dpre)])
+    cur = _bounds_per_obligation(n_ob, D["ob"], D["low"]).clamp(max=0.0)   # no open domain: >= 0
+    l[idx] = torch.maximum(l[idx], cur[:m])
+    u[idx] = torch.minimum(u[idx], -cur[m:])
+    return l, u
+
+
+def tighten_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre, pre_alpha: dict | None, deadline: float,
+                   stats: dict | None = None, **kw):
+    """Every hidden layer t >= 1 tightened by ``tighten_layer`` in turn (layer 0's interval
+    bounds are exact), the time left shared by the layers' numbers of unstable neurons, and the
+    later layers re-bounded by alpha-CROWN over each result. ``pre``: (l, u) (1, n_k) per hidden
+    layer. Returns ``(pre, slopes)`` as ``optimized_pre_bounds(keep_alpha=True)``: sound, and
+    never looser than ``pre``."""
+    lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
+    pre = [(a.reshape(1, -1).double(), b.reshape(1, -1).double()) for a, b in pre]
+    slopes = pre_alpha
+    for t in range(1, len(pre)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        count = [int(((a < 0) & (b > 0)).sum()) for a, b in pre[t:]]
+        if count[0] == 0:
+            continue
+        share = left * count[0] / sum(count)
+        l, u = tighten_layer(chain, lo, hi, pre, t, time.monotonic() + share, slopes, stats=stats, **kw)
+        pre[t] = (l.reshape(1, -1), u.reshape(1, -1))
+        if t + 1 < len(pre):
+            pre, slopes = optimized_pre_bounds(chain, lo1, hi1, pre=pre, keep_alpha=True)
+    return pre, slopes
