@@ -7,6 +7,8 @@ always, and every sat must carry a counterexample that violates the property in 
 """
 from __future__ import annotations
 
+import time
+
 import highspy
 import numpy as np
 import pytest
@@ -16,9 +18,10 @@ from scipy.optimize import LinearConstraint, milp
 
 from bounds.bab import verify
 from bounds.bab.chain import to_chain
+from bounds.bab.relu_split import relu_split_bab
 from certify.cli.vnn import check_counterexample_ort
 from certify.ir import Linear, ReLU, sequential
-from certify.spec.vnnlib import Region, VnnlibProperty
+from certify.spec.vnnlib import Region, VnnlibProperty, conjunction_margins
 
 
 def random_net(rng, sizes):
@@ -150,6 +153,33 @@ def test_unsat_needs_branching_on_a_hard_case():
                 assert res.status == "unsat" and res.stats["domains"] > 1
                 return
     pytest.fail("no random case needed branching")
+
+
+def test_relu_split_resumed_in_slices_does_what_one_run_does():
+    """A search stopped at its deadline and called again with its ``state`` goes on where it
+    stopped: in 0.05 s slices it proves a property that needs ~1000 domains with exactly the
+    domains of one uninterrupted run (the batches are the same), never restarting from the root.
+    (No alpha/beta steps and no refinement: those stop at the deadline, so slices would loosen them.)"""
+    net, prop, lo, hi, A, b = random_case(9, [2, 12, 12, 2])
+    assert exact_min(net, lo, hi, A, b) > 1e-3
+    chain = to_chain(net)
+    C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+    lo, hi = torch.as_tensor(lo), torch.as_tensor(hi)
+    kw = dict(batch=8, iterations=0, recompute=False)
+    one = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+    assert relu_split_bab(chain, lo, hi, C, d, time.monotonic() + 60, lambda xs: None, one, **kw)[0] == "unsat"
+    assert one["domains"] > 200
+    sliced = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+    state, calls = {}, 0
+    while True:
+        calls += 1
+        verdict, _ = relu_split_bab(chain, lo, hi, C, d, time.monotonic() + 0.05, lambda xs: None, sliced,
+                                    state=state, **kw)
+        if verdict != "timeout":
+            break
+        assert state["lower"].numel() > 0
+    assert verdict == "unsat" and calls > 3
+    assert sliced["domains"] == one["domains"]
 
 
 @pytest.mark.parametrize("encoding", ["box_encoding", "compact_encoding"])

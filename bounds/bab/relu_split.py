@@ -72,7 +72,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
                    deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
                    root_iterations: int = 50, recompute: bool = True, max_domains: int = 200_000,
                    warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine",
-                   pre_alpha: dict | None = None, stop=None):
+                   pre_alpha: dict | None = None, stop=None, state: dict | None = None):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
 
     ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
@@ -84,28 +84,14 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     them (``keep_alpha``), reused when a domain's later layers are refined after a split.
     ``stop``: a callable polled with the deadline; when it returns True the search ends as at a
     timeout (e.g. a MILP running beside it has decided the obligation).
+    ``state``: a dict that keeps the open domains when the search stops at its deadline; called
+    again with the same dict (and the same bounds), the search goes on from there instead of
+    starting over.
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     C, d = C.double(), d.double()
     t = time.monotonic()
-    if root_pre is None:
-        root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
-    splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
-    res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
-                        recompute=False, iterations=root_iterations)
-    stats["bound_calls"] += 1
-    stats["domains"] += 1
-    stats["time_bound"] += time.monotonic() - t
-    best, row = res.lower.max(1)
-    stats.setdefault("root_lower", float(best[0]))
-    if bool(best[0] > PROOF_TOL):
-        return "unsat", None
-    # open domains
-    D_split = splits
-    D_lower = best
-    D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
-    D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
     r_rows = C.shape[0]
 
     def _store(res, rows):
@@ -118,12 +104,36 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
               for b, n in zip(res.beta or [None] * len(al), chain.hidden_sizes)]
         return al, be
 
-    D_ab = _store(res, torch.ones(1, dtype=torch.bool))
+    if state:   # go on from where the last call stopped
+        D_split, D_lower, D_score, D_pre, D_ab, root_pre, pre_alpha = (
+            state.pop(k) for k in ("split", "lower", "score", "pre", "ab", "root_pre", "pre_alpha"))
+    else:
+        if root_pre is None:
+            root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
+        splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
+        res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
+                            recompute=False, iterations=root_iterations)
+        stats["bound_calls"] += 1
+        stats["domains"] += 1
+        stats["time_bound"] += time.monotonic() - t
+        best, row = res.lower.max(1)
+        stats.setdefault("root_lower", float(best[0]))
+        if bool(best[0] > PROOF_TOL):
+            return "unsat", None
+        # open domains
+        D_split = splits
+        D_lower = best
+        D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
+        D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
+        D_ab = _store(res, torch.ones(1, dtype=torch.bool))
     last_call = 0.0   # seconds the last batch took: a batch that cannot end by the deadline is not begun
     while D_lower.shape[0]:
         if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
             stats["worst_open_lower"] = float(D_lower.min())
+            if state is not None:
+                state.update(split=D_split, lower=D_lower, score=D_score, pre=D_pre, ab=D_ab, root_pre=root_pre,
+                             pre_alpha=pre_alpha)
             return "timeout", None
         if D_lower.shape[0] > max_domains:
             return "unknown", None
@@ -145,11 +155,11 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         top, neuron = P_score.max(1)
         leaf = torch.isinf(top)
         for i in torch.nonzero(leaf).flatten().tolist():   # affine pieces: decide exactly
-            pre_i = [(l[i], u[i]) for l, u in (P_pre if recompute else
-                                                 pre_activation_bounds(chain, lo1, hi1, [s[i:i + 1] for s in P_split],
-                                                                       root_pre, recompute=False))]
-            if not recompute:
-                pre_i = [(l[0], u[0]) for l, u in pre_i]
+            if recompute:
+                pre_i = [(l[i], u[i]) for l, u in P_pre]
+            else:   # the root's bounds clamped by this domain's splits
+                pre_i = [(l[0], u[0]) for l, u in pre_activation_bounds(chain, lo1, hi1, [s[i:i + 1] for s in P_split],
+                                                                        root_pre, recompute=False)]
             t = time.monotonic()
             verdict, x = leaf_lp(chain, lo1[0], hi1[0], C, d, pre_i, [s[i] for s in P_split])
             stats["lp_calls"] = stats.get("lp_calls", 0) + 1

@@ -134,6 +134,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
             jobs.append((lo, hi, C, d))
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
+    relu_states = {}   # per obligation (ReLU splitting): its open domains when a pass timed it out
 
     def milp_candidates():
         """A counterexample from the MILP queue's candidates (each checked once in float64)."""
@@ -247,7 +248,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 stop = None if milps is None else (lambda: j in milps.proved or bool(milps.candidates))
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
-                                      pre_alpha=root["slopes"], stop=stop)
+                                      pre_alpha=root["slopes"], stop=stop, state=relu_states.setdefault(j, {}))
 
             verdict = "timeout"
             while True:
@@ -324,6 +325,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats)
             root["binaries"] = sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"])
             root.pop("encoding", None)
+        relu_states.clear()   # domains bounded over the old bounds: start over from the tighter ones
         for j in pending:
             lo, hi, C, d = jobs[j]
             root_bound[j] = float(bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0),
