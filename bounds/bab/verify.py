@@ -10,7 +10,9 @@ between proofs. ``sat`` is reported only for a point confirmed in float64 throug
 by a MILP in a background thread: for ReLU splitting, one per obligation on networks with few
 unstable ReLUs; for input splitting, one per small open box, on two threads (``bounds.bab.milp_chain``: HiGHS's
 branch-and-bound dual bound, with a margin for its tolerances, as the convex engine's MILP
-certificates).
+certificates). ReLU splitting runs a quick pass first; the obligations it leaves get their
+region's intermediate bounds tightened by branch and bound (``bounds.bab.tighten``) and are
+searched again over them.
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
 splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
@@ -275,9 +277,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     return "sat", ce, "pgd"
         return verdict, None, None
 
-    # each (region, conjunction) is a proof obligation. First pass: each gets an equal share of
-    # the time left (a violation of a later one is not starved by a hard earlier one); second
-    # pass: the ones that timed out, in turn, with all the time left.
+    # each (region, conjunction) is a proof obligation. First pass ("share"): each gets an equal
+    # share of the time left (a violation of a later one is not starved by a hard earlier one);
+    # second pass ("rest"): the ones that timed out, in turn, with all the time left (ReLU
+    # splitting resumes each where the first pass stopped it).
     status, pending = "unsat", list(range(len(jobs)))
     if m == "relu":
         # every region's pre-activation bounds once (alpha-CROWN, layer by layer) with the slopes
@@ -333,9 +336,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                                                 recompute=False).lower.max())
         pending.sort(key=lambda j: root_bound[j])
         stats["time_tighten"] = stats.get("time_tighten", 0.0) + time.monotonic() - t
-    # ReLU splitting on networks with intermediate layers to tighten: a quick pass first (most
-    # instances end there), then the regions of what is left get their bounds tightened
-    # (``tighten_regions``), then the usual two passes over the tightened bounds
+
+    # ReLU splitting on networks with intermediate layers to tighten: a quick pass first (QUICK of
+    # the timeout shared equally; most instances end there), then the regions of what is left get
+    # their bounds tightened (``tighten_regions``), then the two passes over the tighter bounds.
+    # (mnistfc 256x4 prop_4_0.05: unsat in 132 s, a timeout without; the price: 256x4 prop_0_0.03
+    # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-94 s)
     stages = ["share", "rest"]
     if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
         stages = ["quick", "tighten"] + stages
