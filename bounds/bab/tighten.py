@@ -74,7 +74,8 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
         B = ob.numel()
         res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob], torch.zeros(B, 1, dtype=torch.float64),
                             splits=splits, pre=root if dpre is None else dpre, recompute=dpre is not None and t > 1,
-                            mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations)
+                            mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations,
+                            deadline=deadline)
         low = res.lower[:, 0]
         # the minimizer of each domain's linear bound, through the network: a value z attains
         x = torch.where(res.lam_in[:, 0] > 0, lo1, hi1)
@@ -165,6 +166,6 @@ def tighten_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre, pre_alpha: dict | 
         share = left * count[0] / sum(count)
         l, u = tighten_layer(chain, lo, hi, pre, t, time.monotonic() + share, slopes, stats=stats, **kw)
         pre[t] = (l.reshape(1, -1), u.reshape(1, -1))
-        if t + 1 < len(pre):
+        if t + 1 < len(pre) and time.monotonic() < deadline:   # (past it the later layers keep theirs)
             pre, slopes = optimized_pre_bounds(chain, lo1, hi1, pre=pre, keep_alpha=True)
     return pre, slopes
