@@ -345,7 +345,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # the timeout shared equally; most instances end there), then the regions of what is left get
     # their bounds tightened (``tighten_regions``), then the two passes over the tighter bounds.
     # (mnistfc 256x4 prop_4_0.05: unsat in 132 s, a timeout without; the price: 256x4 prop_0_0.03
-    # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-94 s)
+    # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-130 s)
     stages = ["share", "rest"]
     if tighten is None and chain is not None:
         tighten = TIGHTEN_DEEP if len(chain.hidden_sizes) > DEEP else TIGHTEN
