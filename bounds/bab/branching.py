@@ -42,3 +42,13 @@ def set_split(chain: Chain, splits: list[Tensor], neuron: Tensor, sign: int) -> 
         if sel.any():
             out[layer][torch.nonzero(sel).flatten(), neuron[sel] - int(offs[layer])] = sign
     return out
+
+
+def split_children(chain: Chain, splits: list[Tensor], neuron: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The two children of each of m domains split at flat neuron index ``neuron[b]``: their splits
+    (first the m active (+1) copies, then the m inactive (-1) ones) and, per child (2 m,), the
+    hidden layer of the split (only later layers' bounds can change: ``refine_from``)."""
+    layer = torch.bucketize(neuron, torch.as_tensor(np.cumsum(chain.hidden_sizes)), right=True)
+    children = [torch.cat([a, b]) for a, b in zip(set_split(chain, splits, neuron, 1),
+                                                  set_split(chain, splits, neuron, -1))]
+    return children, torch.cat([layer, layer])

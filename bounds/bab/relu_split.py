@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
-from bounds.bab.branching import babsr_scores, set_split
+from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
 from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
 
@@ -181,16 +181,13 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         if recompute:
             P_pre = [(l[br], u[br]) for l, u in P_pre]
         m = neuron.shape[0]
-        layer_of = torch.bucketize(neuron, torch.as_tensor(np.cumsum(chain.hidden_sizes)), right=True)
-        # children: first m active (+1), next m inactive (-1)
-        ch_split = [torch.cat([a, b]) for a, b in zip(set_split(chain, P_split, neuron, 1),
-                                                      set_split(chain, P_split, neuron, -1))]
+        ch_split, refine_from = split_children(chain, P_split, neuron)   # m active, then m inactive
         ch_pre = [(torch.cat([l, l]), torch.cat([u, u])) for l, u in P_pre] if recompute else root_pre
         n2 = 2 * m
         t = time.monotonic()
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
-                            iterations=iterations, mode=mode, refine_from=torch.cat([layer_of, layer_of]),
+                            iterations=iterations, mode=mode, refine_from=refine_from,
                             pre_alpha=pre_alpha, deadline=deadline,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
-from bounds.bab.branching import babsr_scores, set_split
+from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
 from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds
 
@@ -67,7 +66,6 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
     C[m + torch.arange(m), 0, idx] = -1.0            # obligation m + k: -z_idx[k] > 0
     scale = (u - l)[idx].repeat(2)
     root = [(a.reshape(1, -1).double(), b.reshape(1, -1).double()) for a, b in pre[:t]]
-    offsets = torch.as_tensor(np.cumsum(sizes))
     stats = {} if stats is None else stats
 
     def bound(ob, splits, dpre, refine_from):
@@ -77,26 +75,30 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
                             mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations,
                             deadline=deadline)
         low = res.lower[:, 0]
-        # the minimizer of each domain's linear bound, through the network: a value z attains
+        # the minimizer of each domain's linear bound, through the network
         x = torch.where(res.lam_in[:, 0] > 0, lo1, hi1)
         seen = (sub.forward(x) * C[ob, 0]).sum(1)
         scores = babsr_scores(res.lam_hidden, res.pre, splits, torch.zeros(B, dtype=torch.long))
         stats["tighten_domains"] = stats.get("tighten_domains", 0) + B
-        return low, seen, scores, [(a.expand(B, -1), b.expand(B, -1)) for a, b in res.pre]
+        # the bounded domains (obligation, bound, branching scores, splits, clamped bounds), and
+        # the value each one's bound minimizer attains
+        return dict(ob=ob, low=low, score=scores, split=splits, pre=res.pre), seen
+
+    def take(D, rows):   # the domains ``rows`` (a mask or indices, in that order) of D
+        return dict(ob=D["ob"][rows], low=D["low"][rows], score=D["score"][rows],
+                    split=[s[rows] for s in D["split"]], pre=[(a[rows], b[rows]) for a, b in D["pre"]])
+
+    def join(D, E):
+        return dict(ob=torch.cat([D["ob"], E["ob"]]), low=torch.cat([D["low"], E["low"]]),
+                    score=torch.cat([D["score"], E["score"]]),
+                    split=[torch.cat([a, b]) for a, b in zip(D["split"], E["split"])],
+                    pre=[(torch.cat([a0, a1]), torch.cat([b0, b1])) for (a0, b0), (a1, b1) in zip(D["pre"], E["pre"])])
 
     ob = torch.arange(n_ob)
-    splits = [torch.zeros(n_ob, n, dtype=torch.int8) for n in sizes]
-    low, seen, score, dpre = bound(ob, splits, None, None)
-    attained = seen.clone()                          # the least value seen per obligation
+    D, attained = bound(ob, [torch.zeros(n_ob, n, dtype=torch.int8) for n in sizes], None, None)
+    D = take(D, D["low"] <= PROOF_TOL)               # attained: the least value seen per obligation
     used = torch.ones(n_ob, dtype=torch.long)
     frozen = torch.zeros(n_ob, dtype=torch.bool)
-    op = low <= PROOF_TOL
-    D = dict(ob=ob[op], low=low[op], score=score[op], split=[s[op] for s in splits],
-             pre=[(a[op], b[op]) for a, b in dpre])
-
-    def take(mask):
-        return dict(ob=D["ob"][mask], low=D["low"][mask], score=D["score"][mask],
-                    split=[s[mask] for s in D["split"]], pre=[(a[mask], b[mask]) for a, b in D["pre"]])
 
     while D["ob"].numel() and time.monotonic() < deadline:
         cur = _bounds_per_obligation(n_ob, D["ob"], D["low"])
@@ -124,22 +126,14 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
             continue
         rest = torch.ones(D["ob"].numel(), dtype=torch.bool)
         rest[pick] = False
-        P, D = take(~rest), take(rest)
-        order = torch.argsort(pick)        # take() keeps index order: align ``neuron`` with it
-        neuron = neuron[order]
-        ch_split = [torch.cat([a, b]) for a, b in zip(set_split(sub, P["split"], neuron, 1),
-                                                      set_split(sub, P["split"], neuron, -1))]
-        layer_of = torch.bucketize(neuron, offsets, right=True)
+        P, D = take(D, pick), take(D, rest)
+        ch_split, refine_from = split_children(sub, P["split"], neuron)
         ch_ob = torch.cat([P["ob"], P["ob"]])
-        low, seen, score, dpre = bound(ch_ob, ch_split, [(torch.cat([a, a]), torch.cat([b, b])) for a, b in P["pre"]],
-                                       torch.cat([layer_of, layer_of]))
+        children, seen = bound(ch_ob, ch_split, [(torch.cat([a, a]), torch.cat([b, b])) for a, b in P["pre"]],
+                               refine_from)
         attained = attained.scatter_reduce(0, ch_ob, seen, "amin")
         used.index_add_(0, ch_ob, torch.ones_like(ch_ob))
-        op = low <= PROOF_TOL
-        D = dict(ob=torch.cat([D["ob"], ch_ob[op]]), low=torch.cat([D["low"], low[op]]),
-                 score=torch.cat([D["score"], score[op]]),
-                 split=[torch.cat([a, b[op]]) for a, b in zip(D["split"], ch_split)],
-                 pre=[(torch.cat([a0, a1[op]]), torch.cat([b0, b1[op]])) for (a0, b0), (a1, b1) in zip(D["pre"], dpre)])
+        D = join(D, take(children, children["low"] <= PROOF_TOL))
     cur = _bounds_per_obligation(n_ob, D["ob"], D["low"]).clamp(max=0.0)   # no open domain: >= 0
     l[idx] = torch.maximum(l[idx], cur[:m])
     u[idx] = torch.minimum(u[idx], -cur[m:])

@@ -142,6 +142,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
     relu_states = {}   # per obligation (ReLU splitting): its open domains when a pass timed it out
 
+    def root_bound(j):
+        """CROWN's lower bound of obligation j over its region's current root bounds."""
+        lo, hi, C, d = jobs[j]
+        return float(bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0), d.unsqueeze(0),
+                                   pre=roots[_box_key(lo, hi)]["pre"], recompute=False).lower.max())
+
     def milp_candidates():
         """A counterexample from the MILP queue's candidates (each checked once in float64)."""
         while milps is not None and milps.candidates:
@@ -291,18 +297,13 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         # that gave them (and, built when first needed, its MILP encoding), then the obligations
         # with the worst root bound first: the likeliest violations are searched first
         t = time.monotonic()
-        root_bound = []
         for lo, hi, C, d in jobs:
             key = _box_key(lo, hi)
             if key not in roots:
                 pre, slopes = optimized_pre_bounds(chain, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(),
                                                    keep_alpha=True)
-                roots[key] = {"pre": pre, "slopes": slopes,
-                              "binaries": sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre)}
-            res = bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0), d.unsqueeze(0),
-                                pre=roots[key]["pre"], recompute=False)
-            root_bound.append(float(res.lower.max()))
-        pending.sort(key=lambda j: root_bound[j])
+                roots[key] = {"pre": pre, "slopes": slopes}
+        pending.sort(key=root_bound)
         stats["time_bound"] += time.monotonic() - t
         if use_milp:
             # a MILP over the root bounds, one obligation after the other in the same order, runs
@@ -311,7 +312,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             def make(j):
                 lo, hi, C, d = jobs[j]
                 root = roots[_box_key(lo, hi)]
-                if not 0 < root["binaries"] <= MILP_MAX_BINARIES:
+                if not 0 < sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"]) <= MILP_MAX_BINARIES:
                     return None
                 enc = root.get("encoding")   # dropped when the bounds are tightened (main thread)
                 if enc is None:
@@ -323,22 +324,15 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         """The pending obligations' regions get their intermediate bounds tightened by branch and
         bound (time shared equally) and the obligations are put back in order of their new root
         bounds; a MILP built from then on encodes the tighter bounds."""
-        keys = list(dict.fromkeys(_box_key(*jobs[j][:2]) for j in pending))
+        boxes = {_box_key(*jobs[j][:2]): jobs[j][:2] for j in pending}   # (in the order of pending)
         t = time.monotonic()
-        for i, key in enumerate(keys):
-            lo, hi = next(jobs[j][:2] for j in pending if _box_key(*jobs[j][:2]) == key)
+        for i, (key, (lo, hi)) in enumerate(boxes.items()):
             root = roots[key]
-            share = time.monotonic() + (until - time.monotonic()) / (len(keys) - i)
+            share = time.monotonic() + (until - time.monotonic()) / (len(boxes) - i)
             root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats)
-            root["binaries"] = sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"])
             root.pop("encoding", None)
         relu_states.clear()   # domains bounded over the old bounds: start over from the tighter ones
-        for j in pending:
-            lo, hi, C, d = jobs[j]
-            root_bound[j] = float(bound_domains(chain, lo.reshape(1, -1), hi.reshape(1, -1), C.unsqueeze(0),
-                                                d.unsqueeze(0), pre=roots[_box_key(lo, hi)]["pre"],
-                                                recompute=False).lower.max())
-        pending.sort(key=lambda j: root_bound[j])
+        pending.sort(key=root_bound)
         stats["time_tighten"] = stats.get("time_tighten", 0.0) + time.monotonic() - t
 
     # ReLU splitting on networks with intermediate layers to tighten: a quick pass first (QUICK of
