@@ -78,7 +78,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
     branch and bound (``bounds.bab.tighten``; 0: never; default TIGHTEN, or TIGHTEN_DEEP on
     networks with more than DEEP hidden layers: on mnistfc 256x6 prop_12_0.03, 0.6 proves it in
-    194 s and 0.25 times out, while on 256x4 prop_4_0.05 0.25 proves it in 116-132 s)."""
+    194 s and 0.25 times out, while on 256x4 prop_4_0.05 0.25 proves it in 116-279 s, the spread of a time-budgeted search)."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
