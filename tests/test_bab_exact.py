@@ -142,6 +142,34 @@ def test_bab_agrees_with_milp(method, sizes, use_milp, tmp_path):
     assert sats >= 1 and unsats >= 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_obligations_searched_on_two_threads_agree_with_milp(workers):
+    """Without a MILP, ReLU splitting searches two obligations at once (one thread each). Four
+    disjuncts per property, each with its exact minimum at -tau_j (sat iff some tau_j > 0): the
+    verdicts agree with the exact minima, with one worker as with two."""
+    decided = 0
+    for seed in range(6):
+        net, prop, lo, hi, A, b = random_case(700 + seed, [3, 10, 10, 3])
+        rng = np.random.default_rng(seed)
+        disjuncts, taus = [], []
+        for k in range(4):
+            A = rng.normal(size=(1, 3))
+            tau = (0.01 + 0.04 * k) * (1 if (seed % 2 and k == 3) else -1)   # odd seeds: the last is violated
+            b = np.zeros(1)
+            b = b + exact_min(net, lo, hi, A, b) + tau
+            disjuncts.append((A, b))
+            taus.append(tau)
+        prop = VnnlibProperty("random", 3, 3, [Region(lo, hi, disjuncts)])
+        res = verify(net, prop, timeout=20, method="relu", pgd_restarts=1, falsify_first=False, use_milp=False,
+                     workers=workers)
+        if res.status == "sat":
+            assert max(taus) > 0 and prop.violated_by(*res.counterexample)
+        elif res.status == "unsat":
+            assert max(taus) < 0
+        decided += res.status in ("sat", "unsat")
+    assert decided == 6
+
+
 def test_unsat_needs_branching_on_a_hard_case():
     """A property whose root bound is negative but which holds: BaB must branch and prove it."""
     for seed in range(40):

@@ -20,7 +20,10 @@ practical only for low-dimensional inputs, sound always.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +60,22 @@ QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
 DEEP = 4
+WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
+
+
+@contextmanager
+def one_torch_thread(on: bool = True):
+    """torch's intra-op threads set to 1 inside (restored after), for code that runs its own
+    threads: two searches of one torch thread each bound ~1.8x the domains of one search of two
+    (torch's kernels on these batch sizes scale poorly, and release the GIL)."""
+    n = torch.get_num_threads()
+    if on and n != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if on and n != 1:
+            torch.set_num_threads(n)
 
 
 def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
@@ -70,9 +89,14 @@ def choose_method(n_inputs: int, n_relus: int) -> str:
 
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
            batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
-           falsify_first: bool = True, use_milp: bool = True, tighten: float | None = None) -> VerifyResult:
+           falsify_first: bool = True, use_milp: bool = True, tighten: float | None = None,
+           workers: int | None = None) -> VerifyResult:
     """Decide ``prop`` (a ``certify.spec.vnnlib.VnnlibProperty``) on ``network`` within ``timeout`` s.
 
+    ``workers``: ReLU splitting with no MILP beside it (no region with at most MILP_MAX_BINARIES
+    unstable ReLUs, or ``use_milp=False``) searches that many obligations at once and tightens
+    bounds on that many threads, each with one torch thread (default WORKERS, at most the core
+    count; ``stats`` seconds then add up over the threads).
     ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats);
     ``use_milp=False`` runs ReLU splitting without the MILP beside it; ``tighten``: the share of
     the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
@@ -91,6 +115,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
              "time_lp": 0.0, "method": None, "regions": len(prop.regions)}
 
     milps = None   # ReLU splitting: the MILP queue beside branch and bound (``bounds.bab.milp_chain``)
+    n_workers = 1   # search threads: more only for ReLU splitting without a MILP beside it (below)
 
     def done(status, ce=None):
         if milps is not None:
@@ -158,8 +183,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return ce
         return None
 
-    def attempt(j, deadline):
-        """Obligation j until ``deadline``: (verdict, counterexample, found_by)."""
+    def attempt(j, deadline, stats=stats, abort=None):
+        """Obligation j until ``deadline``: (verdict, counterexample, found_by). ``stats``: where its
+        counts go (a worker thread's own dict); ``abort``: an Event that ends its search as at a
+        timeout (another worker found a counterexample)."""
         lo, hi, C, d = jobs[j]
         dis = [(C, -d)]
 
@@ -258,6 +285,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             def bab():
                 # ends when the MILP queue proves this obligation or has a candidate for any
                 stop = None if milps is None else (lambda: j in milps.proved or bool(milps.candidates))
+                if abort is not None:
+                    stop = abort.is_set if stop is None else (lambda s=stop: abort.is_set() or s())
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
                                       pre_alpha=root["slopes"], stop=stop, state=relu_states.setdefault(j, {}))
@@ -281,7 +310,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
             # a last attack on this obligation before giving up
-            if time.monotonic() < deadline and falsify_first:
+            if time.monotonic() < deadline and falsify_first and not (abort is not None and abort.is_set()):
                 ce = attack(steps=100, restarts=pgd_restarts)
                 if ce is not None:
                     return "sat", ce, "pgd"
@@ -305,7 +334,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 roots[key] = {"pre": pre, "slopes": slopes}
         pending.sort(key=root_bound)
         stats["time_bound"] += time.monotonic() - t
-        if use_milp:
+        unstable = [sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"]) for root in roots.values()]
+        if use_milp and any(0 < n <= MILP_MAX_BINARIES for n in unstable):
             # a MILP over the root bounds, one obligation after the other in the same order, runs
             # on the other core beside branch and bound when the region has few unstable ReLUs;
             # whichever decides an obligation first ends it
@@ -319,6 +349,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     enc = root["encoding"] = box_encoding(chain, lo, hi, root["pre"])
                 return ChainMilp(chain, enc, C, d)
             milps = MilpQueue(pending, make, deadline)
+        else:   # no MILP: the other cores run searches of their own (``run_stage``, ``tighten_regions``)
+            n_workers = max(1, min(WORKERS if workers is None else workers, os.cpu_count() or 1))
 
     def tighten_regions(pending, until):
         """The pending obligations' regions get their intermediate bounds tightened by branch and
@@ -329,7 +361,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         for i, (key, (lo, hi)) in enumerate(boxes.items()):
             root = roots[key]
             share = time.monotonic() + (until - time.monotonic()) / (len(boxes) - i)
-            root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats)
+            with one_torch_thread(n_workers > 1):
+                root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats,
+                                                             workers=n_workers)
             root.pop("encoding", None)
         relu_states.clear()   # domains bounded over the old bounds: start over from the tighter ones
         pending.sort(key=root_bound)
@@ -345,26 +379,78 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         tighten = TIGHTEN_DEEP if len(chain.hidden_sizes) > DEEP else TIGHTEN
     if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
         stages = ["quick", "tighten"] + stages
+    def run_stage(stage, pending):
+        """One pass over ``pending`` (see above) on ``n_workers`` threads, each taking the next
+        obligation when it is done with one (in "quick" and "share", with its share of the time
+        left: n_workers x (time left) / (obligations left)). Returns (obligations left, any unknown,
+        (counterexample, found_by) or None)."""
+        end = min(deadline, t0 + QUICK * timeout) if stage == "quick" else deadline
+        queue, left, out = list(pending), [], {"unknown": False, "sat": None, "error": None}
+        lock, abort = threading.Lock(), threading.Event()
+
+        def work(own):
+            while not abort.is_set():
+                with lock:
+                    if not queue or time.monotonic() > deadline:
+                        return
+                    n_left, j = len(queue), queue.pop(0)
+                now = time.monotonic()
+                until = deadline if stage == "rest" else min(end, now + max(0.0, end - now) * n_workers / n_left)
+                verdict, ce, how = attempt(j, until, own, abort if n_workers > 1 else None)
+                with lock:
+                    if verdict == "sat" and out["sat"] is None:
+                        out["sat"] = (ce, how)
+                        abort.set()
+                    elif verdict == "timeout":
+                        left.append(j)
+                    elif verdict == "unknown":
+                        out["unknown"] = True
+
+        if n_workers == 1:
+            work(stats)
+        else:
+            owns = [dict.fromkeys(("domains", "bound_calls", "lp_calls"), 0)
+                    | dict.fromkeys(("time_falsify", "time_bound", "time_lp"), 0.0) for _ in range(n_workers)]
+
+            def guarded(own):
+                try:
+                    work(own)
+                except BaseException as e:   # re-raised in the caller's thread
+                    out["error"] = e
+                    abort.set()
+
+            threads = [threading.Thread(target=guarded, args=(own,), daemon=True) for own in owns]
+            with one_torch_thread(True):
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+            if out["error"] is not None:
+                raise out["error"]
+            for own in owns:   # counts and seconds add up over the workers
+                for k, v in own.items():
+                    if k == "root_lower":
+                        stats.setdefault(k, v)
+                    elif k in ("open_domains", "worst_open_lower") or not isinstance(v, (int, float)):
+                        stats[k] = v
+                    else:
+                        stats[k] = stats.get(k, 0) + v
+        left += queue   # not reached before the deadline
+        left.sort(key=pending.index)
+        return left, out["unknown"], out["sat"]
+
     for stage in stages:
         if stage == "tighten":
             tighten_regions(pending, time.monotonic() + tighten * (deadline - time.monotonic()))
             continue
-        end = min(deadline, t0 + QUICK * timeout) if stage == "quick" else deadline
-        left = []
-        for i, j in enumerate(pending):
-            now = time.monotonic()
-            if now > deadline:
-                return done("timeout")
-            until = deadline if stage == "rest" else now + max(0.0, end - now) / (len(pending) - i)
-            verdict, ce, how = attempt(j, until)
-            if verdict == "sat":
-                stats["found_by"] = how
-                return done("sat", ce)
-            if verdict == "timeout":
-                left.append(j)
-            elif verdict == "unknown":
-                status = "unknown"
-        pending = left
+        if time.monotonic() > deadline:
+            return done("timeout")
+        pending, unknown, sat = run_stage(stage, pending)
+        if sat is not None:
+            stats["found_by"] = sat[1]
+            return done("sat", sat[0])
+        if unknown:
+            status = "unknown"
         if not pending or (len(jobs) == 1 and stage == "share"):
             break
     if pending:
