@@ -156,7 +156,7 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None, in
     return out
 
 
-def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 20000,
+def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 8192,
                      refine_from: Tensor | None = None, pre_alpha: dict | None = None,
                      deadline: float | None = None):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN

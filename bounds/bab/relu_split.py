@@ -104,9 +104,10 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
               for b, n in zip(res.beta or [None] * len(al), chain.hidden_sizes)]
         return al, be
 
+    last_call = 0.0   # seconds the last batch took: a batch that cannot end by the deadline is not begun
     if state:   # go on from where the last call stopped
-        D_split, D_lower, D_score, D_pre, D_ab, root_pre, pre_alpha = (
-            state.pop(k) for k in ("split", "lower", "score", "pre", "ab", "root_pre", "pre_alpha"))
+        D_split, D_lower, D_score, D_pre, D_ab, root_pre, pre_alpha, last_call = (
+            state.pop(k) for k in ("split", "lower", "score", "pre", "ab", "root_pre", "pre_alpha", "last_call"))
     else:
         if root_pre is None:
             root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
@@ -126,14 +127,13 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
         D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
         D_ab = _store(res, torch.ones(1, dtype=torch.bool))
-    last_call = 0.0   # seconds the last batch took: a batch that cannot end by the deadline is not begun
     while D_lower.shape[0]:
         if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
             stats["worst_open_lower"] = float(D_lower.min())
             if state is not None:
                 state.update(split=D_split, lower=D_lower, score=D_score, pre=D_pre, ab=D_ab, root_pre=root_pre,
-                             pre_alpha=pre_alpha)
+                             pre_alpha=pre_alpha, last_call=last_call)
             return "timeout", None
         if D_lower.shape[0] > max_domains:
             return "unknown", None

@@ -60,6 +60,7 @@ QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
 DEEP = 4
+LAST_ATTACK_MARGIN = 2.0   # seconds: an obligation's last attack is skipped this close to the deadline
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
 
 
@@ -110,7 +111,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         raise CertifyError(f"{prop.path}: property is for {prop.n_inputs} inputs / {prop.n_outputs} outputs, "
                            f"the network has {n_in} / {n_out}")
     t0 = time.monotonic()
-    deadline = t0 + timeout
+    deadline = end_all = t0 + timeout
     stats = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0,
              "time_lp": 0.0, "method": None, "regions": len(prop.regions)}
 
@@ -310,7 +311,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
             # a last attack on this obligation before giving up
-            if time.monotonic() < deadline and falsify_first and not (abort is not None and abort.is_set()):
+            # (not in the last seconds before the instance's deadline, which it could overrun)
+            now = time.monotonic()
+            if now < deadline and now + LAST_ATTACK_MARGIN < end_all and falsify_first and not (
+                    abort is not None and abort.is_set()):
                 ce = attack(steps=100, restarts=pgd_restarts)
                 if ce is not None:
                     return "sat", ce, "pgd"
