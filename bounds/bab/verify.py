@@ -65,17 +65,17 @@ WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at
 
 
 @contextmanager
-def one_torch_thread(on: bool = True):
+def one_torch_thread():
     """torch's intra-op threads set to 1 inside (restored after), for code that runs its own
     threads: two searches of one torch thread each bound ~1.8x the domains of one search of two
     (torch's kernels on these batch sizes scale poorly, and release the GIL)."""
     n = torch.get_num_threads()
-    if on and n != 1:
+    if n != 1:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if on and n != 1:
+        if n != 1:
             torch.set_num_threads(n)
 
 
@@ -98,12 +98,25 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     unstable ReLUs, or ``use_milp=False``) searches that many obligations at once and tightens
     bounds on that many threads, each with one torch thread (default WORKERS, at most the core
     count; ``stats`` seconds then add up over the threads).
+    torch runs on one intra-op thread inside (restored after): ``verify`` uses the other cores
+    through threads of its own (MILPs, or searches; ``workers``), which more torch threads would
+    oversubscribe (ACAS Xu 1_1 prop_5 at 11.6 s: unsat in 5.5 s on one torch thread, a timeout on
+    two beside the two MILP threads).
     ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats);
     ``use_milp=False`` runs ReLU splitting without the MILP beside it; ``tighten``: the share of
     the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
     branch and bound (``bounds.bab.tighten``; 0: never; default TIGHTEN, or TIGHTEN_DEEP on
     networks with more than DEEP hidden layers: on mnistfc 256x6 prop_12_0.03, 0.6 proves it in
     194 s and 0.25 times out, while on 256x4 prop_4_0.05 0.25 proves it in 116-279 s, the spread of a time-budgeted search)."""
+    with one_torch_thread():
+        return _verify(network, prop, timeout, method, seed, batch, iterations, pgd_restarts, falsify_first,
+                       use_milp, tighten, workers)
+
+
+def _verify(network: Network, prop, timeout: float, method: str, seed: int, batch: int | None,
+            iterations: int | None, pgd_restarts: int, falsify_first: bool, use_milp: bool,
+            tighten: float | None, workers: int | None) -> VerifyResult:
+    """``verify``'s body (see there), on one torch thread."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -365,9 +378,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         for i, (key, (lo, hi)) in enumerate(boxes.items()):
             root = roots[key]
             share = time.monotonic() + (until - time.monotonic()) / (len(boxes) - i)
-            with one_torch_thread(n_workers > 1):
-                root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats,
-                                                             workers=n_workers)
+            root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats,
+                                                         workers=n_workers)
             root.pop("encoding", None)
         relu_states.clear()   # domains bounded over the old bounds: start over from the tighter ones
         pending.sort(key=root_bound)
@@ -424,11 +436,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     abort.set()
 
             threads = [threading.Thread(target=guarded, args=(own,), daemon=True) for own in owns]
-            with one_torch_thread(True):
-                for th in threads:
-                    th.start()
-                for th in threads:
-                    th.join()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
             if out["error"] is not None:
                 raise out["error"]
             for own in owns:   # counts and seconds add up over the workers
