@@ -29,7 +29,6 @@ domain did as well as 5 or 20 in the same time, and a batch of 1024 as well as 5
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import torch
@@ -37,6 +36,7 @@ import torch
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
 from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds
+from bounds.bab.threads import run_in_threads
 
 Tensor = torch.Tensor
 
@@ -145,26 +145,13 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
 def _layer_in_threads(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: float, slopes,
                       stats: dict | None, workers: int, **kw) -> tuple[Tensor, Tensor]:
     """``tighten_layer`` with its neurons dealt to ``workers`` threads (neuron k to thread k mod
-    workers); each thread's bounds are sound, and so is their intersection. torch releases the
-    GIL inside its kernels, so on mnistfc 256x2 two threads bound 1.8x the domains of one."""
+    workers); each thread's bounds are sound, and so is their intersection. On mnistfc 256x2
+    layer 2, two threads bound 1.8x the domains of one in 20 s."""
     if workers <= 1:
         return tighten_layer(chain, lo, hi, pre, t, deadline, slopes, stats=stats, **kw)
-    outs, part_stats, errors = [None] * workers, [{} for _ in range(workers)], []
-
-    def run(k):
-        try:
-            outs[k] = tighten_layer(chain, lo, hi, pre, t, deadline, slopes, stats=part_stats[k], part=(k, workers),
-                                    **kw)
-        except BaseException as e:   # re-raised in the caller's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    part_stats = [{} for _ in range(workers)]
+    outs = run_in_threads(lambda k: tighten_layer(chain, lo, hi, pre, t, deadline, slopes, stats=part_stats[k],
+                                                  part=(k, workers), **kw), workers)
     if stats is not None:
         for ps in part_stats:
             for key, v in ps.items():

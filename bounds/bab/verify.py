@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from bounds.bab.tighten import tighten_bounds
+from bounds.bab.threads import one_torch_thread, run_in_threads
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.vnnlib import conjunction_margins
@@ -62,21 +62,6 @@ TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where 
 DEEP = 4
 LAST_ATTACK_MARGIN = 2.0   # seconds: an obligation's last attack is skipped this close to the deadline
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
-
-
-@contextmanager
-def one_torch_thread():
-    """torch's intra-op threads set to 1 inside (restored after), for code that runs its own
-    threads: two searches of one torch thread each bound ~1.8x the domains of one search of two
-    (torch's kernels on these batch sizes scale poorly, and release the GIL)."""
-    n = torch.get_num_threads()
-    if n != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n != 1:
-            torch.set_num_threads(n)
 
 
 def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
@@ -402,7 +387,7 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
         left: n_workers x (time left) / (obligations left)). Returns (obligations left, any unknown,
         (counterexample, found_by) or None)."""
         end = min(deadline, t0 + QUICK * timeout) if stage == "quick" else deadline
-        queue, left, out = list(pending), [], {"unknown": False, "sat": None, "error": None}
+        queue, left, out = list(pending), [], {"unknown": False, "sat": None}
         lock, abort = threading.Lock(), threading.Event()
 
         def work(own):
@@ -429,20 +414,14 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
             owns = [dict.fromkeys(("domains", "bound_calls", "lp_calls"), 0)
                     | dict.fromkeys(("time_falsify", "time_bound", "time_lp"), 0.0) for _ in range(n_workers)]
 
-            def guarded(own):
+            def guarded(k):
                 try:
-                    work(own)
-                except BaseException as e:   # re-raised in the caller's thread
-                    out["error"] = e
-                    abort.set()
+                    work(owns[k])
+                except BaseException:
+                    abort.set()   # the other workers stop too; ``run_in_threads`` re-raises it
+                    raise
 
-            threads = [threading.Thread(target=guarded, args=(own,), daemon=True) for own in owns]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            if out["error"] is not None:
-                raise out["error"]
+            run_in_threads(guarded, n_workers)
             for own in owns:   # counts and seconds add up over the workers
                 for k, v in own.items():
                     if k == "root_lower":
