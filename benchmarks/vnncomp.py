@@ -57,7 +57,8 @@ def main(argv=None) -> int:
                          "run, e.g. at scaled timeouts)")
     ap.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
     ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads (default 2; verify itself runs torch on one and uses the other core through its own MILP or search threads)")
+                    help="torch threads (default 2; verify itself runs torch on one and uses the other core "
+                         "through its own MILP or search threads)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
     ap.add_argument("--fresh", action="store_true", help="ignore earlier rows in the output folder")
     args = ap.parse_args(argv)

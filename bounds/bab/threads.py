@@ -13,15 +13,14 @@ import torch
 @contextmanager
 def one_torch_thread():
     """torch's intra-op threads set to 1 inside (restored after), for code that runs threads of
-    its own: more torch threads beside them would oversubscribe the cores."""
+    its own: more torch threads beside them would oversubscribe the cores. Also a decorator
+    (``@one_torch_thread()``)."""
     n = torch.get_num_threads()
-    if n != 1:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        if n != 1:
-            torch.set_num_threads(n)
+        torch.set_num_threads(n)
 
 
 def run_in_threads(work: Callable[[int], object], n: int) -> list:
@@ -43,3 +42,21 @@ def run_in_threads(work: Callable[[int], object], n: int) -> list:
     if errors:
         raise errors[0]
     return out
+
+
+# per-search values that describe one search rather than add up over threads
+_FIRST, _LAST = ("root_lower",), ("open_domains", "worst_open_lower")
+
+
+def merge_stats(stats: dict, parts: list[dict]) -> None:
+    """Add the threads' own stats dicts ``parts`` into ``stats``: counts and seconds add up (so
+    seconds are summed over the threads), ``root_lower`` keeps the first value seen, the open
+    domains of a search and anything not a number take the last thread's."""
+    for part in parts:
+        for k, v in part.items():
+            if k in _FIRST:
+                stats.setdefault(k, v)
+            elif k in _LAST or not isinstance(v, (int, float)):
+                stats[k] = v
+            else:
+                stats[k] = stats.get(k, 0) + v

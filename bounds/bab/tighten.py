@@ -36,7 +36,7 @@ import torch
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
 from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds
-from bounds.bab.threads import run_in_threads
+from bounds.bab.threads import merge_stats, run_in_threads
 
 Tensor = torch.Tensor
 
@@ -153,9 +153,7 @@ def _layer_in_threads(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadlin
     outs = run_in_threads(lambda k: tighten_layer(chain, lo, hi, pre, t, deadline, slopes, stats=part_stats[k],
                                                   part=(k, workers), **kw), workers)
     if stats is not None:
-        for ps in part_stats:
-            for key, v in ps.items():
-                stats[key] = stats.get(key, 0) + v
+        merge_stats(stats, part_stats)
     return (torch.stack([o[0] for o in outs]).max(0).values, torch.stack([o[1] for o in outs]).min(0).values)
 
 

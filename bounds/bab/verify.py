@@ -36,7 +36,7 @@ from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.relax import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from bounds.bab.tighten import tighten_bounds
-from bounds.bab.threads import one_torch_thread, run_in_threads
+from bounds.bab.threads import merge_stats, one_torch_thread, run_in_threads
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.vnnlib import conjunction_margins
@@ -60,8 +60,16 @@ QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
 DEEP = 4
+# the counts and seconds every search adds to (``verify``'s stats, and each worker thread's own)
+COUNTERS = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0, "time_lp": 0.0}
 LAST_ATTACK_MARGIN = 2.0   # seconds: an obligation's last attack is skipped this close to the deadline
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
+
+
+def _milp_sized(pre) -> bool:
+    """Whether a region with pre-activation bounds ``pre`` gets a MILP beside ReLU splitting: it
+    has unstable ReLUs (binaries), at most MILP_MAX_BINARIES of them."""
+    return 0 < sum(int(((l < 0) & (u > 0)).sum()) for l, u in pre) <= MILP_MAX_BINARIES
 
 
 def _box_key(lo: torch.Tensor, hi: torch.Tensor) -> tuple[bytes, bytes]:
@@ -73,6 +81,7 @@ def choose_method(n_inputs: int, n_relus: int) -> str:
     return "input" if n_inputs <= LOW_DIM or n_relus == 0 else "relu"
 
 
+@one_torch_thread()
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
            batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
            falsify_first: bool = True, use_milp: bool = True, tighten: float | None = None,
@@ -94,15 +103,6 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     networks with more than DEEP hidden layers: on mnistfc 256x6 prop_12_0.03, 0.6 proved it once
     in 194 s and 0.25 timed out (it timed out in three later runs too: a borderline instance),
     while on 256x4 prop_4_0.05 0.25 proves it in 116-279 s, the spread of a time-budgeted search)."""
-    with one_torch_thread():
-        return _verify(network, prop, timeout, method, seed, batch, iterations, pgd_restarts, falsify_first,
-                       use_milp, tighten, workers)
-
-
-def _verify(network: Network, prop, timeout: float, method: str, seed: int, batch: int | None,
-            iterations: int | None, pgd_restarts: int, falsify_first: bool, use_milp: bool,
-            tighten: float | None, workers: int | None) -> VerifyResult:
-    """``verify``'s body (see there), on one torch thread."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -111,8 +111,7 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
                            f"the network has {n_in} / {n_out}")
     t0 = time.monotonic()
     deadline = end_all = t0 + timeout
-    stats = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0,
-             "time_lp": 0.0, "method": None, "regions": len(prop.regions)}
+    stats = dict(COUNTERS, method=None, regions=len(prop.regions))
 
     milps = None   # ReLU splitting: the MILP queue beside branch and bound (``bounds.bab.milp_chain``)
     n_workers = 1   # search threads: more only for ReLU splitting without a MILP beside it (below)
@@ -337,15 +336,14 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
                 roots[key] = {"pre": pre, "slopes": slopes}
         pending.sort(key=root_bound)
         stats["time_bound"] += time.monotonic() - t
-        unstable = [sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"]) for root in roots.values()]
-        if use_milp and any(0 < n <= MILP_MAX_BINARIES for n in unstable):
+        if use_milp and any(_milp_sized(root["pre"]) for root in roots.values()):
             # a MILP over the root bounds, one obligation after the other in the same order, runs
             # on the other core beside branch and bound when the region has few unstable ReLUs;
             # whichever decides an obligation first ends it
             def make(j):
                 lo, hi, C, d = jobs[j]
                 root = roots[_box_key(lo, hi)]
-                if not 0 < sum(int(((l < 0) & (u > 0)).sum()) for l, u in root["pre"]) <= MILP_MAX_BINARIES:
+                if not _milp_sized(root["pre"]):
                     return None
                 enc = root.get("encoding")   # dropped when the bounds are tightened (main thread)
                 if enc is None:
@@ -381,6 +379,7 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
         tighten = TIGHTEN_DEEP if len(chain.hidden_sizes) > DEEP else TIGHTEN
     if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
         stages = ["quick", "tighten"] + stages
+
     def run_stage(stage, pending):
         """One pass over ``pending`` (see above) on ``n_workers`` threads, each taking the next
         obligation when it is done with one (in "quick" and "share", with its share of the time
@@ -411,8 +410,7 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
         if n_workers == 1:
             work(stats)
         else:
-            owns = [dict.fromkeys(("domains", "bound_calls", "lp_calls"), 0)
-                    | dict.fromkeys(("time_falsify", "time_bound", "time_lp"), 0.0) for _ in range(n_workers)]
+            owns = [dict(COUNTERS) for _ in range(n_workers)]
 
             def guarded(k):
                 try:
@@ -422,14 +420,7 @@ def _verify(network: Network, prop, timeout: float, method: str, seed: int, batc
                     raise
 
             run_in_threads(guarded, n_workers)
-            for own in owns:   # counts and seconds add up over the workers
-                for k, v in own.items():
-                    if k == "root_lower":
-                        stats.setdefault(k, v)
-                    elif k in ("open_domains", "worst_open_lower") or not isinstance(v, (int, float)):
-                        stats[k] = v
-                    else:
-                        stats[k] = stats.get(k, 0) + v
+            merge_stats(stats, owns)
         left += queue   # not reached before the deadline
         left.sort(key=pending.index)
         return left, out["unknown"], out["sat"]
