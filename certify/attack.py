@@ -8,7 +8,7 @@ and keeps the best point seen. The returned points always lie in the set (projec
 from __future__ import annotations
 
 import math
-
+import time
 from typing import Callable
 
 import torch
@@ -19,13 +19,15 @@ from certify.spec.sets import InputSet
 
 def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: InputSet, steps: int = 20,
                  restarts: int = 1, step_size: float | None = None, generator: torch.Generator | None = None,
-                 start: torch.Tensor | None = None, decay: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 start: torch.Tensor | None = None, decay: bool = False,
+                 deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best (x, objective(x)) found per batch row: shapes (B, *shape) and (B,).
 
     ``step_size`` defaults to 2.5 * (set radius) / steps (per feature for boxes). The first
     restart starts at ``start`` (default: the set's centre), the others uniformly in the set.
     ``decay`` scales the step by a cosine schedule from 1 to 0.01 over the steps of each restart
-    (fine convergence onto thin violating regions, e.g. VNN-COMP falsification).
+    (fine convergence onto thin violating regions, e.g. VNN-COMP falsification). ``deadline``
+    (time.monotonic()): no step is begun past it (the best point so far is returned).
     """
     lo, hi = input_set.box()
     lo, hi = lo.detach(), hi.detach()
@@ -42,11 +44,15 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     with torch.no_grad():
         best_v = objective(best_x).detach()
     for r in range(restarts):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         if r == 0:
             x = best_x.clone()
         else:
             x = input_set.project(input_set.sample(1, generator)[0])
         for it in range(steps):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             a_it = alpha * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / steps))) if decay else alpha
             x = x.detach().requires_grad_(True)
             v = objective(x)

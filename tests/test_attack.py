@@ -30,3 +30,23 @@ def test_pgd_margin_points_stay_in_set_and_beat_the_centre():
     centre = (C @ net(x).unsqueeze(-1))[..., 0].min(1).values
     assert bool((v <= centre + 1e-6).all())
     assert torch.allclose(v, (C @ net(xa).unsqueeze(-1))[..., 0].min(1).values, atol=1e-5)
+
+
+def test_pgd_begins_no_step_past_its_deadline():
+    """A deadline already past: only the start point is evaluated (no step); a near one ends a
+    long attack early, with the best point so far, still in the set."""
+    import time
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return z.sum(1)
+
+    s = ball(torch.full((2, 3), 0.5), 0.1, "inf")
+    x, v = pgd_minimize(f, s, steps=1000, restarts=5, deadline=time.monotonic() - 1)
+    assert len(calls) == 1 and torch.allclose(v, torch.full((2,), 1.5))
+    calls.clear()
+    t = time.monotonic()
+    x, v = pgd_minimize(f, s, steps=10**6, restarts=1, deadline=t + 0.2)
+    assert time.monotonic() - t < 5 and 1 < len(calls) < 10**6
+    assert bool(s.contains(x).all()) and bool((v < 1.5).all())

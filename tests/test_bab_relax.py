@@ -34,6 +34,22 @@ def _split_domains(ch, g, B, r, n_out, frac):
     return lo, hi, C, d, pre, splits
 
 
+def _margins_on_domains(ch, lo, hi, C, d, splits, n, g):
+    """Per domain b: the margins C_b z + d_b (k, r) at those of n uniform points of its box whose
+    pre-activations have its split signs."""
+    x = lo.unsqueeze(1) + torch.rand(lo.shape[0], n, lo.shape[1], generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
+    out = []
+    for b in range(lo.shape[0]):
+        a, ok = x[b], torch.ones(n, dtype=torch.bool)
+        for k, (w, bias) in enumerate(zip(ch.weights, ch.biases)):
+            z = a @ w.T + bias
+            if k < len(ch.weights) - 1:
+                ok &= ((splits[k][b] > 0) & (z < 0) | (splits[k][b] < 0) & (z > 0)).sum(1) == 0
+                a = z.clamp(min=0)
+        out.append((z @ C[b].T + d[b])[ok])
+    return out
+
+
 def test_chain_matches_ir_on_a_conv_net():
     g = torch.Generator().manual_seed(0)
     net = sequential((1, 6, 6), [
@@ -61,20 +77,11 @@ def test_bounds_hold_on_sampled_points_of_split_domains(mode, iterations):
     lo, hi, C, d, pre, splits = _split_domains(ch, g, B, r, 4, 0.4)
     res = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=True, iterations=iterations,
                         mode=mode, stop_when_positive=False)
-    x = lo.unsqueeze(1) + torch.rand(B, 4000, 3, generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
     checked = 0
-    for b in range(B):
-        xb = x[b]
-        a, ok = xb, torch.ones(xb.shape[0], dtype=torch.bool)
-        for k, (w, bias) in enumerate(zip(ch.weights, ch.biases)):
-            z = a @ w.T + bias
-            if k < len(ch.weights) - 1:
-                ok &= ((splits[k][b] > 0) & (z < 0) | (splits[k][b] < 0) & (z > 0)).sum(1) == 0
-                a = z.clamp(min=0)
-        m = z @ C[b].T + d[b]
-        if ok.any() and torch.isfinite(res.lower[b]).all():
-            assert bool((m[ok] >= res.lower[b] - 1e-9).all()), (b, m[ok].min(0).values, res.lower[b])
-            checked += int(ok.sum())
+    for b, m in enumerate(_margins_on_domains(ch, lo, hi, C, d, splits, 4000, g)):
+        if m.shape[0] and torch.isfinite(res.lower[b]).all():
+            assert bool((m >= res.lower[b] - 1e-9).all()), (b, m.min(0).values, res.lower[b])
+            checked += m.shape[0]
     assert checked > 1000
     # tightness: optimizing never loses against plain CROWN
     base = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=True, mode=mode)
@@ -144,20 +151,12 @@ def test_warm_started_alpha_beta_stay_sound():
     assert res.alpha is not None and all(a.shape == (B, r, n) for a, n in zip(res.alpha, ch.hidden_sizes))
     res2 = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, recompute=False, iterations=5,
                          alpha_init=res.alpha, beta_init=res.beta, stop_when_positive=False)
-    x = lo.unsqueeze(1) + torch.rand(B, 4000, 3, generator=g, dtype=torch.float64) * (hi - lo).unsqueeze(1)
     checked = 0
-    for b in range(B):
-        a, ok = x[b], torch.ones(4000, dtype=torch.bool)
-        for k, (w, bias) in enumerate(zip(ch.weights, ch.biases)):
-            z = a @ w.T + bias
-            if k < len(ch.weights) - 1:
-                ok &= ((splits[k][b] > 0) & (z < 0) | (splits[k][b] < 0) & (z > 0)).sum(1) == 0
-                a = z.clamp(min=0)
-        m = z @ C[b].T + d[b]
+    for b, m in enumerate(_margins_on_domains(ch, lo, hi, C, d, splits, 4000, g)):
         for rr in (res, res2):
-            if ok.any() and torch.isfinite(rr.lower[b]).all():
-                assert bool((m[ok] >= rr.lower[b] - 1e-9).all())
-                checked += int(ok.sum())
+            if m.shape[0] and torch.isfinite(rr.lower[b]).all():
+                assert bool((m >= rr.lower[b] - 1e-9).all())
+                checked += m.shape[0]
     assert checked > 1000
 
 
@@ -250,3 +249,31 @@ def test_refine_from_and_shared_box_give_the_same_sound_bounds():
             assert bool((l[b] <= fl[b] + 1e-12).all() and (u[b] >= fu[b] - 1e-12).all())
             looser += int((l[b] < fl[b] - 1e-9).sum() + (u[b] > fu[b] + 1e-9).sum())
     assert looser > 0
+
+
+def test_float32_steps_give_float64_sound_bounds_as_tight_as_float64_steps():
+    """The alpha/beta steps run in float32; the reported bound is the chosen multipliers' bound
+    in float64: it holds on sampled points like the float64 steps' bound, and is as tight (to
+    float32's precision)."""
+    net = _mlp(3, [4, 16, 16, 16, 3])
+    ch = to_chain(net)
+    g = torch.Generator().manual_seed(5)
+    B, r = 8, 2
+    lo, hi, C, d, pre, splits = _split_domains(ch, g, B, r, 3, 0.1)
+    out = {dt: bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, mode="refine", iterations=20,
+                             stop_when_positive=False, opt_dtype=dt) for dt in (torch.float32, torch.float64)}
+    low32, low64 = out[torch.float32].lower, out[torch.float64].lower
+    assert low32.dtype == torch.float64
+    fin = torch.isfinite(low64)
+    assert bool((torch.isfinite(low32) == fin).all()) and int(fin.sum()) >= 8
+    base = bound_domains(ch, lo, hi, C, d, splits=splits, pre=pre, mode="refine").lower
+    gain = (low64 - base)[fin]
+    assert float(gain.max()) > 1e-2                       # the steps do something here
+    assert bool(((low32 - low64)[fin].abs() <= 1e-3 * (1 + low64[fin].abs())).all())
+    # no sampled point of a domain (its split signs respected) falls below the float32 steps' bound
+    checked = 0
+    for b, m in enumerate(_margins_on_domains(ch, lo, hi, C, d, splits, 20000, g)):
+        if m.shape[0] and torch.isfinite(low32[b]).all():
+            assert bool((m >= low32[b] - 1e-9).all())
+            checked += m.shape[0]
+    assert checked > 1000

@@ -14,7 +14,7 @@ the IR has is covered by its own reference ``forward``. Returns ``None`` for any
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,16 @@ class Chain:
 
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
+    _casts: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cast(self, dtype: torch.dtype) -> "Chain":
+        """The same chain in ``dtype`` (made once, then kept; e.g. float32 for the steps of an
+        optimization whose result is re-evaluated in float64)."""
+        if dtype == self.weights[0].dtype:
+            return self
+        if dtype not in self._casts:
+            self._casts[dtype] = Chain([w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases])
+        return self._casts[dtype]
 
     @property
     def hidden_sizes(self) -> list[int]:

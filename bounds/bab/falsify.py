@@ -92,12 +92,14 @@ class Falsifier:
 
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
             restarts: int = 5, parallel: int = 1,
-            starts: torch.Tensor | None = None) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
+            starts: torch.Tensor | None = None,
+            deadline: float | None = None) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
         """PGD in each box (lo, hi) (N, n_in) on the violation value; returns (counterexample or
         None, best values (N,)). ``parallel`` > 1 runs that many extra attacks per box side by side
         from uniform random starts (one batch: cheap for small networks, e.g. ACAS Xu's).
         ``starts`` (S, n_in): instead, one attack from each of these points in the single box
-        (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains."""
+        (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains. ``deadline``: no
+        PGD step is begun past it."""
         dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
                for A, b in disjuncts]
         N0 = lo.shape[0]
@@ -125,7 +127,7 @@ class Falsifier:
         if starts is not None:
             start = starts.reshape(N, -1).repeat_interleave(K, 0).to(torch.float32).reshape(box.lower.shape)
         x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen, start=start,
-                            decay=parallel > 1)
+                            decay=parallel > 1, deadline=deadline)
         v = v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
         xs = x.reshape(x.shape[0], -1).to(torch.float64)
         xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))

@@ -12,7 +12,8 @@ domain: the set of x in [lo, hi] whose pre-activations have the split signs.
   slope alpha in [0, 1] (CROWN's default: 1 if u > -l else 0).
 * beta (Wang et al. 2021): for each split neuron a multiplier beta >= 0 adds the valid term
   -beta * s * z (s = +1 active: z >= 0; s = -1 inactive: z <= 0), which is <= 0 on the domain,
-  so every (alpha, beta) gives a sound bound; Adam maximizes it and the best iterate is kept.
+  so every (alpha, beta) gives a sound bound; Adam maximizes it (its steps in float32, by default)
+  and the best iterate's multipliers are evaluated once more in float64: that is the bound.
 
 Shapes: lo, hi (B, n_in); C (B, r, n_out); d (B, r); splits: list per hidden layer of int8
 (B, n_k); pre: list of (l, u) per hidden layer, (B or 1, n_k).
@@ -351,7 +352,8 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                   recompute: bool = True, iterations: int = 0, lr: float = 0.1, use_beta: bool = True,
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
                   beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                  deadline: float | None = None, instability: bool = False) -> DomainBounds:
+                  deadline: float | None = None, instability: bool = False,
+                  opt_dtype: torch.dtype = torch.float32) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``deadline`` (time.monotonic()): the per-domain refinement (mode "refine") and the alpha/beta
@@ -361,7 +363,12 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
 
     ``iterations`` > 0 optimizes alpha (per row) and, with splits and ``use_beta``, beta, starting
     from ``alpha_init`` / ``beta_init`` when given (lists per hidden layer of (B, r, n_k), e.g. the
-    parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0).
+    parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0). The steps
+    run in ``opt_dtype``; the best step's multipliers (by their ``opt_dtype`` value) are re-evaluated
+    in float64, and that bound (when above the first pass's) is the one returned. ``alpha`` /
+    ``beta`` returned are the last step's (in ``opt_dtype``): as warm starts for children they beat
+    the best step's (mnistfc 256x4 prop_3_0.03, 30 s of ReLU splitting: worst open bound -0.50 vs
+    -0.91).
     ``instability`` (modes "forward", "hybrid"): also return the inputs' instability
     (``_forward_pre``).
     """
@@ -385,13 +392,20 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     unstable_any = any(bool(((l < 0) & (u > 0)).any()) for l, u in pre_b)
     has_splits = splits is not None and any(bool((s != 0).any()) for s in splits)
     if iterations > 0 and (unstable_any or (use_beta and has_splits)) and not (stop_when_positive and bool((best.max(1).values > 0).all())):
+        # the steps run in ``opt_dtype`` (float32: ~1.7x faster on a CPU); their values only
+        # choose the multipliers, and the bound reported is the best multipliers' bound
+        # re-evaluated in float64 (sound for any alpha in [0, 1] and beta >= 0)
+        dt = opt_dtype
+        ch = chain.cast(dt)
+        lo_o, hi_o, C_o, d_o = lo.to(dt), hi.to(dt), C.to(dt), d.to(dt)
+        pre_o = [(l.to(dt), u.to(dt)) for l, u in pre_b]
         r = C.shape[1]
         alpha = []
         for k, (l, u) in enumerate(pre_b):
             if alpha_init is not None:
-                a0 = alpha_init[k].to(torch.float64).clamp(0, 1).expand(-1, r, -1)
+                a0 = alpha_init[k].to(dt).clamp(0, 1).expand(-1, r, -1)
             else:
-                a0 = _relax(l, u)[2].unsqueeze(1).expand(-1, r, -1)
+                a0 = _relax(l, u)[2].to(dt).unsqueeze(1).expand(-1, r, -1)
             alpha.append(a0.clone().requires_grad_(True))
         params = list(alpha)
         beta = None
@@ -401,23 +415,36 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                 if not bool((s != 0).any()):
                     beta.append(None)
                 elif beta_init is not None and beta_init[k] is not None:
-                    beta.append(beta_init[k].to(torch.float64).clamp(min=0).expand(-1, r, -1).clone().requires_grad_(True))
+                    beta.append(beta_init[k].to(dt).clamp(min=0).expand(-1, r, -1).clone().requires_grad_(True))
                 else:
-                    beta.append(torch.zeros(lo.shape[0], r, s.shape[1], dtype=torch.float64, requires_grad=True))
+                    beta.append(torch.zeros(lo.shape[0], r, s.shape[1], dtype=dt, requires_grad=True))
             params += [b for b in beta if b is not None]
         opt = torch.optim.Adam(params, lr=lr)
+        seen = torch.full_like(best, -float("inf"), dtype=dt)     # best step value per row
+        best_alpha = [a.detach().clone() for a in alpha]
+        best_beta = None if beta is None else [None if b is None else b.detach().clone() for b in beta]
         for _ in range(iterations):
-            low, lam_i, hid_i = _backsub(chain, L - 1, C, d, lo, hi, pre_b, alpha, beta, splits, keep=True)
+            low, _, _ = _backsub(ch, L - 1, C_o, d_o, lo_o, hi_o, pre_o, alpha, beta, splits)
             with torch.no_grad():
-                better = low > best
-                best = torch.where(better, low.detach(), best)
+                better = low > seen
+                seen = torch.where(better, low.detach(), seen)
                 bm = better.unsqueeze(-1)
-                hidden = [torch.where(bm, h, h0) for h, h0 in zip(hid_i, hidden)]
-            if stop_when_positive and bool((best.max(1).values > 0).all()):
+                best_alpha = [torch.where(bm, a.detach(), ba) for a, ba in zip(alpha, best_alpha)]
+                if beta is not None:
+                    best_beta = [None if b is None else torch.where(bm, b.detach(), bb) for b, bb in zip(beta, best_beta)]
+            if stop_when_positive and bool((seen.max(1).values > 0).all()):
                 break
             if deadline is not None and time.monotonic() > deadline:
                 break
             _ascent_step(opt, low, alpha, beta)
+        with torch.no_grad():   # the best step's multipliers, their bound in float64
+            low, _, hid = _backsub(chain, L - 1, C, d, lo, hi, pre_b, [a.to(torch.float64) for a in best_alpha],
+                                   None if beta is None else [None if b is None else b.to(torch.float64)
+                                                              for b in best_beta],
+                                   splits, keep=True)
+        better = low > best
+        best = torch.where(better, low, best)
+        hidden = [torch.where(better.unsqueeze(-1), h, h0) for h, h0 in zip(hid, hidden)]
     else:
         alpha, beta = alpha_init, beta_init
     best = best.detach()

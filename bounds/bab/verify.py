@@ -62,7 +62,6 @@ TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where 
 DEEP = 4
 # the counts and seconds every search adds to (``verify``'s stats, and each worker thread's own)
 COUNTERS = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0, "time_lp": 0.0}
-LAST_ATTACK_MARGIN = 2.0   # seconds: an obligation's last attack is skipped this close to the deadline
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
 
 
@@ -131,12 +130,13 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     for (lo, hi), reg in zip(boxes if falsify_first else [], prop.regions):
         how, ce = "pgd", fal.check_points(torch.stack([(lo + hi) / 2, lo, hi]))
         if ce is None:
-            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=50, restarts=pgd_restarts)
+            ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=50, restarts=pgd_restarts,
+                            deadline=end_all)
         if ce is None and n_in <= LOW_DIM:
             # small inputs: thousands of attacks side by side, then 50k samples biased to the
             # box's faces (where PGD stalls), cost well under a second
             ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=100, restarts=1,
-                            parallel=2000)
+                            parallel=2000, deadline=end_all)
             if ce is None:
                 how, ce = "sample", fal.sample(lo, hi, reg.disjuncts)
         if ce is not None:
@@ -165,6 +165,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             jobs.append((lo, hi, C, d))
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
     relu_states = {}   # per obligation (ReLU splitting): its open domains when a pass timed it out
+    last_attacked = set()   # obligations given their last attack (``attempt``)
 
     def root_bound(j):
         """CROWN's lower bound of obligation j over its region's current root bounds."""
@@ -261,7 +262,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     now = time.monotonic()
                     if not attacked and now - start > 0.3 * (deadline - start) and now < deadline:
                         attacked = True
-                        ce = attack(steps=300, restarts=1, parallel=10000)
+                        ce = attack(steps=300, restarts=1, parallel=10000, deadline=deadline)
                         if ce is not None:
                             return "sat", ce, "pgd"
                         ce = timed(fal.sample, lo, hi, dis, n=200000)
@@ -279,7 +280,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 # the bound minimizers of the worst open domains are checked, then attacked by a
                 # short PGD from there (mnistfc 256x2 prop_9_0.05: sat in 4 s, 44 s without)
                 ce = try_points(xs)
-                return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs)
+                return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs,
+                                                                              deadline=deadline)
 
             def bab():
                 # ends when the MILP queue proves this obligation or has a candidate for any
@@ -308,12 +310,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if verdict == "sat":
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
-            # a last attack on this obligation before giving up
-            # (not in the last seconds before the instance's deadline, which it could overrun)
-            now = time.monotonic()
-            if now < deadline and now + LAST_ATTACK_MARGIN < end_all and falsify_first and not (
+            # a last attack on this obligation before giving up, once (0.5 s on mnistfc, where
+            # an obligation can time out in three passes), cut short at the instance's deadline
+            if time.monotonic() < deadline and falsify_first and j not in last_attacked and not (
                     abort is not None and abort.is_set()):
-                ce = attack(steps=100, restarts=pgd_restarts)
+                last_attacked.add(j)
+                ce = attack(steps=100, restarts=pgd_restarts, deadline=end_all)
                 if ce is not None:
                     return "sat", ce, "pgd"
         return verdict, None, None
