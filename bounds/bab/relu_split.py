@@ -72,7 +72,8 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
                    deadline: float, try_points, stats: dict, batch: int = 256, iterations: int = 20,
                    root_iterations: int = 50, recompute: bool = True, max_domains: int = 200_000,
                    warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine",
-                   pre_alpha: dict | None = None, stop=None, state: dict | None = None):
+                   pre_alpha: dict | None = None, stop=None, state: dict | None = None,
+                   opt_dtype: torch.dtype = torch.float32):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
 
     ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
@@ -86,7 +87,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     timeout (e.g. a MILP running beside it has decided the obligation).
     ``state``: a dict that keeps the open domains when the search stops at its deadline; called
     again with the same dict (and the same bounds), the search goes on from there instead of
-    starting over.
+    starting over. ``opt_dtype``: the dtype of the alpha/beta steps (``bound_domains``).
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
@@ -113,7 +114,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
             root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
         splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
         res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
-                            recompute=False, iterations=root_iterations)
+                            recompute=False, iterations=root_iterations, opt_dtype=opt_dtype)
         stats["bound_calls"] += 1
         stats["domains"] += 1
         stats["time_bound"] += time.monotonic() - t
@@ -188,7 +189,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
                             iterations=iterations, mode=mode, refine_from=refine_from,
-                            pre_alpha=pre_alpha, deadline=deadline,
+                            pre_alpha=pre_alpha, deadline=deadline, opt_dtype=opt_dtype,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1

@@ -50,11 +50,13 @@ def _bounds_per_obligation(n_ob: int, ob: Tensor, low: Tensor) -> Tensor:
 def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: float,
                   pre_alpha: dict | None = None, batch: int = 512, iterations: int = 10,
                   max_domains: int = 2000, converged: float = 0.01,
-                  stats: dict | None = None, part: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
+                  stats: dict | None = None, part: tuple[int, int] = (0, 1),
+                  opt_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Bounds (l, u) (n_t,) of hidden layer t >= 1's pre-activation over the box ``lo``, ``hi``
     (n_in,), at least as tight as ``pre[t]`` (pre: (l, u) per hidden layer, (1, n_k) or (n_k,);
     layers < t are the ones split). Sound whenever the deadline stops it. ``part`` (k, K): only
-    every K-th of the unstable neurons from the k-th is tightened (the others keep ``pre[t]``)."""
+    every K-th of the unstable neurons from the k-th is tightened (the others keep ``pre[t]``).
+    ``opt_dtype``: the dtype of the alpha/beta steps (``bound_domains``)."""
     sub = Chain(chain.weights[:t + 1], chain.biases[:t + 1])
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     l, u = (v.reshape(-1).double().clone() for v in pre[t])
@@ -75,7 +77,7 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
         res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob], torch.zeros(B, 1, dtype=torch.float64),
                             splits=splits, pre=root if dpre is None else dpre, recompute=dpre is not None and t > 1,
                             mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations,
-                            deadline=deadline)
+                            deadline=deadline, opt_dtype=opt_dtype)
         low = res.lower[:, 0]
         # the minimizer of each domain's linear bound, through the network
         x = torch.where(res.lam_in[:, 0] > 0, lo1, hi1)

@@ -60,6 +60,9 @@ QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
 DEEP = 4
+# ... and the dtype of the alpha/beta steps (``bound_domains``) there: float32 is faster (mnistfc
+# 256x4 prop_5_0.03: unsat in 16 s, 95 s with float64 steps), but on 256x6 float64 steps proved
+# prop_13_0.03 (195 s) where float32 steps timed out, and prop_6_0.05 timed out with float32 (one run each)
 # the counts and seconds every search adds to (``verify``'s stats, and each worker thread's own)
 COUNTERS = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0, "time_lp": 0.0}
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
@@ -154,6 +157,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         n_relus = sum(chain.hidden_sizes)
         m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
     stats["method"] = m
+    deep = chain is not None and len(chain.hidden_sizes) > DEEP
+    opt_dtype = torch.float64 if deep else torch.float32
     net64 = network.detach().to(torch.float64)
     jobs = []
     for (lo, hi), reg in zip(boxes, prop.regions):
@@ -290,7 +295,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                     stop = abort.is_set if stop is None else (lambda s=stop: abort.is_set() or s())
                 return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
-                                      pre_alpha=root["slopes"], stop=stop, state=relu_states.setdefault(j, {}))
+                                      pre_alpha=root["slopes"], stop=stop, state=relu_states.setdefault(j, {}),
+                                      opt_dtype=opt_dtype)
 
             verdict = "timeout"
             while True:
@@ -365,7 +371,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             root = roots[key]
             share = time.monotonic() + (until - time.monotonic()) / (len(boxes) - i)
             root["pre"], root["slopes"] = tighten_bounds(chain, lo, hi, root["pre"], root["slopes"], share, stats,
-                                                         workers=n_workers)
+                                                         workers=n_workers, opt_dtype=opt_dtype)
             root.pop("encoding", None)
         relu_states.clear()   # domains bounded over the old bounds: start over from the tighter ones
         pending.sort(key=root_bound)
@@ -378,7 +384,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-130 s)
     stages = ["share", "rest"]
     if tighten is None and chain is not None:
-        tighten = TIGHTEN_DEEP if len(chain.hidden_sizes) > DEEP else TIGHTEN
+        tighten = TIGHTEN_DEEP if deep else TIGHTEN
     if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
         stages = ["quick", "tighten"] + stages
 
