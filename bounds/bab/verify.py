@@ -60,9 +60,6 @@ QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
 DEEP = 4
-# ... and the dtype of the alpha/beta steps (``bound_domains``) there: float32 is faster (mnistfc
-# 256x4 prop_5_0.03: unsat in 16 s, 95 s with float64 steps), but on 256x6 float64 steps proved
-# prop_13_0.03 (195 s) where float32 steps timed out, and prop_6_0.05 timed out with float32 (one run each)
 # the counts and seconds every search adds to (``verify``'s stats, and each worker thread's own)
 COUNTERS = {"domains": 0, "bound_calls": 0, "lp_calls": 0, "time_falsify": 0.0, "time_bound": 0.0, "time_lp": 0.0}
 WORKERS = 2   # ReLU splitting without a MILP beside it: obligations searched at once, one thread each
@@ -112,7 +109,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         raise CertifyError(f"{prop.path}: property is for {prop.n_inputs} inputs / {prop.n_outputs} outputs, "
                            f"the network has {n_in} / {n_out}")
     t0 = time.monotonic()
-    deadline = end_all = t0 + timeout
+    deadline = t0 + timeout
     stats = dict(COUNTERS, method=None, regions=len(prop.regions))
 
     milps = None   # ReLU splitting: the MILP queue beside branch and bound (``bounds.bab.milp_chain``)
@@ -134,12 +131,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         how, ce = "pgd", fal.check_points(torch.stack([(lo + hi) / 2, lo, hi]))
         if ce is None:
             ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=50, restarts=pgd_restarts,
-                            deadline=end_all)
+                            deadline=deadline)
         if ce is None and n_in <= LOW_DIM:
             # small inputs: thousands of attacks side by side, then 50k samples biased to the
             # box's faces (where PGD stalls), cost well under a second
             ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), reg.disjuncts, steps=100, restarts=1,
-                            parallel=2000, deadline=end_all)
+                            parallel=2000, deadline=deadline)
             if ce is None:
                 how, ce = "sample", fal.sample(lo, hi, reg.disjuncts)
         if ce is not None:
@@ -158,6 +155,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
     stats["method"] = m
     deep = chain is not None and len(chain.hidden_sizes) > DEEP
+    # the dtype of ReLU splitting's alpha/beta steps (``bound_domains``): float32 is faster (mnistfc
+    # 256x4 prop_5_0.03: unsat in 16 s, 95 s with float64 steps), but on 256x6 float64 steps proved
+    # prop_13_0.03 (195 s) where float32 steps timed out, as prop_6_0.05 did (one run each)
     opt_dtype = torch.float64 if deep else torch.float32
     net64 = network.detach().to(torch.float64)
     jobs = []
@@ -188,10 +188,11 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 return ce
         return None
 
-    def attempt(j, deadline, stats=stats, abort=None):
-        """Obligation j until ``deadline``: (verdict, counterexample, found_by). ``stats``: where its
-        counts go (a worker thread's own dict); ``abort``: an Event that ends its search as at a
-        timeout (another worker found a counterexample)."""
+    def attempt(j, until, stats=stats, abort=None):
+        """Obligation j until ``until`` (the instance's ``deadline`` or earlier): (verdict,
+        counterexample, found_by). ``stats``: where its counts go (a worker thread's own dict);
+        ``abort``: an Event that ends its search as at a timeout (another worker found a
+        counterexample)."""
         lo, hi, C, d = jobs[j]
         dis = [(C, -d)]
 
@@ -208,7 +209,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             return timed(fal.pgd, lo.unsqueeze(0), hi.unsqueeze(0), dis, **kw)[0]
 
         if m == "generic-input":
-            verdict, ce = generic_input_split(net64, lo, hi, C, d, deadline, try_points, stats)
+            verdict, ce = generic_input_split(net64, lo, hi, C, d, until, try_points, stats)
         elif m == "input":
             # three searches take turns in time slices that double after each round, each one
             # continuing where it stopped, so an instance is solved in about 3x the time of the
@@ -257,17 +258,17 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             try:
                 start, slice_, turn, attacked = time.monotonic(), 0.5, 0, not falsify_first
                 verdict, ce = "timeout", None
-                while time.monotonic() < deadline:
+                while time.monotonic() < until:
                     k = turn % len(searches)
-                    verdict, ce = run_turn(k, min(deadline, time.monotonic() + slice_))
+                    verdict, ce = run_turn(k, min(until, time.monotonic() + slice_))
                     if verdict != "timeout":
                         break
                     slice_ *= 2 if k == len(searches) - 1 else 1
                     turn += 1
                     now = time.monotonic()
-                    if not attacked and now - start > 0.3 * (deadline - start) and now < deadline:
+                    if not attacked and now - start > 0.3 * (until - start) and now < until:
                         attacked = True
-                        ce = attack(steps=300, restarts=1, parallel=10000, deadline=deadline)
+                        ce = attack(steps=300, restarts=1, parallel=10000, deadline=until)
                         if ce is not None:
                             return "sat", ce, "pgd"
                         ce = timed(fal.sample, lo, hi, dis, n=200000)
@@ -286,14 +287,14 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 # short PGD from there (mnistfc 256x2 prop_9_0.05: sat in 4 s, 44 s without)
                 ce = try_points(xs)
                 return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs,
-                                                                              deadline=deadline)
+                                                                              deadline=until)
 
             def bab():
                 # ends when the MILP queue proves this obligation or has a candidate for any
                 stop = None if milps is None else (lambda: j in milps.proved or bool(milps.candidates))
                 if abort is not None:
                     stop = abort.is_set if stop is None else (lambda s=stop: abort.is_set() or s())
-                return relu_split_bab(chain, lo, hi, C, d, deadline, try_and_attack, stats, batch=batch or 256,
+                return relu_split_bab(chain, lo, hi, C, d, until, try_and_attack, stats, batch=batch or 256,
                                       iterations=iterations or 10, root_pre=root["pre"],
                                       pre_alpha=root["slopes"], stop=stop, state=relu_states.setdefault(j, {}),
                                       opt_dtype=opt_dtype)
@@ -306,7 +307,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
                 if milps is not None and j in milps.proved:
                     stats["milp_proved"] = stats.get("milp_proved", 0) + 1
                     return "unsat", None, None
-                if verdict == "unknown" or time.monotonic() >= deadline:
+                if verdict == "unknown" or time.monotonic() >= until:
                     break
                 verdict, ce = bab()   # stopped early by the queue: its news are read above
                 if milps is None or verdict in ("sat", "unsat"):
@@ -318,10 +319,10 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if verdict in ("timeout", "unknown"):
             # a last attack on this obligation before giving up, once (0.5 s on mnistfc, where
             # an obligation can time out in three passes), cut short at the instance's deadline
-            if time.monotonic() < deadline and falsify_first and j not in last_attacked and not (
+            if time.monotonic() < until and falsify_first and j not in last_attacked and not (
                     abort is not None and abort.is_set()):
                 last_attacked.add(j)
-                ce = attack(steps=100, restarts=pgd_restarts, deadline=end_all)
+                ce = attack(steps=100, restarts=pgd_restarts, deadline=deadline)
                 if ce is not None:
                     return "sat", ce, "pgd"
         return verdict, None, None
@@ -383,7 +384,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # (mnistfc 256x4 prop_4_0.05: unsat in 132 s, a timeout without; the price: 256x4 prop_0_0.03
     # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-130 s)
     stages = ["share", "rest"]
-    if tighten is None and chain is not None:
+    if tighten is None:
         tighten = TIGHTEN_DEEP if deep else TIGHTEN
     if m == "relu" and tighten > 0 and len(chain.hidden_sizes) > 1:
         stages = ["quick", "tighten"] + stages
