@@ -277,3 +277,48 @@ def test_float32_steps_give_float64_sound_bounds_as_tight_as_float64_steps():
             assert bool((m >= low32[b] - 1e-9).all())
             checked += m.shape[0]
     assert checked > 1000
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_first_layer_corrections_equal_the_plain_refinement(kept):
+    """``_refine_first`` (layer 1's rows as the root's rows plus a correction over the few layer-0
+    neurons a domain's relaxation changes) gives the plain pass's bounds to rounding, for a box
+    shared by the domains or one box per domain, for domains whose layer-0 bounds differ from
+    the root's by splits and by tighter bounds of their own, and it declines (None) when too many
+    neurons differ."""
+    from bounds.bab.relax import _refine_first, _refine_unstable, _clamp
+    net = _mlp(11, [6, 40, 30, 20, 3])
+    ch = to_chain(net)
+    g = torch.Generator().manual_seed(12)
+    B = 9
+    lo1 = torch.rand(1, 6, generator=g, dtype=torch.float64) - 1
+    hi1 = lo1 + 1.2
+    pre, slopes = optimized_pre_bounds(ch, lo1, hi1, iterations=5, keep_alpha=True)
+    l0, u0 = pre[0]
+    uns = torch.nonzero(((l0 < 0) & (u0 > 0))[0]).flatten()
+    assert uns.numel() >= 8
+    splits = [torch.zeros(B, l.shape[1], dtype=torch.int8) for l, _ in pre]
+    for b in range(1, B):
+        pick = uns[torch.randperm(uns.numel(), generator=g)[:b % 4]]
+        splits[0][b, pick] = torch.where(torch.rand(pick.numel(), generator=g) < 0.5, 1, -1).to(torch.int8)
+    base = [(l.expand(B, -1).clone(), u.expand(B, -1).clone()) for l, u in pre]
+    base[0][0][B - 1, uns[0]] = base[0][0][B - 1, uns[0]] / 2          # a tighter bound of domain B-1's own
+    alpha = slopes if kept else None
+    for lo, hi in ((lo1.expand(B, -1), hi1.expand(B, -1)), (lo1.repeat(B, 1) - 0.1 * torch.rand(B, 1, generator=g,
+                                                                                               dtype=torch.float64),
+                                                         hi1.repeat(B, 1))):
+        outs = []
+        for fast in (False, True):
+            out = [_clamp(l, u, s) for (l, u), s in zip(base, splits)]
+            outs.append(_refine_unstable(ch, lo, hi, out, splits, pre_alpha=alpha, first_fast=fast))
+        for (a, b), (c, e) in zip(*outs):
+            assert torch.allclose(a, c, rtol=0, atol=1e-9) and torch.allclose(b, e, rtol=0, atol=1e-9)
+        assert not torch.equal(outs[0][1][0], base[1][0])          # the refinement did tighten layer 1
+    # every layer-0 neuron of a domain changed: the plain pass is cheaper, and is used
+    out = [_clamp(l, u, s) for (l, u), s in zip(base, splits)]
+    wide = out[0][0].clone()
+    wide[0] = wide[0] - 1.0
+    dom, neu = torch.nonzero((out[1][0] < 0) & (out[1][1] > 0), as_tuple=True)
+    c, r = (hi1 + lo1) / 2, (hi1 - lo1) / 2
+    assert _refine_first(ch, c, r, True, wide, out[0][1], dom, neu) is None
+    assert _refine_first(ch, c, r, True, *out[0], dom, neu) is not None

@@ -157,9 +157,97 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None, in
     return out
 
 
+FIRST_MAX_DIFF = 0.25   # ``_refine_first``: above this share of differing neurons, the plain pass is cheaper
+
+
+def _slopes(lam: Tensor, su: Tensor, tu: Tensor, sl: Tensor, uns: Tensor, kept: Tensor | None):
+    """Back-substitution through one relaxed ReLU layer, per coefficient: the slope a row with
+    coefficients ``lam`` takes (its kept alpha, or ``sl``, where lam >= 0 on an unstable neuron;
+    the upper chord ``su`` where lam < 0) and the intercept it picks up, ``min(lam, 0) * tu``.
+    All arguments broadcast to lam's shape."""
+    a = sl if kept is None else torch.where(uns, kept, sl)
+    return torch.where(lam >= 0, a, su), lam.clamp(max=0) * tu
+
+
+def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: Tensor, u0: Tensor,
+                  dom: Tensor, neu: Tensor, kept=None, deadline: float | None = None,
+                  pairs: int = 4096) -> tuple[Tensor, Tensor] | None:
+    """``_refine_unstable``'s CROWN bounds of hidden layer 1's neurons ``neu`` in domains ``dom``
+    (P,) (sorted by domain, as ``torch.nonzero`` gives them) over layer 0's bounds ``l0``, ``u0``
+    (B, n0): the same bounds (to rounding) at a fraction of the cost, or None where it would not
+    be cheaper.
+
+    A row's input coefficients are (lam * slope_b) @ W0: lam is a row of W1 (fixed), and slope_b
+    the layer-0 relaxation of domain b, which differs from the loosest bounds over all domains
+    (``base``: the root's, when the domains come from splitting it) only at the few neurons that
+    domain has split. So each row is its ``base`` row, computed once per neuron, plus a correction
+    over those k neurons: O(k n_in) per row instead of O(n0 n_in). Returns (lower, -upper) (P, 2):
+    -inf for the pairs left when ``deadline`` passed."""
+    w0, b0, w1, b1 = chain.weights[0], chain.biases[0], chain.weights[1], chain.biases[1]
+    lb, ub = l0.min(0, keepdim=True).values, u0.max(0, keepdim=True).values   # (1, n0)
+    rel_b, rel_d = _relax(lb, ub), _relax(l0, u0)
+    diff = torch.zeros_like(l0, dtype=torch.bool)
+    for vb, vd in zip(rel_b, rel_d):
+        diff |= vd != vb
+    k = int(diff.sum(1).max()) if diff.numel() else 0
+    if k > FIRST_MAX_DIFF * l0.shape[1]:
+        return None
+    rows = None if kept is None else kept[0]               # (n1, 2): a neuron's two alpha rows
+    alpha0 = None if kept is None else kept[1][0]          # (2 m, n0)
+    # the base rows of every neuron needed: (U, 2, n_in) and constants (U, 2)
+    uniq, inv = torch.unique(neu, return_inverse=True)
+    lam = torch.stack([w1[uniq], -w1[uniq]], 1)            # (U, 2, n0)
+    s, icpt = _slopes(lam, *(v.unsqueeze(0) for v in (rel_b[0], rel_b[1], rel_b[2], rel_b[3])),
+                      None if kept is None else alpha0[rows[uniq]])
+    base_lam = (lam * s) @ w0
+    base_const = torch.stack([b1[uniq], -b1[uniq]], 1) + icpt.sum(-1) + (lam * s) @ b0
+    # per domain, the (padded) indices of its k differing neurons
+    J = torch.argsort(diff.to(torch.int8), dim=1, descending=True, stable=True)[:, :max(k, 1)]   # (B, k)
+    valid = torch.gather(diff, 1, J)
+    low = torch.full((dom.numel(), 2), -float("inf"), dtype=l0.dtype)
+    # the domains with pairs, in groups of G: a group's rows are laid out (G, U, 2, n_in), one slot
+    # per needed neuron (a slot without a pair is computed and dropped: on mnistfc most of the
+    # needed neurons are unstable in most domains), so the base rows are added by broadcasting
+    doms, dloc = torch.unique(dom, return_inverse=True)
+    starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1))
+    U, G = uniq.numel(), max(1, pairs // uniq.numel())
+    base_rows = base_lam.reshape(1, 2 * U, -1)
+    for g0 in range(0, doms.numel(), G):
+        if deadline is not None and g0 and time.monotonic() > deadline:
+            break
+        g1 = min(g0 + G, doms.numel())
+        p0, p1 = int(starts[g0]), int(starts[g1])
+        di, ni, ui, gi = dom[p0:p1], neu[p0:p1], inv[p0:p1], dloc[p0:p1] - g0
+        Jp = J[di]                                                        # (P, k)
+        lam_k = torch.gather(w1[ni], 1, Jp).unsqueeze(1) * torch.tensor([1.0, -1.0], dtype=w1.dtype).view(1, 2, 1)
+        take = (lambda v: torch.gather(v[di], 1, Jp).unsqueeze(1))
+        a_k = None if kept is None else alpha0[rows[ni].unsqueeze(-1), Jp.unsqueeze(1)]      # (P, 2, k)
+        s_d, i_d = _slopes(lam_k, *(take(v) for v in rel_d), a_k)
+        s_b, i_b = _slopes(lam_k, *(v[0][Jp].unsqueeze(1) for v in rel_b), a_k)
+        m = valid[di].unsqueeze(1).to(lam_k.dtype)
+        coef = lam_k * (s_d - s_b) * m                                    # (P, 2, k)
+        const = base_const[ui] + ((i_d - i_b) * m).sum(-1) + (coef * b0[Jp].unsqueeze(1)).sum(-1)
+        D = g1 - g0
+        Q = torch.zeros(D, U, 2, coef.shape[-1], dtype=coef.dtype)
+        Q[gi, ui] = coef
+        lam_in = torch.baddbmm(base_rows, Q.reshape(D, 2 * U, -1), w0[J[doms[g0:g1]]])   # (D, 2 U, n_in)
+        if shared:
+            c, r = c_all[0], r_all[0]
+            dot = lam_in @ c                                              # (D, 2 U)
+            two = lam_in.abs_() @ torch.stack([r, c.abs() + r], 1)        # (D, 2 U, 2)
+        else:
+            c, r = c_all[doms[g0:g1]].unsqueeze(-1), r_all[doms[g0:g1]].unsqueeze(-1)
+            dot = (lam_in @ c).squeeze(-1)
+            two = lam_in.abs_() @ torch.cat([r, c.abs() + r], -1)
+        dot, two = dot.reshape(D, U, 2)[gi, ui], two.reshape(D, U, 2, 2)[gi, ui]
+        val, err = const + dot - two[..., 0], two[..., 1]
+        low[p0:p1] = val - 4 * torch.finfo(val.dtype).eps * (err + const.abs())   # outward rounding
+    return low
+
+
 def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chunk: int = 8192,
                      refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                     deadline: float | None = None):
+                     deadline: float | None = None, first_fast: bool = True):
     """Tighten, layer by layer, the bounds of the neurons that are still unstable by CROWN
     back-substitution over the (already refined) earlier layers: only those neurons' bounds can
     change a relaxation, so the cost scales with the number of unstable (domain, neuron) pairs.
@@ -172,14 +260,15 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
     ``pre_alpha``: lower slopes per neuron bound from ``optimized_pre_bounds(keep_alpha=True)`` on
     a box containing every domain (any slope in [0, 1] is sound; CROWN's default otherwise).
     ``deadline``: past it, the neurons not yet refined keep the bounds they came with (sound: each
-    enclosure holds whatever the other neurons' are)."""
+    enclosure holds whatever the other neurons' are). Layer 1's pairs go through ``_refine_first``
+    (a correction of the root's rows per domain) unless ``first_fast`` is False (tests compare the
+    two)."""
     shared = lo.shape[0] == 1 or (lo.stride(0) == 0 and hi.stride(0) == 0)
     c_all, r_all = (hi + lo) / 2, (hi - lo) / 2
     relax = []
     for t in range(1, len(out)):
         l0, u0 = out[t - 1]
-        su0, tu0, sl0, uns0 = _relax(l0, u0)
-        relax.append((su0 - sl0, tu0, sl0, uns0))
+        relax.append(_relax(l0, u0))
         if deadline is not None and time.monotonic() > deadline:
             break
         l, u = out[t]
@@ -192,7 +281,12 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
         l, u = l.clone(), u.clone()
         wt, bt = chain.weights[t], chain.biases[t]
         kept = None if pre_alpha is None else pre_alpha.get(t)
-        for s0 in range(0, dom.numel(), chunk):
+        fast = _refine_first(chain, c_all, r_all, shared, *out[0], dom, neu, kept, deadline) \
+            if t == 1 and first_fast else None
+        if fast is not None:
+            l[dom, neu] = torch.maximum(l[dom, neu], fast[:, 0])
+            u[dom, neu] = torch.minimum(u[dom, neu], -fast[:, 1])
+        for s0 in range(0, 0 if fast is not None else dom.numel(), chunk):
             if deadline is not None and s0 and time.monotonic() > deadline:
                 break                        # the pairs left keep their bounds
             di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
@@ -200,25 +294,23 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
             const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
             rows = None if kept is None else kept[0][ni]                 # (P, 2)
             for k in range(t - 1, -1, -1):
-                dsu, tu, sl = (v[di].unsqueeze(-1) for v in relax[k][:3])    # (P, n, 1)
-                neg = lam.clamp(max=0)
-                const = const + (neg @ tu).squeeze(-1)
+                su, tu, sl, uns = relax[k]
+                const = const + (lam.clamp(max=0) @ tu[di].unsqueeze(-1)).squeeze(-1)
+                a = sl[di].unsqueeze(1)
                 if kept is not None:   # the kept slope where layer k's neuron is unstable
-                    su = (dsu + sl).transpose(1, 2)
-                    a = torch.where(relax[k][3][di].unsqueeze(1), kept[1][k][rows], sl.transpose(1, 2))
-                    lam = torch.where(lam >= 0, lam * a, lam * su)
-                else:
-                    lam = lam * sl.transpose(1, 2) + neg * dsu.transpose(1, 2)
+                    a = torch.where(uns[di].unsqueeze(1), kept[1][k][rows], a)
+                lam = lam * torch.where(lam >= 0, a, su[di].unsqueeze(1))
                 const = const + lam @ chain.biases[k]
                 lam = lam @ chain.weights[k]
             if shared:
                 c, r = c_all[0], r_all[0]
-                low = const + lam @ c - lam.abs() @ r
-                err = lam.abs() @ (c.abs() + r)
+                dot = lam @ c
+                two = lam.abs_() @ torch.stack([r, c.abs() + r], 1)     # (P, 2, 2)
             else:
                 c, r = c_all[di].unsqueeze(-1), r_all[di].unsqueeze(-1)
-                low = const + (lam @ c).squeeze(-1) - (lam.abs() @ r).squeeze(-1)
-                err = (lam.abs() @ (c.abs() + r)).squeeze(-1)
+                dot = (lam @ c).squeeze(-1)
+                two = lam.abs_() @ torch.cat([r, c.abs() + r], -1)
+            low, err = const + dot - two[..., 0], two[..., 1]
             low = low - 4 * torch.finfo(low.dtype).eps * (err + const.abs())   # outward rounding
             l[di, ni] = torch.maximum(l[di, ni], low[:, 0])
             u[di, ni] = torch.minimum(u[di, ni], -low[:, 1])

@@ -143,7 +143,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         keep = torch.ones(D_lower.shape[0], dtype=torch.bool)
         keep[pick] = False
         P_split = [s[pick] for s in D_split]
-        P_score = D_score[pick]
+        P_score, P_lower = D_score[pick], D_lower[pick]
         P_pre = [(l[pick], u[pick]) for l, u in D_pre] if recompute else None
         D_split = [s[keep] for s in D_split]
         D_lower, D_score = D_lower[keep], D_score[keep]
@@ -176,7 +176,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         if not bool(br.any()):
             continue
         P_split = [s[br] for s in P_split]
-        neuron = neuron[br]
+        neuron, P_lower = neuron[br], P_lower[br]
         if P_ab is not None:
             P_ab = ([a[br] for a in P_ab[0]], [b[br] for b in P_ab[1]])
         if recompute:
@@ -197,6 +197,9 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         last_call = time.monotonic() - t
         stats["time_bound"] += last_call
         best, row = res.lower.max(1)
+        # a child lies inside its parent, so the parent's bound holds for it too (the bounds of
+        # the open domains never go down as they are split)
+        best = torch.maximum(best, torch.cat([P_lower, P_lower]))
         open_ = ~(best > PROOF_TOL)
         if not bool(open_.any()):
             continue

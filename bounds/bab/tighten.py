@@ -135,6 +135,7 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
         ch_ob = torch.cat([P["ob"], P["ob"]])
         children, seen = bound(ch_ob, ch_split, [(torch.cat([a, a]), torch.cat([b, b])) for a, b in P["pre"]],
                                refine_from)
+        children["low"] = torch.maximum(children["low"], P["low"].repeat(2))   # a child lies inside its parent
         attained = attained.scatter_reduce(0, ch_ob, seen, "amin")
         used.index_add_(0, ch_ob, torch.ones_like(ch_ob))
         D = join(D, take(children, children["low"] <= PROOF_TOL))
