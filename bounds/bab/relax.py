@@ -230,18 +230,20 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
         D = g1 - g0
         Q = torch.zeros(D, U, 2, coef.shape[-1], dtype=coef.dtype)
         Q[gi, ui] = coef
-        lam_in = torch.baddbmm(base_rows, Q.reshape(D, 2 * U, -1), w0[J[doms[g0:g1]]])   # (D, 2 U, n_in)
-        if shared:
-            c, r = c_all[0], r_all[0]
-            dot = lam_in @ c                                              # (D, 2 U)
-            two = lam_in.abs_() @ torch.stack([r, c.abs() + r], 1)        # (D, 2 U, 2)
-        else:
-            c, r = c_all[doms[g0:g1]].unsqueeze(-1), r_all[doms[g0:g1]].unsqueeze(-1)
-            dot = (lam_in @ c).squeeze(-1)
-            two = lam_in.abs_() @ torch.cat([r, c.abs() + r], -1)
-        dot, two = dot.reshape(D, U, 2)[gi, ui], two.reshape(D, U, 2, 2)[gi, ui]
-        val, err = const + dot - two[..., 0], two[..., 1]
-        low[p0:p1] = val - 4 * torch.finfo(val.dtype).eps * (err + const.abs())   # outward rounding
+        Q = Q.reshape(D, 2 * U, -1)
+        W = w0[J[doms[g0:g1]]]                                            # (D, k, n_in)
+        c, r = (v[0].expand(D, -1) if shared else v[doms[g0:g1]] for v in (c_all, r_all))   # (D, n_in)
+        cr = torch.stack([c, c.abs() + r], -1)                            # (D, n_in, 2)
+        # the linear parts need no row: the base rows' values plus the corrections' (and an upper
+        # bound of |row| . (|c| + r), the scale of the rounding, from |base row| and |correction|)
+        base_dot, base_err = (base_lam.reshape(2 * U, -1) @ c.T).T, (base_lam.reshape(2 * U, -1).abs() @ cr[..., 1].T).T
+        dot = base_dot + torch.bmm(Q, W @ cr[..., :1]).squeeze(-1)                          # (D, 2 U)
+        err = base_err + torch.bmm(Q.abs(), W.abs() @ cr[..., 1:]).squeeze(-1)
+        lam_in = torch.baddbmm(base_rows, Q, W).abs_()                  # |row|: (D, 2 U, n_in)
+        dev = (lam_in @ r_all[0]) if shared else (lam_in @ r.unsqueeze(-1)).squeeze(-1)
+        pick = (lambda v: v.reshape(D, U, 2)[gi, ui])
+        val = const + pick(dot) - pick(dev)
+        low[p0:p1] = val - 4 * torch.finfo(val.dtype).eps * (pick(err) + const.abs())   # outward rounding
     return low
 
 
