@@ -379,3 +379,23 @@ def test_input_split_with_box_milps_agrees_with_the_exact_minimum(instability, w
                     assert np.all(ce[0] >= lo - 1e-12) and np.all(ce[0] <= hi + 1e-12)
                     assert float((ch.forward(x) @ C.T + d).max()) <= 0
     assert used > 0 and found >= 3
+
+
+def test_relu_split_worst_open_bound_never_goes_down():
+    """A child domain lies inside its parent, so it keeps at least its parent's bound: the worst
+    open bound of a search (what it has proved of the whole box) never goes down from one slice
+    to the next, though a child's own alpha/beta bound can be below its parent's."""
+    net, prop, lo, hi, A, b = random_case(9, [2, 12, 12, 2])
+    chain = to_chain(net)
+    C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+    lo, hi = torch.as_tensor(lo), torch.as_tensor(hi)
+    stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+    state, worst = {}, []
+    for _ in range(200):
+        verdict, _ = relu_split_bab(chain, lo, hi, C, d, time.monotonic() + 0.2, lambda xs: None, stats,
+                                    state=state, batch=4, iterations=2, warm_start=False)
+        if verdict != "timeout":
+            break
+        worst.append(float(state["lower"].min()))
+    assert verdict == "unsat" and len(worst) > 5
+    assert all(b >= a for a, b in zip(worst, worst[1:]))
