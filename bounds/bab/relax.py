@@ -93,9 +93,7 @@ def _backsub(chain: Chain, t: int, C: Tensor, d: Tensor, lo: Tensor, hi: Tensor,
             lam = lam - beta[j].clamp(min=0) * splits[j].unsqueeze(1).to(lam.dtype)
     center, rad = (hi + lo) / 2, (hi - lo) / 2
     lower = const + (lam @ center.unsqueeze(-1)).squeeze(-1) - (lam.abs() @ rad.unsqueeze(-1)).squeeze(-1)
-    # outward rounding of the last dot products (an attained minimum is never reported above itself)
-    lower = lower - 4 * torch.finfo(lower.dtype).eps * ((lam.abs() @ (center.abs() + rad).unsqueeze(-1)).squeeze(-1)
-                                                        + const.abs())
+    lower = _outward(lower, (lam.abs() @ (center.abs() + rad).unsqueeze(-1)).squeeze(-1), const)
     return lower, lam, hidden
 
 
@@ -160,18 +158,25 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None, in
 FIRST_MAX_DIFF = 0.25   # ``_refine_first``: above this share of differing neurons, the plain pass is cheaper
 
 
-def _slopes(lam: Tensor, su: Tensor, tu: Tensor, sl: Tensor, uns: Tensor, kept: Tensor | None):
+def _slope(lam: Tensor, su: Tensor, sl: Tensor, uns: Tensor, kept: Tensor | None) -> Tensor:
     """Back-substitution through one relaxed ReLU layer, per coefficient: the slope a row with
     coefficients ``lam`` takes (its kept alpha, or ``sl``, where lam >= 0 on an unstable neuron;
-    the upper chord ``su`` where lam < 0) and the intercept it picks up, ``min(lam, 0) * tu``.
-    All arguments broadcast to lam's shape."""
+    the upper chord ``su`` where lam < 0; the row also picks up ``min(lam, 0) * tu``). All
+    arguments broadcast to lam's shape."""
     a = sl if kept is None else torch.where(uns, kept, sl)
-    return torch.where(lam >= 0, a, su), lam.clamp(max=0) * tu
+    return torch.where(lam >= 0, a, su)
+
+
+def _outward(val: Tensor, err: Tensor, const: Tensor) -> Tensor:
+    """A back-substituted bound ``val`` lowered by the rounding of its last dot products
+    (``err``: |coefficients| . (|centre| + radius); ``const``: its constant), so an attained
+    minimum is never reported above itself."""
+    return val - 4 * torch.finfo(val.dtype).eps * (err + const.abs())
 
 
 def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: Tensor, u0: Tensor,
                   dom: Tensor, neu: Tensor, kept=None, deadline: float | None = None,
-                  pairs: int = 4096) -> Tensor | None:
+                  pairs: int = 4096, relaxed=None) -> Tensor | None:
     """``_refine_unstable``'s CROWN bounds of hidden layer 1's neurons ``neu`` in domains ``dom``
     (P,) (sorted by domain, as ``torch.nonzero`` gives them) over layer 0's bounds ``l0``, ``u0``
     (B, n0): the same bounds (to rounding) at a fraction of the cost, or None where it would not
@@ -185,11 +190,11 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     centre and their rounding scale are linear in them and need no row at all, so only
     |row| . radius reads the (domain, neuron, n_in) rows, built ``pairs`` (about) at a time.
     On mnistfc 256x2 (256 domains, ~100 unstable layer-1 neurons each) it takes 0.24-0.31 s where
-    the plain pass takes 1.0-1.1 s. Returns (lower, -upper) (P, 2): -inf for the pairs left when
-    ``deadline`` passed (the caller keeps their bounds)."""
+    the plain pass takes 1.0-1.1 s. ``relaxed``: ``_relax(l0, u0)`` when the caller has it.
+    Returns (lower, -upper) (P, 2), as ``_refine_plain``."""
     w0, b0, w1, b1 = chain.weights[0], chain.biases[0], chain.weights[1], chain.biases[1]
     lb, ub = l0.min(0, keepdim=True).values, u0.max(0, keepdim=True).values   # (1, n0)
-    rel_b, rel_d = _relax(lb, ub), _relax(l0, u0)
+    rel_b, rel_d = _relax(lb, ub), (_relax(l0, u0) if relaxed is None else relaxed)
     diff = torch.zeros_like(l0, dtype=torch.bool)
     for vb, vd in zip(rel_b, rel_d):
         diff |= vd != vb
@@ -200,11 +205,16 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     alpha0 = None if kept is None else kept[1][0]          # (2 m, n0)
     # the base rows of every neuron needed: (U, 2, n_in) and constants (U, 2)
     uniq, inv = torch.unique(neu, return_inverse=True)
+    U = uniq.numel()
     lam = torch.stack([w1[uniq], -w1[uniq]], 1)            # (U, 2, n0)
-    s, icpt = _slopes(lam, *(v.unsqueeze(0) for v in (rel_b[0], rel_b[1], rel_b[2], rel_b[3])),
-                      None if kept is None else alpha0[rows[uniq]])
-    base_lam = (lam * s) @ w0
-    base_const = torch.stack([b1[uniq], -b1[uniq]], 1) + icpt.sum(-1) + (lam * s) @ b0
+    su, tu, sl, uns = (v.unsqueeze(0) for v in rel_b)
+    lam_s = lam * _slope(lam, su, sl, uns, None if kept is None else alpha0[rows[uniq]])
+    base_lam = lam_s @ w0
+    base_const = torch.stack([b1[uniq], -b1[uniq]], 1) + (lam.clamp(max=0) * tu).sum(-1) + lam_s @ b0
+    # the base rows' values at the box centre(s) and their rounding scale, (1 or B, 2 U)
+    box = slice(0, 1) if shared else slice(None)
+    base_dot = (base_lam.reshape(2 * U, -1) @ c_all[box].T).T
+    base_err = (base_lam.reshape(2 * U, -1).abs() @ (c_all[box].abs() + r_all[box]).T).T
     # per domain, the (padded) indices of its k differing neurons
     J = torch.argsort(diff.to(torch.int8), dim=1, descending=True, stable=True)[:, :max(k, 1)]   # (B, k)
     valid = torch.gather(diff, 1, J)
@@ -214,7 +224,7 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     # needed neurons are unstable in most domains), so the base rows are added by broadcasting
     doms, dloc = torch.unique(dom, return_inverse=True)
     starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1))
-    U, G = uniq.numel(), max(1, pairs // uniq.numel())
+    G = max(1, pairs // U)
     base_rows = base_lam.reshape(1, 2 * U, -1)
     for g0 in range(0, doms.numel(), G):
         if deadline is not None and g0 and time.monotonic() > deadline:
@@ -226,28 +236,55 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
         lam_k = torch.gather(w1[ni], 1, Jp).unsqueeze(1) * torch.tensor([1.0, -1.0], dtype=w1.dtype).view(1, 2, 1)
         take = (lambda v: torch.gather(v[di], 1, Jp).unsqueeze(1))
         a_k = None if kept is None else alpha0[rows[ni].unsqueeze(-1), Jp.unsqueeze(1)]      # (P, 2, k)
-        s_d, i_d = _slopes(lam_k, *(take(v) for v in rel_d), a_k)
-        s_b, i_b = _slopes(lam_k, *(v[0][Jp].unsqueeze(1) for v in rel_b), a_k)
+        (su_d, tu_d, sl_d, uns_d), (su_b, tu_b, sl_b, uns_b) = ((take(v) for v in rel_d),
+                                                                (v[0][Jp].unsqueeze(1) for v in rel_b))
         m = valid[di].unsqueeze(1).to(lam_k.dtype)
-        coef = lam_k * (s_d - s_b) * m                                    # (P, 2, k)
-        const = base_const[ui] + ((i_d - i_b) * m).sum(-1) + (coef * b0[Jp].unsqueeze(1)).sum(-1)
+        coef = lam_k * (_slope(lam_k, su_d, sl_d, uns_d, a_k) - _slope(lam_k, su_b, sl_b, uns_b, a_k)) * m   # (P, 2, k)
+        const = (base_const[ui] + (lam_k.clamp(max=0) * (tu_d - tu_b) * m).sum(-1)
+                 + (coef * b0[Jp].unsqueeze(1)).sum(-1))
         D = g1 - g0
         Q = torch.zeros(D, U, 2, coef.shape[-1], dtype=coef.dtype)
         Q[gi, ui] = coef
         Q = Q.reshape(D, 2 * U, -1)
         W = w0[J[doms[g0:g1]]]                                            # (D, k, n_in)
-        c, r = (v[0].expand(D, -1) if shared else v[doms[g0:g1]] for v in (c_all, r_all))   # (D, n_in)
-        cr = torch.stack([c, c.abs() + r], -1)                            # (D, n_in, 2)
+        in_box = slice(0, 1) if shared else doms[g0:g1]
+        c, r = c_all[in_box].unsqueeze(-1), r_all[in_box].unsqueeze(-1)   # (1 or D, n_in, 1)
         # the linear parts need no row: the base rows' values plus the corrections' (and an upper
         # bound of |row| . (|c| + r), the scale of the rounding, from |base row| and |correction|)
-        base_dot, base_err = (base_lam.reshape(2 * U, -1) @ c.T).T, (base_lam.reshape(2 * U, -1).abs() @ cr[..., 1].T).T
-        dot = base_dot + torch.bmm(Q, W @ cr[..., :1]).squeeze(-1)                          # (D, 2 U)
-        err = base_err + torch.bmm(Q.abs(), W.abs() @ cr[..., 1:]).squeeze(-1)
-        lam_in = torch.baddbmm(base_rows, Q, W).abs_()                  # |row|: (D, 2 U, n_in)
-        dev = (lam_in @ r_all[0]) if shared else (lam_in @ r.unsqueeze(-1)).squeeze(-1)
+        dot = base_dot[in_box] + torch.bmm(Q, W @ c).squeeze(-1)                    # (D, 2 U)
+        err = base_err[in_box] + torch.bmm(Q.abs(), W.abs() @ (c.abs() + r)).squeeze(-1)
+        dev = (torch.baddbmm(base_rows, Q, W).abs_() @ r).squeeze(-1)   # |row| . r over (D, 2 U, n_in) rows
         pick = (lambda v: v.reshape(D, U, 2)[gi, ui])
-        val = const + pick(dot) - pick(dev)
-        low[p0:p1] = val - 4 * torch.finfo(val.dtype).eps * (pick(err) + const.abs())   # outward rounding
+        low[p0:p1] = _outward(const + pick(dot) - pick(dev), pick(err), const)
+    return low
+
+
+def _refine_plain(chain: Chain, t: int, relax, c_all: Tensor, r_all: Tensor, shared: bool, dom: Tensor,
+                  neu: Tensor, kept=None, deadline: float | None = None, chunk: int = 8192) -> Tensor:
+    """``_refine_unstable``'s CROWN bounds of hidden layer t's neurons ``neu`` in domains ``dom``
+    (P,), by back-substitution through the relaxations ``relax`` (``_relax`` of layers < t, per
+    domain), ``chunk`` pairs at a time. Returns (lower, -upper) (P, 2): -inf for the pairs left
+    when ``deadline`` passed (the caller keeps their bounds)."""
+    wt, bt = chain.weights[t], chain.biases[t]
+    low = torch.full((dom.numel(), 2), -float("inf"), dtype=c_all.dtype)
+    for s0 in range(0, dom.numel(), chunk):
+        if deadline is not None and s0 and time.monotonic() > deadline:
+            break
+        di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
+        lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
+        const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
+        rows = None if kept is None else kept[0][ni]                 # (P, 2)
+        for k in range(t - 1, -1, -1):
+            su, tu, sl, uns = (v[di].unsqueeze(1) for v in relax[k])  # (P, 1, n_k)
+            const = const + (lam.clamp(max=0) @ tu.transpose(1, 2)).squeeze(-1)
+            lam = lam * _slope(lam, su, sl, uns, None if kept is None else kept[1][k][rows])
+            const = const + lam @ chain.biases[k]
+            lam = lam @ chain.weights[k]
+        in_box = slice(0, 1) if shared else di
+        c, r = c_all[in_box].unsqueeze(-1), r_all[in_box].unsqueeze(-1)   # (1 or P, n_in, 1)
+        dot = (lam @ c).squeeze(-1)
+        two = lam.abs_() @ torch.cat([r, c.abs() + r], -1)                # (P, 2, 2)
+        low[s0:s0 + chunk] = _outward(const + dot - two[..., 0], two[..., 1], const)
     return low
 
 
@@ -284,42 +321,14 @@ def _refine_unstable(chain: Chain, lo: Tensor, hi: Tensor, out, splits=None, chu
         dom, neu = torch.nonzero(todo, as_tuple=True)
         if dom.numel() == 0:
             continue
-        l, u = l.clone(), u.clone()
-        wt, bt = chain.weights[t], chain.biases[t]
         kept = None if pre_alpha is None else pre_alpha.get(t)
-        fast = _refine_first(chain, c_all, r_all, shared, *out[0], dom, neu, kept, deadline) \
+        low = _refine_first(chain, c_all, r_all, shared, *out[0], dom, neu, kept, deadline, relaxed=relax[0]) \
             if t == 1 and first_fast else None
-        if fast is not None:
-            l[dom, neu] = torch.maximum(l[dom, neu], fast[:, 0])
-            u[dom, neu] = torch.minimum(u[dom, neu], -fast[:, 1])
-        for s0 in range(0, 0 if fast is not None else dom.numel(), chunk):
-            if deadline is not None and s0 and time.monotonic() > deadline:
-                break                        # the pairs left keep their bounds
-            di, ni = dom[s0:s0 + chunk], neu[s0:s0 + chunk]
-            lam = torch.stack([wt[ni], -wt[ni]], 1)                       # (P, 2, n_{t-1})
-            const = torch.stack([bt[ni], -bt[ni]], 1)                     # (P, 2)
-            rows = None if kept is None else kept[0][ni]                 # (P, 2)
-            for k in range(t - 1, -1, -1):
-                su, tu, sl, uns = relax[k]
-                const = const + (lam.clamp(max=0) @ tu[di].unsqueeze(-1)).squeeze(-1)
-                a = sl[di].unsqueeze(1)
-                if kept is not None:   # the kept slope where layer k's neuron is unstable
-                    a = torch.where(uns[di].unsqueeze(1), kept[1][k][rows], a)
-                lam = lam * torch.where(lam >= 0, a, su[di].unsqueeze(1))
-                const = const + lam @ chain.biases[k]
-                lam = lam @ chain.weights[k]
-            if shared:
-                c, r = c_all[0], r_all[0]
-                dot = lam @ c
-                two = lam.abs_() @ torch.stack([r, c.abs() + r], 1)     # (P, 2, 2)
-            else:
-                c, r = c_all[di].unsqueeze(-1), r_all[di].unsqueeze(-1)
-                dot = (lam @ c).squeeze(-1)
-                two = lam.abs_() @ torch.cat([r, c.abs() + r], -1)
-            low, err = const + dot - two[..., 0], two[..., 1]
-            low = low - 4 * torch.finfo(low.dtype).eps * (err + const.abs())   # outward rounding
-            l[di, ni] = torch.maximum(l[di, ni], low[:, 0])
-            u[di, ni] = torch.minimum(u[di, ni], -low[:, 1])
+        if low is None:
+            low = _refine_plain(chain, t, relax, c_all, r_all, shared, dom, neu, kept, deadline, chunk)
+        l, u = l.clone(), u.clone()
+        l[dom, neu] = torch.maximum(l[dom, neu], low[:, 0])
+        u[dom, neu] = torch.minimum(u[dom, neu], -low[:, 1])
         out[t] = _clamp(l, u, None if splits is None else splits[t])
     return out
 
