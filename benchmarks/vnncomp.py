@@ -6,7 +6,7 @@ alpha-beta-CROWN's columns from ground_truth.csv (its verdicts on the same insta
 same way, and its median time minus start-up overhead, GPU machine). Timeouts are the
 competition's times ``--timeout-scale``; ``--every K`` / ``--limit N`` pick a subset (every K-th
 instance of each benchmark), ``--unsolved-in DIR`` the instances an earlier run left undecided,
-``--known-truth`` those whose truth is known. Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
+``--known-truth`` those whose truth is known, ``--unknown-truth`` the others. Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
 (``--fresh`` starts over); the table is printed and written to ``<out>/vnncomp.json``.
 
     python benchmarks/vnncomp.py --quick                 # test + every 12th acasxu/mnistfc, x0.1 timeouts
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                     help="only the instances without a sat/unsat verdict in DIR/<benchmark>.csv (an earlier "
                          "run, e.g. at scaled timeouts)")
     ap.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
+    ap.add_argument("--unknown-truth", action="store_true",
+                    help="only the instances whose truth is unknown (no tool has decided them)")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (default 2; verify itself runs torch on one and uses the other core "
                          "through its own MILP or search threads)")
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
                 return False
             if args.known_truth and (truth_for(gt, name, onnx, vnn) or {}).get("truth") not in ("sat", "unsat"):
                 return False
+            if args.unknown_truth and (truth_for(gt, name, onnx, vnn) or {}).get("truth") in ("sat", "unsat"):
+                return False
             return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
             print(f"{name:<10} {tool:<8} {s['instances']:>4} {s['correct_sat']:>6} {s['correct_unsat']:>8} "
                   f"{s['wrong']:>5} {bv['unknown'] + bv['timeout'] + bv['error']:>6} {s['median_s']:>8} {s['score']:>6}")
     meta = {"timeout_scale": args.timeout_scale, "every": args.every, "limit": args.limit, "threads": args.threads,
-            "unsolved_in": args.unsolved_in, "known_truth": args.known_truth,
+            "unsolved_in": args.unsolved_in, "known_truth": args.known_truth, "unknown_truth": args.unknown_truth,
             "machine": platform.platform(), "torch": torch.__version__,
             "note": "abcrown columns: its 2021 verdicts on the same instances, times minus start-up, GPU"}
     (out / "vnncomp.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))
