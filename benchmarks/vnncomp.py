@@ -55,9 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--unsolved-in", default=None, metavar="DIR",
                     help="only the instances without a sat/unsat verdict in DIR/<benchmark>.csv (an earlier "
                          "run, e.g. at scaled timeouts)")
-    ap.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
-    ap.add_argument("--unknown-truth", action="store_true",
-                    help="only the instances whose truth is unknown (no tool has decided them)")
+    truth = ap.add_mutually_exclusive_group()
+    truth.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
+    truth.add_argument("--unknown-truth", action="store_true",
+                       help="only the instances whose truth is unknown (no tool has decided them)")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (default 2; verify itself runs torch on one and uses the other core "
                          "through its own MILP or search threads)")
@@ -88,10 +89,10 @@ def main(argv=None) -> int:
         def select(k, onnx, vnn):
             if unsolved is not None and (onnx, vnn) not in unsolved:
                 return False
-            if args.known_truth and (truth_for(gt, name, onnx, vnn) or {}).get("truth") not in ("sat", "unsat"):
-                return False
-            if args.unknown_truth and (truth_for(gt, name, onnx, vnn) or {}).get("truth") in ("sat", "unsat"):
-                return False
+            if args.known_truth or args.unknown_truth:
+                known = (truth_for(gt, name, onnx, vnn) or {}).get("truth") in ("sat", "unsat")
+                if known != args.known_truth:
+                    return False
             return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)

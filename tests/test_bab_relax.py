@@ -17,6 +17,15 @@ def _mlp(seed, sizes):
     return random_mlp(sizes, torch.Generator().manual_seed(seed))
 
 
+def _chain_and_box(net_seed, sizes, box_seed, width):
+    """A random MLP's chain, a generator seeded ``box_seed`` (for the test's later draws) and one
+    box (1, n_in) of the given width drawn from it: [x, x + width], x uniform in [-1, 0)."""
+    ch = to_chain(_mlp(net_seed, sizes))
+    g = torch.Generator().manual_seed(box_seed)
+    lo1 = torch.rand(1, sizes[0], generator=g, dtype=torch.float64) - 1
+    return ch, g, lo1, lo1 + width
+
+
 def _split_domains(ch, g, B, r, n_out, frac):
     """B boxes (width 0.8) with r random margin rows, and splits on a random ``frac`` of each
     box's unstable neurons (sign +-1 at random)."""
@@ -196,12 +205,8 @@ def test_refine_from_and_shared_box_give_the_same_sound_bounds():
     """Mode "refine" with a box shared by all domains (an expanded row) equals the gathered one
     bit for bit; refining only the layers after ``refine_from`` is sound on sampled points of the
     split domains and never tighter than refining them all."""
-    net = _mlp(3, [4, 12, 12, 12, 2])
-    ch = to_chain(net)
-    g = torch.Generator().manual_seed(4)
+    ch, g, lo1, hi1 = _chain_and_box(3, [4, 12, 12, 12, 2], 4, 0.9)
     B = 6
-    lo1 = torch.rand(1, 4, generator=g, dtype=torch.float64) - 1
-    hi1 = lo1 + 0.9
     pre = optimized_pre_bounds(ch, lo1, hi1, iterations=5)
     splits = []
     for l, u in pre:
@@ -287,12 +292,8 @@ def test_first_layer_corrections_equal_the_plain_refinement(kept):
     the root's by splits and by tighter bounds of their own, and it declines (None) when too many
     neurons differ."""
     from bounds.bab.relax import _refine_first, _refine_unstable, _clamp
-    net = _mlp(11, [6, 40, 30, 20, 3])
-    ch = to_chain(net)
-    g = torch.Generator().manual_seed(12)
+    ch, g, lo1, hi1 = _chain_and_box(11, [6, 40, 30, 20, 3], 12, 1.2)
     B = 9
-    lo1 = torch.rand(1, 6, generator=g, dtype=torch.float64) - 1
-    hi1 = lo1 + 1.2
     pre, slopes = optimized_pre_bounds(ch, lo1, hi1, iterations=5, keep_alpha=True)
     l0, u0 = pre[0]
     uns = torch.nonzero(((l0 < 0) & (u0 > 0))[0]).flatten()

@@ -226,6 +226,7 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1))
     G = max(1, pairs // U)
     base_rows = base_lam.reshape(1, 2 * U, -1)
+    signs = torch.tensor([1.0, -1.0], dtype=w1.dtype).view(1, 2, 1)   # a neuron's lower and -upper rows
     for g0 in range(0, doms.numel(), G):
         if deadline is not None and g0 and time.monotonic() > deadline:
             break
@@ -233,7 +234,7 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
         p0, p1 = int(starts[g0]), int(starts[g1])
         di, ni, ui, gi = dom[p0:p1], neu[p0:p1], inv[p0:p1], dloc[p0:p1] - g0
         Jp = J[di]                                                        # (P, k)
-        lam_k = torch.gather(w1[ni], 1, Jp).unsqueeze(1) * torch.tensor([1.0, -1.0], dtype=w1.dtype).view(1, 2, 1)
+        lam_k = torch.gather(w1[ni], 1, Jp).unsqueeze(1) * signs
         take = (lambda v: torch.gather(v[di], 1, Jp).unsqueeze(1))
         a_k = None if kept is None else alpha0[rows[ni].unsqueeze(-1), Jp.unsqueeze(1)]      # (P, 2, k)
         (su_d, tu_d, sl_d, uns_d), (su_b, tu_b, sl_b, uns_b) = ((take(v) for v in rel_d),
