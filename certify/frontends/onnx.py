@@ -484,12 +484,8 @@ def _image(cv, x, origin) -> None:
         raise cv.err(f"{origin}: expected a network tensor of shape (1, C, H, W), got {shape}")
 
 
-def _conv(cv: _Converter, node, at, ins, origin):
-    x, W = ins[0], ins[1]
-    B = ins[2] if len(ins) > 2 else None
-    extra = (0, 0)
-    if isinstance(x, Padded):
-        x, extra = x.src, x.pads
+def _conv_weights(cv: _Converter, x, W, B, at, origin) -> np.ndarray:
+    """The 4-D weight of a (transposed) 2-D convolution of image ``x``, checked."""
     _image(cv, x, origin)
     if isinstance(W, Dyn) or isinstance(B, Dyn):
         raise cv.err(f"{origin}: convolution weights must be constants")
@@ -499,6 +495,16 @@ def _conv(cv: _Converter, node, at, ins, origin):
     ks = list(at.get("kernel_shape", W.shape[2:]))
     if tuple(ks) != tuple(W.shape[2:]):
         raise cv.err(f"{origin}: kernel_shape {ks} does not match weight shape {W.shape}")
+    return W
+
+
+def _conv(cv: _Converter, node, at, ins, origin):
+    x, W = ins[0], ins[1]
+    B = ins[2] if len(ins) > 2 else None
+    extra = (0, 0)
+    if isinstance(x, Padded):
+        x, extra = x.src, x.pads
+    W = _conv_weights(cv, x, W, B, at, origin)
     own = _pads2d(cv, at, origin)
     op = Conv2d(cv.tensor(W), None if B is None else cv.tensor(B), stride=tuple(at.get("strides", [1, 1])),
                 padding=(own[0] + extra[0], own[1] + extra[1]), dilation=tuple(at.get("dilations", [1, 1])),
@@ -868,20 +874,13 @@ def _reduce(op_cls):
 def _conv_transpose(cv: _Converter, node, at, ins, origin):
     x, W = ins[0], ins[1]
     B = _opt(ins, 2)
-    _image(cv, x, origin)
-    if isinstance(W, Dyn) or isinstance(B, Dyn):
-        raise cv.err(f"{origin}: transposed-convolution weights must be constants")
-    W = np.asarray(W)
-    if W.ndim != 4:
-        raise cv.err(f"{origin}: only 2-D transposed convolutions are supported (weight of shape {W.shape})")
+    W = _conv_weights(cv, x, W, B, at, origin)
     group = int(at.get("group", 1))
     k = W.shape[2:]
     stride = [int(v) for v in at.get("strides", [1, 1])]
     dil = [int(v) for v in at.get("dilations", [1, 1])]
     outpad = [int(v) for v in at.get("output_padding", [0, 0])]
     auto = _str(at.get("auto_pad", "NOTSET"))
-    if tuple(at.get("kernel_shape", k)) != tuple(k):
-        raise cv.err(f"{origin}: kernel_shape {list(at['kernel_shape'])} does not match weight shape {W.shape}")
     if "output_shape" in at or auto in ("SAME_UPPER", "SAME_LOWER"):
         insz = x.full[2:]
         target = list(at["output_shape"])[-2:] if "output_shape" in at else [n * s for n, s in zip(insz, stride)]
