@@ -273,6 +273,29 @@ class _Tracer:
             raise self.fail(origin, f"constant of shape {tuple(c.shape)} would enlarge the tensor {s} to {tuple(out)}")
         return c
 
+    def broadcast(self, a, b, node: fx.Node, origin: str):
+        """The operands of an elementwise op with each network tensor broadcast (torch rules, per
+        sample) to the common shape: copies of its elements, a flat ``Gather``."""
+        dyn = [self.shape(v) for v in (a, b) if isinstance(v, _Dyn)]
+        if not dyn or (len(dyn) == 2 and len(dyn[0]) != len(dyn[1])):
+            return a, b                 # (per-sample ranks that differ would broadcast over the batch)
+        r = len(dyn[0])
+        shapes = [self.shape(v) if isinstance(v, _Dyn) else
+                  tuple(v.shape[max(0, v.dim() - r):]) if isinstance(v, torch.Tensor) else () for v in (a, b)]
+        try:
+            out = tuple(torch.broadcast_shapes(*shapes))
+        except RuntimeError:
+            return a, b                 # reported by the rule
+        res = []
+        for v, sv in zip((a, b), shapes):
+            if isinstance(v, _Dyn) and sv != out:
+                n = math.prod(sv)
+                src = torch.arange(n).reshape(sv).expand(out).reshape(-1).tolist()
+                flat = self.b.reshape(v.name, (n,), node.name + "/flat", origin)
+                v = _Dyn(self.b.add(Gather(0, src, out), [flat], node.name + "/broadcast", origin))
+            res.append(v)
+        return tuple(res)
+
     def b_dtype(self) -> torch.dtype:
         for p in self.module.parameters():
             return p.dtype
@@ -544,6 +567,7 @@ def _binary(kind: str, reverse: bool = False):
             raise t.fail(origin, f"alpha={alpha} is not supported")
         if kind in ("div",) and kwargs.get("rounding_mode") is not None:
             raise t.fail(origin, "rounding division is not supported")
+        a, b = t.broadcast(a, b, node, origin)
         if isinstance(a, _Dyn) and isinstance(b, _Dyn):
             sa, sb = t.shape(a), t.shape(b)
             if sa != sb:

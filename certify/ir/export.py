@@ -142,7 +142,7 @@ def _transpose(g, op: Transpose, ins, out, name, shape):
 
 def _pad(g, op: Pad, ins, out, name, shape):
     pads = _ints([0] + [a for a, _ in op.pads] + [0] + [b for _, b in op.pads])
-    value = g.const(torch.tensor(op.value), name)
+    value = g.const(torch.tensor(op.value, dtype=torch.float64), name)
     return g.node("Pad", ins + [g.const(pads, name), value], out, name, mode="constant")
 
 
