@@ -414,3 +414,19 @@ def test_each_op_exported_alone(name):
     _exported_runs_the_same(net.to(torch.float32), x.float(), TOL)
     if net.dtype == torch.float64:              # (a network without parameters exports as float32)
         _exported_runs_the_same(net, x, 1e-12)
+
+
+def test_chain_fast_path_densifies_these_ops_exactly():
+    """A chain whose affine runs include these ops (NHWC transpose, slices, padding) becomes the
+    float64 affine/ReLU chain of branch and bound, computing the same function."""
+    from bounds.bab.chain import to_chain
+    from certify.ir import Conv2d, Flatten, Linear, ReLU
+    torch.manual_seed(3)
+    r = lambda *s: torch.randn(*s, dtype=torch.float64) * 0.4  # noqa: E731
+    net = sequential((5, 4, 2), [Transpose((2, 0, 1)), Conv2d(r(3, 2, 2, 2), r(3)), ReLU(), Slice(1, 3, -1, -2),
+                                 Pad(((0, 0), (1, 0), (0, 1)), 0.25), Gather(0, (2, 0)), Flatten(), Linear(r(4, 24), r(4)),
+                                 ReLU(), ReduceSum((0,), keepdims=True)])
+    chain = to_chain(net)
+    assert chain is not None and len(chain.weights) == 3
+    x = torch.rand(6, 5, 4, 2, dtype=torch.float64)
+    assert (chain.forward(x.reshape(6, -1)) - net(x).reshape(6, -1)).abs().max().item() < 1e-12

@@ -14,21 +14,30 @@ Every intermediate tensor is kept as an exact row-major copy: a tensor of ONNX s
 reshapes (Reshape, Flatten, Squeeze, Unsqueeze, and Transposes that keep the order of the
 non-unit axes) become IR ``Reshape`` nodes; MatMul/Gemm with a constant operand becomes
 ``Linear`` (with exact block-diagonal weights when it acts on a non-flat tensor). A zero
-``Pad`` (symmetric in H and W) is merged into the ``Conv``/``AveragePool`` that reads it;
-``Clip(min=0)`` without a max is ``Relu``; ``Sum`` of two tensors is ``Add``. The supported
-op types are the keys of ``RULES``.
+``Pad`` (symmetric in H and W) is merged into the ``Conv``/``AveragePool`` that reads it
+(any other constant ``Pad`` is a ``Pad`` node); ``Clip(min=0)`` without a max is ``Relu``;
+``Sum`` of two tensors is ``Add``. Data movement: ``Slice`` (one IR ``Slice`` per axis),
+``Split`` (one ``Slice`` per output), ``Gather`` with constant indices, data-moving
+``Transpose``, ``ConvTranspose``, ``ReduceSum``/``ReduceMean``; ops that only copy elements
+(nearest ``Resize``/``Upsample``, ``Expand``, ``Tile``, ``DepthToSpace``, ``SpaceToDepth``, and
+the broadcasting of a network tensor by ``Add``/``Mul``/...) are evaluated once on the tensor of
+element numbers and become one flat ``Gather``; ``Concat`` with constants is padding plus a
+constant. The supported op types are the keys of ``RULES``.
 
 Constants
 ---------
 Initializers and ``Constant`` nodes are constants; any node whose inputs are all constant
 (e.g. the ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chain torch exports for
-``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference``; ``Shape`` of a
-network tensor is its (batch-1) shape.
+``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference`` at the model's
+opset; ``Shape`` of a network tensor is its (batch-1) shape. Of several graph inputs, the one
+whose value reaches the output is the network input; the others may be read by ``Shape`` /
+``Size`` only (their declared shapes are constants). Two inputs that reach the output, or
+several graph outputs, are an error naming them.
 
-Anything else -- an op the IR cannot express (Softmax, Slice or Gather of a network tensor, ...),
-an unsupported attribute (asymmetric pads, ``auto_pad=SAME_*``, ``ceil_mode=1``, dilated
-pooling), a product of two network tensors -- raises ``CertifyError`` at load time naming
-the file, the node and its op type.
+Anything else -- an op the IR cannot express (Softmax, Gather with network-tensor indices,
+...), an unsupported attribute (asymmetric conv pads, ``auto_pad=SAME_*``, ``ceil_mode=1``,
+dilated pooling), a product of two network tensors -- raises ``CertifyError`` at load time
+naming the file, the node and its op type.
 """
 from __future__ import annotations
 

@@ -12,6 +12,14 @@ What is understood
   ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view/reshape`` with the batch size given as
   ``x.size(0)``, ``x.shape[0]`` or ``-1`` (``x.view(x.size(0), -1)``); ``torch.cat`` along a
   non-batch dim; ``F.linear``, ``F.avg_pool2d``, ``F.max_pool2d``, ``F.dropout``.
+* Data movement and reductions (never over the batch dim): indexing ``x[:, a:b:c, [i, j], None,
+  ...]``, ``narrow``, ``split``/``chunk``/``unbind``, ``index_select`` (constant indices),
+  ``permute``/``transpose``, ``squeeze``/``unsqueeze``, ``torch.stack``, ``sum``/``mean`` over
+  given dims, ``F.pad`` / ``nn.ZeroPad2d`` / ``nn.ConstantPad*d`` (constant mode),
+  ``nn.ConvTranspose2d`` / ``F.conv_transpose2d``; ops that only copy elements
+  (``nn.Upsample`` / ``F.interpolate`` nearest, ``flip``, ``roll``, ``expand``, ``repeat``,
+  ``tile``, ``repeat_interleave``, pixel (un)shuffle, broadcasting of a network tensor) are
+  evaluated once on the tensor of element numbers and become one flat ``Gather``.
 * In-place forms (``x += y``, ``x.add_(y)``, ``nn.ReLU(inplace=True)``) when the overwritten
   tensor is not used anywhere else (otherwise the aliasing is rejected).
 * Anything computed from constants only (e.g. ``self.mean.view(1, 3, 1, 1)``) is evaluated at

@@ -10,7 +10,9 @@ Conventions
 * ``infer_shape`` raises ``IRError`` naming the problem; it is called once when a
   ``Network`` is built, so bad shapes fail at build time, never later.
 
-Engines keep one rule per op class here, in a dict keyed by the class.
+Engines keep one rule per op class here, in a dict keyed by the class. The data-movement and
+reduction ops derive from ``LinearMap`` (affine in their input), which engines may bound
+through the op's reference ``forward`` alone.
 """
 from __future__ import annotations
 
@@ -471,6 +473,13 @@ class Gather(LinearMap):
         if self.index_shape is None:
             self.index_shape = (len(self.indices),)
         self.index_shape = tuple(int(d) for d in self.index_shape)
+        self._index: dict = {}          # device -> the indices as a tensor, made once
+
+    def index(self, device) -> torch.Tensor:
+        t = self._index.get(device)
+        if t is None:
+            t = self._index[device] = torch.tensor(self.indices, dtype=torch.long, device=device)
+        return t
 
     def infer_shape(self, in_shapes):
         (s,) = in_shapes
@@ -482,8 +491,7 @@ class Gather(LinearMap):
         return s[:ax] + self.index_shape + s[ax + 1:]
 
     def forward(self, x):
-        idx = torch.tensor(self.indices, dtype=torch.long, device=x.device)
-        y = x.index_select(self.axis + 1, idx)
+        y = x.index_select(self.axis + 1, self.index(x.device))
         return y.reshape(y.shape[:self.axis + 1] + self.index_shape + y.shape[self.axis + 2:])
 
     def describe(self):
