@@ -208,6 +208,16 @@ def test_onnx_gather_on_network_tensor_and_on_constants():
     assert net.output_shape == (2, 2) and "Gather" in _kinds(net)
 
 
+def test_onnx_shape_subgraph_with_range_cast_expand_folds():
+    nodes = [N("Shape", ["x"], ["sh"]), N("Gather", ["sh", "k"], ["n"], axis=0), N("Range", ["zero", "n", "one"], ["r"]),
+             N("Cast", ["r"], ["rf"], to=TensorProto.FLOAT), N("Expand", ["rf", "shape"], ["e"]),
+             N("Squeeze", ["e", "ax"], ["e2"]), N("Add", ["x", "e2"], ["y"])]
+    inits = {"k": np.array(1, np.int64), "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+             "shape": _i(1, 1, 4), "ax": _i(0)}
+    net = _matches_onnxruntime(_model(nodes, inits, [1, 4]))
+    assert _kinds(net) == {"ConstAdd"}
+
+
 def test_onnx_squeeze_unsqueeze_with_axes_inputs_and_constant_unsqueeze_at_opset_11():
     nodes = [N("Unsqueeze", ["x", "a"], ["u"]), N("Squeeze", ["u", "b"], ["y"])]
     assert _matches_onnxruntime(_model(nodes, {"a": _i(0, 3), "b": _i(1)}, [1, 4])).output_shape == (4, 1)

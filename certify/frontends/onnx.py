@@ -70,12 +70,12 @@ class ShapeOnly(NamedTuple):
     """A graph input besides the network input: only its declared shape may be read."""
 
     name: str
-    full: tuple[int, ...]
+    info: onnx.ValueInfoProto
 
 
 class Padded(NamedTuple):
     """A zero ``Pad`` of a network tensor (symmetric, spatial), merged into the Conv or
-    AveragePool that reads it; any other consumer is rejected."""
+    AveragePool that reads it; for any other consumer it becomes a ``Pad`` node."""
 
     src: Dyn
     pads: tuple[int, int]
@@ -154,7 +154,7 @@ class _Converter:
         inp = self.network_input(inputs)
         for other in inputs:
             if other is not inp:      # its value never reaches the output: only its declared shape may
-                self.values[other.name] = ShapeOnly(other.name, self.declared_shape(other))
+                self.values[other.name] = ShapeOnly(other.name, other)
         tt = inp.type.tensor_type
         if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             raise self.err(f"input {inp.name!r} has element type "
@@ -712,16 +712,20 @@ def _add2(cv: _Converter, node, at, ins, origin):
     return Dyn(cv.emit(ConstAdd(cv.per_sample_const(x, np.asarray(k), origin)), [x.name], node, origin), x.full)
 
 
+def _full(cv: _Converter, x) -> tuple[int, ...]:
+    if isinstance(x, ShapeOnly):
+        return cv.declared_shape(x.info)
+    return x.full if isinstance(x, Dyn) else np.asarray(x).shape
+
+
 def _shape(cv: _Converter, node, at, ins, origin):
-    x = ins[0]
-    s = np.array(x.full if isinstance(x, (Dyn, ShapeOnly)) else np.asarray(x).shape, dtype=np.int64)
+    s = np.array(_full(cv, ins[0]), dtype=np.int64)
     start, end = int(at.get("start", 0)), at.get("end")
     return s[start:None if end is None else int(end)]
 
 
 def _size(cv: _Converter, node, at, ins, origin):
-    x = ins[0]
-    return np.array(math.prod(x.full if isinstance(x, (Dyn, ShapeOnly)) else np.asarray(x).shape), dtype=np.int64)
+    return np.array(math.prod(_full(cv, ins[0])), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- data movement and reductions
