@@ -288,15 +288,16 @@ def _is_relu(net: Network, name: str) -> bool:
 
 
 def _affine_of_input(net: Network, name: str) -> bool:
-    """True when ``name`` is a Linear/Conv applied to the input (through reshapes only): IBP
-    is then exact for a box, so CROWN would only repeat it."""
+    """True when ``name`` is a Linear/Conv applied to the input through ops that map a box to a
+    box (reshapes, transposes, slices, padding): IBP is then exact for a box, so CROWN would
+    only repeat it."""
     n = net.node(name)
     if not isinstance(n.op, (O.Linear, O.Conv2d)):
         return False
     src = n.inputs[0]
     while src != net.input_name:
         m = net.node(src)
-        if not isinstance(m.op, (O.Flatten, O.Reshape, O.Identity)):
+        if not isinstance(m.op, (O.Flatten, O.Reshape, O.Identity, O.Transpose, O.Slice, O.Pad)):
             return False
         src = m.inputs[0]
     return True

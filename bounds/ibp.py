@@ -126,6 +126,15 @@ def _concat(op: O.Concat, *xs: Interval) -> Interval:
     return op.forward(*(x[0] for x in xs)), op.forward(*(x[1] for x in xs))
 
 
+def _conv_transpose(op: O.ConvTranspose2d, x: Interval) -> Interval:
+    lo, hi = x
+    wh, ah = halved(op.weight)
+    args = (op.stride, op.padding, op.output_padding, op.groups, op.dilation)
+    c = F.conv_transpose2d(hi + lo, wh, op.bias, *args)
+    r = F.conv_transpose2d(hi - lo, ah, None, *args)
+    return c - r, c + r
+
+
 IBP_RULES = {
     O.Linear: _linear,
     O.Conv2d: _conv,
@@ -144,6 +153,14 @@ IBP_RULES = {
     O.ReLU: _monotone,
     O.Sigmoid: _monotone,
     O.Tanh: _monotone,
+    # data movement and reductions (ops.LinearMap)
+    O.Slice: _monotone,           # selections, permutations, padding, sums: non-negative coefficients
+    O.Gather: _monotone,
+    O.Transpose: _monotone,
+    O.Pad: _monotone,
+    O.ReduceSum: _monotone,
+    O.ReduceMean: _monotone,
+    O.ConvTranspose2d: _conv_transpose,
 }
 
 

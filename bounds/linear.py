@@ -120,6 +120,33 @@ def _concat(op: O.Concat, A, node, ctx):
     return list(torch.split(A, sizes, dim=op.axis + 2)), None
 
 
+def _linear_map(op: O.LinearMap, A, node, ctx):
+    """An op ``y = L(x) + forward(0)`` (``ops.LinearMap``): the rows ``A L`` are the vector-Jacobian
+    product of the op's reference forward with the rows as output gradients (exact); the offset
+    contributes ``A . forward(0)``."""
+    B, R = A.shape[:2]
+    in_shape = tuple(ctx.in_shapes[0])
+    keep = torch.is_grad_enabled() and A.requires_grad          # rows that carry a gradient (alpha)
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros((B * R,) + in_shape, dtype=A.dtype, device=A.device, requires_grad=True)
+        y = op.forward(x)
+        (At,) = torch.autograd.grad(y, x, A.reshape(y.shape), create_graph=keep)
+    bias = None
+    if op.has_offset:
+        c = op.forward(torch.zeros((1,) + in_shape, dtype=A.dtype, device=A.device))
+        bias = _sum_feat(A * c.unsqueeze(1))
+    return [At.reshape((B, R) + in_shape)], bias
+
+
+def _conv_transpose(op: O.ConvTranspose2d, A, node, ctx):
+    B, R = A.shape[:2]
+    in_shape = tuple(ctx.in_shapes[0])
+    At = F.conv2d(A.reshape((B * R,) + tuple(A.shape[2:])), op.weight, None, op.stride, op.padding, op.dilation,
+                  op.groups)
+    bias = None if op.bias is None else torch.matmul(A.sum((3, 4)), op.bias)
+    return [At.reshape((B, R) + in_shape)], bias
+
+
 def _elementwise(relax_fn):
     def rule(op, A, node, ctx):
         lo, hi = ctx.bounds(node.inputs[0])
@@ -217,4 +244,12 @@ BACKWARD_RULES = {
     O.ReLU: _elementwise(relu_relax),
     O.Sigmoid: _elementwise(sigmoid_relax),
     O.Tanh: _elementwise(tanh_relax),
+    # data movement and reductions (ops.LinearMap)
+    O.Slice: _linear_map,
+    O.Gather: _linear_map,
+    O.Transpose: _linear_map,
+    O.Pad: _linear_map,
+    O.ReduceSum: _linear_map,
+    O.ReduceMean: _linear_map,
+    O.ConvTranspose2d: _conv_transpose,
 }

@@ -2,7 +2,7 @@
 
 ``to_chain(net)`` turns a chain-shaped network (each node fed by the one before it) whose ops are
 affine (Linear, Conv2d, ConstAdd, ConstMul, BatchNorm, Normalize, AvgPool2d, Flatten, Reshape,
-Identity) or ReLU into ``Chain(weights, biases)``:
+Identity, and the data-movement ops of ``ops.LinearMap``) or ReLU into ``Chain(weights, biases)``:
 
     z_1 = W_1 x + b_1,  a_k = relu(z_k),  z_{k+1} = W_{k+1} a_k + b_{k+1},  output = z_L
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from certify.ir import (AvgPool2d, BatchNorm, ConstAdd, ConstMul, Conv2d, Flatten, Identity, Linear,
-                        Network, Normalize, ReLU, Reshape)
+                        LinearMap, Network, Normalize, ReLU, Reshape)
 
 AFFINE_OPS = (Linear, Conv2d, ConstAdd, ConstMul, BatchNorm, Normalize, AvgPool2d, Flatten, Reshape,
-              Identity)
+              Identity, LinearMap)
 
 
 @dataclass

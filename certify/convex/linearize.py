@@ -22,6 +22,7 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
                         Linear, Network, Normalize, ReLU, Reshape, Sub)
+from certify.ir import ConvTranspose2d, Gather, LinearMap, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 
 @dataclass
@@ -177,6 +178,15 @@ def _vstack(a: Affine, b: Affine) -> Affine:
     return Affine(terms, np.concatenate([a.const, b.const]))
 
 
+def _linear_map(op: LinearMap, ins, in_shapes, shape):
+    """``y = L(x) + forward(0)``: L by pushing unit vectors through the op's forward (float64)."""
+    op64 = op.map_tensors(lambda t: t.detach().to(torch.float64))
+    with torch.no_grad():
+        c = op64.forward(torch.zeros((1,) + tuple(in_shapes[0]), dtype=torch.float64))
+    out = ins[0].left(_push_units(lambda e: op64.forward(e) - c, in_shapes[0]))
+    return out.shift(c.reshape(-1).numpy()) if op.has_offset else out
+
+
 RULES = {
     Linear: _linear,
     Conv2d: _conv,
@@ -191,6 +201,9 @@ RULES = {
     Flatten: lambda op, ins, s, shape: ins[0],
     Reshape: lambda op, ins, s, shape: ins[0],
     Identity: lambda op, ins, s, shape: ins[0],
+    # data movement and reductions
+    Slice: _linear_map, Gather: _linear_map, Transpose: _linear_map, Pad: _linear_map, ReduceSum: _linear_map,
+    ReduceMean: _linear_map, ConvTranspose2d: _linear_map,
 }
 
 

@@ -14,21 +14,30 @@ Every intermediate tensor is kept as an exact row-major copy: a tensor of ONNX s
 reshapes (Reshape, Flatten, Squeeze, Unsqueeze, and Transposes that keep the order of the
 non-unit axes) become IR ``Reshape`` nodes; MatMul/Gemm with a constant operand becomes
 ``Linear`` (with exact block-diagonal weights when it acts on a non-flat tensor). A zero
-``Pad`` (symmetric in H and W) is merged into the ``Conv``/``AveragePool`` that reads it;
-``Clip(min=0)`` without a max is ``Relu``; ``Sum`` of two tensors is ``Add``. The supported
-op types are the keys of ``RULES``.
+``Pad`` (symmetric in H and W) is merged into the ``Conv``/``AveragePool`` that reads it
+(any other constant ``Pad`` is a ``Pad`` node); ``Clip(min=0)`` without a max is ``Relu``;
+``Sum`` of two tensors is ``Add``. Data movement: ``Slice`` (one IR ``Slice`` per axis),
+``Split`` (one ``Slice`` per output), ``Gather`` with constant indices, data-moving
+``Transpose``, ``ConvTranspose``, ``ReduceSum``/``ReduceMean``; ops that only copy elements
+(nearest ``Resize``/``Upsample``, ``Expand``, ``Tile``, ``DepthToSpace``, ``SpaceToDepth``, and
+the broadcasting of a network tensor by ``Add``/``Mul``/...) are evaluated once on the tensor of
+element numbers and become one flat ``Gather``; ``Concat`` with constants is padding plus a
+constant. The supported op types are the keys of ``RULES``.
 
 Constants
 ---------
 Initializers and ``Constant`` nodes are constants; any node whose inputs are all constant
 (e.g. the ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chain torch exports for
-``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference``; ``Shape`` of a
-network tensor is its (batch-1) shape.
+``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference`` at the model's
+opset; ``Shape`` of a network tensor is its (batch-1) shape. Of several graph inputs, the one
+whose value reaches the output is the network input; the others may be read by ``Shape`` /
+``Size`` only (their declared shapes are constants). Two inputs that reach the output, or
+several graph outputs, are an error naming them.
 
-Anything else -- an op the IR cannot express (Softmax, Slice or Gather of a network tensor, ...),
-an unsupported attribute (asymmetric pads, ``auto_pad=SAME_*``, ``ceil_mode=1``, dilated
-pooling), a product of two network tensors -- raises ``CertifyError`` at load time naming
-the file, the node and its op type.
+Anything else -- an op the IR cannot express (Softmax, Gather with network-tensor indices,
+...), an unsupported attribute (asymmetric conv pads, ``auto_pad=SAME_*``, ``ceil_mode=1``,
+dilated pooling), a product of two network tensors -- raises ``CertifyError`` at load time
+naming the file, the node and its op type.
 """
 from __future__ import annotations
 
@@ -47,6 +56,7 @@ from certify.frontends import GraphBuilder
 from certify.ir import Network
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, IRError,
                             MaxPool2d, ReLU, Sigmoid, Sub, Tanh)
+from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 
 class Dyn(NamedTuple):
@@ -56,9 +66,16 @@ class Dyn(NamedTuple):
     full: tuple[int, ...]
 
 
+class ShapeOnly(NamedTuple):
+    """A graph input besides the network input: only its declared shape may be read."""
+
+    name: str
+    info: onnx.ValueInfoProto
+
+
 class Padded(NamedTuple):
     """A zero ``Pad`` of a network tensor (symmetric, spatial), merged into the Conv or
-    AveragePool that reads it; any other consumer is rejected."""
+    AveragePool that reads it; for any other consumer it becomes a ``Pad`` node."""
 
     src: Dyn
     pads: tuple[int, int]
@@ -93,6 +110,15 @@ def from_model(model: onnx.ModelProto, name: str = "onnx") -> Network:
     return _Converter(model, name).run()
 
 
+def evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    """Outputs of one node on constant inputs, by the ONNX reference runtime at ``opset``."""
+    from onnx.reference import ReferenceEvaluator
+    info = lambda n: helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)  # noqa: E731
+    graph = helper.make_graph([node], "fold", [info(i) for i in feeds], [info(o) for o in node.output if o])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -122,17 +148,36 @@ class _Converter:
     def run(self) -> Network:
         inits = set(self.values)
         inputs = [i for i in self.graph.input if i.name not in inits]
-        if len(inputs) != 1:
-            raise self.err(f"expected exactly one network input, found {len(inputs)} "
-                           f"({', '.join(i.name for i in inputs) or 'none'})")
-        inp = inputs[0]
+        if len(self.graph.output) != 1:
+            raise self.err(f"expected exactly one graph output, found {len(self.graph.output)} "
+                           f"({', '.join(o.name for o in self.graph.output) or 'none'})")
+        inp = self.network_input(inputs)
+        for other in inputs:
+            if other is not inp:      # its value never reaches the output: only its declared shape may
+                self.values[other.name] = ShapeOnly(other.name, other)
         tt = inp.type.tensor_type
         if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             raise self.err(f"input {inp.name!r} has element type "
                            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; only floating point inputs are supported")
         self.dtype = torch.float64 if tt.elem_type == onnx.TensorProto.DOUBLE else torch.float32
+        full = self.declared_shape(inp)
+        self.b = GraphBuilder(ir_shape(full), inp.name, self.name)
+        self.values[inp.name] = Dyn(inp.name, full)
+
+        for node in self.graph.node:
+            self.convert(node)
+
+        out = self.values.get(self.graph.output[0].name)
+        if isinstance(out, Padded):
+            out = self.materialize(out)
+        if not isinstance(out, Dyn):
+            raise self.err(f"graph output {self.graph.output[0].name!r} does not depend on the input")
+        return self.b.network(out.name, self.name)
+
+    def declared_shape(self, inp) -> tuple[int, ...]:
+        """The declared shape of graph input ``inp`` (a symbolic first dimension read as 1)."""
         full = []
-        for k, d in enumerate(tt.shape.dim):
+        for k, d in enumerate(inp.type.tensor_type.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 full.append(int(d.dim_value))
             elif k == 0:
@@ -140,23 +185,27 @@ class _Converter:
             else:
                 raise self.err(f"input {inp.name!r} has a symbolic dimension {d.dim_param!r} at axis {k}; "
                                "only the batch (first) dimension may be symbolic")
-        full = tuple(full)
         if not full:
             raise self.err(f"input {inp.name!r} is a scalar or has no declared shape")
-        self.b = GraphBuilder(ir_shape(full), inp.name, self.name)
-        self.values[inp.name] = Dyn(inp.name, full)
+        return tuple(full)
 
+    def network_input(self, inputs):
+        """The one graph input whose value reaches the output (others may be read by ``Shape`` only)."""
+        if not inputs:
+            raise self.err("expected exactly one network input, found 0 (none)")
+        if len(inputs) == 1:
+            return inputs[0]
+        feeds: dict[str, set[str]] = {i.name: {i.name} for i in inputs}   # value -> inputs its value depends on
         for node in self.graph.node:
-            self.convert(node)
-
-        if len(self.graph.output) != 1:
-            raise self.err(f"expected exactly one graph output, found {len(self.graph.output)}")
-        out = self.values.get(self.graph.output[0].name)
-        if isinstance(out, Padded):
-            raise self.err("the graph output is a Pad; zero padding is only supported before Conv or AveragePool")
-        if not isinstance(out, Dyn):
-            raise self.err(f"graph output {self.graph.output[0].name!r} does not depend on the input")
-        return self.b.network(out.name, self.name)
+            dep = set() if node.op_type in SHAPE_ONLY else set().union(*(feeds.get(i, set()) for i in node.input))
+            for o in node.output:
+                feeds[o] = dep
+        real = [i for i in inputs if i.name in feeds.get(self.graph.output[0].name, set())]
+        if len(real) != 1:
+            names = real if real else inputs
+            raise self.err(f"expected exactly one network input, found {len(names)} "
+                           f"({', '.join(i.name for i in names)})")
+        return real[0]
 
     def convert(self, node: onnx.NodeProto) -> None:
         origin = f"node {node.name or node.output[0]!r} ({node.op_type})"
@@ -169,23 +218,28 @@ class _Converter:
             elif i not in self.values:
                 raise self.err(f"{origin}: input {i!r} is not defined before the node")
             else:
-                ins.append(self.values[i])
+                v = self.values[i]
+                if isinstance(v, Padded) and node.op_type not in ("Conv", "AveragePool"):
+                    v = self.values[i] = self.materialize(v)
+                if isinstance(v, ShapeOnly) and node.op_type not in SHAPE_ONLY:
+                    raise self.err(f"{origin}: reads the value of graph input {v.name!r}; a second network input "
+                                   "is not supported (only its shape may be used)")
+                ins.append(v)
         dyn = [v for v in ins if isinstance(v, (Dyn, Padded))]
-        if any(isinstance(v, Padded) for v in ins) and node.op_type not in ("Conv", "AveragePool"):
-            raise self.err(f"{origin}: reads the output of a Pad; zero padding is only supported directly "
-                           "before Conv or AveragePool")
-        if not dyn and node.op_type != "Shape":
+        if not dyn and node.op_type not in SHAPE_ONLY:
             outs = self.fold(node, ins, origin)
         else:
             rule = RULES.get(node.op_type)
             if rule is None:
                 raise self.err(f"{origin}: op type {node.op_type} is not supported on network tensors "
                                f"(supported: {', '.join(sorted(RULES))})")
+            multi = node.op_type in MULTI_OUTPUT
             for extra in node.output[1:]:
-                if extra and extra in self.used:
+                if extra and extra in self.used and not multi:
                     raise self.err(f"{origin}: its extra output {extra!r} is used; only the first output is supported")
             try:
-                outs = [rule(self, node, _attrs(node), ins, origin)]
+                out = rule(self, node, _attrs(node), ins, origin)
+                outs = out if multi else [out]
             except IRError as e:
                 msg = str(e)
                 raise (e if msg.startswith(self.name) else self.err(f"{origin}: {msg}")) from None
@@ -196,15 +250,48 @@ class _Converter:
                 self.values[name] = v
 
     def fold(self, node, ins, origin) -> list[np.ndarray]:
-        """Evaluate a node whose inputs are all constants with the ONNX reference runtime."""
-        from onnx.reference import ReferenceEvaluator
-        feeds = {i: v for i, v in zip(node.input, ins) if i}
+        """Evaluate a node whose inputs are all constants with the ONNX reference runtime (at
+        the model's opset: attributes and inputs of older op versions differ)."""
         try:
-            ev = ReferenceEvaluator(node, opsets={"": self.opset})
-            res = ev.run(None, feeds)
+            return evaluate(node, {i: v for i, v in zip(node.input, ins) if i}, self.opset)
         except Exception as e:
             raise self.err(f"{origin}: cannot evaluate this constant node ({type(e).__name__}: {e})") from None
-        return [np.asarray(r) for r in res]
+
+    def materialize(self, p: "Padded") -> Dyn:
+        """A ``Padded`` value as a ``Pad`` node (for a consumer that cannot merge it)."""
+        ph, pw = p.pads
+        name = self.b.add(Pad(((0, 0), (ph, ph), (pw, pw))), [p.src.name], p.src.name + "/pad", "Pad")
+        c, h, w = self.b.shapes[name]
+        return Dyn(name, (1, c, h, w))
+
+    def broadcast(self, ins: list, node, origin: str) -> list:
+        """The operands of an elementwise op with every network tensor broadcast (ONNX rules) to
+        the common shape (copies of its elements: a flat ``Gather``); constants unchanged."""
+        shapes = [v.full if isinstance(v, Dyn) else np.asarray(v).shape for v in ins]
+        try:
+            out = tuple(int(d) for d in np.broadcast_shapes(*shapes))
+        except ValueError:
+            raise self.err(f"{origin}: operands of shapes {', '.join(map(str, shapes))} do not broadcast") from None
+        res = []
+        for v in ins:
+            if isinstance(v, Dyn) and v.full != out:
+                n = math.prod(v.full)
+                src = np.broadcast_to(np.arange(n).reshape(v.full), out)
+                flat = self.b.reshape(v.name, (n,), v.name + "/flat", origin)
+                name = self.emit(Gather(0, src.reshape(-1).tolist(), out), [flat], node, origin, "/broadcast")
+                v = self.from_full(name, node, origin)
+            res.append(v)
+        return res
+
+    def full_view(self, x: Dyn, node, origin: str) -> str:
+        """IR node holding ``x`` with per-sample shape ``x.full`` (the leading unit axis kept), so
+        that ONNX axes index it directly."""
+        return self.b.reshape(x.name, x.full, (node.output[0] or node.name) + "/full", origin)
+
+    def from_full(self, name: str, node, origin: str) -> Dyn:
+        """The IR node ``name``, whose per-sample shape is an ONNX shape, as a network tensor."""
+        full = self.b.shapes[name]
+        return Dyn(self.b.reshape(name, ir_shape(full), node.output[0] or node.name, origin), full)
 
     def emit(self, op, ins: list[str], node, origin: str, hint_suffix: str = "") -> str:
         return self.b.add(op, ins, (node.output[0] or node.name) + hint_suffix, origin)
@@ -265,7 +352,7 @@ def _neg(cv, node, at, ins, origin):
 
 
 def _binary(cv: _Converter, node, at, ins, origin):
-    a, c = ins[0], ins[1]
+    a, c = cv.broadcast(ins[:2], node, origin)
     kind = node.op_type
     if isinstance(a, Dyn) and isinstance(c, Dyn):
         if a.full != c.full:
@@ -406,33 +493,8 @@ def _image(cv, x, origin) -> None:
         raise cv.err(f"{origin}: expected a network tensor of shape (1, C, H, W), got {shape}")
 
 
-def _pad(cv: _Converter, node, at, ins, origin):
-    x = ins[0]
-    _image(cv, x, origin)
-    mode = _str(at.get("mode", "constant"))
-    if mode != "constant":
-        raise cv.err(f"{origin}: Pad mode {mode!r} is not supported (only constant zero padding)")
-    pads = ins[1] if len(ins) > 1 and ins[1] is not None else at.get("pads")
-    value = ins[2] if len(ins) > 2 and ins[2] is not None else at.get("value", 0.0)
-    if len(ins) > 3 and ins[3] is not None:
-        raise cv.err(f"{origin}: Pad with an axes input is not supported")
-    if isinstance(pads, (Dyn, Padded)) or isinstance(value, (Dyn, Padded)) or pads is None:
-        raise cv.err(f"{origin}: pads and value must be constants")
-    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
-    if float(np.asarray(value).reshape(-1)[0] if np.asarray(value).size else 0.0) != 0.0:
-        raise cv.err(f"{origin}: padding with a nonzero value is not supported")
-    if len(pads) != 8 or any(pads[k] or pads[k + 4] for k in (0, 1)) or pads[2] != pads[6] or pads[3] != pads[7] \
-            or min(pads) < 0:
-        raise cv.err(f"{origin}: only symmetric, non-negative padding of H and W is supported, got pads {pads}")
-    return Padded(x, (pads[2], pads[3]))
-
-
-def _conv(cv: _Converter, node, at, ins, origin):
-    x, W = ins[0], ins[1]
-    B = ins[2] if len(ins) > 2 else None
-    extra = (0, 0)
-    if isinstance(x, Padded):
-        x, extra = x.src, x.pads
+def _conv_weights(cv: _Converter, x, W, B, at, origin) -> np.ndarray:
+    """The 4-D weight of a (transposed) 2-D convolution of image ``x``, checked."""
     _image(cv, x, origin)
     if isinstance(W, Dyn) or isinstance(B, Dyn):
         raise cv.err(f"{origin}: convolution weights must be constants")
@@ -442,6 +504,16 @@ def _conv(cv: _Converter, node, at, ins, origin):
     ks = list(at.get("kernel_shape", W.shape[2:]))
     if tuple(ks) != tuple(W.shape[2:]):
         raise cv.err(f"{origin}: kernel_shape {ks} does not match weight shape {W.shape}")
+    return W
+
+
+def _conv(cv: _Converter, node, at, ins, origin):
+    x, W = ins[0], ins[1]
+    B = ins[2] if len(ins) > 2 else None
+    extra = (0, 0)
+    if isinstance(x, Padded):
+        x, extra = x.src, x.pads
+    W = _conv_weights(cv, x, W, B, at, origin)
     own = _pads2d(cv, at, origin)
     op = Conv2d(cv.tensor(W), None if B is None else cv.tensor(B), stride=tuple(at.get("strides", [1, 1])),
                 padding=(own[0] + extra[0], own[1] + extra[1]), dilation=tuple(at.get("dilations", [1, 1])),
@@ -555,23 +627,19 @@ def _unsqueeze(cv: _Converter, node, at, ins, origin):
     return cv.reshaped(x, tuple(out), node, origin)
 
 
-def _transpose(cv: _Converter, node, at, ins, origin):
-    x = ins[0]
-    perm = list(at.get("perm", range(len(x.full) - 1, -1, -1)))
-    moved = [p for p in perm if x.full[p] != 1]
-    if moved != sorted(moved):
-        raise cv.err(f"{origin}: transpose with perm {perm} of shape {x.full} moves data; only transposes "
-                     "that are pure reshapes (unit axes moved) are supported")
-    return cv.reshaped(x, tuple(x.full[p] for p in perm), node, origin)
-
-
 def _concat(cv: _Converter, node, at, ins, origin):
     xs = [v for v in ins if v is not None]
-    if not all(isinstance(v, Dyn) for v in xs):
-        raise cv.err(f"{origin}: concatenating a network tensor with a constant is not supported")
-    r = len(xs[0].full)
+    shapes = [v.full if isinstance(v, Dyn) else np.asarray(v).shape for v in xs]
+    r = len(shapes[0])
     axis = int(at["axis"])
     axis = axis + r if axis < 0 else axis
+    dyn = [v for v in xs if isinstance(v, Dyn)]
+    if len(dyn) == len(xs):
+        return _concat_dyn(cv, dyn, axis, node, origin)
+    return _concat_const(cv, xs, shapes, axis, node, origin)
+
+
+def _concat_dyn(cv: _Converter, xs: list, axis: int, node, origin) -> Dyn:
     full = list(xs[0].full)
     full[axis] = sum(v.full[axis] for v in xs)
     full = tuple(full)
@@ -584,6 +652,33 @@ def _concat(cv: _Converter, node, at, ins, origin):
         return cv.reshaped(Dyn(name, (math.prod(full),)), full, node, origin)
     name = cv.emit(Concat(ir_axis), [v.name for v in xs], node, origin)
     return cv.as_dyn(name, full, node, origin)
+
+
+def _concat_const(cv: _Converter, xs: list, shapes: list, axis: int, node, origin) -> Dyn:
+    """Network tensors and constants side by side: the network tensors concatenated, zeros put
+    where the constants go (``Pad``, and a ``Gather`` when they alternate), the constants added."""
+    dyn = [v for v in xs if isinstance(v, Dyn)]
+    if any(len(s) != len(shapes[0]) or any(a != b for k, (a, b) in enumerate(zip(s, shapes[0])) if k != axis)
+           for s in shapes):
+        raise cv.err(f"{origin}: shapes {', '.join(map(str, shapes))} do not concatenate along axis {axis}")
+    z = dyn[0] if len(dyn) == 1 else _concat_dyn(cv, dyn, axis, node, origin)
+    src, const, used = [], [], 0               # per output position along the axis: source in z, or -1
+    for v, s in zip(xs, shapes):
+        n = s[axis]
+        src += list(range(used, used + n)) if isinstance(v, Dyn) else [-1] * n
+        const.append(np.zeros(s) if isinstance(v, Dyn) else np.asarray(v, dtype=np.float64))
+        used += n if isinstance(v, Dyn) else 0
+    const = np.concatenate(const, axis=axis)
+    first = next(k for k, i in enumerate(src) if i >= 0)
+    run = src[first:first + used] == list(range(used))
+    pads = [[0, 0] for _ in shapes[0]]
+    pads[axis] = [first, len(src) - first - used] if run else [0, 1]
+    name = cv.emit(Pad(tuple(tuple(p) for p in pads)), [cv.full_view(z, node, origin)], node, origin, "/room")
+    if not run:                                 # the zero slot (index ``used``) fills the constants' places
+        name = cv.emit(Gather(axis, [i if i >= 0 else used for i in src]), [name], node, origin, "/place")
+    y = cv.from_full(name, node, origin)
+    k = cv.per_sample_const(y, const, origin)
+    return Dyn(cv.emit(ConstAdd(k), [y.name], node, origin, "/const"), y.full)
 
 
 def _clip(cv: _Converter, node, at, ins, origin):
@@ -608,7 +703,7 @@ def _sum(cv: _Converter, node, at, ins, origin):
 
 
 def _add2(cv: _Converter, node, at, ins, origin):
-    a, c = ins
+    a, c = cv.broadcast(ins, node, origin)
     if isinstance(a, Dyn) and isinstance(c, Dyn):
         if a.full != c.full:
             raise cv.err(f"{origin}: operands of shapes {a.full} and {c.full} differ")
@@ -617,11 +712,233 @@ def _add2(cv: _Converter, node, at, ins, origin):
     return Dyn(cv.emit(ConstAdd(cv.per_sample_const(x, np.asarray(k), origin)), [x.name], node, origin), x.full)
 
 
+def _full(cv: _Converter, x) -> tuple[int, ...]:
+    if isinstance(x, ShapeOnly):
+        return cv.declared_shape(x.info)
+    return x.full if isinstance(x, Dyn) else np.asarray(x).shape
+
+
 def _shape(cv: _Converter, node, at, ins, origin):
-    x = ins[0]
-    s = np.array(x.full if isinstance(x, Dyn) else np.asarray(x).shape, dtype=np.int64)
+    s = np.array(_full(cv, ins[0]), dtype=np.int64)
     start, end = int(at.get("start", 0)), at.get("end")
     return s[start:None if end is None else int(end)]
+
+
+def _size(cv: _Converter, node, at, ins, origin):
+    return np.array(math.prod(_full(cv, ins[0])), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- data movement and reductions
+def _consts(cv: _Converter, origin: str, **named):
+    """The named inputs/attributes as int lists (None stays None); a network tensor is an error."""
+    out = []
+    for what, v in named.items():
+        if isinstance(v, (Dyn, Padded, ShapeOnly)):
+            raise cv.err(f"{origin}: {what} must be a constant")
+        out.append(None if v is None else [int(a) for a in np.asarray(v).reshape(-1)])
+    return out
+
+
+def _opt(ins, k):
+    return ins[k] if len(ins) > k else None
+
+
+def _slices(cv: _Converter, x: Dyn, ranges, node, origin) -> Dyn:
+    """``x`` cut to ``ranges``: (ONNX axis, start, end, step) each, with ONNX's (= Python's)
+    clamping of out-of-range starts and ends; one IR ``Slice`` per axis that changes."""
+    name, full = cv.full_view(x, node, origin), list(x.full)
+    for axis, start, end, step in ranges:
+        ax = axis + len(full) if axis < 0 else axis
+        if not 0 <= ax < len(full):
+            raise cv.err(f"{origin}: axis {axis} out of range for shape {tuple(full)}")
+        if step == 0:
+            raise cv.err(f"{origin}: slice step 0")
+        a, b, c = slice(start, end, step).indices(full[ax])
+        n = len(range(a, b, c))
+        if n == 0:
+            raise cv.err(f"{origin}: empty slice [{start}:{end}:{step}] of axis {ax} (size {full[ax]})")
+        if (a, n, c) != (0, full[ax], 1):
+            name = cv.emit(Slice(ax, a, b, c), [name], node, origin, f"/axis{ax}")
+            full[ax] = n
+    return cv.from_full(name, node, origin)
+
+
+def _slice(cv: _Converter, node, at, ins, origin):
+    x = ins[0]
+    if len(ins) > 1:
+        starts, ends, axes, steps = _consts(cv, origin, starts=ins[1], ends=ins[2], axes=_opt(ins, 3),
+                                            steps=_opt(ins, 4))
+    else:
+        starts, ends, axes, steps = list(at["starts"]), list(at["ends"]), at.get("axes"), None
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise cv.err(f"{origin}: starts, ends, axes and steps differ in length")
+    return _slices(cv, x, list(zip(axes, starts, ends, steps)), node, origin)
+
+
+def _split(cv: _Converter, node, at, ins, origin):
+    """One ``Slice`` per output."""
+    x = ins[0]
+    axis = int(at.get("axis", 0))
+    ax = axis + len(x.full) if axis < 0 else axis
+    n_out = len(node.output)
+    (sizes,) = _consts(cv, origin, split=_opt(ins, 1))
+    sizes = sizes if sizes is not None else at.get("split")
+    if sizes is None:
+        size = x.full[ax]
+        k = -(-size // n_out)               # ONNX: equal parts, the last one smaller
+        sizes = [min(k, size - j * k) for j in range(n_out)]
+    sizes = [int(v) for v in sizes]
+    if len(sizes) != n_out or sum(sizes) != x.full[ax] or min(sizes) <= 0:
+        raise cv.err(f"{origin}: split sizes {sizes} do not divide axis {ax} of {x.full} into {n_out} parts")
+    outs, at0 = [], 0
+    for k, n in enumerate(sizes):
+        sub = helper.make_node("Split", [], [node.output[k] or f"{node.name}_{k}"])
+        outs.append(_slices(cv, x, [(ax, at0, at0 + n, 1)], sub, origin))
+        at0 += n
+    return outs
+
+
+def _gather(cv: _Converter, node, at, ins, origin):
+    x, idx = ins[0], ins[1]
+    if not isinstance(x, Dyn) or isinstance(idx, (Dyn, Padded)):
+        raise cv.err(f"{origin}: only a network tensor indexed by constant indices is supported")
+    axis = int(at.get("axis", 0))
+    ax = axis + len(x.full) if axis < 0 else axis
+    idx = np.asarray(idx).astype(np.int64)
+    if not 0 <= ax < len(x.full) or idx.size == 0:
+        raise cv.err(f"{origin}: cannot gather {idx.shape} indices along axis {axis} of {x.full}")
+    n = x.full[ax]
+    if idx.min() < -n or idx.max() >= n:
+        raise cv.err(f"{origin}: indices outside [-{n}, {n}) on axis {ax} of {x.full}")
+    flat = [int(i) % n for i in idx.reshape(-1)]
+    op = Gather(ax, flat, tuple(idx.shape))
+    return cv.from_full(cv.emit(op, [cv.full_view(x, node, origin)], node, origin, "/gather"), node, origin)
+
+
+def _transpose(cv: _Converter, node, at, ins, origin):
+    """Unit axes carry no data: the permutation of the other axes moves it (a reshape if none)."""
+    x = ins[0]
+    perm = [int(p) for p in at.get("perm", range(len(x.full) - 1, -1, -1))]
+    if sorted(perm) != list(range(len(x.full))):
+        raise cv.err(f"{origin}: perm {perm} is not a permutation of the axes of {x.full}")
+    out = tuple(x.full[p] for p in perm)
+    kept = [k for k, d in enumerate(x.full) if d != 1]
+    moved = [p for p in perm if x.full[p] != 1]
+    if moved == sorted(moved):
+        return cv.reshaped(x, out, node, origin)
+    squeezed = cv.b.reshape(x.name, tuple(x.full[k] for k in kept), node.output[0] + "/squeezed", origin)
+    name = cv.emit(Transpose(tuple(kept.index(p) for p in moved)), [squeezed], node, origin, "/perm")
+    return cv.reshaped(Dyn(name, tuple(x.full[p] for p in moved)), out, node, origin)
+
+
+def _pad(cv: _Converter, node, at, ins, origin):
+    """Zero padding of H and W (symmetric) stays lazy, to merge into a Conv/AveragePool reading
+    it; any other constant padding is a ``Pad`` node."""
+    x = ins[0]
+    mode = _str(at.get("mode", "constant"))
+    if mode != "constant":
+        raise cv.err(f"{origin}: Pad mode {mode!r} is not supported (only constant padding)")
+    if len(ins) > 1:
+        pads, axes = _consts(cv, origin, pads=ins[1], axes=_opt(ins, 3))
+        value = _opt(ins, 2)
+    else:
+        pads, axes, value = list(at["pads"]), None, at.get("value", 0.0)
+    if isinstance(value, (Dyn, Padded)):
+        raise cv.err(f"{origin}: the padding value must be a constant")
+    value = float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size else 0.0
+    r = len(x.full)
+    axes = list(range(r)) if axes is None else [a + r if a < 0 else a for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise cv.err(f"{origin}: {len(pads)} pads for {len(axes)} axes")
+    per_axis = [[0, 0] for _ in range(r)]
+    for k, a in enumerate(axes):
+        per_axis[a] = [pads[k], pads[k + len(axes)]]
+    if r == 4 and x.full[0] == 1 and value == 0.0 and per_axis[0] == per_axis[1] == [0, 0] \
+            and per_axis[2][0] == per_axis[2][1] >= 0 and per_axis[3][0] == per_axis[3][1] >= 0:
+        return Padded(x, (per_axis[2][0], per_axis[3][0]))
+    op = Pad(tuple(tuple(p) for p in per_axis), value)
+    return cv.from_full(cv.emit(op, [cv.full_view(x, node, origin)], node, origin, "/pad"), node, origin)
+
+
+def _reduce(op_cls):
+    def rule(cv: _Converter, node, at, ins, origin):
+        x = ins[0]
+        (axes,) = _consts(cv, origin, axes=_opt(ins, 1))
+        axes = axes if axes is not None else at.get("axes")
+        r = len(x.full)
+        if not axes:
+            if int(at.get("noop_with_empty_axes", 0)):
+                return x
+            axes = list(range(r))
+        axes = sorted({int(a) + r if int(a) < 0 else int(a) for a in axes})
+        keep = bool(int(at.get("keepdims", 1)))
+        out = tuple(1 if k in axes else d for k, d in enumerate(x.full)) if keep else \
+            tuple(d for k, d in enumerate(x.full) if k not in axes)
+        real = [a for a in axes if x.full[a] != 1]
+        if not real:                    # sums over unit axes only
+            return cv.reshaped(x, out or (1,), node, origin)
+        name = cv.emit(op_cls(tuple(axes), True), [cv.full_view(x, node, origin)], node, origin, "/reduce")
+        return cv.reshaped(Dyn(name, tuple(cv.b.shapes[name])), out or (1,), node, origin)
+    return rule
+
+
+def _conv_transpose(cv: _Converter, node, at, ins, origin):
+    x, W = ins[0], ins[1]
+    B = _opt(ins, 2)
+    W = _conv_weights(cv, x, W, B, at, origin)
+    group = int(at.get("group", 1))
+    k = W.shape[2:]
+    stride = [int(v) for v in at.get("strides", [1, 1])]
+    dil = [int(v) for v in at.get("dilations", [1, 1])]
+    outpad = [int(v) for v in at.get("output_padding", [0, 0])]
+    auto = _str(at.get("auto_pad", "NOTSET"))
+    if "output_shape" in at or auto in ("SAME_UPPER", "SAME_LOWER"):
+        insz = x.full[2:]
+        target = list(at["output_shape"])[-2:] if "output_shape" in at else [n * s for n, s in zip(insz, stride)]
+        total = [s * (n - 1) + op + (kk - 1) * d + 1 - t
+                 for s, n, op, kk, d, t in zip(stride, insz, outpad, k, dil, target)]
+        if min(total) < 0:
+            raise cv.err(f"{origin}: output_shape {target} is larger than the transposed convolution's output")
+        first = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        pads = first + [t - f for t, f in zip(total, first)]
+    else:
+        pads = [0, 0, 0, 0] if auto == "VALID" else [int(v) for v in at.get("pads", [0, 0, 0, 0])]
+    if len(pads) != 4 or min(pads) < 0:
+        raise cv.err(f"{origin}: expected 4 non-negative pads for a 2-D op, got {pads}")
+    sym = (min(pads[0], pads[2]), min(pads[1], pads[3]))
+    op = ConvTranspose2d(cv.tensor(W), None if B is None else cv.tensor(B), tuple(stride), sym, tuple(outpad),
+                         tuple(dil), group)
+    name = cv.emit(op, [x.name], node, origin)
+    crop = ((0, 0), (sym[0] - pads[0], sym[0] - pads[2]), (sym[1] - pads[1], sym[1] - pads[3]))
+    if any(crop[1] + crop[2]):           # asymmetric pads: the extra rows and columns are cut off
+        name = cv.emit(Pad(crop), [name], node, origin, "/crop")
+    return cv.as_dyn(name, (1,) + cv.b.shapes[name], node, origin)
+
+
+def _moved(cv: _Converter, node, at, ins, origin):
+    """An op that only moves or copies elements (nearest Resize/Upsample, Expand, Tile,
+    DepthToSpace, ...): evaluated on the tensor of element numbers by the reference runtime,
+    whose output names the source of every element: one flat ``Gather``."""
+    x = ins[0]
+    if any(isinstance(v, (Dyn, Padded)) for v in ins[1:]):
+        raise cv.err(f"{origin}: only the first input may be a network tensor")
+    if node.op_type in ("Resize", "Upsample") and _str(at.get("mode", "nearest")) != "nearest":
+        raise cv.err(f"{origin}: mode {_str(at.get('mode'))!r} is not supported (only nearest)")
+    n = math.prod(x.full)
+    ids = np.arange(n, dtype=np.float64).reshape(x.full)
+    feeds = {i: v for i, v in zip(node.input, ins) if i}
+    feeds[node.input[0]] = ids
+    try:
+        (src,) = evaluate(helper.make_node(node.op_type, list(node.input), [node.output[0]], **at), feeds, cv.opset)
+    except Exception as e:
+        raise cv.err(f"{origin}: cannot evaluate the element map ({type(e).__name__}: {e})") from None
+    if src.size == 0 or not np.array_equal(src, np.round(src)) or src.min() < 0 or src.max() >= n:
+        raise cv.err(f"{origin}: the op does not copy elements (it interpolates); not supported")
+    flat = cv.b.reshape(x.name, (n,), node.output[0] + "/flat", origin)
+    name = cv.emit(Gather(0, [int(i) for i in src.reshape(-1)], tuple(src.shape)), [flat], node, origin, "/moved")
+    return cv.from_full(name, node, origin)
 
 
 RULES = {
@@ -632,7 +949,15 @@ RULES = {
     "AveragePool": _pool, "MaxPool": _pool, "GlobalAveragePool": _global_avg,
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Transpose": _transpose, "Concat": _concat, "Shape": _shape, "Pad": _pad, "Clip": _clip, "Sum": _sum,
+    # data movement and reductions
+    "Size": _size, "Slice": _slice, "Split": _split, "Gather": _gather, "ConvTranspose": _conv_transpose,
+    "ReduceSum": _reduce(ReduceSum), "ReduceMean": _reduce(ReduceMean), "Resize": _moved, "Upsample": _moved,
+    "Expand": _moved, "Tile": _moved, "DepthToSpace": _moved, "SpaceToDepth": _moved,
 }
+SHAPE_ONLY = ("Shape", "Size")
+"""Ops that read only the shape of their input."""
+MULTI_OUTPUT = ("Split",)
+"""Ops whose rule returns one value per output."""
 """One conversion rule per ONNX op type applied to a network tensor (constants are folded)."""
 
 __all__ = ["load", "from_model", "ir_shape", "RULES"]

@@ -12,6 +12,14 @@ What is understood
   ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view/reshape`` with the batch size given as
   ``x.size(0)``, ``x.shape[0]`` or ``-1`` (``x.view(x.size(0), -1)``); ``torch.cat`` along a
   non-batch dim; ``F.linear``, ``F.avg_pool2d``, ``F.max_pool2d``, ``F.dropout``.
+* Data movement and reductions (never over the batch dim): indexing ``x[:, a:b:c, [i, j], None,
+  ...]``, ``narrow``, ``split``/``chunk``/``unbind``, ``index_select`` (constant indices),
+  ``permute``/``transpose``, ``squeeze``/``unsqueeze``, ``torch.stack``, ``sum``/``mean`` over
+  given dims, ``F.pad`` / ``nn.ZeroPad2d`` / ``nn.ConstantPad*d`` (constant mode),
+  ``nn.ConvTranspose2d`` / ``F.conv_transpose2d``; ops that only copy elements
+  (``nn.Upsample`` / ``F.interpolate`` nearest, ``flip``, ``roll``, ``expand``, ``repeat``,
+  ``tile``, ``repeat_interleave``, pixel (un)shuffle, broadcasting of a network tensor) are
+  evaluated once on the tensor of element numbers and become one flat ``Gather``.
 * In-place forms (``x += y``, ``x.add_(y)``, ``nn.ReLU(inplace=True)``) when the overwritten
   tensor is not used anywhere else (otherwise the aliasing is rejected).
 * Anything computed from constants only (e.g. ``self.mean.view(1, 3, 1, 1)``) is evaluated at
@@ -47,6 +55,7 @@ from certify.frontends import GraphBuilder
 from certify.ir import Network
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, IRError,
                             MaxPool2d, ReLU, Sigmoid, Sub, Tanh)
+from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 
 class _Batch:
@@ -272,6 +281,29 @@ class _Tracer:
             raise self.fail(origin, f"constant of shape {tuple(c.shape)} would enlarge the tensor {s} to {tuple(out)}")
         return c
 
+    def broadcast(self, a, b, node: fx.Node, origin: str):
+        """The operands of an elementwise op with each network tensor broadcast (torch rules, per
+        sample) to the common shape: copies of its elements, a flat ``Gather``."""
+        dyn = [self.shape(v) for v in (a, b) if isinstance(v, _Dyn)]
+        if not dyn or (len(dyn) == 2 and len(dyn[0]) != len(dyn[1])):
+            return a, b                 # (per-sample ranks that differ would broadcast over the batch)
+        r = len(dyn[0])
+        shapes = [self.shape(v) if isinstance(v, _Dyn) else
+                  tuple(v.shape[max(0, v.dim() - r):]) if isinstance(v, torch.Tensor) else () for v in (a, b)]
+        try:
+            out = tuple(torch.broadcast_shapes(*shapes))
+        except RuntimeError:
+            return a, b                 # reported by the rule
+        res = []
+        for v, sv in zip((a, b), shapes):
+            if isinstance(v, _Dyn) and sv != out:
+                n = math.prod(sv)
+                src = torch.arange(n).reshape(sv).expand(out).reshape(-1).tolist()
+                flat = self.b.reshape(v.name, (n,), node.name + "/flat", origin)
+                v = _Dyn(self.b.add(Gather(0, src, out), [flat], node.name + "/broadcast", origin))
+            res.append(v)
+        return tuple(res)
+
     def b_dtype(self) -> torch.dtype:
         for p in self.module.parameters():
             return p.dtype
@@ -416,12 +448,61 @@ def _m_unflatten(t: _Tracer, node, mod: nn.Unflatten, args, kwargs, origin):
     return t.reshape_to(x, [BATCH] + s[:dim - 1] + sizes + s[dim:], node, origin)
 
 
+# ----------------------------------------------------------------------------- data movement and reductions
+def _moved(t: _Tracer, node, x: _Dyn, fn, origin) -> _Dyn:
+    """``fn`` (a batch (1, *s) -> (1, *out) function) only moves or copies elements (nearest
+    upsampling, expand, repeat, flip, roll, pixel shuffle, ...): evaluated on the tensor of element
+    numbers, its output names the source of every element: one flat ``Gather``."""
+    s = t.shape(x)
+    n = math.prod(s)
+    with torch.no_grad():
+        src = fn(torch.arange(n, dtype=torch.float64).reshape((1,) + s))
+    if not isinstance(src, torch.Tensor) or src.dim() < 2 or src.shape[0] != 1 or src.numel() == 0:
+        raise t.fail(origin, "the op changes the batch dimension; not supported")
+    if not bool((src == src.round()).all() & (src >= 0).all() & (src < n).all()):
+        raise t.fail(origin, "the op does not copy elements (it interpolates or computes); not supported")
+    flat = t.b.reshape(x.name, (n,), node.name + "/flat", origin)
+    op = Gather(0, [int(i) for i in src.reshape(-1).tolist()], tuple(src.shape[1:]))
+    return _Dyn(t.b.add(op, [flat], node.name, origin))
+
+
+def _m_moved(t: _Tracer, node, mod, args, kwargs, origin):
+    return _moved(t, node, t.dyn(args[0], origin), mod, origin)
+
+
+def _m_conv_transpose(t: _Tracer, node, mod: nn.ConvTranspose2d, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    if mod.padding_mode != "zeros" or len(args) > 1 or kwargs:
+        raise t.fail(origin, "only zero padding and no output_size argument are supported")
+    op = ConvTranspose2d(mod.weight, mod.bias, mod.stride, mod.padding, mod.output_padding, mod.dilation, mod.groups)
+    return t.emit(op, [x], node, origin)
+
+
+def _m_pad(t: _Tracer, node, mod, args, kwargs, origin):
+    return _pad(t, node, t.dyn(args[0], origin), list(mod.padding), float(getattr(mod, "value", 0.0)), origin)
+
+
+def _pad(t: _Tracer, node, x: _Dyn, pad: list, value: float, origin) -> _Dyn:
+    """torch's pad list: (before, after) pairs from the last dimension backwards."""
+    s = t.shape(x)
+    if len(pad) % 2 or len(pad) // 2 > len(s):
+        raise t.fail(origin, f"pad {list(pad)} does not fit per-sample shape {s} (the batch cannot be padded)")
+    pairs = [(0, 0)] * len(s)
+    for k in range(len(pad) // 2):
+        pairs[len(s) - 1 - k] = (int(pad[2 * k]), int(pad[2 * k + 1]))
+    return t.emit(Pad(tuple(pairs), 0.0 if value is None else float(value)), [x], node, origin)
+
+
 MODULE_RULES = {
     nn.Linear: _m_linear, nn.Conv2d: _m_conv, nn.BatchNorm1d: _m_batchnorm, nn.BatchNorm2d: _m_batchnorm,
     nn.ReLU: _m_simple(ReLU), nn.Sigmoid: _m_simple(Sigmoid), nn.Tanh: _m_simple(Tanh),
     nn.MaxPool2d: _m_maxpool, nn.AvgPool2d: _m_avgpool, nn.Flatten: _m_flatten, nn.Unflatten: _m_unflatten,
     nn.Identity: _m_identity, nn.Dropout: _m_identity, nn.Dropout1d: _m_identity, nn.Dropout2d: _m_identity,
     nn.AlphaDropout: _m_identity,
+    # data movement and reductions
+    nn.ConvTranspose2d: _m_conv_transpose, nn.Upsample: _m_moved, nn.UpsamplingNearest2d: _m_moved,
+    nn.PixelShuffle: _m_moved, nn.PixelUnshuffle: _m_moved, nn.ZeroPad2d: _m_pad, nn.ConstantPad1d: _m_pad,
+    nn.ConstantPad2d: _m_pad, nn.ConstantPad3d: _m_pad,
 }
 """One rule per leaf module type (others are traced through by torch.fx)."""
 
@@ -467,9 +548,11 @@ def _f_getattr(t: _Tracer, node, args, kwargs, origin):
 
 def _f_getitem(t: _Tracer, node, args, kwargs, origin):
     obj, idx = args
-    if isinstance(obj, tuple):
+    if isinstance(obj, (tuple, list)):
         return obj[idx]
-    raise t.fail(origin, "indexing/slicing a network tensor is not supported")
+    if isinstance(obj, _Dyn):
+        return _index(t, node, obj, idx, origin)
+    raise t.fail(origin, f"indexing a {type(obj).__name__} is not supported")
 
 
 def _f_act(op_cls):
@@ -492,6 +575,7 @@ def _binary(kind: str, reverse: bool = False):
             raise t.fail(origin, f"alpha={alpha} is not supported")
         if kind in ("div",) and kwargs.get("rounding_mode") is not None:
             raise t.fail(origin, "rounding division is not supported")
+        a, b = t.broadcast(a, b, node, origin)
         if isinstance(a, _Dyn) and isinstance(b, _Dyn):
             sa, sb = t.shape(a), t.shape(b)
             if sa != sb:
@@ -569,6 +653,214 @@ def _f_contiguous(t: _Tracer, node, args, kwargs, origin):
     return t.dyn(args[0], origin)
 
 
+# ----------------------------------------------------------------------------- data movement and reductions
+def _dim(t: _Tracer, x: _Dyn, d, origin, extra: int = 0) -> int:
+    """torch dim ``d`` (batch = 0) of ``x`` as a per-sample axis; ``extra``: dims the op adds."""
+    r = len(t.shape(x)) + 1 + extra
+    if not isinstance(d, int) or not -r <= d < r:
+        raise t.fail(origin, f"dim {d!r} out of range")
+    d = d + r if d < 0 else d
+    if d == 0:
+        raise t.fail(origin, "operating on the batch dimension is not supported")
+    return d - 1
+
+
+def _cut(t: _Tracer, node, x: _Dyn, axis: int, start: int, stop: int, step: int, origin, hint="") -> _Dyn:
+    n = t.shape(x)[axis]
+    a, b, c = slice(start, stop, step).indices(n)
+    if len(range(a, b, c)) == 0:
+        raise t.fail(origin, f"empty slice [{start}:{stop}:{step}] of a dim of size {n}")
+    if (a, b, c) == (0, n, 1):
+        return x
+    return _Dyn(t.b.add(Slice(axis, a, b, c), [x.name], node.name + hint, origin))
+
+
+def _take(t: _Tracer, node, x: _Dyn, axis: int, idx, origin) -> _Dyn:
+    """Constant integer indices (int, list, tensor) along ``axis`` (numpy.take)."""
+    if isinstance(idx, _Dyn) or (isinstance(idx, torch.Tensor) and idx.dtype == torch.bool):
+        raise t.fail(origin, "indices must be constant integers (no network tensor, no mask)")
+    i = torch.as_tensor(idx)
+    if i.is_floating_point():
+        raise t.fail(origin, "indices must be integers")
+    n = t.shape(x)[axis]
+    if i.numel() == 0 or bool((i < -n).any() | (i >= n).any()):
+        raise t.fail(origin, f"indices out of range for a dim of size {n}")
+    op = Gather(axis, [int(v) % n for v in i.reshape(-1).tolist()], tuple(i.shape))
+    return _Dyn(t.b.add(op, [x.name], node.name, origin))
+
+
+def _index(t: _Tracer, node, x: _Dyn, idx, origin) -> _Dyn:
+    """``x[idx]`` with slices, ints, None, Ellipsis and at most one constant index list."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if sum(it is Ellipsis for it in items) > 1:
+        raise t.fail(origin, "more than one Ellipsis")
+    used = sum(it is not None and it is not Ellipsis for it in items)
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items[k:k + 1] = [slice(None)] * (len(t.shape(x)) + 1 - used)
+    if not items or items[0] != slice(None):
+        raise t.fail(origin, "indexing must keep the batch dimension whole (x[:, ...])")
+    lists = [it for it in items if isinstance(it, (list, torch.Tensor))]
+    if len(lists) > 1:
+        raise t.fail(origin, "more than one index list (advanced indexing) is not supported")
+    axis = 0
+    for it in items[1:]:
+        if it is None:
+            s = t.shape(x)
+            x = _Dyn(t.b.reshape(x.name, s[:axis] + (1,) + s[axis:], node.name + "/unsqueeze", origin))
+            axis += 1
+        elif isinstance(it, slice):
+            if axis >= len(t.shape(x)):
+                raise t.fail(origin, "too many indices")
+            x = _cut(t, node, x, axis, it.start, it.stop, it.step, origin, "/slice")
+            axis += 1
+        elif isinstance(it, (int, list, torch.Tensor)) and not isinstance(it, bool):
+            if axis >= len(t.shape(x)):
+                raise t.fail(origin, "too many indices")
+            x = _take(t, node, x, axis, it, origin)
+            axis += 0 if isinstance(it, int) else torch.as_tensor(it).dim()
+        else:
+            raise t.fail(origin, f"index {it!r} is not supported")
+    return x
+
+
+def _f_narrow(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    axis = _dim(t, x, _arg(args, kwargs, 1, "dim"), origin)
+    start, length = _arg(args, kwargs, 2, "start"), _arg(args, kwargs, 3, "length")
+    start = start + t.shape(x)[axis] if start < 0 else start
+    return _cut(t, node, x, axis, start, start + length, 1, origin)
+
+
+def _parts(t: _Tracer, node, x: _Dyn, axis: int, sizes: list, origin) -> tuple:
+    out, at = [], 0
+    for k, n in enumerate(sizes):
+        out.append(_cut(t, node, x, axis, at, at + n, 1, origin, f"/{k}"))
+        at += n
+    return tuple(out)
+
+
+def _f_split(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    size = _arg(args, kwargs, 1, "split_size_or_sections", kwargs.get("split_size"))
+    axis = _dim(t, x, _arg(args, kwargs, 2, "dim", 0), origin)
+    n = t.shape(x)[axis]
+    sizes = [int(v) for v in size] if isinstance(size, (list, tuple)) else [min(size, n - a) for a in range(0, n, size)]
+    if sum(sizes) != n or min(sizes) <= 0:
+        raise t.fail(origin, f"split sizes {sizes} do not divide a dim of size {n}")
+    return _parts(t, node, x, axis, sizes, origin)
+
+
+def _f_chunk(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    chunks = _arg(args, kwargs, 1, "chunks")
+    axis = _dim(t, x, _arg(args, kwargs, 2, "dim", 0), origin)
+    n = t.shape(x)[axis]
+    k = -(-n // chunks)
+    return _parts(t, node, x, axis, [min(k, n - a) for a in range(0, n, k)], origin)
+
+
+def _f_unbind(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    axis = _dim(t, x, _arg(args, kwargs, 1, "dim", 0), origin)
+    return tuple(_take(t, node, x, axis, k, origin) for k in range(t.shape(x)[axis]))
+
+
+def _f_index_select(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    return _take(t, node, x, _dim(t, x, _arg(args, kwargs, 1, "dim"), origin), _arg(args, kwargs, 2, "index"),
+                 origin)
+
+
+def _f_permute(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    dims = list(args[1:]) if len(args) > 1 else list(kwargs.get("dims", ()))
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = list(dims[0])
+    r = len(t.shape(x)) + 1
+    dims = [d + r if d < 0 else d for d in dims]
+    if sorted(dims) != list(range(r)) or dims[0] != 0:
+        raise t.fail(origin, f"permute {dims} must be a permutation that keeps the batch dimension first")
+    return t.emit(Transpose(tuple(d - 1 for d in dims[1:])), [x], node, origin)
+
+
+def _f_transpose(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    a = _dim(t, x, _arg(args, kwargs, 1, "dim0"), origin)
+    b = _dim(t, x, _arg(args, kwargs, 2, "dim1"), origin)
+    perm = list(range(len(t.shape(x))))
+    perm[a], perm[b] = perm[b], perm[a]
+    return x if a == b else t.emit(Transpose(tuple(perm)), [x], node, origin)
+
+
+def _f_squeeze(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    s = t.shape(x)
+    d = _arg(args, kwargs, 1, "dim")
+    axes = [k for k, v in enumerate(s) if v == 1] if d is None else \
+        [_dim(t, x, v, origin) for v in (d if isinstance(d, (list, tuple)) else [d])]
+    new = tuple(v for k, v in enumerate(s) if not (k in axes and v == 1))
+    return _Dyn(t.b.reshape(x.name, new or (1,), node.name, origin))
+
+
+def _f_unsqueeze(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    axis = _dim(t, x, _arg(args, kwargs, 1, "dim"), origin, extra=1)
+    s = t.shape(x)
+    return _Dyn(t.b.reshape(x.name, s[:axis] + (1,) + s[axis:], node.name, origin))
+
+
+def _f_reduce(op_cls):
+    def rule(t: _Tracer, node, args, kwargs, origin):
+        x = t.dyn(args[0], origin)
+        d = _arg(args, kwargs, 1, "dim")
+        if d is None:
+            raise t.fail(origin, "a reduction over every dimension includes the batch; give dim")
+        if kwargs.get("dtype") is not None:
+            raise t.fail(origin, "dtype= is not supported")
+        axes = [_dim(t, x, v, origin) for v in (d if isinstance(d, (list, tuple)) else [d])]
+        return t.emit(op_cls(tuple(axes), bool(_arg(args, kwargs, 2, "keepdim", False))), [x], node, origin)
+    return rule
+
+
+def _f_pad(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    if mode != "constant":
+        raise t.fail(origin, f"pad mode {mode!r} is not supported (only constant)")
+    return _pad(t, node, x, list(_arg(args, kwargs, 1, "pad")), _arg(args, kwargs, 3, "value", 0.0), origin)
+
+
+def _f_conv_transpose(t: _Tracer, node, args, kwargs, origin):
+    x = t.dyn(args[0], origin)
+    g = lambda k, n, d: _arg(args, kwargs, k, n, d)  # noqa: E731
+    w, b = g(1, "weight", None), g(2, "bias", None)
+    if not isinstance(w, torch.Tensor) or not (b is None or isinstance(b, torch.Tensor)):
+        raise t.fail(origin, "transposed-convolution weights must be constant tensors")
+    op = ConvTranspose2d(w, b, g(3, "stride", 1), g(4, "padding", 0), g(5, "output_padding", 0),
+                         g(7, "dilation", 1), g(6, "groups", 1))
+    return t.emit(op, [x], node, origin)
+
+
+def _f_moved(t: _Tracer, node, args, kwargs, origin):
+    """A function or method that only moves or copies elements, traced on element numbers."""
+    x = t.dyn(args[0], origin)
+    rest = [1 if isinstance(a, _Batch) else a for a in args[1:]]
+    if _has_dynamic((rest, kwargs)):
+        raise t.fail(origin, "only the first argument may be a network tensor")
+    if node.op == "call_method":
+        return _moved(t, node, x, lambda ids: getattr(ids, node.target)(*rest, **kwargs), origin)
+    return _moved(t, node, x, lambda ids: node.target(ids, *rest, **kwargs), origin)
+
+
+def _f_stack(t: _Tracer, node, args, kwargs, origin):
+    xs = [t.dyn(x, origin, "every stacked tensor") for x in _arg(args, kwargs, 0, "tensors")]
+    axis = _dim(t, xs[0], _arg(args, kwargs, 1, "dim", 0), origin, extra=1)
+    s = t.shape(xs[0])
+    ups = [t.b.reshape(x.name, s[:axis] + (1,) + s[axis:], node.name + "/unsqueeze", origin) for x in xs]
+    return _Dyn(t.b.add(Concat(axis), ups, node.name, origin))
+
+
 _ADD, _SUB, _MUL, _DIV = _binary("add"), _binary("sub"), _binary("mul"), _binary("div")
 _INPLACE_FUNCTIONS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, F.relu_)
 FUNCTION_RULES = {
@@ -588,6 +880,20 @@ FUNCTION_RULES = {
     torch.cat: _f_cat, torch.concat: _f_cat, F.linear: _f_linear,
     F.max_pool2d: _f_maxpool, F.avg_pool2d: _f_avgpool,
     F.dropout: _f_identity, ("method", "contiguous"): _f_contiguous,
+    # data movement and reductions
+    torch.narrow: _f_narrow, ("method", "narrow"): _f_narrow, torch.split: _f_split, ("method", "split"): _f_split,
+    torch.chunk: _f_chunk, ("method", "chunk"): _f_chunk, torch.unbind: _f_unbind, ("method", "unbind"): _f_unbind,
+    torch.index_select: _f_index_select, ("method", "index_select"): _f_index_select,
+    torch.permute: _f_permute, ("method", "permute"): _f_permute, torch.transpose: _f_transpose,
+    ("method", "transpose"): _f_transpose, torch.swapaxes: _f_transpose, ("method", "swapaxes"): _f_transpose,
+    torch.squeeze: _f_squeeze, ("method", "squeeze"): _f_squeeze, torch.unsqueeze: _f_unsqueeze,
+    ("method", "unsqueeze"): _f_unsqueeze, torch.sum: _f_reduce(ReduceSum), ("method", "sum"): _f_reduce(ReduceSum),
+    torch.mean: _f_reduce(ReduceMean), ("method", "mean"): _f_reduce(ReduceMean), F.pad: _f_pad,
+    F.conv_transpose2d: _f_conv_transpose, torch.stack: _f_stack,
+    F.interpolate: _f_moved, torch.flip: _f_moved, ("method", "flip"): _f_moved, torch.roll: _f_moved,
+    ("method", "roll"): _f_moved, ("method", "expand"): _f_moved, ("method", "repeat"): _f_moved,
+    torch.tile: _f_moved, ("method", "tile"): _f_moved, torch.repeat_interleave: _f_moved,
+    ("method", "repeat_interleave"): _f_moved, F.pixel_shuffle: _f_moved, F.pixel_unshuffle: _f_moved,
 }
 """One rule per function (or ``("method", name)``) applied to a network tensor."""
 

@@ -25,6 +25,7 @@ from certify.errors import CertifyError
 from certify.ir.network import Network, Node
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
                             Linear, MaxPool2d, Normalize, ReLU, Reshape, Sigmoid, Sub, Tanh)
+from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 OPSET = 17
 
@@ -118,11 +119,61 @@ def _concat(g, op: Concat, ins, out, name, shape):
     return g.node("Concat", ins, out, name, axis=op.axis + 1)
 
 
+# ----------------------------------------------------------------------------- data movement and reductions
+def _ints(v) -> np.ndarray:
+    return np.asarray(v, dtype=np.int64)
+
+
+def _slice(g, op: Slice, ins, out, name, shape):
+    stop = op.stop if op.stop >= 0 else np.iinfo(np.int64).min      # through index 0 (negative step)
+    args = [g.const(_ints([op.start]), name), g.const(_ints([stop]), name), g.const(_ints([op.axis + 1]), name),
+            g.const(_ints([op.step]), name)]
+    return g.node("Slice", ins + args, out, name)
+
+
+def _gather(g, op: Gather, ins, out, name, shape):
+    idx = g.const(_ints(op.indices).reshape(op.index_shape), name)
+    return g.node("Gather", ins + [idx], out, name, axis=op.axis + 1)
+
+
+def _transpose(g, op: Transpose, ins, out, name, shape):
+    return g.node("Transpose", ins, out, name, perm=[0] + [p + 1 for p in op.perm])
+
+
+def _pad(g, op: Pad, ins, out, name, shape):
+    pads = _ints([0] + [a for a, _ in op.pads] + [0] + [b for _, b in op.pads])
+    value = g.const(torch.tensor(op.value, dtype=torch.float64), name)
+    return g.node("Pad", ins + [g.const(pads, name), value], out, name, mode="constant")
+
+
+def _reduce(g, op, ins, out, name, shape):
+    """keepdims=1, then a Reshape to the IR's output shape (which is (1,) for a full reduction)."""
+    axes = [a + 1 for a in op.axes]
+    kept = f"{out}/kept"
+    if isinstance(op, ReduceSum):
+        g.node("ReduceSum", ins + [g.const(_ints(axes), name)], kept, f"{name}/sum", keepdims=1)
+    else:
+        g.node("ReduceMean", ins, kept, f"{name}/mean", axes=axes, keepdims=1)
+    target = g.const(_ints((0,) + tuple(op.infer_shape([shape]))), name)
+    return g.node("Reshape", [kept, target], out, name)
+
+
+def _conv_transpose(g, op: ConvTranspose2d, ins, out, name, shape):
+    args = ins + [g.const(op.weight, name)] + ([g.const(op.bias, name)] if op.bias is not None else [])
+    ph, pw = op.padding
+    return g.node("ConvTranspose", args, out, name, kernel_shape=list(op.weight.shape[2:]), strides=list(op.stride),
+                  pads=[ph, pw, ph, pw], output_padding=list(op.output_padding), dilations=list(op.dilation),
+                  group=op.groups)
+
+
 ONNX_RULES = {
     Linear: _linear, Conv2d: _conv, ConstAdd: _const_add, ConstMul: _const_mul, Add: _simple("Add"),
     Sub: _simple("Sub"), BatchNorm: _batchnorm, Normalize: _normalize, AvgPool2d: _avgpool, MaxPool2d: _maxpool,
     Flatten: _simple("Flatten", axis=1), Reshape: _reshape, Concat: _concat, Identity: _simple("Identity"),
     ReLU: _simple("Relu"), Sigmoid: _simple("Sigmoid"), Tanh: _simple("Tanh"),
+    # data movement and reductions
+    Slice: _slice, Gather: _gather, Transpose: _transpose, Pad: _pad, ReduceSum: _reduce, ReduceMean: _reduce,
+    ConvTranspose2d: _conv_transpose,
 }
 """One rule per IR op: fn(graph, op, input names, output name, node name, per-sample input shape)."""
 
@@ -172,7 +223,8 @@ def to_onnx(net: Network, path: str | Path, overwrite: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------- torch
-_TRAINABLE = {Linear: ("weight", "bias"), Conv2d: ("weight", "bias"), BatchNorm: ("weight", "bias")}
+_TRAINABLE = {Linear: ("weight", "bias"), Conv2d: ("weight", "bias"), BatchNorm: ("weight", "bias"),
+              ConvTranspose2d: ("weight", "bias")}
 """Tensor fields that become ``nn.Parameter``s (all other tensor fields become buffers)."""
 
 

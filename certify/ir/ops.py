@@ -10,7 +10,9 @@ Conventions
 * ``infer_shape`` raises ``IRError`` naming the problem; it is called once when a
   ``Network`` is built, so bad shapes fail at build time, never later.
 
-Engines keep one rule per op class here, in a dict keyed by the class.
+Engines keep one rule per op class here, in a dict keyed by the class. The data-movement and
+reduction ops derive from ``LinearMap`` (affine in their input), which engines may bound
+through the op's reference ``forward`` alone.
 """
 from __future__ import annotations
 
@@ -403,6 +405,247 @@ class Identity(Op):
         return x
 
 
+# ----------------------------------------------------------------------------- data movement and reductions
+def _axis(a: int, rank: int, what: str) -> int:
+    if not 0 <= a < rank:
+        raise IRError(f"{what}: axis {a} out of range for a per-sample tensor of rank {rank}")
+    return a
+
+
+@dataclass(eq=False)
+class LinearMap(Op):
+    """Base of the ops whose output is ``L(x) + forward(0)`` for one linear map L applied to
+    every sample alike (selections, permutations, padding, sums, transposed convolutions).
+    Engines bound them through the reference ``forward`` (CROWN: its vector-Jacobian product).
+    ``monotone``: L has non-negative coefficients, so ``(forward(lo), forward(hi))`` is the
+    exact interval image of a box."""
+
+    monotone: ClassVar[bool] = True
+
+    @property
+    def has_offset(self) -> bool:
+        """Whether ``forward(0)`` may be nonzero."""
+        return False
+
+
+@dataclass(eq=False)
+class Slice(LinearMap):
+    """Elements ``range(start, stop, step)`` along per-sample ``axis`` (step may be negative;
+    normalized bounds: ``0 <= start < size``, ``-1 <= stop <= size``)."""
+
+    axis: int = 0
+    start: int = 0
+    stop: int = 1
+    step: int = 1
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        ax = _axis(self.axis, len(s), "Slice")
+        if self.step == 0 or not (0 <= self.start < s[ax] and -1 <= self.stop <= s[ax]):
+            raise IRError(f"Slice range({self.start}, {self.stop}, {self.step}) does not fit axis {ax} of size {s[ax]}")
+        n = len(range(self.start, self.stop, self.step))
+        if n == 0:
+            raise IRError(f"Slice range({self.start}, {self.stop}, {self.step}) is empty")
+        return s[:ax] + (n,) + s[ax + 1:]
+
+    def forward(self, x):
+        if self.step > 0:
+            return x[(slice(None),) * (self.axis + 1) + (slice(self.start, self.stop, self.step),)]
+        idx = torch.arange(self.start, self.stop, self.step, device=x.device)
+        return x.index_select(self.axis + 1, idx)
+
+    def describe(self):
+        return f"Slice axis {self.axis} [{self.start}:{self.stop}:{self.step}]"
+
+
+@dataclass(eq=False)
+class Gather(LinearMap):
+    """``numpy.take`` along per-sample ``axis`` with constant non-negative ``indices`` laid out
+    as ``index_shape`` (default ``(len(indices),)``; ``()`` for one index, which drops the
+    axis): output shape ``s[:axis] + index_shape + s[axis+1:]``."""
+
+    axis: int = 0
+    indices: tuple[int, ...] = (0,)
+    index_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        self.indices = tuple(int(i) for i in self.indices)
+        if self.index_shape is None:
+            self.index_shape = (len(self.indices),)
+        self.index_shape = tuple(int(d) for d in self.index_shape)
+        self._index: dict = {}          # device -> the indices as a tensor, made once
+
+    def index(self, device) -> torch.Tensor:
+        t = self._index.get(device)
+        if t is None:
+            t = self._index[device] = torch.tensor(self.indices, dtype=torch.long, device=device)
+        return t
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        ax = _axis(self.axis, len(s), "Gather")
+        if math.prod(self.index_shape) != len(self.indices) or not self.indices:
+            raise IRError(f"Gather: {len(self.indices)} indices do not fill index shape {self.index_shape}")
+        if min(self.indices) < 0 or max(self.indices) >= s[ax]:
+            raise IRError(f"Gather: indices outside [0, {s[ax]}) on axis {ax}")
+        return s[:ax] + self.index_shape + s[ax + 1:]
+
+    def forward(self, x):
+        y = x.index_select(self.axis + 1, self.index(x.device))
+        return y.reshape(y.shape[:self.axis + 1] + self.index_shape + y.shape[self.axis + 2:])
+
+    def describe(self):
+        return f"Gather axis {self.axis} {len(self.indices)} of {self.index_shape}"
+
+
+@dataclass(eq=False)
+class Transpose(LinearMap):
+    """Permutation of the per-sample axes: output axis k is input axis ``perm[k]``."""
+
+    perm: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        self.perm = tuple(int(p) for p in self.perm)
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if sorted(self.perm) != list(range(len(s))):
+            raise IRError(f"Transpose perm {self.perm} is not a permutation of the {len(s)} axes of {s}")
+        return tuple(s[p] for p in self.perm)
+
+    def forward(self, x):
+        return x.permute((0,) + tuple(p + 1 for p in self.perm))
+
+    def describe(self):
+        return f"Transpose {self.perm}"
+
+
+@dataclass(eq=False)
+class Pad(LinearMap):
+    """Constant padding: ``pads[k] = (before, after)`` elements of ``value`` added on per-sample
+    axis k (a negative count removes elements instead)."""
+
+    pads: tuple[tuple[int, int], ...] = ()
+    value: float = 0.0
+
+    def __post_init__(self):
+        self.pads = tuple((int(a), int(b)) for a, b in self.pads)
+        self.value = float(self.value)
+
+    @property
+    def has_offset(self) -> bool:
+        return self.value != 0.0
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if len(self.pads) != len(s):
+            raise IRError(f"Pad has {len(self.pads)} (before, after) pairs for a tensor of rank {len(s)}")
+        out = tuple(d + a + b for d, (a, b) in zip(s, self.pads))
+        if any(d <= 0 for d in out) or any(-a >= d or -b >= d for d, (a, b) in zip(s, self.pads)):
+            raise IRError(f"Pad {self.pads} removes every element of {s}")
+        return out
+
+    def forward(self, x):
+        flat = [p for a, b in reversed(self.pads) for p in (a, b)]
+        return F.pad(x, flat, mode="constant", value=self.value)
+
+    def describe(self):
+        return f"Pad {self.pads}" + (f" value {self.value:g}" if self.value else "")
+
+
+@dataclass(eq=False)
+class _Reduce(LinearMap):
+    axes: tuple[int, ...] = (0,)
+    keepdims: bool = False
+
+    def __post_init__(self):
+        self.axes = tuple(sorted(int(a) for a in self.axes))
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if not self.axes or len(set(self.axes)) != len(self.axes):
+            raise IRError(f"{self.kind}: axes {self.axes} must be distinct and not empty")
+        for a in self.axes:
+            _axis(a, len(s), self.kind)
+        out = tuple(1 if k in self.axes else d for k, d in enumerate(s)) if self.keepdims else \
+            tuple(d for k, d in enumerate(s) if k not in self.axes)
+        return out if out else (1,)
+
+    def _dims(self):
+        return tuple(a + 1 for a in self.axes)
+
+    def describe(self):
+        return f"{self.kind} axes {self.axes}" + (" keepdims" if self.keepdims else "")
+
+
+@dataclass(eq=False)
+class ReduceSum(_Reduce):
+    """Sum over per-sample ``axes`` (kept as size 1 with ``keepdims``; reducing every axis
+    without ``keepdims`` gives shape ``(1,)``)."""
+
+    def forward(self, x):
+        y = x.sum(self._dims(), keepdim=self.keepdims)
+        return y.reshape(-1, 1) if y.dim() == 1 else y
+
+
+@dataclass(eq=False)
+class ReduceMean(_Reduce):
+    """Mean over per-sample ``axes`` (shapes as ``ReduceSum``)."""
+
+    def forward(self, x):
+        y = x.mean(self._dims(), keepdim=self.keepdims)
+        return y.reshape(-1, 1) if y.dim() == 1 else y
+
+
+@dataclass(eq=False)
+class ConvTranspose2d(LinearMap):
+    """2-D transposed convolution (the adjoint of ``Conv2d``). weight: (I, O/groups, kh, kw);
+    input (I, H, W); output size ``(H-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1``."""
+
+    monotone: ClassVar[bool] = False
+    weight: torch.Tensor = None
+    bias: torch.Tensor | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        self.stride, self.padding = _pair(self.stride), _pair(self.padding)
+        self.output_padding, self.dilation = _pair(self.output_padding), _pair(self.dilation)
+
+    @property
+    def has_offset(self) -> bool:
+        return self.bias is not None
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if self.weight is None or self.weight.dim() != 4:
+            raise IRError("ConvTranspose2d needs a 4-D weight (I, O/groups, kh, kw)")
+        i, og, kh, kw = self.weight.shape
+        if len(s) != 3 or s[0] != i or i % self.groups:
+            raise IRError(f"ConvTranspose2d expects a ({i}, H, W) input, got {s}")
+        if any(op >= max(st, d) for op, st, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise IRError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than "
+                          f"the stride or the dilation")
+        hw = [(n - 1) * st - 2 * p + d * (k - 1) + op + 1 for n, st, p, d, k, op in
+              zip(s[1:], self.stride, self.padding, self.dilation, (kh, kw), self.output_padding)]
+        if min(hw) <= 0:
+            raise IRError(f"ConvTranspose2d output would be empty for input {s}")
+        if self.bias is not None and tuple(self.bias.shape) != (og * self.groups,):
+            raise IRError(f"ConvTranspose2d bias shape {tuple(self.bias.shape)} != ({og * self.groups},)")
+        return (int(og * self.groups), int(hw[0]), int(hw[1]))
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation)
+
+    def describe(self):
+        i, og, kh, kw = self.weight.shape
+        return f"ConvTranspose2d {i}->{og * self.groups} k{kh}x{kw} s{self.stride[0]} p{self.padding[0]}"
+
+
 # ----------------------------------------------------------------------------- activations
 @dataclass(eq=False)
 class _Elementwise(Op):
@@ -439,5 +682,5 @@ class Tanh(_Elementwise):
 ALL_OPS: tuple[type[Op], ...] = (
     Linear, Conv2d, ConstAdd, ConstMul, Add, Sub, BatchNorm, Normalize, AvgPool2d, MaxPool2d,
     Flatten, Reshape, Concat, Identity, ReLU, Sigmoid, Tanh,
-)
+) + (Slice, Gather, Transpose, Pad, ReduceSum, ReduceMean, ConvTranspose2d)
 ACTIVATIONS: tuple[type[Op], ...] = (ReLU, Sigmoid, Tanh)
