@@ -94,7 +94,8 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
 
 
 def run(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, open_results, progress, summary_lines
+    from certify.cli.common import (check_input_shape, check_labels, load_data, load_model, open_results, progress,
+                                    summary_lines)
     from certify.report.records import Record
 
     _check(args)
@@ -106,6 +107,7 @@ def run(args) -> int:
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data).to(net.dtype)
+    check_labels(net, y, args.data)
     domain = domain_from(args)
     writer = open_results(args, "bounds", args.method, args.norm, eps=None if args.radius else float(args.eps))
     todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]

@@ -79,6 +79,13 @@ def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     return idx, x[sel], y[sel]
 
 
+def check_labels(net, y: torch.Tensor, data_name: str) -> None:
+    """Refuse labels the network has no logit for."""
+    if len(y) and int(y.max()) >= net.output_size:
+        raise CertifyError(f"data {data_name} has label {int(y.max())} but model {net.name} has {net.output_size} "
+                           f"outputs (classes 0 to {net.output_size - 1})")
+
+
 def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
     """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
     want = tuple(net.input_shape)

@@ -15,6 +15,7 @@ import torch
 
 from certify.cli.argtypes import nonneg_float, positive_float, positive_int
 from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, check_input_shape,
+                                check_labels,
                                 domain_from, load_data, load_model, open_results, progress, summary_lines)
 from certify.errors import CertifyError
 from certify.report.records import Record
@@ -129,6 +130,7 @@ def run(args) -> int:
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data)
+    check_labels(net, y, args.data)
     kw = _method_kwargs(method, args)
     norm = kw.get("norm", "inf")
     method_name = "lp-all" if method == "lp" and args.refine == "all" else method

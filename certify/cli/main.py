@@ -23,6 +23,7 @@ COMMANDS = [
     "certify.cli.smooth",    # certify smooth MODEL, certify curve FILE...
     "certify.cli.vnn",       # certify vnnlib MODEL PROP / certify vnncomp DIR
     "certify.cli.train",     # certify train --model M --objective O --out RUN
+    "certify.cli.check",     # certify check MODEL
 ]
 
 DESCRIPTION = """\

@@ -127,7 +127,7 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
 
 
 def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, open_results, progress
+    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results, progress
     from certify.report.curve import default_radii, format_table, from_records, write_cohen
     from smoothing import Smooth
 
@@ -145,6 +145,7 @@ def run_smooth(args) -> int:
                                    skip=args.skip, start=args.start)
     idx, X, y = load_data(data_args)
     X = check_input_shape(net, X, args.data)
+    check_labels(net, y, args.data)
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
                     batch=args.batch, pushforward=push)
