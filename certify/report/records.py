@@ -163,7 +163,7 @@ class ResultWriter:
         except OSError as e:
             raise CertifyError(f"cannot write result file {path}: {e.strerror}") from None
         try:
-            _lock(fd, path)
+            lock_file(fd, path)
             self._open_locked(fd, resume, overwrite)
         except BaseException:
             os.close(fd)
@@ -238,12 +238,12 @@ def _nonempty(path: str) -> bool:
         return False
 
 
-def _lock(fd: int, path: str) -> None:
+def lock_file(fd: int, path: str) -> None:
     """An exclusive, non-blocking lock on the open file ``fd`` (released when it is closed)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise CertifyError(f"{path} is being written by another certify run (its lock is held); wait for that "
-                           "run to end or use another --out") from None
+        raise CertifyError(f"{path} is being written by another certify run (it holds the file's lock); wait for "
+                           "that run to end or use another --out") from None
     except OSError as e:
         raise CertifyError(f"cannot lock result file {path}: {e.strerror}") from None
