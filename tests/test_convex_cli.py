@@ -37,7 +37,8 @@ def test_sdp_cli_and_errors(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
     assert main(["sdp", "digits-mlp", "--n", "1", "--start", "3", "--eps", "0.01", "--solver", "first-order",
                  "--iters", "30", "--out", str(out)]) == 0
-    rec = json.loads(out.read_text().splitlines()[0])
+    head, rec = (json.loads(line) for line in out.read_text().splitlines())
+    assert head["provenance"]["command"] == "sdp" and head["provenance"]["eps"] == 0.01
     assert rec["method"] == "sdp" and rec["evidence"]["solver"] == "first-order"
     assert main(["lp", "digits-mlp", "--eps", "-1"]) == 2
     assert "--eps" in capsys.readouterr().err

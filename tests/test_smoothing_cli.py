@@ -43,7 +43,8 @@ def test_resume_after_interrupted_run_equals_uninterrupted(tmp_path, capsys):
     assert main(ARGS + ["--out", str(full)]) == 0
     lines = full.read_text().splitlines(keepends=True)
     part = tmp_path / "part.jsonl"
-    part.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])     # killed while writing record 4
+    assert '"provenance"' in lines[0]
+    part.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])     # killed while writing record 4
     assert main(ARGS + ["--out", str(part), "--resume", "--format", "cohen"]) == 0
     assert "3 of 6 inputs already done" in capsys.readouterr().out
     a, b = read_records(str(full)), read_records(str(part))

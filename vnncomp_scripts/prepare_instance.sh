@@ -9,10 +9,4 @@ fi
 CATEGORY=$2; ONNX_FILE=$3; VNNLIB_FILE=$4
 echo "preparing certify for category '$CATEGORY', onnx '$ONNX_FILE', vnnlib '$VNNLIB_FILE'"
 export OMP_WAIT_POLICY=PASSIVE
-python3 - "$ONNX_FILE" "$VNNLIB_FILE" <<'PY'
-import sys
-from certify.cli.common import load_model
-from certify.spec import vnnlib
-net = load_model(sys.argv[1])
-vnnlib.load(sys.argv[2], net.input_size, net.output_size)
-PY
+python3 -m certify vnnlib "$ONNX_FILE" "$VNNLIB_FILE" --parse-only

@@ -36,6 +36,7 @@ examples:
 
 
 def register(sub) -> None:
+    from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
     from certify.cli.common import MODEL_HELP, add_data_args, add_domain_args, add_output_args
 
     p = sub.add_parser("bounds", help="bound propagation certificates (IBP / CROWN / alpha-CROWN) for a data set",
@@ -45,18 +46,18 @@ def register(sub) -> None:
     g = p.add_argument_group("certificate")
     g.add_argument("--method", default="crown", choices=["ibp", "crown", "crown-ibp", "alpha"],
                    help="bound method (default: crown)")
-    g.add_argument("--eps", type=float, default=0.02, help="perturbation radius to certify (default: 0.02)")
+    g.add_argument("--eps", type=nonneg_float, default=0.02, help="perturbation radius to certify (default: 0.02)")
     g.add_argument("--norm", default="inf", choices=["inf", "2"], help="ball norm: inf or 2 (default: inf)")
     add_domain_args(g)
     g.add_argument("--radius", action="store_true",
                    help="find each input's largest certified eps by bisection instead of testing --eps")
-    g.add_argument("--tol", type=float, default=1e-4, help="bisection tolerance of --radius (default: 1e-4)")
-    g.add_argument("--max-radius", type=float, default=None,
+    g.add_argument("--tol", type=positive_float, default=1e-4, help="bisection tolerance of --radius (default: 1e-4)")
+    g.add_argument("--max-radius", type=positive_float, default=None,
                    help="upper end of the --radius search (default: the domain width for inf, times "
                         "sqrt(input size) for 2)")
-    g.add_argument("--iterations", type=int, default=20, help="alpha-CROWN optimization steps (default: 20)")
-    g.add_argument("--lr", type=float, default=0.5, help="alpha-CROWN Adam learning rate (default: 0.5)")
-    g.add_argument("--batch", type=int, default=32, help="inputs bounded together (default: 32)")
+    g.add_argument("--iterations", type=nonneg_int, default=20, help="alpha-CROWN optimization steps (default: 20)")
+    g.add_argument("--lr", type=positive_float, default=0.5, help="alpha-CROWN Adam learning rate (default: 0.5)")
+    g.add_argument("--batch", type=positive_int, default=32, help="inputs bounded together (default: 32)")
     g.add_argument("--precision", default="float64", choices=["float64", "float32"],
                    help="arithmetic of the bound computation (default: float64, so that rounding cannot flip a "
                         "margin bound that is barely above 0; float32 is about 2x faster)")
@@ -66,17 +67,9 @@ def register(sub) -> None:
 
 
 def _check(args) -> None:
-    if args.eps < 0:
+    if not args.eps >= 0:
         raise CertifyError(f"--eps must be >= 0, got {args.eps}")
-    if args.batch < 1:
-        raise CertifyError(f"--batch must be at least 1, got {args.batch}")
-    if args.tol <= 0:
-        raise CertifyError(f"--tol must be > 0, got {args.tol}")
-    if args.iterations < 0:
-        raise CertifyError(f"--iterations must be >= 0, got {args.iterations}")
     domain_from(args)   # validates --domain
-    if args.resume and not args.out:
-        raise CertifyError("--resume needs --out (the result file to continue)")
 
 
 def _opts(args) -> dict:
@@ -101,8 +94,9 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
 
 
 def run(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, progress, summary_lines
-    from certify.report.records import Record, ResultWriter
+    from certify.cli.common import (check_input_shape, check_labels, load_data, load_model, open_results, progress,
+                                    summary_lines)
+    from certify.report.records import Record
 
     _check(args)
     net = load_model(args.model)
@@ -113,8 +107,9 @@ def run(args) -> int:
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data).to(net.dtype)
+    check_labels(net, y, args.data)
     domain = domain_from(args)
-    writer = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite) if args.out else None
+    writer = open_results(args, "bounds", args.method, args.norm, eps=None if args.radius else float(args.eps))
     todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
     records: list[Record] = [writer.done[i] for i in idx if writer is not None and i in writer.done]
     t_all = time.perf_counter()

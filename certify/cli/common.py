@@ -8,6 +8,7 @@ from typing import Iterable, TypeVar
 
 import torch
 
+from certify.cli.argtypes import finite_float, nonneg_int, positive_int
 from certify.errors import CertifyError
 
 T = TypeVar("T")
@@ -16,16 +17,25 @@ MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled m
               "(digits-mlp, digits-cnn)")
 
 
-def load_model(path_or_name: str):
-    """The IR ``Network`` of a model file or bundled model name."""
-    from certify.models import BUNDLED, load_bundled, load_network
+def model_file(path_or_name: str) -> Path:
+    """The file behind a model argument (a bundled name's own checkpoint file)."""
+    from certify.models import BUNDLED
     if path_or_name in BUNDLED:
-        return load_bundled(path_or_name)
+        return BUNDLED[path_or_name]
     p = Path(path_or_name)
     if not p.exists():
         raise CertifyError(f"model file {path_or_name} does not exist (bundled models: {', '.join(BUNDLED)})")
     if p.is_dir():
         raise CertifyError(f"model path {path_or_name} is a directory, not a model file")
+    return p
+
+
+def load_model(path_or_name: str):
+    """The IR ``Network`` of a model file or bundled model name."""
+    from certify.models import BUNDLED, load_bundled, load_network
+    if path_or_name in BUNDLED:
+        return load_bundled(path_or_name)
+    p = model_file(path_or_name)
     name = p.name.lower()
     if name.endswith(".onnx") or name.endswith(".onnx.gz"):
         from certify.frontends.onnx import load
@@ -47,10 +57,10 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
     g.add_argument("--data-dir", default=None,
                    help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument("--n", "--max", dest="n", type=int, default=default_n,
+    g.add_argument("--n", "--max", dest="n", type=positive_int, default=default_n,
                    help=f"number of inputs to evaluate (default: {default_n})")
-    g.add_argument("--skip", type=int, default=1, help="take every SKIP-th input (default: 1)")
-    g.add_argument("--start", type=int, default=0, help="index of the first input (default: 0)")
+    g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (default: 1)")
+    g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")
 
 
 def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
@@ -69,6 +79,13 @@ def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     return idx, x[sel], y[sel]
 
 
+def check_labels(net, y: torch.Tensor, data_name: str) -> None:
+    """Refuse labels the network has no logit for."""
+    if len(y) and int(y.max()) >= net.output_size:
+        raise CertifyError(f"data {data_name} has label {int(y.max())} but model {net.name} has {net.output_size} "
+                           f"outputs (classes 0 to {net.output_size - 1})")
+
+
 def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
     """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
     want = tuple(net.input_shape)
@@ -82,7 +99,7 @@ def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
 
 def add_domain_args(g) -> None:
     """--domain LO HI / --no-domain: the valid input range a perturbation ball is clipped to."""
-    g.add_argument("--domain", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+    g.add_argument("--domain", type=finite_float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
                    help="valid input range the ball is clipped to (default: 0 1)")
     g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
 
@@ -103,6 +120,42 @@ def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> N
     g.add_argument("--resume", action="store_true", help="continue an interrupted run: keep the records in --out "
                    "and skip their inputs")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+# Flags that choose which inputs run or where results go, never what a record says: a resumed run
+# may change them. Every other flag is part of a result file's provenance config.
+NOT_RESULT_FLAGS = {"out", "resume", "overwrite", "quiet", "n", "max_inputs", "start", "skip", "data_dir", "threads",
+                    "debug", "command", "func", "model", "data", "split", "format", "convex_method"}
+
+
+def run_provenance(args, engine: str, method: str | None, norm: str | None, **params) -> dict:
+    """The provenance header (``certify.report.provenance``) of this command line's result file."""
+    from certify.report import provenance
+    flags = getattr(args, "_flags", {})
+    config = {flags.get(k, "--" + k.replace("_", "-")): v for k, v in sorted(vars(args).items())
+              if not k.startswith("_") and k not in NOT_RESULT_FLAGS and not callable(v)}
+    model = getattr(args, "model", None)
+    sha = provenance.file_sha256(str(model_file(model))) if model else None
+    return provenance.make(args.command, getattr(args, "_argv", []), model, sha, getattr(args, "data", None),
+                           getattr(args, "split", None), engine, method, norm, config, **params)
+
+
+def open_results(args, engine: str, method: str | None, norm: str | None, **params):
+    """The ``ResultWriter`` of ``--out`` (None without ``--out``), its provenance header from
+    ``run_provenance``; ``--resume`` refuses a file another configuration wrote."""
+    from certify.report.records import ResultWriter
+    if not args.out:
+        if args.resume:
+            raise CertifyError("--resume needs --out (the result file to continue)")
+        return None
+    if args.resume and args.overwrite:
+        raise CertifyError("--resume and --overwrite exclude each other")
+    w = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite,
+                     provenance=run_provenance(args, engine, method, norm, **params))
+    if w.unchecked:
+        print(f"certify {args.command}: note: {args.out} has no provenance header; its records are kept, but "
+              "whether they come from the same configuration cannot be checked", file=sys.stderr)
+    return w
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterable[T]:

@@ -13,10 +13,12 @@ import time
 
 import torch
 
+from certify.cli.argtypes import nonneg_float, positive_float, positive_int
 from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, check_input_shape,
-                                domain_from, load_data, load_model, progress, summary_lines)
+                                check_labels,
+                                domain_from, load_data, load_model, open_results, progress, summary_lines)
 from certify.errors import CertifyError
-from certify.report.records import Record, ResultWriter
+from certify.report.records import Record
 from certify.spec.output import robustness_matrix
 
 HELP = {
@@ -41,7 +43,7 @@ def register(sub) -> None:
         add_model_arg(p)
         add_data_args(p, default_n=50)
         g = p.add_argument_group("certificate")
-        g.add_argument("--eps", type=float, default=0.02, help="perturbation radius to certify (default: 0.02)")
+        g.add_argument("--eps", type=nonneg_float, default=0.02, help="perturbation radius to certify (default: 0.02)")
         if name in ("lp", "sdp"):
             g.add_argument("--norm", default="inf", choices=["inf", "2"],
                            help="ball norm: inf or 2 (default: inf); for lp, 2 makes it a second-order cone "
@@ -49,11 +51,11 @@ def register(sub) -> None:
         add_domain_args(g)
         g.add_argument("--radius", action="store_true",
                        help="find each input's largest certified eps by bisection instead of testing --eps")
-        g.add_argument("--tol", type=float, default=1e-3, help="bisection tolerance of --radius (default: 1e-3)")
-        g.add_argument("--max-radius", type=float, default=0.5, help="upper end of the --radius search (default: 0.5)")
+        g.add_argument("--tol", type=positive_float, default=1e-3, help="bisection tolerance of --radius (default: 1e-3)")
+        g.add_argument("--max-radius", type=positive_float, default=0.5, help="upper end of the --radius search (default: 0.5)")
         g.add_argument("--bounds-method", default="crown", choices=["crown", "alpha"],
                        help="pre-activation bounds from CROWN (default) or alpha-CROWN")
-        g.add_argument("--time-limit", type=float, default=None,
+        g.add_argument("--time-limit", type=positive_float, default=None,
                        help="solver time limit per margin row in seconds (milp default: 60)")
         if name == "lp":
             g.add_argument("--refine", choices=["all"], default=None,
@@ -66,10 +68,10 @@ def register(sub) -> None:
                            help="SCS (default), Clarabel (small nets: memory grows fast) or first-order "
                                 "(SDP-FO style: matrix-free Lanczos + Adam on the dual from the LP's multipliers, for "
                                 "784-input MLPs; --time-limit caps each margin row)")
-            g.add_argument("--max-iters", type=int, default=None, help="SCS/Clarabel iteration cap (bound stays valid)")
+            g.add_argument("--max-iters", type=positive_int, default=None, help="SCS/Clarabel iteration cap (bound stays valid)")
             g.add_argument("--refine", choices=["all"], default=None,
                            help="'all': tighten every layer's pre-activation bounds by LP first (LP-ALL)")
-            g.add_argument("--iters", type=int, default=300, 
+            g.add_argument("--iters", type=positive_int, default=300,
                            help="first-order solver: Adam steps per margin row (default: 300)")
         else:
             g.add_argument("--mode", default="decision", choices=["decision", "full"],
@@ -100,8 +102,6 @@ def _check(args) -> None:
     domain_from(args)   # validates --domain
     if args.time_limit is not None and args.time_limit <= 0:
         raise CertifyError(f"--time-limit must be > 0, got {args.time_limit}")
-    if args.resume and not args.out:
-        raise CertifyError("--resume needs --out (the result file to continue)")
 
 
 def certify_one(method: str, net, x: torch.Tensor, label: int, eps: float, radius: bool = False,
@@ -130,9 +130,11 @@ def run(args) -> int:
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data)
+    check_labels(net, y, args.data)
     kw = _method_kwargs(method, args)
     norm = kw.get("norm", "inf")
-    writer = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite) if args.out else None
+    method_name = "lp-all" if method == "lp" and args.refine == "all" else method
+    writer = open_results(args, "convex", method_name, norm, eps=None if args.radius else float(args.eps))
     records: list[Record] = []
     todo = 0
     t_all = time.perf_counter()
@@ -154,7 +156,7 @@ def run(args) -> int:
                 low = [float(v) for v in ev["lower"]]
                 ev = {"margin_lower": low, "min_margin_lower": min(low)} | ev
             rec = Record(idx=int(i), label=int(lab), predict=pred, engine="convex",
-                         method="lp-all" if method == "lp" and args.refine == "all" else method, verdict=verdict,
+                         method=method_name, verdict=verdict,
                          norm=norm, eps=None if args.radius else float(args.eps), radius=rad,
                          seconds=time.perf_counter() - t0, evidence=ev)
             records.append(rec)

@@ -20,12 +20,13 @@ SECTIONS: list[str] = [
 
 
 def register(sub) -> None:
+    from certify.cli.argtypes import positive_int
     p = sub.add_parser("demo", help="run every engine on the bundled digits model (seconds)",
                        description="Load the bundled model trained on scikit-learn's 8x8 digits, print its IR summary "
                                    "and test accuracy, then the certificates each engine gives on a few test inputs.")
     p.add_argument("--model", default="digits-mlp", choices=["digits-mlp", "digits-cnn"],
                    help="bundled model to use (default: digits-mlp)")
-    p.add_argument("--n", type=int, default=20, help="test inputs per engine (default: 20)")
+    p.add_argument("--n", type=positive_int, default=20, help="test inputs per engine (default: 20)")
     p.set_defaults(func=run)
 
 

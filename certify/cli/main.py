@@ -1,5 +1,6 @@
 """``certify`` entry point: builds the argument parser from the command modules and turns user
-mistakes (``CertifyError`` and friends) into one line on stderr and exit status 2.
+mistakes (``CertifyError``, OS errors on the user's files, bad flags) into one line on stderr and
+exit status 2.
 
 A command module defines ``register(subparsers)``, which adds its sub-parser(s) and sets
 ``func`` (called with the parsed args, returns an exit status).
@@ -22,6 +23,7 @@ COMMANDS = [
     "certify.cli.smooth",    # certify smooth MODEL, certify curve FILE...
     "certify.cli.vnn",       # certify vnnlib MODEL PROP / certify vnncomp DIR
     "certify.cli.train",     # certify train --model M --objective O --out RUN
+    "certify.cli.check",     # certify check MODEL
 ]
 
 DESCRIPTION = """\
@@ -34,39 +36,97 @@ data sets are 'digits' (built in), 'mnist', 'fashion-mnist', 'cifar10' (from $CE
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="certify", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``certify CMD: error: ... (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    from certify.cli.argtypes import positive_int
+    p = Parser(prog="certify", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice, at most the core count)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads, at least 1 (default: torch's choice, at most the core count)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
+    p.commands = sub.choices
     return p
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag a user types for it (``--eps``; a positional argument's own name)."""
+    out = {}
+    for a in parser._actions:
+        if a.dest != argparse.SUPPRESS and a.dest not in out:
+            out[a.dest] = a.option_strings[0] if a.option_strings else a.dest
+    return out
+
+
+def _interrupted(args) -> str:
+    out = getattr(args, "out", None)
+    if args.command == "vnncomp":
+        return f"finished rows are in {out}; rerun the same command to continue"
+    if args.command == "train":
+        return f"the last finished epoch is checkpointed in {out}; rerun with --resume to continue"
+    if out and hasattr(args, "resume"):
+        return f"finished records are in {out}; rerun with --resume to continue"
+    return "nothing was saved"
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``certify info ... | head -1``): send the rest of stdout nowhere, so
+    the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (2 for a
+    user mistake, bad flags included). ``--help`` exits through ``SystemExit(0)`` as argparse does."""
     from certify.errors import CertifyError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        if not e.code:
+            raise
+        return int(e.code) if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args._argv = argv
+    args._flags = flag_names(parser.commands[args.command])
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()      # a closed pipe shows here, not in the interpreter's last flush
+        return status
     except KeyboardInterrupt:
-        print("certify: interrupted (finished results are saved; rerun to resume)", file=sys.stderr)
+        print(f"certify {args.command}: interrupted ({_interrupted(args)})", file=sys.stderr)
         return 130
-    except (CertifyError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except (CertifyError, OSError) as e:
         if args.debug:
             raise
-        msg = str(e) if isinstance(e, CertifyError) else f"{e.strerror}: {e.filename}"
-        print(f"certify {args.command}: error: {msg}", file=sys.stderr)
+        if isinstance(e, CertifyError):
+            msg = str(e)
+        else:
+            msg = e.strerror or str(e) or type(e).__name__
+            if e.filename is not None:
+                msg += f": {e.filename}"
+        print(f"certify {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
 
 

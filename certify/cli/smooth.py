@@ -37,6 +37,7 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 
 def register(sub) -> None:
+    from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
     from certify.cli.common import MODEL_HELP
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
@@ -48,21 +49,21 @@ def register(sub) -> None:
                         "(default: digits)")
     g.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument("--max", dest="max_inputs", type=int, default=500,
+    g.add_argument("--max", dest="max_inputs", type=positive_int, default=500,
                    help="number of inputs to certify (default: 500)")
-    g.add_argument("--skip", type=int, default=1, help="take every SKIP-th input (Cohen: 20 on MNIST; default 1)")
-    g.add_argument("--start", type=int, default=0, help="index of the first input (default: 0)")
+    g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (Cohen: 20 on MNIST; default 1)")
+    g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")
     s = p.add_argument_group("smoothing")
     s.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"],
                    help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
-    s.add_argument("--sigma", type=float, default=0.25,
+    s.add_argument("--sigma", type=positive_float, default=0.25,
                    help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
-    s.add_argument("--n", dest="n_samples", type=int, default=100_000,
+    s.add_argument("--n", dest="n_samples", type=positive_int, default=100_000,
                    help="Monte-Carlo samples for the estimate of pA (default: 100000)")
-    s.add_argument("--n0", type=int, default=100, help="samples to select the top class (default: 100)")
+    s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,
                    help="failure probability of each certificate (default: 0.001)")
-    s.add_argument("--batch", type=int, default=1000, help="noise samples per forward pass (default: 1000)")
+    s.add_argument("--batch", type=positive_int, default=1000, help="noise samples per forward pass (default: 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed; input i uses seed*1000003+i (default: 0)")
     s.add_argument("--pushforward", default="auto", choices=["auto", "on", "off"],
                    help="sample Gaussian noise after a first Linear layer (exact in distribution, faster for "
@@ -80,15 +81,20 @@ def register(sub) -> None:
     c = sub.add_parser("curve", help="certified-accuracy table, ACR, CSV and PNG from result files",
                        description=CURVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("files", metavar="FILE", nargs="+", help="result files (JSON lines or Cohen's format)")
-    c.add_argument("--radii", type=float, nargs="+", default=None,
+    c.add_argument("--radii", type=nonneg_float, nargs="+", default=None,
                    help="radii for the table (default: 0 to the largest radius in round steps)")
-    c.add_argument("--step", type=float, default=None, help="radius step of the default radii")
+    c.add_argument("--step", type=positive_float, default=None, help="radius step of the default radii")
     c.add_argument("--format", default="text", choices=["text", "markdown", "latex", "all"],
                    help="table format (default: text)")
-    c.add_argument("--out", default=None, help="PNG plot to write (default: none)")
+    c.add_argument("--out", default=None, help="plot to write: .png, .pdf, .svg, ... (default: none)")
     c.add_argument("--csv", default=None, help="CSV to write (default: the --out path with .csv, if --out)")
-    c.add_argument("--max-radius", type=float, default=None, help="x-axis limit of the plot")
+    c.add_argument("--max-radius", type=positive_float, default=None, help="x-axis limit of the plot")
     c.add_argument("--title", default=None, help="plot title")
+    c.add_argument("--label", action="append", default=None, metavar="LABEL",
+                   help="label of a file's row and line, once per FILE in order (default: from each file's "
+                        "provenance: model, method, eps or sigma; else the file name)")
+    c.add_argument("--allow-mixed-norms", action="store_true",
+                   help="put radii of different norms (e.g. L2 smoothing and L-inf bounds) on one axis")
     c.add_argument("--overwrite", action="store_true", help="replace existing PNG/CSV files")
     c.set_defaults(func=run_curve)
 
@@ -121,18 +127,17 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
 
 
 def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, progress
+    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results, progress
     from certify.report.curve import default_radii, format_table, from_records, write_cohen
-    from certify.report.records import ResultWriter
     from smoothing import Smooth
 
-    for flag, v in (("--max", args.max_inputs), ("--n", args.n_samples), ("--n0", args.n0), ("--batch", args.batch)):
-        if v < 1:
-            raise CertifyError(f"{flag} must be at least 1, got {v}")
     if not 0 < args.alpha < 0.5:
         raise CertifyError(f"--alpha must be in (0, 0.5), got {args.alpha}")
     if args.format == "cohen" and not args.out:
         raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
+    cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
+    if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
+        raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
     net = load_model(args.model)
     if len(net.output_shape) != 1:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; smoothing needs class logits (K,)")
@@ -140,22 +145,21 @@ def run_smooth(args) -> int:
                                    skip=args.skip, start=args.start)
     idx, X, y = load_data(data_args)
     X = check_input_shape(net, X, args.data)
+    check_labels(net, y, args.data)
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
                     batch=args.batch, pushforward=push)
-
-    writer = ResultWriter(args.out, resume=args.resume, overwrite=args.overwrite) if args.out else None
-    cohen = None
-    if writer is not None and args.format == "cohen":
-        cohen = os.path.splitext(args.out)[0] + ".tsv"
-        if not args.resume:
-            _check_free(cohen, args.overwrite, "Cohen-format file")
-        write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
+    if cohen is not None and not args.resume:
+        _check_free(cohen, args.overwrite, "Cohen-format file")
+    writer = open_results(args, "smoothing", args.noise, smooth.norm, sigma=args.sigma, n0=args.n0,
+                          n=args.n_samples, alpha=args.alpha, seed=args.seed)
     records = list(writer.done.values()) if writer else []
     todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
-    if writer is not None and len(todo) < len(idx):
-        print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
     try:
+        if cohen is not None:
+            write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
+        if writer is not None and len(todo) < len(idx):
+            print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
         for k in progress(todo, total=len(todo), desc="smooth"):
             t0 = time.perf_counter()
             res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
@@ -180,27 +184,55 @@ def run_smooth(args) -> int:
     return 0
 
 
-def run_curve(args) -> int:
-    from certify.report.curve import default_radii, format_table, load_results, plot, write_csv
-
-    results = [load_results(f) for f in args.files]
+def _labels(args, results) -> None:
+    """Each file's label: --label, else its provenance label; repeated labels get their file name."""
+    if args.label is not None:
+        if len(args.label) != len(args.files):
+            raise CertifyError(f"--label given {len(args.label)} times for {len(args.files)} files: give one per FILE")
+        for r, lab in zip(results, args.label):
+            r.name = lab
+        return
     names = [r.name for r in results]
-    for r in results:  # same base name from different folders: keep the labels apart
+    for r, f in zip(results, args.files):
         if names.count(r.name) > 1:
-            r.name = os.path.relpath(args.files[results.index(r)])
-    if args.step is not None and args.step <= 0:
-        raise CertifyError(f"--step must be positive, got {args.step}")
+            r.name = f"{r.name} ({os.path.relpath(f)})" if r.provenance else os.path.relpath(f)
+
+
+def _check_norms(args, results) -> None:
+    from certify.report.curve import NORM_NAMES
+    if args.allow_mixed_norms:
+        return
+    by_norm: dict[str, str] = {}
+    for r, f in zip(results, args.files):
+        for n in sorted(r.norms):
+            by_norm.setdefault(n, f)
+    if len(by_norm) > 1:
+        parts = ", ".join(f"{NORM_NAMES.get(n, 'L' + n)} in {f}" for n, f in sorted(by_norm.items()))
+        raise CertifyError(f"radii of different norms ({parts}) on one axis; pass --allow-mixed-norms to plot "
+                           "them together anyway")
+
+
+def run_curve(args) -> int:
+    from certify.report.curve import check_plot_path, default_radii, format_table, load_results, plot, write_csv
+
+    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
+    if args.out:
+        check_plot_path(args.out)
+    for path, what in ((args.out, "plot"), (csv_path, "CSV file")):
+        if path:
+            if os.path.isdir(path):
+                raise CertifyError(f"{what} {path} is a directory")
+            _check_free(path, args.overwrite, what)
+    if csv_path and args.out and os.path.abspath(csv_path) == os.path.abspath(args.out):
+        raise CertifyError(f"--csv and --out are the same file {csv_path}")
+    results = [load_results(f) for f in args.files]
+    _labels(args, results)
+    _check_norms(args, results)
     radii = args.radii if args.radii else default_radii(results, args.step)
-    if any(r < 0 for r in radii):
-        raise CertifyError(f"--radii must be >= 0, got {radii}")
     fmts = ["text", "markdown", "latex"] if args.format == "all" else [args.format]
     for f in fmts:
         print(format_table(results, radii, f))
         print()
-    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
-    for path, what in ((args.out, "plot"), (csv_path, "CSV file")):
-        if path:
-            _check_free(path, args.overwrite, what)
     if csv_path:
         write_csv(csv_path, results, radii)
         print(f"wrote {csv_path}")

@@ -41,6 +41,7 @@ def _objectives():
 
 
 def register(sub) -> None:
+    from certify.cli.argtypes import finite_float, nonneg_float, positive_float
     from certify.models.zoo import ZOO
     p = sub.add_parser("train", help="train a model with a certified-defense objective, then evaluate it",
                        description="Train a zoo architecture (IBP, CROWN-IBP, PGD, TRADES, Gaussian, SmoothAdv or "
@@ -56,37 +57,37 @@ def register(sub) -> None:
     g.add_argument("--model", default="dm-small", choices=sorted(ZOO), help="zoo architecture (default: dm-small)")
     g = p.add_argument_group("objective")
     g.add_argument("--objective", default="standard", choices=_objectives(), help="training objective (see below)")
-    g.add_argument("--eps", type=float, default=0.1, help="training and evaluation radius (default: 0.1)")
-    g.add_argument("--eval-eps", type=float, default=None, help="evaluation radius (default: --eps)")
-    g.add_argument("--kappa", type=float, nargs=2, default=None, metavar=("START", "END"),
+    g.add_argument("--eps", type=finite_float, default=0.1, help="training and evaluation radius (default: 0.1)")
+    g.add_argument("--eval-eps", type=finite_float, default=None, help="evaluation radius (default: --eps)")
+    g.add_argument("--kappa", type=finite_float, nargs=2, default=None, metavar=("START", "END"),
                    help="natural-loss weight over the eps ramp (default: ibp 1 0.5, crown-ibp 1 0, others 1 1)")
-    g.add_argument("--beta", type=float, nargs=2, default=None, metavar=("START", "END"),
+    g.add_argument("--beta", type=finite_float, nargs=2, default=None, metavar=("START", "END"),
                    help="CROWN-IBP weight of the CROWN bound over the ramp (default: 1 0)")
     g.add_argument("--attack-steps", type=int, default=10, help="PGD steps of pgd / trades / smoothadv (default: 10)")
-    g.add_argument("--trades-beta", type=float, default=6.0, help="TRADES KL weight (default: 6)")
-    g.add_argument("--sigma", type=float, default=0.25, help="noise level of gaussian / smoothadv (default: 0.25)")
+    g.add_argument("--trades-beta", type=finite_float, default=6.0, help="TRADES KL weight (default: 6)")
+    g.add_argument("--sigma", type=finite_float, default=0.25, help="noise level of gaussian / smoothadv (default: 0.25)")
     g.add_argument("--noise-samples", type=int, default=1, help="SmoothAdv noise draws per input m (default: 1)")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     g.add_argument("--batch-size", type=int, default=100, help="batch size (default: 100)")
     g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="optimizer (default: adam)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: 0)")
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default: 0.001)")
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="weight decay (default: 0)")
     g.add_argument("--lr-schedule", default="constant", choices=["constant", "step", "cosine"],
                    help="learning-rate schedule (default: constant)")
-    g.add_argument("--lr-milestones", type=float, nargs="*", default=[],
+    g.add_argument("--lr-milestones", type=finite_float, nargs="*", default=[],
                    help="epochs at which 'step' multiplies the learning rate by --lr-gamma")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="'step' decay factor (default: 0.1)")
-    g.add_argument("--warmup-epochs", type=float, default=None,
+    g.add_argument("--lr-gamma", type=positive_float, default=0.1, help="'step' decay factor (default: 0.1)")
+    g.add_argument("--warmup-epochs", type=finite_float, default=None,
                    help="epochs of natural training (eps 0) before the ramp (default: 0; 1 with --shi-init)")
-    g.add_argument("--ramp-epochs", type=float, default=None,
+    g.add_argument("--ramp-epochs", type=finite_float, default=None,
                    help="epochs over which eps, kappa and beta ramp (default: half the epochs for ibp / crown-ibp, "
                         "a tenth for smoothadv, 0 otherwise)")
     g.add_argument("--ramp", default=None, choices=["linear", "smooth"],
                    help="eps ramp shape (default: linear; smooth with --shi-init)")
     g.add_argument("--shi-init", action="store_true",
                    help="Shi et al. 2021 initialization with a one-epoch warm-up and the smooth eps ramp")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm to this value")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-n", type=int, default=1000, help="test inputs to evaluate (default: 1000)")
@@ -95,7 +96,7 @@ def register(sub) -> None:
                    help="bound method for bound-trained models (default: crown)")
     g.add_argument("--n0", type=int, default=100, help="smoothing: selection samples (default: 100)")
     g.add_argument("--n-smooth", type=int, default=10000, help="smoothing: estimation samples N (default: 10000)")
-    g.add_argument("--alpha", type=float, default=0.001, help="smoothing: failure probability (default: 0.001)")
+    g.add_argument("--alpha", type=finite_float, default=0.001, help="smoothing: failure probability (default: 0.001)")
     g.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="run directory (refused if it holds a run, unless --resume or "
@@ -126,6 +127,11 @@ def config_from_args(args):
         raise CertifyError("--eps and --eval-eps must be non-negative")
     if obj in ("gaussian", "smoothadv") and args.sigma <= 0:
         raise CertifyError(f"--sigma must be positive, got {args.sigma}")
+    for flag in ("warmup_epochs", "ramp_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise CertifyError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    if not 0 < args.alpha < 0.5:
+        raise CertifyError(f"--alpha must be in (0, 0.5), got {args.alpha}")
     return TrainConfig(objective=obj, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        lr=args.lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                        lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,

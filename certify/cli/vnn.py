@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
 import statistics
 import sys
@@ -97,11 +98,17 @@ def _cmd_vnnlib(args) -> int:
     from certify.cli.common import load_model
     started = time.monotonic()
     out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise CertifyError(f"--out {out} is a directory; give the result file's name")
     if out is not None and out.exists() and not args.overwrite:
         raise CertifyError(f"{out} already exists (pass --overwrite to replace it)")
-    if args.timeout <= 0:
-        raise CertifyError(f"--timeout must be positive, got {args.timeout}")
     net = load_model(args.model)
+    if args.parse_only:
+        from certify.spec import vnnlib
+        prop = vnnlib.load(args.property, net.input_size, net.output_size)
+        print(f"{args.model}: {net.input_size} inputs, {net.output_size} outputs; {args.property}: "
+              f"{len(prop.regions)} input region(s)")
+        return 0
     res, prop = run_instance(net, args.model, args.property, args.timeout, args.method, started, args.seed)
     text = format_result(res.status, res.counterexample)
     if out is not None:
@@ -180,10 +187,70 @@ def summarize(rows: list[dict]) -> dict:
     return s
 
 
+def _csv_line(row: dict) -> str:
+    buf = io.StringIO()
+    csv.DictWriter(buf, fieldnames=CSV_FIELDS).writerow(row)
+    return buf.getvalue()
+
+
+def _write_all(fd: int, path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as e:
+        raise CertifyError(f"cannot write results file {path}: {e.strerror}") from None
+
+
+def _open_results_csv(out: Path, overwrite: bool) -> tuple[int, dict[tuple[str, str], dict], int]:
+    """Open and lock ``out``; returns (fd, finished rows by (onnx, vnnlib), rows to retry).
+
+    The last row of an instance counts. Rows whose verdict is ``error`` are dropped from the
+    file (rewritten in place) so the instance runs again; a file that is not a results CSV of
+    this command is refused unless ``overwrite``."""
+    from certify.report.records import lock_file
+    if out.is_dir():
+        raise CertifyError(f"--out {out} is a directory; give a file name, e.g. {out / 'results.csv'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as e:
+        raise CertifyError(f"cannot write results file {out}: {e.strerror}") from None
+    try:
+        lock_file(fd, str(out))
+        if overwrite:
+            os.ftruncate(fd, 0)
+        with open(out, "rb") as f:
+            try:
+                text = f.read().decode("utf-8")
+            except UnicodeDecodeError:
+                raise CertifyError(f"{out} exists and is not a results CSV (binary data); pass --overwrite "
+                                   "to replace it") from None
+        rows = list(csv.DictReader(io.StringIO(text))) if text.strip() else []
+        if text.strip() and text.splitlines()[0].split(",") != CSV_FIELDS:
+            raise CertifyError(f"{out} exists and is not a certify vnncomp results CSV (header "
+                               f"{text.splitlines()[0][:80]!r}); pass --overwrite to replace it, or another --out")
+        done: dict[tuple[str, str], dict] = {}
+        for r in rows:
+            if r.get("verdict") in VERDICTS:
+                done[(r["onnx"], r["vnnlib"])] = r
+        retry = [k for k, r in done.items() if r["verdict"] == "error"]
+        for k in retry:
+            del done[k]
+        if retry or len(done) != len(rows) or not text.strip():
+            os.ftruncate(fd, 0)
+            _write_all(fd, out, ",".join(CSV_FIELDS) + "\r\n" + "".join(_csv_line(r) for r in done.values()))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, done, len(retry)
+
+
 def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, ground_truth: Path | None = None,
                   timeout_scale: float = 1.0, method: str = "auto", overwrite: bool = False,
                   select=None, log=print) -> dict:
-    """Run every instance (resuming rows already in ``out``); returns the summary dict.
+    """Run every instance (resuming rows already in ``out``, retrying those that ended in
+    ``error``); returns the summary dict. ``out`` is locked while the run lasts.
 
     ``select(index, onnx, vnnlib) -> bool`` picks a subset."""
     from certify.cli.common import load_model
@@ -193,29 +260,25 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
     rows_in = read_instances(instances or bench_dir / "instances.csv")
     gt = read_ground_truth(ground_truth)
     bench = bench_dir.name
-    done: dict[tuple[str, str], dict] = {}
-    if out.exists() and not overwrite:
-        with open(out, newline="") as f:
-            for r in csv.DictReader(f):
-                if r.get("verdict") in VERDICTS:
-                    done[(r["onnx"], r["vnnlib"])] = r
-    elif out.exists() and overwrite:
-        out.unlink()
-    new_file = not out.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    fd, done, n_retry = _open_results_csv(out, overwrite)
     results = []
     cache: dict[str, object] = {}
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new_file:
-            w.writeheader()
+    try:
+        if n_retry:
+            log(f"retrying {n_retry} instance(s) whose last result in {out} was 'error'")
         for k, (onnx, vnn, to) in enumerate(rows_in):
             if select is not None and not select(k, onnx, vnn):
                 continue
-            if (onnx, vnn) in done:
-                results.append(done[(onnx, vnn)])
-                continue
             timeout = to * timeout_scale
+            if (onnx, vnn) in done:
+                row = done[(onnx, vnn)]
+                if row.get("timeout_s") != f"{timeout:.1f}":
+                    raise CertifyError(f"{out} holds {onnx} {vnn} run with timeout {row.get('timeout_s')} s, this "
+                                       f"run gives it {timeout:.1f} s (--timeout-scale {timeout_scale:g}); rerun "
+                                       "with the same --timeout-scale, or use --overwrite or another --out")
+                results.append(row)
+                continue
             t0 = time.monotonic()
             onnx_path, vnn_path = str(bench_dir / onnx), str(bench_dir / vnn)
             ce_valid, domains, meth = "-", 0, ""
@@ -237,11 +300,12 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
             row = {"benchmark": bench, "onnx": onnx, "vnnlib": vnn, "timeout_s": f"{timeout:.1f}",
                    "verdict": verdict, "seconds": f"{secs:.2f}", "domains": domains, "method": meth,
                    "truth": truth, "correct": correct, "ce_valid": ce_valid}
-            w.writerow(row)
-            f.flush()
+            _write_all(fd, out, _csv_line(row))
             results.append(row)
             log(f"  [{k + 1}/{len(rows_in)}] {onnx} {vnn}: {verdict} ({secs:.1f} s, {domains} domains)"
                 + (f" truth={truth}" if truth else "") + (" WRONG" if correct == "no" else ""))
+    finally:
+        os.close(fd)
     return summarize(results)
 
 
@@ -254,10 +318,6 @@ def format_summary(name: str, s: dict) -> str:
 
 
 def _cmd_vnncomp(args) -> int:
-    if args.timeout_scale <= 0:
-        raise CertifyError(f"--timeout-scale must be positive, got {args.timeout_scale}")
-    if args.every < 1:
-        raise CertifyError(f"--every must be >= 1, got {args.every}")
     limit = args.limit
 
     def select(k, onnx, vnn):
@@ -272,19 +332,22 @@ def _cmd_vnncomp(args) -> int:
 
 # ------------------------------------------------------------------------------ registration
 def register(sub) -> None:
+    from certify.cli.argtypes import positive_float, positive_int
     p = sub.add_parser("vnnlib", help="verify one VNN-LIB property (VNN-COMP result file)",
                        description="Decide a VNN-LIB property on an ONNX network by branch and bound with "
                                    "falsification: 'sat' (a counterexample exists, checked in float64), 'unsat' "
                                    "(proved), 'timeout' or 'unknown'. Writes the VNN-COMP result file.")
     p.add_argument("model", metavar="MODEL", help="network: .onnx / .onnx.gz (or any model certify loads)")
     p.add_argument("property", metavar="PROP", help="property: .vnnlib or .vnnlib.gz (describes the violation)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds, loading included (default 120)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds, loading included (default 120)")
     p.add_argument("--out", default=None, help="result file to write (first line the verdict, then the "
                                                "counterexample after sat)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--method", choices=["auto", "input", "relu"], default="auto",
                    help="branching: input splits (low-dim inputs), ReLU splits, or auto (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the PGD falsifier (default 0)")
+    p.add_argument("--parse-only", action="store_true", help="only check that the network loads and the property "
+                                                             "parses for it (exit 0), no verification")
     p.set_defaults(func=_cmd_vnnlib)
 
     q = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark folder and score it",
@@ -298,9 +361,9 @@ def register(sub) -> None:
                                                         "DIR's parent or to DIR)")
     q.add_argument("--out", required=True, help="results CSV (appended to; rerun to resume)")
     q.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
-    q.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout (e.g. 0.1 for a "
+    q.add_argument("--timeout-scale", type=positive_float, default=1.0, help="multiply every timeout (e.g. 0.1 for a "
                                                                     "quick run; default 1)")
     q.add_argument("--method", choices=["auto", "input", "relu"], default="auto", help="branching (default auto)")
-    q.add_argument("--every", type=int, default=1, help="run every EVERY-th instance only (default 1)")
-    q.add_argument("--limit", type=int, default=None, help="run at most LIMIT instances")
+    q.add_argument("--every", type=positive_int, default=1, help="run every EVERY-th instance only (default 1)")
+    q.add_argument("--limit", type=positive_int, default=None, help="run at most LIMIT instances")
     q.set_defaults(func=_cmd_vnncomp)

@@ -48,7 +48,8 @@ def _find_idx(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _from_path(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
-        raise CertifyError(f"data path {path} does not exist")
+        raise CertifyError(f"data set {str(path)!r} does not exist: it is neither a known data set "
+                           f"({', '.join(DATASETS)}) nor an existing path to idx / .npz / CIFAR-10 files")
     if path.is_dir():
         found = _find_idx(path, split)
         if found is not None:
@@ -92,9 +93,14 @@ def load_dataset(name_or_path: str, split: str = "test", data_dir: str | None = 
         x, y = _from_path(Path(name_or_path), split)
     if len(x) != len(y):
         raise CertifyError(f"{name_or_path}: {len(x)} images but {len(y)} labels")
-    x = np.asarray(x)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biu" or (len(y) and int(y.min()) < 0):
+        raise CertifyError(f"{name_or_path}: images must be numbers and labels non-negative integers "
+                           f"(got {x.dtype} images, {y.dtype} labels)")
     xt = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
-    if float(xt.min()) < 0 or float(xt.max()) > 1:
+    if len(xt) == 0:
+        raise CertifyError(f"{name_or_path}: holds no {split} images")
+    if not (float(xt.min()) >= 0 and float(xt.max()) <= 1):
         raise CertifyError(f"{name_or_path}: pixel values outside [0, 1] after scaling")
     return xt.contiguous(), torch.from_numpy(np.asarray(y).astype(np.int64))
 

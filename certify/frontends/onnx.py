@@ -102,6 +102,8 @@ def load(path: str | Path) -> Network:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf/gzip errors have no common base class
         raise CertifyError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node and not model.graph.input:
+        raise CertifyError(f"{path}: not an ONNX model ({'an empty file' if not data else 'no graph in it'})")
     return from_model(model, name=p.name)
 
 

@@ -6,6 +6,7 @@ pickled code, so loading it never runs anything.
 """
 from __future__ import annotations
 
+import pickle
 from typing import Callable
 
 import torch
@@ -134,11 +135,32 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int = 10) -> nn.
 
 def save_checkpoint(path: str, module: nn.Module, name: str, input_shape, num_classes: int,
                     meta: dict | None = None) -> None:
-    """Write ``module``'s weights as a certify checkpoint (architecture by zoo ``name``)."""
-    torch.save({"format": FORMAT, "model": name, "input_shape": list(input_shape),
-                "num_classes": int(num_classes),
-                "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
-                "meta": meta or {}}, path)
+    """Write ``module``'s weights as a certify checkpoint (architecture by zoo ``name``, which must
+    be registered and must build a module the weights fit: else the file could not be loaded)."""
+    if name not in ZOO:
+        raise CertifyError(f"save_checkpoint: {name!r} is not a zoo architecture ({', '.join(sorted(ZOO))}); "
+                           "register its builder with certify.models.register, or export the model to ONNX")
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    try:
+        build(name, tuple(input_shape), int(num_classes)).load_state_dict(state)
+    except RuntimeError as e:
+        raise CertifyError(f"save_checkpoint: the weights do not fit architecture {name!r} with input shape "
+                           f"{tuple(input_shape)} and {num_classes} classes ({' '.join(str(e).split())[:300]})") from None
+    torch.save({"format": FORMAT, "model": name, "input_shape": list(input_shape), "num_classes": int(num_classes),
+                "state_dict": state, "meta": meta or {}}, path)
+
+
+TRAIN_FORMAT = "certify-train-checkpoint-v1"      # certify.train.checkpoint's resumable training state
+
+
+def _load_error(path: str, e: Exception) -> CertifyError:
+    first = (str(e).splitlines() or [""])[0]
+    if isinstance(e, pickle.UnpicklingError) and "GLOBAL " in str(e):     # the pickle names code to call
+        return CertifyError(f"{path} holds pickled Python objects (such as a whole torch.nn.Module), which certify "
+                            "never loads because unpickling runs code: export the model to ONNX "
+                            "(torch.onnx.export), or save its state_dict with certify.models.save_checkpoint")
+    return CertifyError(f"{path}: not a certify checkpoint or torch weights file ({type(e).__name__}: "
+                        f"{first[:200]})")
 
 
 def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
@@ -148,17 +170,26 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
     except FileNotFoundError:
         raise CertifyError(f"model file {path} does not exist") from None
     except Exception as e:  # torch raises several types for non-checkpoint files
-        raise CertifyError(f"{path}: not a certify checkpoint or torch weights file ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]})") from None
+        raise _load_error(path, e) from None
+    if isinstance(ck, dict) and ck.get("format") == TRAIN_FORMAT:
+        raise CertifyError(f"{path} is the resumable training state of a certify train run (for train --resume); "
+                           "certify the run's model.pt or model.onnx, in the same folder")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CertifyError(f"{path}: not a certify checkpoint (expected a dict with format {FORMAT!r}; "
                            "save models with certify.models.save_checkpoint or export them to ONNX)")
-    module = build(ck["model"], tuple(ck["input_shape"]), ck["num_classes"])
     try:
-        module.load_state_dict(ck["state_dict"])
-    except RuntimeError as e:
-        raise CertifyError(f"{path}: weights do not fit architecture {ck['model']!r}: {str(e)[:300]}") from None
+        name, shape, classes, state = ck["model"], tuple(ck["input_shape"]), int(ck["num_classes"]), ck["state_dict"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CertifyError(f"{path}: damaged certify checkpoint (field {e})") from None
+    if name not in ZOO:
+        raise CertifyError(f"{path}: architecture {name!r} is not in the zoo ({', '.join(sorted(ZOO))}); a "
+                           "checkpoint of a registered custom architecture loads only where it is registered "
+                           "(certify.models.register); export the model to ONNX for the command line")
+    module = build(name, shape, classes)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CertifyError(f"{path}: weights do not fit architecture {name!r}: {str(e)[:300]}") from None
     module.eval()
     info = {k: v for k, v in ck.items() if k != "state_dict"}
     return module, info
-

@@ -16,24 +16,32 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from certify.errors import CertifyError
-from certify.report.records import Record, read_records
+from certify.report.provenance import label as provenance_label
+from certify.report.records import Record, read_result_file
 
 COHEN_HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
 
 
+NORM_NAMES = {"inf": "L-inf", "2": "L2", "1": "L1"}
+
+
 @dataclass
 class Results:
-    """One result file's per-input arrays: radius (certified radius, 0 if none), correct (bool)."""
+    """One result file's per-input arrays: radius (certified radius, 0 if none), correct (bool);
+    ``norms``: the norms its radii are measured in (empty: not recorded, as in Cohen's format);
+    ``provenance``: the file's header, if it has one."""
 
     name: str
     idx: np.ndarray
     radius: np.ndarray
     correct: np.ndarray
+    norms: frozenset = field(default_factory=frozenset)
+    provenance: dict | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -48,7 +56,8 @@ def _effective_radius(r: Record) -> float:
 def from_records(records: list[Record], name: str = "results") -> Results:
     rad = np.array([_effective_radius(r) for r in records], dtype=float)
     ok = np.array([r.correct and r.verdict != "abstain" for r in records], dtype=bool)
-    return Results(name, np.array([r.idx for r in records], dtype=int), rad, ok)
+    norms = frozenset(str(r.norm) for r in records if r.norm is not None)
+    return Results(name, np.array([r.idx for r in records], dtype=int), rad, ok, norms)
 
 
 def _read_cohen(path: str, lines: list[str]) -> Results:
@@ -77,22 +86,60 @@ def _name(path: str) -> str:
 
 
 def load_results(path: str) -> Results:
-    """Results of a JSON-lines record file or a Cohen tab-separated file (detected by its header)."""
+    """Results of a JSON-lines record file or a Cohen tab-separated file (detected by its header);
+    the name is the provenance label (``certify.report.provenance.label``) or the file name.
+    A file without a single record is a ``CertifyError``."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
     except OSError as e:
         raise CertifyError(f"cannot read result file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CertifyError(f"{path}: not a result file (binary data, neither JSON lines nor Cohen's format)") from None
     lines = text.splitlines()
     if not lines:
         raise CertifyError(f"{path}: empty result file")
     first = lines[0].split("\t")
     if {"idx", "radius", "correct"} <= {h.strip() for h in first}:
-        return _read_cohen(path, lines)
-    if not lines[0].lstrip().startswith("{"):
+        res = _read_cohen(path, lines)
+    elif not lines[0].lstrip().startswith("{"):
         raise CertifyError(f"{path}: neither JSON-lines records nor Cohen's tab-separated format "
                            f"(header {' '.join(COHEN_HEADER)})")
-    return from_records(read_records(path), _name(path))
+    else:
+        header, records = read_result_file(path)
+        res = from_records(records, provenance_label(header) if header else _name(path))
+        res.provenance = header
+    if len(res) == 0:
+        raise CertifyError(f"{path}: holds no result records (an interrupted run's torn line or a header only)")
+    return res
+
+
+def norm_label(results: list[Results]) -> str:
+    """The x-axis label: ``radius (L2)``, or the list of norms when several are mixed."""
+    norms = sorted({n for r in results for n in r.norms})
+    if not norms:
+        return "radius"
+    return "radius (" + ", ".join(NORM_NAMES.get(n, f"L{n}") for n in norms) + ")"
+
+
+def plot_formats() -> list[str]:
+    """File extensions ``plot`` can write (matplotlib's: png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a plot path matplotlib cannot write (unknown extension, a directory, no such folder)
+    before anything is written."""
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in plot_formats():
+        raise CertifyError(f"plot {path}: unknown image format {ext or '(no extension)'!r}; use one of "
+                           f"{', '.join(plot_formats())}")
+    if os.path.isdir(path):
+        raise CertifyError(f"plot {path} is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CertifyError(f"plot {path}: folder {parent} does not exist")
 
 
 def write_cohen(path: str, records: list[Record], append: bool = False) -> None:
@@ -168,7 +215,11 @@ def format_table(results: list[Results], radii, fmt: str = "text") -> str:
 def write_csv(path: str, results: list[Results], radii) -> None:
     """CSV: one row per radius, one column of certified accuracy per file."""
     table = accuracy_table(results, radii)
-    with open(path, "w", newline="") as f:
+    try:
+        f = open(path, "w", newline="")
+    except OSError as e:
+        raise CertifyError(f"cannot write CSV file {path}: {e.strerror}") from None
+    with f:
         w = csv.writer(f)
         w.writerow(["radius"] + [r.name for r in results])
         for j, r in enumerate(radii):
@@ -176,7 +227,9 @@ def write_csv(path: str, results: list[Results], radii) -> None:
 
 
 def plot(path: str, results: list[Results], max_radius: float | None = None, title: str | None = None) -> None:
-    """PNG of certified accuracy vs radius, one line per file (Agg backend)."""
+    """Plot of certified accuracy vs radius (the norm on the x-axis), one line per file (Agg
+    backend; the format from the extension, see ``check_plot_path``)."""
+    check_plot_path(path)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -188,7 +241,7 @@ def plot(path: str, results: list[Results], max_radius: float | None = None, tit
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         ax.plot(grid, certified_accuracy(r, grid), label=f"{r.name} (ACR {acr(r):.3f})")
-    ax.set_xlabel("radius")
+    ax.set_xlabel(norm_label(results))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, top)
@@ -199,8 +252,8 @@ def plot(path: str, results: list[Results], max_radius: float | None = None, tit
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise CertifyError(f"cannot write plot {path}: {e.strerror}") from None
+    except (OSError, ValueError) as e:
+        raise CertifyError(f"cannot write plot {path}: {getattr(e, 'strerror', None) or e}") from None
     finally:
         plt.close(fig)
 

@@ -267,6 +267,10 @@ def parse(text: str, n_inputs: int, n_outputs: int, where: str = "<string>") -> 
             raise p.err(h.line, f"unknown command {h.text!r} (expected declare-const or assert)")
     if not asserts:
         raise CertifyError(f"{where}: no assert in the file")
+    for kind, n, what in (("X", n_inputs, "inputs"), ("Y", n_outputs, "outputs")):
+        k = sum(name.startswith(kind) for name in p.declared)
+        if k != n:
+            raise CertifyError(f"{where}: declares {k} {what} ({kind}_i) but the network has {n} {what}")
     dnf = [[]]
     for _, f in asserts:
         sub = p.formula(f)

@@ -13,8 +13,7 @@ import os
 import torch
 
 from certify.errors import CertifyError
-
-FORMAT = "certify-train-checkpoint-v1"
+from certify.models.zoo import TRAIN_FORMAT as FORMAT
 
 
 def save_training_state(path: str, *, epoch: int, step: int, model: torch.nn.Module,
