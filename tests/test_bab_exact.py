@@ -251,7 +251,7 @@ def test_compact_encoding_has_the_exact_minimum():
     neurons, active and inactive, some with none unstable: a plain LP)."""
     from bounds.bab.milp_chain import ChainMilp, box_encoding, compact_encoding
     from bounds.bab.relax import optimized_pre_bounds
-    from certify.convex.highs import make_highs, set_objective
+    from certify.solvers.highs import make_highs, set_objective
     from certify.spec.vnnlib import conjunction_margins
     kinds = set()
     for seed in range(8):

@@ -1,6 +1,6 @@
 """Exact decision of one obligation by mixed-integer programming on a ``Chain`` (HiGHS).
 
-The big-M encoding of ``certify.convex.encode`` (Tjeng et al. 2019) over the box and the given
+The big-M encoding of ``certify.solvers.encode`` (Tjeng et al. 2019) over the box and the given
 pre-activation bounds (e.g. the root's alpha-CROWN ones: the tighter, the fewer binaries and the
 smaller the big-M constants), one binary per unstable ReLU. HiGHS runs in decision mode: it stops
 as soon as its dual bound proves the obligation or an incumbent violates it.
@@ -23,9 +23,9 @@ import scipy.sparse as sp
 import torch
 
 from bounds.bab.chain import Chain
-from certify.convex.encode import Encoding, encode
-from certify.convex.highs import make_highs, set_objective, status_name
-from certify.convex.linearize import Affine, PiecewiseLinear, ReluLayer
+from certify.solvers.encode import Encoding, encode
+from certify.solvers.highs import make_highs, set_objective, status_name
+from certify.solvers.linearize import Affine, PiecewiseLinear, ReluLayer
 
 MARGIN = 1e-5   # a dual bound must exceed this (relative, plus absolute) to count as a proof
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
-from certify.convex.encode import Encoding, encode
-from certify.convex.highs import dual_bound, make_highs, set_objective, status_name
+from certify.solvers.encode import Encoding, encode
+from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
 from certify.convex.problem import Problem, is_box_set, prepare
 from certify.convex.result import ConvexResult
 from certify.errors import CertifyError

@@ -18,8 +18,8 @@ import warnings
 
 import numpy as np
 
-from certify.convex.encode import Encoding
-from certify.convex.highs import EPS64, row_terms
+from certify.solvers.encode import Encoding
+from certify.solvers.highs import EPS64, row_terms
 from certify.errors import CertifyError
 
 SOLVERS = ("CLARABEL", "SCS", "ECOS")

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from certify.convex.encode import encode
-from certify.convex.highs import dual_bound, make_highs, set_objective, status_name
+from certify.solvers.encode import encode
+from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
 from certify.convex.lp import _objective_rows
 from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult

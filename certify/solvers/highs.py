@@ -15,7 +15,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from certify.convex.encode import Encoding
+from certify.solvers.encode import Encoding
 
 EPS64 = np.finfo(np.float64).eps
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from certify.convex.linearize import PiecewiseLinear
+from certify.solvers.linearize import PiecewiseLinear
 
 INF = np.inf
 
