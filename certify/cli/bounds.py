@@ -101,7 +101,8 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
 
 
 def run(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, progress, summary_lines
+    from certify.cli.common import check_input_shape, load_data, load_model, summary_lines
+    from certify.report.progress import progress
     from certify.report.records import Record, ResultWriter
 
     _check(args)

@@ -1,16 +1,12 @@
-"""Helpers shared by the commands: model and data loading, output-file flags, progress bars."""
+"""Helpers shared by the commands: model and data loading, output-file flags, summaries."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Iterable, TypeVar
 
 import torch
 
 from certify.errors import CertifyError
-
-T = TypeVar("T")
 
 MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled model name "
               "(digits-mlp, digits-cnn)")
@@ -103,12 +99,6 @@ def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> N
     g.add_argument("--resume", action="store_true", help="continue an interrupted run: keep the records in --out "
                    "and skip their inputs")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-
-
-def progress(iterable: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterable[T]:
-    """A tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
 
 
 def summary_lines(records: list, method: str, what: str, elapsed: float, n_run: int, radius: bool) -> list[str]:

@@ -14,8 +14,9 @@ import time
 import torch
 
 from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, check_input_shape,
-                                domain_from, load_data, load_model, progress, summary_lines)
+                                domain_from, load_data, load_model, summary_lines)
 from certify.errors import CertifyError
+from certify.report.progress import progress
 from certify.report.records import Record, ResultWriter
 from certify.spec.output import robustness_matrix
 

@@ -121,7 +121,8 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
 
 
 def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, load_data, load_model, progress
+    from certify.cli.common import check_input_shape, load_data, load_model
+    from certify.report.progress import progress
     from certify.report.curve import default_radii, format_table, from_records, write_cohen
     from certify.report.records import ResultWriter
     from smoothing import Smooth
