@@ -29,7 +29,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from certify.cli.vnn import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
+from certify.vnncomp import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
 
 
 def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:

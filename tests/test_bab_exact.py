@@ -19,7 +19,7 @@ from scipy.optimize import LinearConstraint, milp
 from bounds.bab import verify
 from bounds.bab.chain import to_chain
 from bounds.bab.relu_split import relu_split_bab
-from certify.cli.vnn import check_counterexample_ort
+from certify.vnncomp import check_counterexample_ort
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.vnnlib import Region, VnnlibProperty, conjunction_margins
 

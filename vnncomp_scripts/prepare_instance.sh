@@ -11,7 +11,7 @@ echo "preparing certify for category '$CATEGORY', onnx '$ONNX_FILE', vnnlib '$VN
 export OMP_WAIT_POLICY=PASSIVE
 python3 - "$ONNX_FILE" "$VNNLIB_FILE" <<'PY'
 import sys
-from certify.cli.common import load_model
+from certify.models import load_model
 from certify.spec import vnnlib
 net = load_model(sys.argv[1])
 vnnlib.load(sys.argv[2], net.input_size, net.output_size)

@@ -7,28 +7,10 @@ from pathlib import Path
 import torch
 
 from certify.errors import CertifyError
+from certify.models import load_model  # noqa: F401  (the commands import it from here)
 
 MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled model name "
               "(digits-mlp, digits-cnn)")
-
-
-def load_model(path_or_name: str):
-    """The IR ``Network`` of a model file or bundled model name."""
-    from certify.models import BUNDLED, load_bundled, load_network
-    if path_or_name in BUNDLED:
-        return load_bundled(path_or_name)
-    p = Path(path_or_name)
-    if not p.exists():
-        raise CertifyError(f"model file {path_or_name} does not exist (bundled models: {', '.join(BUNDLED)})")
-    if p.is_dir():
-        raise CertifyError(f"model path {path_or_name} is a directory, not a model file")
-    name = p.name.lower()
-    if name.endswith(".onnx") or name.endswith(".onnx.gz"):
-        from certify.frontends.onnx import load
-        return load(str(p))
-    if name.endswith(".pt") or name.endswith(".pth"):
-        return load_network(str(p))
-    raise CertifyError(f"{path_or_name}: unknown model format (expected .onnx, .onnx.gz or a certify .pt checkpoint)")
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
