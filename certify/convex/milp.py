@@ -22,9 +22,8 @@ import time
 import numpy as np
 import torch
 
-from certify.solvers.encode import encode
+from certify.solvers.encode import encode, objective_rows
 from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
-from certify.convex.lp import _objective_rows
 from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult
 from certify.errors import CertifyError
@@ -82,7 +81,7 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
         t0 = time.perf_counter()
         enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre], binary=True)
         obj = prob.objective(b)
-        costs = _objective_rows(obj, enc)
+        costs = objective_rows(obj, enc)
         st_b, found = ["not_run"] * rows, None
         for r in range(rows):
             st, dual, sol = _solve_row(enc, costs[r], obj.const[r], mode == "decision", time_limit, options)

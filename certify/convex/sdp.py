@@ -314,12 +314,11 @@ def from_lp(prob: Problem, b: int, row: int, f: Families) -> tuple[Multipliers, 
     (B)/(F) multipliers and each reduced cost r_j the box multiplier |r_j| / (u_j - l_j), for
     which the box S-lemma term equals min over [l_j, u_j] of r_j v_j. Starting the first-order
     ascent here makes the SDP bound at least the LP's (up to the fixed-variable slack)."""
-    from certify.solvers.encode import encode
+    from certify.solvers.encode import encode, objective_rows
     from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
-    from certify.convex.lp import _objective_rows
     enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre])
     obj = prob.objective(b)
-    cost, c0 = _objective_rows(obj, enc)[row], float(obj.const[row])
+    cost, c0 = objective_rows(obj, enc)[row], float(obj.const[row])
     h = make_highs(enc)
     set_objective(h, cost, c0)
     h.run()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from certify.solvers.linearize import PiecewiseLinear
+from certify.solvers.linearize import Affine, PiecewiseLinear
 
 INF = np.inf
 
@@ -104,3 +104,10 @@ def encode(pl: PiecewiseLinear, lo0: np.ndarray, hi0: np.ndarray, pre: list[tupl
     chi = np.concatenate(col_hi + [np.ones(nbin)])
     return Encoding(A, np.concatenate(rlo) if rlo else np.zeros(0), np.concatenate(rhi) if rhi else np.zeros(0),
                     clo, chi, integer, offsets, ncont, meta)
+
+
+def objective_rows(expr: Affine, enc: Encoding) -> np.ndarray:
+    """Dense cost rows (rows, enc's columns) of ``expr`` over the encoding's columns (zeros on
+    the binary columns)."""
+    M = expr.full(enc.offsets, enc.ncont).toarray()
+    return np.hstack([M, np.zeros((M.shape[0], enc.A.shape[1] - enc.ncont))])
