@@ -11,7 +11,7 @@ f(v) = c^T (W_out z_L + b_out) + d. Quadratic constraints g_i(v) = [1;v]^T G_i [
       bounds from the pre-activation bounds;  (E) eps^2 - ||x - x0||^2 >= 0 for an L2 ball.
 The lifted SDP  min <F, P>  s.t. <G_i, P> (>= or =) 0, P[0,0] = 1, P PSD  is solved with cvxpy
 (SCS by default, Clarabel for small problems), or matrix-free by the SDP-FO-style first-order
-dual solver of ``sdp_fo`` (Lanczos + Adam, started from multipliers that reproduce the triangle
+dual solver of ``sdp_first_order`` (Lanczos + Adam, started from multipliers that reproduce the triangle
 LP's bound, for 784-input MLPs that SCS cannot load). Every row's reported bound is the better
 of the solver's dual point and the LP-derived one (both valid), so the SDP bound is never below
 the LP bound of the same pre-activation bounds (up to ~1e-5 slack).
@@ -22,7 +22,7 @@ H(lam) = F - sum_i lam_i G_i, every feasible v satisfies
     R = 1 + sum_j max(l_j^2, u_j^2)  (a bound on ||[1;v]||^2 over the box).
 We compute lambda_min with a dense float64 eigensolver and lower it by a bound on its rounding
 error, so the reported bound is valid whether or not the solver converged. The same dual point
-is also certified in the box-scaled form of ``sdp_fo`` (v = m + s w, R = 1 + #unfixed entries,
+is also certified in the box-scaled form of ``sdp_first_order`` (v = m + s w, R = 1 + #unfixed entries,
 kappa re-tuned), which is often tighter; the larger of the two valid values is reported.
 """
 from __future__ import annotations
@@ -279,7 +279,7 @@ def solve_cvxpy(f: Families, solver: str = "SCS", max_iters: int | None = None,
         lam_s = Multipliers(lam.A, lam.B, [sign * c for c in lam.C], lam.D, lam.E, lam.F)
         best = max(best, bound_from(f, lam_s, kap))
         if f.N < 2000:            # the same point, certified in the scaled form with kappa re-tuned
-            from certify.convex.sdp_fo import certify_point, tune_kappa
+            from certify.convex.sdp_first_order import certify_point, tune_kappa
             k, _, _ = tune_kappa(f, lam_s, kap[0] if kap else 0.0, None)
             best = max(best, certify_point(f, lam_s, k)[0])
     return best, ("optimal" if prob.status == "optimal" else "dual_feasible") if np.isfinite(best) else prob.status
@@ -378,7 +378,7 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
             f = families(prob, b, r)
             init, _ = from_lp(prob, b, r, f)
             if fo:
-                from certify.convex.sdp_fo import solve_first_order
+                from certify.convex.sdp_first_order import solve_first_order
                 val, s, _ = solve_first_order(f, init, iters, lr, time_limit=time_limit)
             else:
                 val, s = solve_cvxpy(f, solver, max_iters, time_limit)
