@@ -7,7 +7,8 @@ import torch
 from certify.attack import pgd_margin
 from certify.convex import milp, sdp
 from certify.convex.problem import prepare
-from certify.convex.sdp import Multipliers, bound_from, families, solve_cvxpy
+from certify.convex.sdp import solve_cvxpy
+from certify.convex.sdp_dual import Multipliers, bound_from, families
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball

@@ -8,7 +8,7 @@ import torch
 from certify.attack import pgd_margin
 from certify.convex import lp, milp, sdp
 from certify.convex.problem import prepare
-from certify.convex.sdp import Multipliers, families, from_lp
+from certify.convex.sdp_dual import Multipliers, families, from_lp
 from certify.convex.sdp_first_order import Scaled, certify_point, lanczos, solve_first_order
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix

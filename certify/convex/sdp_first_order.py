@@ -3,7 +3,7 @@ al. 2020): matrix-free, for MLPs whose PSD matrix is too large for SCS (e.g. 784
 
 Scaled variables. Every entry of v = [x, z_1, ..., z_L] lies in its box [l_j, u_j]; write
 v = m + s * w with m = (l + u) / 2, s = (u - l) / 2, so w in [-1, 1]^N (w_j = 0 where s_j = 0).
-With T = [[1, 0], [m, diag(s)]] the quadratic form of ``sdp.hessian`` H(lam) becomes
+With T = [[1, 0], [m, diag(s)]] the quadratic form of ``sdp_dual.hessian`` H(lam) becomes
 Hs(lam) = T^T H(lam) T over [1; w], and ||[1; w]||^2 <= R = 1 + #{j : s_j > 0}.
 
 Dual objective (any lam with lam >= 0 on inequality families, any kappa):
@@ -17,7 +17,7 @@ minimal eigenvector u is  dg/dlam_i = R * (-(T u)^T G_i (T u))  and  dg/dkappa =
 Iterations: lambda_min by Lanczos (``scipy.sparse.linalg.eigsh`` on a ``LinearOperator``: the
 matrix is never formed; one product costs two products with each weight matrix), warm-started
 from the previous eigenvector; Adam ascent on (lam, kappa) with the projection lam >= 0; the
-start is the LP-reproducing multipliers of ``sdp.from_lp`` (so the solver starts at the LP
+start is the LP-reproducing multipliers of ``sdp_dual.from_lp`` (so the solver starts at the LP
 bound), kappa from a 1-D search. The iterate with the best estimated value is kept.
 
 Certified value. The reported bound is recomputed for the kept iterate, with kappa re-tuned by
@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from certify.convex.sdp import EPS64, Families, Multipliers, _grad, _parts, hessian
+from certify.convex.sdp_dual import EPS64, Families, Multipliers, hessian, hessian_parts, multiplier_gradient
 
 DENSE_MAX = 5000
 
@@ -47,7 +47,7 @@ class Scaled:
 
     def __init__(self, f: Families, lam: Multipliers, kappa: float):
         self.f, self.lam, self.kappa = f, lam, kappa
-        self.h00, self.row0, self.diag = _parts(f, lam)
+        self.h00, self.row0, self.diag = hessian_parts(f, lam)
         self.lC = [c / 2 for c in lam.C]
         self.m = (f.vlo + f.vhi) / 2
         self.s = np.maximum(f.vhi - f.vlo, 0.0) / 2
@@ -103,7 +103,7 @@ class Scaled:
 
 
 def magnitude(f: Families, lam: Multipliers) -> sp.csr_matrix:
-    """Entrywise sums of the magnitudes of the terms that ``sdp._parts``/``hessian`` add up to H(lam)."""
+    """Entrywise sums of the magnitudes of the terms that ``sdp_dual.hessian_parts``/``hessian`` add up to H(lam)."""
     N = f.N
     row0, diag, h00 = np.zeros(N + 1), np.zeros(N + 1), abs(f.F00)
     row0[1:] += np.abs(f.Fvec) / 2
@@ -300,7 +300,7 @@ def solve_first_order(f: Families, init: Multipliers, iters: int = 300, lr: floa
             g = np.zeros(len(theta) + 1)
             g[-1] = 1.0
         else:
-            gm = _grad(f, op.up(u[:, None])[:, 0])
+            gm = multiplier_gradient(f, op.up(u[:, None])[:, 0])
             g = np.concatenate([R * flat(gm), [1.0 - R * u[0] ** 2]])
         m1 = b1 * m1 + (1 - b1) * g
         m2 = b2 * m2 + (1 - b2) * g * g
