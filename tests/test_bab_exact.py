@@ -219,7 +219,7 @@ def test_chain_milp_decisions_match_the_exact_minimum(encoding):
     import bounds.bab.milp_chain as mc
     from bounds.bab.milp_chain import ChainMilp
     box_encoding = getattr(mc, encoding)
-    from bounds.bab.relax import optimized_pre_bounds
+    from bounds.bab.chain_bounds import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     proved = found = 0
     for seed in range(10):
@@ -250,7 +250,7 @@ def test_compact_encoding_has_the_exact_minimum():
     (found independently by ``exact_min``), on boxes of several widths (some with many stable
     neurons, active and inactive, some with none unstable: a plain LP)."""
     from bounds.bab.milp_chain import ChainMilp, box_encoding, compact_encoding
-    from bounds.bab.relax import optimized_pre_bounds
+    from bounds.bab.chain_bounds import optimized_pre_bounds
     from certify.solvers.highs import make_highs, set_objective
     from certify.spec.vnnlib import conjunction_margins
     kinds = set()
@@ -287,7 +287,7 @@ def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones(threads):
     solved."""
     import time
     from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
-    from bounds.bab.relax import optimized_pre_bounds
+    from bounds.bab.chain_bounds import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     net, prop, lo, hi, A, b0 = random_case(520, [3, 10, 10, 3])
     ch = to_chain(net)

@@ -161,7 +161,7 @@ def test_face_biased_sampling_finds_a_violation_on_the_boundary():
 def test_instability_shares_add_up_to_the_unstable_neurons():
     """``_forward_pre``'s instability: each unstable neuron's range is shared out over the inputs,
     so per box the shares add up to the number of unstable neurons; an input of width 0 has none."""
-    from bounds.bab.relax import _forward_pre
+    from bounds.bab.chain_bounds import _forward_pre
     g = torch.Generator().manual_seed(3)
     chain = to_chain(random_mlp([4, 16, 16, 16, 3], g, dtype=torch.float64))
     lo = torch.rand(64, 4, generator=g, dtype=torch.float64) * 2 - 1

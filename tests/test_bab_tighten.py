@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.relax import optimized_pre_bounds
+from bounds.bab.chain_bounds import optimized_pre_bounds
 from bounds.bab.tighten import tighten_bounds, tighten_layer
 from certify.ir import Linear, ReLU, sequential
 from tests.test_bab_exact import exact_min, random_case, random_net

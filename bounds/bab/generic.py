@@ -13,7 +13,7 @@ import torch
 
 from certify.ir import Network
 from certify.spec.sets import Box
-from bounds.bab.relax import PROOF_TOL
+from bounds.bab.chain_bounds import PROOF_TOL
 
 
 def generic_input_split(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,

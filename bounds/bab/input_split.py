@@ -22,7 +22,7 @@ The scores see only the final bound's sensitivity to each input. An input can le
 intermediate neurons unstable (its width spans their switching points) while the bound's
 coefficient on it is near 0, and then no scored split helps: ACAS Xu 1_1 prop_6's open boxes
 ended 1e-9 wide in the scored inputs and half the root's width in another one. With
-``instability`` the input causing most of the unstable neurons' ranges (``relax._forward_pre``)
+``instability`` the input causing most of the unstable neurons' ranges (``chain_bounds._forward_pre``)
 is one more candidate; the pick among the candidates stays the bound-based one.
 
 Small open boxes can be handed to exact MILPs in background threads (``BoxMilps``); the search
@@ -42,7 +42,7 @@ import torch
 from bounds.bab.chain import Chain
 from bounds.bab.clip import clip_boxes
 from bounds.bab.milp_chain import ChainMilp, MilpWorker, compact_encoding
-from bounds.bab.relax import PROOF_TOL, bound_domains
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains
 
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,

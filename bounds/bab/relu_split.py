@@ -23,7 +23,7 @@ from scipy.optimize import linprog
 
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
-from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
 
 LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
 

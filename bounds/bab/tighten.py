@@ -35,7 +35,7 @@ import torch
 
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
-from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, optimized_pre_bounds
 from bounds.bab.threads import merge_stats, run_in_threads
 
 Tensor = torch.Tensor

@@ -33,7 +33,7 @@ from bounds.bab.falsify import Falsifier
 from bounds.bab.generic import generic_input_split
 from bounds.bab.input_split import BoxMilps, input_split_bab
 from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
-from bounds.bab.relax import bound_domains, optimized_pre_bounds
+from bounds.bab.chain_bounds import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from bounds.bab.tighten import tighten_bounds
 from bounds.bab.threads import merge_stats, one_torch_thread, run_in_threads

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.relax import bound_domains, optimized_pre_bounds, pre_activation_bounds
+from bounds.bab.chain_bounds import bound_domains, optimized_pre_bounds, pre_activation_bounds
 from certify.ir import (BatchNorm, ConstAdd, Conv2d, Flatten, Linear, Normalize, ReLU, Reshape,
                         sequential)
 from tests.test_bounds_nets import random_mlp
@@ -291,7 +291,7 @@ def test_first_layer_corrections_equal_the_plain_refinement(kept):
     shared by the domains or one box per domain, for domains whose layer-0 bounds differ from
     the root's by splits and by tighter bounds of their own, and it declines (None) when too many
     neurons differ."""
-    from bounds.bab.relax import _refine_first, _refine_unstable, _clamp
+    from bounds.bab.chain_bounds import _refine_first, _refine_unstable, _clamp
     ch, g, lo1, hi1 = _chain_and_box(11, [6, 40, 30, 20, 3], 12, 1.2)
     B = 9
     pre, slopes = optimized_pre_bounds(ch, lo1, hi1, iterations=5, keep_alpha=True)
