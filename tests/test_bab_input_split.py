@@ -1,4 +1,4 @@
-"""Input-box clipping (``bounds.bab.clip``) and the side-by-side falsifier attacks.
+"""Input-box clipping (``bounds.bab.box_clip``) and the side-by-side falsifier attacks.
 
 Clipping may only drop points that satisfy the property: on random networks and boxes, every
 sampled point whose margins are all <= 0 (a violation of the conjunction) must lie inside the
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.clip import clip_boxes
+from bounds.bab.box_clip import clip_boxes
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split import staged_bounds
 from certify.spec.vnnlib import Region, VnnlibProperty

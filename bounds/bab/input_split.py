@@ -7,7 +7,7 @@ steps), and the dimension whose weaker child has the best bound is kept; its chi
 proved are dropped and the others become open boxes. A box is proved when some row of its
 margins (or their mean, for a conjunction of several rows) has a positive lower bound. Open
 boxes are then clipped to the part where their linear bounds still allow a violation
-(``bounds.bab.clip``); their centres and bound-minimizing corners are tried as counterexamples.
+(``bounds.bab.box_clip``); their centres and bound-minimizing corners are tried as counterexamples.
 Open boxes are kept on a stack (depth first), so memory stays bounded, and the stack can be
 kept at a timeout to continue the search later (``state``).
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import Chain
-from bounds.bab.clip import clip_boxes
+from bounds.bab.box_clip import clip_boxes
 from bounds.bab.milp_chain import ChainMilp, MilpWorker, compact_encoding
 from bounds.bab.chain_bounds import PROOF_TOL, bound_domains
 
@@ -55,7 +55,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
     corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
-    where its linear bounds still allow a violation (``bounds.bab.clip``). ``instability``: one
+    where its linear bounds still allow a violation (``bounds.bab.box_clip``). ``instability``: one
     more candidate per box, the input that causes most of its unstable neurons' ranges (below).
     ``stop()``: checked before each batch, True ends the call like the deadline (state kept);
     ``wait=False``: when only boxes parked in ``milp``'s thread are left, return at once
