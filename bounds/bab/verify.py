@@ -15,7 +15,7 @@ region's intermediate bounds tightened by branch and bound (``bounds.bab.tighten
 searched again over them.
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
-splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
+splitting over the ``bounds`` engine's CROWN (``bounds.bab.input_split_crown``), whatever ``method`` says;
 practical only for low-dimensional inputs, sound always.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
-from bounds.bab.generic import generic_input_split
+from bounds.bab.input_split_crown import input_split_crown
 from bounds.bab.input_split import BoxMilps, input_split_bab
 from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
 from bounds.bab.chain_bounds import bound_domains, optimized_pre_bounds
@@ -209,7 +209,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             return timed(fal.pgd, lo.unsqueeze(0), hi.unsqueeze(0), dis, **kw)[0]
 
         if m == "generic-input":
-            verdict, ce = generic_input_split(net64, lo, hi, C, d, until, try_points, stats)
+            verdict, ce = input_split_crown(net64, lo, hi, C, d, until, try_points, stats)
         elif m == "input":
             # three searches take turns in time slices that double after each round, each one
             # continuing where it stopped, so an instance is solved in about 3x the time of the

@@ -16,7 +16,7 @@ from certify.spec.sets import Box
 from bounds.bab.chain_bounds import PROOF_TOL
 
 
-def generic_input_split(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+def input_split_crown(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                         deadline: float, try_points, stats: dict, batch: int = 64, min_width: float = 1e-9):
     """Prove max_r (C y + d)_r > 0 on [lo, hi] (n_in,); same returns as ``input_split_bab``."""
     from bounds import compute_bounds
