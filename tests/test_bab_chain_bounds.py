@@ -10,17 +10,13 @@ from bounds.bab.chain import to_chain
 from bounds.bab.chain_bounds import bound_domains, optimized_pre_bounds, pre_activation_bounds
 from certify.ir import (BatchNorm, ConstAdd, Conv2d, Flatten, Linear, Normalize, ReLU, Reshape,
                         sequential)
-from tests.test_bounds_nets import random_mlp
-
-
-def _mlp(seed, sizes):
-    return random_mlp(sizes, torch.Generator().manual_seed(seed))
+from helpers.networks import random_mlp
 
 
 def _chain_and_box(net_seed, sizes, box_seed, width):
     """A random MLP's chain, a generator seeded ``box_seed`` (for the test's later draws) and one
     box (1, n_in) of the given width drawn from it: [x, x + width], x uniform in [-1, 0)."""
-    ch = to_chain(_mlp(net_seed, sizes))
+    ch = to_chain(random_mlp(sizes, net_seed))
     g = torch.Generator().manual_seed(box_seed)
     lo1 = torch.rand(1, sizes[0], generator=g, dtype=torch.float64) - 1
     return ch, g, lo1, lo1 + width
@@ -79,7 +75,7 @@ def test_chain_matches_ir_on_a_conv_net():
 @pytest.mark.parametrize("mode", ["backward", "forward", "hybrid", "refine"])
 @pytest.mark.parametrize("iterations", [0, 8])
 def test_bounds_hold_on_sampled_points_of_split_domains(mode, iterations):
-    net = _mlp(1, [3, 10, 10, 4])
+    net = random_mlp([3, 10, 10, 4], 1)
     ch = to_chain(net)
     g = torch.Generator().manual_seed(2)
     B, r = 6, 2
@@ -120,7 +116,7 @@ def test_staged_input_split_bounds_hold_with_parent_bounds():
     outward) pre-activation bounds: no sampled point below a bound; the packed interval
     contains the float64 one."""
     from bounds.bab.input_split import _pack, _unpack, staged_bounds
-    net = _mlp(4, [3, 12, 12, 12, 3])
+    net = random_mlp([3, 12, 12, 12, 3], 4)
     ch = to_chain(net)
     g = torch.Generator().manual_seed(5)
     B, r = 8, 2
@@ -147,7 +143,7 @@ def test_staged_input_split_bounds_hold_with_parent_bounds():
 def test_warm_started_alpha_beta_stay_sound():
     """Any alpha_init / beta_init (even out of range: they are clamped) gives bounds that hold on
     sampled points of split domains, and the returned multipliers can seed the next call."""
-    net = _mlp(7, [3, 10, 10, 2])
+    net = random_mlp([3, 10, 10, 2], 7)
     ch = to_chain(net)
     g = torch.Generator().manual_seed(8)
     B, r = 6, 1
@@ -183,7 +179,7 @@ def test_optimized_pre_bounds_are_sound_and_tighter_than_crown():
     """Layer-by-layer alpha-CROWN bounds contain every sampled pre-activation (also at the box's
     corners, where the extremes of a deep net's neurons tend to lie), are never looser than
     CROWN's, and on a 4-hidden-layer net are strictly tighter somewhere."""
-    net = _mlp(11, [6, 16, 16, 16, 16, 3])
+    net = random_mlp([6, 16, 16, 16, 16, 3], 11)
     ch = to_chain(net)
     g = torch.Generator().manual_seed(12)
     lo = torch.rand(2, 6, generator=g, dtype=torch.float64) - 1
@@ -260,7 +256,7 @@ def test_float32_steps_give_float64_sound_bounds_as_tight_as_float64_steps():
     """The alpha/beta steps run in float32; the reported bound is the chosen multipliers' bound
     in float64: it holds on sampled points like the float64 steps' bound, and is as tight (to
     float32's precision)."""
-    net = _mlp(3, [4, 16, 16, 16, 3])
+    net = random_mlp([4, 16, 16, 16, 3], 3)
     ch = to_chain(net)
     g = torch.Generator().manual_seed(5)
     B, r = 8, 2

@@ -15,7 +15,7 @@ from bounds.bab.box_clip import clip_boxes
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split import staged_bounds
 from certify.spec.vnnlib import Region, VnnlibProperty
-from tests.test_bounds_nets import random_mlp
+from helpers.networks import random_mlp
 
 
 def _margins(chain, x, C, d):

@@ -10,16 +10,14 @@ from certify.convex import lp, milp, sdp
 from certify.convex.problem import prepare
 from certify.convex.sdp_dual import Multipliers, families, from_lp
 from certify.convex.sdp_first_order import Scaled, certify_point, lanczos, solve_first_order
-from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
-from test_bounds_nets import random_mlp
+from helpers.networks import random_mlp
 
 
 def net_2_8_8():
     torch.manual_seed(0)
-    return sequential((2,), [Linear(torch.randn(8, 2), torch.randn(8)), ReLU(), Linear(torch.randn(8, 8), torch.randn(8)),
-                             ReLU(), Linear(torch.randn(3, 8), torch.randn(3))]), torch.rand(1, 2)
+    return random_mlp((2, 8, 8, 3), None, bias_scale=1.0, normalize=False), torch.rand(1, 2)
 
 
 def wide(seed=0, sizes=(6, 40, 40, 3)):

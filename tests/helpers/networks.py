@@ -1,7 +1,9 @@
-"""Helpers (no tests): small random IR networks for the bounds tests (float64 unless told): an MLP, a CNN with
-BatchNorm, a residual CNN, and a network using every other op."""
+"""Small random IR networks for the tests (float64 unless told): random ReLU MLPs, a CNN with
+BatchNorm, a residual CNN, a network using every other op, and the identity ReLU network on
+which margins tie exactly."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from certify.ir import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
@@ -11,38 +13,58 @@ from certify.ir import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, C
 DT = torch.float64
 
 
+def random_mlp(sizes, g=None, bias_scale: float = 0.3, normalize: bool = True, dtype=torch.float32,
+               name: str = "network", gain: float | None = None, input_shape=None, head=()) -> Network:
+    """A ReLU MLP with layer widths ``sizes``: per layer W (out, in) ~ N(0, 1), then b ~ N(0, 1)
+    times ``bias_scale``, drawn in that order from ``g``: an int (the seed of a fresh
+    torch.Generator), a torch.Generator, a numpy Generator (drawn in float64, then cast), or None
+    (torch's global generator). W is divided by sqrt(fan-in) when ``normalize``, or multiplied
+    by fan-in^-1/2 * ``gain`` when ``gain`` is given. ``input_shape``: a per-sample shape that
+    is flattened first (after the ops ``head``); default ``(sizes[0],)``."""
+    if isinstance(g, int):
+        g = torch.Generator().manual_seed(g)
+    ops = list(head) + ([Flatten()] if input_shape is not None else [])
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if isinstance(g, np.random.Generator):
+            w = g.normal(size=(b, a))
+            w = torch.tensor(w / np.sqrt(a) if normalize else w, dtype=dtype)
+            bias = torch.tensor(g.normal(size=b) * bias_scale, dtype=dtype)
+        else:
+            w = torch.randn(b, a, generator=g, dtype=dtype)
+            w = w * (a ** -0.5 * gain) if gain is not None else (w / a ** 0.5 if normalize else w)
+            bias = torch.randn(b, generator=g, dtype=dtype) * bias_scale
+        ops.append(Linear(w, bias))
+        if k < len(sizes) - 2:
+            ops.append(ReLU())
+    return sequential(tuple(input_shape) if input_shape is not None else (sizes[0],), ops, name=name)
+
+
+def unscaled_mlp(seed: int, widths) -> Network:
+    """A float64 ReLU MLP with N(0, 1) weights and N(0, 0.25) biases (large, varied margins)."""
+    return random_mlp(widths, seed, bias_scale=0.5, normalize=False, dtype=DT, name=f"net{seed}")
+
+
+def tie_net() -> Network:
+    """y = (relu(x0), relu(x1), 0) on 2 inputs: margins such as y0 - 0.6 reach exactly 0."""
+    return sequential((2,), [Linear(torch.eye(3, 2, dtype=DT), torch.zeros(3, dtype=DT)), ReLU(),
+                             Linear(torch.eye(3, dtype=DT), torch.zeros(3, dtype=DT))], name="tie")
+
+
 def _r(*shape, scale=1.0):
     return torch.randn(*shape, dtype=DT) * scale
 
 
-def mlp(seed=0, widths=(6, 12, 12, 4)):
+def mlp(seed=0, widths=(6, 12, 12, 4)) -> Network:
+    """The bounds tests' float64 MLP: weights N(0, 2.25 / fan-in), biases N(0, 0.09)."""
     torch.manual_seed(seed)
-    ops = []
-    for k in range(len(widths) - 1):
-        ops.append(Linear(_r(widths[k + 1], widths[k], scale=widths[k] ** -0.5 * 1.5), _r(widths[k + 1], scale=0.3)))
-        if k < len(widths) - 2:
-            ops.append(ReLU())
-    return sequential((widths[0],), ops, name="mlp")
-
-
-def random_mlp(sizes, g: torch.Generator, bias_scale: float = 0.3, normalize: bool = True,
-               dtype=torch.float32, name: str = "network"):
-    """A ReLU MLP with layer widths ``sizes``, weights N(0, 1) (divided by sqrt(fan-in) when
-    ``normalize``) and biases N(0, bias_scale^2), drawn from ``g`` layer by layer (W, then b)."""
-    ops = []
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = torch.randn(b, a, generator=g, dtype=dtype)
-        ops.append(Linear(w / a ** 0.5 if normalize else w, torch.randn(b, generator=g, dtype=dtype) * bias_scale))
-        if k < len(sizes) - 2:
-            ops.append(ReLU())
-    return sequential((sizes[0],), ops, name=name)
+    return random_mlp(widths, None, dtype=DT, name="mlp", gain=1.5)
 
 
 def _bn(c):
     return BatchNorm(_r(c, scale=0.2), torch.rand(c, dtype=DT) + 0.5, 1 + _r(c, scale=0.2), _r(c, scale=0.2))
 
 
-def cnn_bn(seed=0):
+def cnn_bn(seed=0) -> Network:
     torch.manual_seed(seed)
     return sequential((1, 6, 6), [
         Conv2d(_r(3, 1, 3, 3, scale=0.6), _r(3, scale=0.2), 1, 1), _bn(3), ReLU(),
@@ -51,7 +73,7 @@ def cnn_bn(seed=0):
     ], name="cnn_bn")
 
 
-def resnet(seed=0):
+def resnet(seed=0) -> Network:
     torch.manual_seed(seed)
     nodes = [
         Node("c0", Conv2d(_r(3, 2, 3, 3, scale=0.5), _r(3, scale=0.2), 1, 1), ("input",)),
@@ -70,7 +92,7 @@ def resnet(seed=0):
     return Network((2, 5, 5), nodes, name="resnet")
 
 
-def mixed(seed=0):
+def mixed(seed=0) -> Network:
     """Normalize, ConstMul/ConstAdd, Conv, MaxPool, Tanh, AvgPool, Sigmoid, Concat, Sub, Reshape, Identity."""
     torch.manual_seed(seed)
     nodes = [
@@ -100,5 +122,6 @@ ALL = {"mlp": mlp, "cnn_bn": cnn_bn, "resnet": resnet, "mixed": mixed}
 
 
 def centers(net, B=2, seed=1):
+    """B input points of ``net`` in [0.1, 0.9] (float64)."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand((B,) + net.input_shape, generator=g, dtype=DT) * 0.8 + 0.1
