@@ -199,7 +199,7 @@ def test_optimized_pre_bounds_are_sound_and_tighter_than_crown():
 
 def test_refine_from_and_shared_box_give_the_same_sound_bounds():
     """Mode "refine" with a box shared by all domains (an expanded row) equals the gathered one
-    bit for bit; refining only the layers after ``refine_from`` is sound on sampled points of the
+    to rounding (1e-12); refining only the layers after ``refine_from`` is sound on sampled points of the
     split domains and never tighter than refining them all."""
     ch, g, lo1, hi1 = _chain_and_box(3, [4, 12, 12, 12, 2], 4, 0.9)
     B = 6
@@ -213,8 +213,8 @@ def test_refine_from_and_shared_box_give_the_same_sound_bounds():
     assert sum(int((s != 0).sum()) for s in splits) >= B
     shared = pre_activation_bounds(ch, lo1.expand(B, -1), hi1.expand(B, -1), splits, pre, mode="refine")
     gathered = pre_activation_bounds(ch, lo1.repeat(B, 1), hi1.repeat(B, 1), splits, pre, mode="refine")
-    for (a, b), (c, e) in zip(shared, gathered):
-        assert torch.equal(a, c) and torch.equal(b, e)
+    for (a, b), (c, e) in zip(shared, gathered):      # equal up to BLAS rounding (kernels differ by layout)
+        assert torch.allclose(a, c, rtol=0, atol=1e-12) and torch.allclose(b, e, rtol=0, atol=1e-12)
     start = torch.tensor([-1, 0, 1, 2, 0, 1])
     part = pre_activation_bounds(ch, lo1.expand(B, -1), hi1.expand(B, -1), splits, pre, mode="refine",
                                  refine_from=start)
