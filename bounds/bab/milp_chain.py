@@ -24,7 +24,7 @@ import torch
 
 from bounds.bab.chain import Chain
 from certify.solvers.encode import Encoding, encode
-from certify.solvers.highs import make_highs, set_objective, status_name
+from certify.solvers.highs import make_highs, run_until_sign_known, set_objective, status_name
 from certify.solvers.linearize import Affine, PiecewiseLinear, ReluLayer
 
 MARGIN = 1e-5   # a dual bound must exceed this (relative, plus absolute) to count as a proof
@@ -150,14 +150,7 @@ class ChainMilp:
         cost[-1] = 1.0
         set_objective(h, cost, 0.0)
 
-        def stop(e):
-            if self._cancel or e.data_out.mip_dual_bound > MARGIN or e.data_out.mip_primal_bound < -MARGIN:
-                e.interrupt()
-        h.cbMipInterrupt.subscribe(stop)
-        try:
-            h.run()
-        finally:
-            h.cbMipInterrupt.unsubscribe(stop)
+        run_until_sign_known(h, MARGIN, lambda: self._cancel)
         self.status = status_name(h)
         info = h.getInfo()
         if self.binaries == 0:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from certify.solvers.encode import encode, objective_rows
-from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
+from certify.solvers.highs import dual_bound, make_highs, run_until_sign_known, set_objective, status_name
 from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult
 from certify.errors import CertifyError
@@ -35,15 +35,9 @@ def _solve_row(enc, cost, c0, decision: bool, time_limit, options):
     h = make_highs(enc, time_limit, options)
     set_objective(h, cost, c0)
     if decision:
-        def stop(e):
-            if e.data_out.mip_dual_bound > ZERO_TOL or e.data_out.mip_primal_bound < -ZERO_TOL:
-                e.interrupt()
-        h.cbMipInterrupt.subscribe(stop)
-    try:
+        run_until_sign_known(h, ZERO_TOL)
+    else:
         h.run()
-    finally:
-        if decision:
-            h.cbMipInterrupt.unsubscribe(stop)
     st = status_name(h)
     info = h.getInfo()
     if not enc.integer.any():

@@ -11,6 +11,8 @@ computed in float64 and lowered by a bound on its own rounding error.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import highspy
 import numpy as np
 import scipy.sparse as sp
@@ -87,3 +89,17 @@ def set_objective(h: highspy.Highs, c: np.ndarray, c0: float = 0.0) -> None:
     n = len(c)
     h.changeColsCost(n, np.arange(n, dtype=np.int32), np.asarray(c, np.float64))
     h.changeObjectiveOffset(float(c0))
+
+
+def run_until_sign_known(h: highspy.Highs, margin: float, cancelled: Callable[[], bool] | None = None) -> None:
+    """Run ``h``, interrupting a MIP as soon as the sign of its minimum is known (dual bound above
+    ``margin`` or primal bound below ``-margin``) or ``cancelled()`` says so."""
+    def stop(e):
+        if (cancelled is not None and cancelled()) or e.data_out.mip_dual_bound > margin \
+                or e.data_out.mip_primal_bound < -margin:
+            e.interrupt()
+    h.cbMipInterrupt.subscribe(stop)
+    try:
+        h.run()
+    finally:
+        h.cbMipInterrupt.unsubscribe(stop)
