@@ -16,7 +16,9 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
 
 
-def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
+def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags: tuple[str, ...] = ("--n", "--max"),
+                  dest: str = "n") -> None:
+    """The data flags; the number of inputs goes to ``args.<dest>`` under ``count_flags``."""
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
@@ -24,7 +26,7 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
     g.add_argument("--data-dir", default=None,
                    help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument("--n", "--max", dest="n", type=int, default=default_n,
+    g.add_argument(*count_flags, dest=dest, type=int, default=default_n,
                    help=f"number of inputs to evaluate (default: {default_n})")
     g.add_argument("--skip", type=int, default=1, help="take every SKIP-th input (default: 1)")
     g.add_argument("--start", type=int, default=0, help="index of the first input (default: 0)")
@@ -71,6 +73,15 @@ def domain_from(args) -> tuple[float, float] | None:
     if args.domain[0] >= args.domain[1]:
         raise CertifyError(f"--domain needs LO < HI, got {args.domain}")
     return tuple(args.domain)
+
+
+def add_radius_args(g, tol: float, max_radius: float | None, max_radius_help: str) -> None:
+    """``--radius`` (bisection on eps instead of testing --eps), its ``--tol`` and ``--max-radius``."""
+    g.add_argument("--radius", action="store_true",
+                   help="find each input's largest certified eps by bisection instead of testing --eps")
+    g.add_argument("--tol", type=float, default=tol, help=f"bisection tolerance of --radius (default: {tol:g})")
+    g.add_argument("--max-radius", type=float, default=max_radius,
+                   help=f"upper end of the --radius search (default: {max_radius_help})")
 
 
 def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
