@@ -189,8 +189,7 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     over those k neurons: O(k n_in) per row instead of O(n0 n_in); the rows' values at the box
     centre and their rounding scale are linear in them and need no row at all, so only
     |row| . radius reads the (domain, neuron, n_in) rows, built ``pairs`` (about) at a time.
-    On mnistfc 256x2 (256 domains, ~100 unstable layer-1 neurons each) it takes 0.24-0.31 s where
-    the plain pass takes 1.0-1.1 s. ``relaxed``: ``_relax(l0, u0)`` when the caller has it.
+    ``relaxed``: ``_relax(l0, u0)`` when the caller has it.
     Returns (lower, -upper) (P, 2), as ``_refine_plain``."""
     w0, b0, w1, b1 = chain.weights[0], chain.biases[0], chain.weights[1], chain.biases[1]
     lb, ub = l0.min(0, keepdim=True).values, u0.max(0, keepdim=True).values   # (1, n0)
@@ -220,8 +219,8 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     valid = torch.gather(diff, 1, J)
     low = torch.full((dom.numel(), 2), -float("inf"), dtype=l0.dtype)
     # the domains with pairs, in groups of G: a group's rows are laid out (G, U, 2, n_in), one slot
-    # per needed neuron (a slot without a pair is computed and dropped: on mnistfc most of the
-    # needed neurons are unstable in most domains), so the base rows are added by broadcasting
+    # per needed neuron (a slot without a pair is computed and discarded: typically most needed
+    # neurons are unstable in most domains), so the base rows are added by broadcasting
     doms, dloc = torch.unique(dom, return_inverse=True)
     starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1))
     G = max(1, pairs // U)
@@ -408,8 +407,6 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
     upper), Adam maximizes the back-substituted bounds, and the best iterate is intersected with
     the CROWN bounds before layer t + 1 is bounded over them. Every alpha gives a sound bound, so
     the result is sound; it is never looser than ``pre_activation_bounds`` (``pre`` when given).
-    On mnistfc 256x4 (eps 0.03) it cuts the last layer's unstable neurons from 203 to 64 and
-    lifts the root margin bound from -3.8 to -0.6 in 1.6 s (one thread).
 
     ``keep_alpha``: also return, per layer t >= 1, ``(rows, alphas)`` for one box (B = 1): ``rows``
     (n_t, 2) long, the rows of neuron i's lower and upper bound in ``alphas[j]`` (2 m, n_j), the
@@ -474,9 +471,8 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     parent domain's; any values are sound: alpha is clamped to [0, 1] and beta to >= 0). The steps
     run in ``opt_dtype``; the best step's multipliers (by their ``opt_dtype`` value) are re-evaluated
     in float64, and that bound (when above the first pass's) is the one returned. ``alpha`` /
-    ``beta`` returned are the last step's (in ``opt_dtype``): as warm starts for children they beat
-    the best step's (mnistfc 256x4 prop_3_0.03, 30 s of ReLU splitting: worst open bound -0.50 vs
-    -0.91).
+    ``beta`` returned are the last step's (in ``opt_dtype``): as warm starts for children they
+    continue the ascent where the best step's would restart it.
     ``instability`` (modes "forward", "hybrid"): also return the inputs' instability
     (``_forward_pre``).
     """
@@ -500,7 +496,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     unstable_any = any(bool(((l < 0) & (u > 0)).any()) for l, u in pre_b)
     has_splits = splits is not None and any(bool((s != 0).any()) for s in splits)
     if iterations > 0 and (unstable_any or (use_beta and has_splits)) and not (stop_when_positive and bool((best.max(1).values > 0).all())):
-        # the steps run in ``opt_dtype`` (float32: ~1.7x faster on a CPU); their values only
+        # the steps run in ``opt_dtype`` (float32 is faster on a CPU); their values only
         # choose the multipliers, and the bound reported is the best multipliers' bound
         # re-evaluated in float64 (sound for any alpha in [0, 1] and beta >= 0)
         dt = opt_dtype
