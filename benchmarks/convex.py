@@ -26,13 +26,15 @@ Last, the LP solver comparison: highspy (model passed once, warm start) vs scipy
 measures, on every 200th test image (``--n`` of them, default 50), the PGD-40 error, the MILP
 error range (falsified .. not certified; time-limit unknowns make the range), and the verified
 error of LP-ALL, LP, alpha-CROWN and CROWN, plus first-order SDP on ``--sdp-n`` inputs, beside
-Salman et al. 2019 (Adv-MLP-B, eps 0.1) and Raghunathan et al. 2018 (PGD-NN, eps 0.1). JSON to
-benchmarks/out/convex_reproduce.json; a stored run is in benchmarks/results/convex/.
+Salman et al. 2019 (Adv-MLP-B, eps 0.1) and Raghunathan et al. 2018 (PGD-NN, eps 0.1).
+
+Each mode writes a results folder (``certify.report.results_folder``: summary.json, rows.jsonl,
+command.txt, machine.json), by default benchmarks/out/convex/ and, with ``--reproduce``,
+benchmarks/out/convex-reproduction/.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -49,6 +51,7 @@ from certify import convex  # noqa: E402
 from certify.data import load_dataset  # noqa: E402
 from certify.ir import Flatten, Linear, ReLU, sequential  # noqa: E402
 from certify.models import load_bundled  # noqa: E402
+from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from certify.spec.output import robustness_matrix  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -182,9 +185,8 @@ def gain_table(rows: list[dict], nets: list[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Published reproduction (issue 6): Salman et al. 2019 and Raghunathan et al. 2018 at eps 0.1
+# Published reproduction: Salman et al. 2019 and Raghunathan et al. 2018 at eps 0.1
 # ---------------------------------------------------------------------------------------------
-RESULTS = ROOT / "benchmarks" / "results" / "convex"
 PUBLISHED = {
     "salman2019_adv_mlp_b_eps0.1": {"pgd_error": 0.159, "milp_error": [0.163, 0.344], "lp_all_error": 0.616,
                                     "source": "Salman et al. 2019, A Convex Relaxation Barrier, MNIST Adv-MLP-B, eps 0.1"},
@@ -359,14 +361,13 @@ def reproduce(args) -> int:
         print(f"{q:<28}{a:>16}{b:>24}{c:>18}")
     print(f"MILP unknown (time limit {args.milp_limit:.0f} s/input): {summary['milp_unknown']}; "
           f"total {summary['seconds']:.0f} s")
-    out = {"published": PUBLISHED, "ours": summary, "network": trainlog, "per_input": per,
+    out = {"published": PUBLISHED, "ours": summary, "network": trainlog,
            "settings": {"stride": args.stride, "milp_limit_s": args.milp_limit, "pgd_steps": 40,
                         "pgd_restarts": args.restarts, "pre_bounds": BOUNDS, "sdp_iters": args.sdp_iters,
                         "sdp_limit_s": args.sdp_limit}}
-    path = Path(args.out if args.out != str(OUT / "convex.json") else OUT / "convex_reproduce.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    path = Path(args.out or OUT / "convex-reproduction")
+    write_results_folder(path, out, per, [command_line()], machine_info(threads=torch.get_num_threads()))
+    print(f"wrote {path}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 
@@ -378,7 +379,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--nets", default=None, help="only networks whose name contains one of these comma-separated strings")
     p.add_argument("--no-solvers", action="store_true", help="skip the highspy vs scipy LP timing")
-    p.add_argument("--out", default=str(OUT / "convex.json"), help="JSON output path")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/out/convex, or "
+                                             "benchmarks/out/convex-reproduction with --reproduce)")
     r = p.add_argument_group("published reproduction (--reproduce)")
     r.add_argument("--reproduce", action="store_true",
                    help="PGD-train a 784-100-100-10 MNIST MLP at eps 0.1 and compare PGD/MILP/LP-ALL/LP/CROWN/SDP "
@@ -450,11 +452,11 @@ def main(argv=None) -> int:
           + ", ".join(f"{m}: {largest.get(m, 'none')}" for m in methods))
     gains = gain_table(rows, nets)
     solvers = [] if args.no_solvers else lp_solver_comparison(args.quick)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "largest_within_budget": largest, "budget_s": args.budget, "n": n,
-                   "lp_solvers": solvers, "gains": gains}, f, indent=1)
-    print(f"wrote {args.out}")
+    summary = {"largest_within_budget": largest, "budget_s": args.budget, "n": n, "lp_solvers": solvers,
+               "gains": gains, "table": [{k: v for k, v in r.items() if k not in ("lowers", "verdicts")} for r in rows]}
+    path = Path(args.out or OUT / "convex")
+    write_results_folder(path, summary, rows, [command_line()], machine_info(threads=torch.get_num_threads()))
+    print(f"wrote {path}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 

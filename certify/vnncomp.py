@@ -149,9 +149,8 @@ def summarize(rows: list[dict]) -> dict:
 def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, ground_truth: Path | None = None,
                   timeout_scale: float = 1.0, method: str = "auto", overwrite: bool = False,
                   select=None, log=print) -> dict:
-    """Run every instance (resuming rows already in ``out``); returns the summary dict.
-
-    ``select(index, onnx, vnnlib) -> bool`` picks a subset."""
+    """Run every instance (resuming this benchmark's rows already in ``out``); returns the
+    summary dict of the instances selected. ``select(index, onnx, vnnlib) -> bool`` picks a subset."""
     from certify.models import load_model
     bench_dir = Path(bench_dir)
     if not bench_dir.is_dir():
@@ -162,8 +161,8 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
     done: dict[tuple[str, str], dict] = {}
     if out.exists() and not overwrite:
         with open(out, newline="") as f:
-            for r in csv.DictReader(f):
-                if r.get("verdict") in VERDICTS:
+            for r in csv.DictReader(f):   # (rows of other benchmarks in the same file are kept, not resumed)
+                if r.get("verdict") in VERDICTS and r.get("benchmark", bench) == bench:
                     done[(r["onnx"], r["vnnlib"])] = r
     elif out.exists() and overwrite:
         out.unlink()
