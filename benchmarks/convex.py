@@ -3,7 +3,7 @@ SDP and MILP on MLPs of growing size, and the largest network each method finish
 
 Networks: a random toy MLP 2-16-16-10 (where the SDP is small enough to solve accurately and
 beats the LP), the bundled digits MLP (64-24-24-10), MNIST MLPs 784-20-20-10 and 784-100-100-10
-trained here with plain torch for two epochs (cached in benchmarks/out/), and the VNN-COMP 2021
+trained here by certify.train for two epochs (cached in benchmarks/out/), and the VNN-COMP 2021
 mnistfc nets 784-256x{2,4,6}-10 (../shared/vnncomp). For every network, ``--n`` correctly
 classified test inputs at a fixed L-inf eps; per method the mean over inputs of the smallest
 margin lower bound, the number certified, and the mean seconds per input. LP, SDP and MILP use
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import bounds  # noqa: E402
 from certify import convex  # noqa: E402
 from certify.data import load_dataset  # noqa: E402
-from certify.ir import Flatten, Linear, ReLU, sequential  # noqa: E402
+from certify.ir import Linear, ReLU, sequential  # noqa: E402
 from certify.models import load_bundled  # noqa: E402
 from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from certify.spec.output import robustness_matrix  # noqa: E402
@@ -63,40 +63,30 @@ BOUNDS = "alpha"      # pre-activation bounds of the convex methods (alpha-CROWN
 
 
 def train_mnist_mlp(hidden: list[int], data_dir: Path, epochs: int = 2, seed: int = 0):
-    """A plain MNIST MLP (cached): returns an IR network with input (1, 28, 28)."""
-    path = OUT / f"mnist_mlp_{'x'.join(map(str, hidden))}.pt"
+    """A plain MNIST MLP, trained by ``certify.train`` (cross-entropy, Adam 1e-3, batch 128) and
+    cached in benchmarks/out/: returns an IR network with input (1, 28, 28)."""
+    from certify.frontends.torch import from_module
+    from certify.train import TrainConfig, train
     sizes = [784] + hidden + [10]
-    g = torch.Generator().manual_seed(seed)
-    lins = [Linear(torch.randn(b, a, generator=g) * (2 / a) ** 0.5, torch.zeros(b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers: list = [torch.nn.Flatten()]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(*layers[:-1])
+    path = OUT / f"mnist_mlp_{'x'.join(map(str, hidden))}_ep{epochs}.pt"
     if path.exists():
-        state = torch.load(path, weights_only=True)
-        for k, l in enumerate(lins):
-            l.weight, l.bias = state[f"w{k}"], state[f"b{k}"]
+        model.load_state_dict(torch.load(path, weights_only=True))
     else:
         X, y = load_dataset("mnist", "train", str(data_dir))
-        params = []
-        for l in lins:
-            l.weight.requires_grad_(True)
-            l.bias.requires_grad_(True)
-            params += [l.weight, l.bias]
-        ops = [Flatten()] + [o for l in lins[:-1] for o in (l, ReLU())] + [lins[-1]]
-        net = sequential((1, 28, 28), ops)
-        opt = torch.optim.Adam(params, lr=1e-3)
-        for _ in range(epochs):
-            perm = torch.randperm(len(X), generator=g)
-            for i in range(0, len(X), 128):
-                idx = perm[i: i + 128]
-                loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        train(model, X, y, TrainConfig(objective="standard", epochs=epochs, batch_size=128, lr=1e-3, seed=seed))
         OUT.mkdir(parents=True, exist_ok=True)
-        torch.save({**{f"w{k}": l.weight.detach() for k, l in enumerate(lins)},
-                    **{f"b{k}": l.bias.detach() for k, l in enumerate(lins)}}, path)
-        for l in lins:
-            l.weight, l.bias = l.weight.detach(), l.bias.detach()
-    ops = [Flatten()] + [o for l in lins[:-1] for o in (l, ReLU())] + [lins[-1]]
-    return sequential((1, 28, 28), ops, name=f"mnist-mlp-{'x'.join(map(str, hidden))}")
+        torch.save(model.state_dict(), path)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    net = from_module(model, (1, 28, 28))
+    net.name = f"mnist-mlp-{'x'.join(map(str, hidden))}"
+    return net
 
 
 def networks(quick: bool):
