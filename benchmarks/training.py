@@ -69,7 +69,6 @@ REPRODUCTIONS = [
                 "--data-dir ../shared/data --n 2000 --skip 5 --eps 0.1 --method alpha --quiet "
                 "--out runs/ibp-dm-small-eps0.1-20ep/certify_alpha.jsonl",
      "published": "IBP DM-medium 97.1% verified (Gowal 2018); CROWN-IBP DM-large 97.8% (Zhang 2020); "
-                  "6-epoch IBP dm-small here (plain torch) 85.6% IBP-verified / 96.9% clean; "
                   "target >= 95% verified (CROWN or alpha-CROWN) with >= 98.5% clean",
      "target": {"certified_acc": 0.95, "clean_acc": 0.985},
      "runs": ["ibp-dm-small-eps0.1-20ep"]},
