@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bounds  # noqa: E402
+from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from certify.spec.output import robustness_matrix  # noqa: E402
 from certify.spec.sets import ball  # noqa: E402
 
@@ -77,6 +78,17 @@ def run_one(net, x, eps, spec, method, clip, repeats):
     return row
 
 
+def _worst_vs_reference(rows: list[dict]) -> dict:
+    """Per method and spec: the largest amount by which our bound is looser than the reference's
+    (margin: ref - ours lower bound; logits: ours - ref gap; <= 0 means never looser)."""
+    out: dict = {}
+    for r in rows:
+        looser = (r["ref_value"] - r["value"]) if r["value_key"] == "margin_lb_mean" else (r["value"] - r["ref_value"])
+        key = f"{r['method']} {r['spec']}"
+        out[key] = max(out.get(key, -float("inf")), looser)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="eps 0.01, margin spec, batch 1 and 32, no resnet alpha-CROWN")
@@ -85,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median; default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bounds.json"), help="JSON result file")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bounds"), help="results folder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     d = SHARED / "anchors" / "bounds"
@@ -130,18 +142,20 @@ def main(argv=None) -> int:
                               f"{r[key]:12.5f} {row[key] - r[key]:+9.2e}", flush=True)
     # Batch scaling: time(B=32) / time(B=1), ours and the reference's.
     print("\nbatch scaling, time(32) / time(1) (linear = 32 or less):")
+    scaling = []
     for name in args.nets:
         for mname in args.methods:
             for spec in ("margin", "logits"):
                 t = {b: r for b in (1, 32) for r in rows
                      if (r["net"], r["method"], r["spec"], r["eps"], r["batch"]) == (name, mname, spec, 0.01, b)}
                 if len(t) == 2:
-                    print(f"  {name:10s} {mname:11s} {spec:6s} ours {t[32]['time_median_s'] / t[1]['time_median_s']:6.1f}"
-                          f"   ref {t[32]['ref_time_s'] / t[1]['ref_time_s']:6.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "quick": args.quick, "results": rows}, indent=1))
-    print(f"\nwritten {out}")
+                    ours, ref = t[32]['time_median_s'] / t[1]['time_median_s'], t[32]['ref_time_s'] / t[1]['ref_time_s']
+                    scaling.append({"net": name, "method": mname, "spec": spec, "ours": ours, "ref": ref})
+                    print(f"  {name:10s} {mname:11s} {spec:6s} ours {ours:6.1f}   ref {ref:6.1f}")
+    summary = {"quick": args.quick, "repeats": args.repeats, "batch_scaling": scaling,
+               "worst_vs_reference": _worst_vs_reference(rows)}
+    write_results_folder(Path(args.out), summary, rows, [command_line()], machine_info(threads=args.threads))
+    print(f"\nwrote {args.out}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 

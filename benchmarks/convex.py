@@ -3,7 +3,7 @@ SDP and MILP on MLPs of growing size, and the largest network each method finish
 
 Networks: a random toy MLP 2-16-16-10 (where the SDP is small enough to solve accurately and
 beats the LP), the bundled digits MLP (64-24-24-10), MNIST MLPs 784-20-20-10 and 784-100-100-10
-trained here with plain torch for two epochs (cached in benchmarks/out/), and the VNN-COMP 2021
+trained here by certify.train for two epochs (cached in benchmarks/out/), and the VNN-COMP 2021
 mnistfc nets 784-256x{2,4,6}-10 (../shared/vnncomp). For every network, ``--n`` correctly
 classified test inputs at a fixed L-inf eps; per method the mean over inputs of the smallest
 margin lower bound, the number certified, and the mean seconds per input. LP, SDP and MILP use
@@ -26,13 +26,15 @@ Last, the LP solver comparison: highspy (model passed once, warm start) vs scipy
 measures, on every 200th test image (``--n`` of them, default 50), the PGD-40 error, the MILP
 error range (falsified .. not certified; time-limit unknowns make the range), and the verified
 error of LP-ALL, LP, alpha-CROWN and CROWN, plus first-order SDP on ``--sdp-n`` inputs, beside
-Salman et al. 2019 (Adv-MLP-B, eps 0.1) and Raghunathan et al. 2018 (PGD-NN, eps 0.1). JSON to
-benchmarks/out/convex_reproduce.json; a stored run is in benchmarks/results/convex/.
+Salman et al. 2019 (Adv-MLP-B, eps 0.1) and Raghunathan et al. 2018 (PGD-NN, eps 0.1).
+
+Each mode writes a results folder (``certify.report.results_folder``: summary.json, rows.jsonl,
+command.txt, machine.json), by default benchmarks/out/convex/ and, with ``--reproduce``,
+benchmarks/out/convex-reproduction/.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -47,8 +49,9 @@ sys.path.insert(0, str(ROOT))
 import bounds  # noqa: E402
 from certify import convex  # noqa: E402
 from certify.data import load_dataset  # noqa: E402
-from certify.ir import Flatten, Linear, ReLU, sequential  # noqa: E402
+from certify.ir import Linear, ReLU, sequential  # noqa: E402
 from certify.models import load_bundled  # noqa: E402
+from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from certify.spec.output import robustness_matrix  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -60,40 +63,30 @@ BOUNDS = "alpha"      # pre-activation bounds of the convex methods (alpha-CROWN
 
 
 def train_mnist_mlp(hidden: list[int], data_dir: Path, epochs: int = 2, seed: int = 0):
-    """A plain MNIST MLP (cached): returns an IR network with input (1, 28, 28)."""
-    path = OUT / f"mnist_mlp_{'x'.join(map(str, hidden))}.pt"
+    """A plain MNIST MLP, trained by ``certify.train`` (cross-entropy, Adam 1e-3, batch 128) and
+    cached in benchmarks/out/: returns an IR network with input (1, 28, 28)."""
+    from certify.frontends.torch import from_module
+    from certify.train import TrainConfig, train
     sizes = [784] + hidden + [10]
-    g = torch.Generator().manual_seed(seed)
-    lins = [Linear(torch.randn(b, a, generator=g) * (2 / a) ** 0.5, torch.zeros(b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers: list = [torch.nn.Flatten()]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(*layers[:-1])
+    path = OUT / f"mnist_mlp_{'x'.join(map(str, hidden))}_ep{epochs}.pt"
     if path.exists():
-        state = torch.load(path, weights_only=True)
-        for k, l in enumerate(lins):
-            l.weight, l.bias = state[f"w{k}"], state[f"b{k}"]
+        model.load_state_dict(torch.load(path, weights_only=True))
     else:
         X, y = load_dataset("mnist", "train", str(data_dir))
-        params = []
-        for l in lins:
-            l.weight.requires_grad_(True)
-            l.bias.requires_grad_(True)
-            params += [l.weight, l.bias]
-        ops = [Flatten()] + [o for l in lins[:-1] for o in (l, ReLU())] + [lins[-1]]
-        net = sequential((1, 28, 28), ops)
-        opt = torch.optim.Adam(params, lr=1e-3)
-        for _ in range(epochs):
-            perm = torch.randperm(len(X), generator=g)
-            for i in range(0, len(X), 128):
-                idx = perm[i: i + 128]
-                loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        train(model, X, y, TrainConfig(objective="standard", epochs=epochs, batch_size=128, lr=1e-3, seed=seed))
         OUT.mkdir(parents=True, exist_ok=True)
-        torch.save({**{f"w{k}": l.weight.detach() for k, l in enumerate(lins)},
-                    **{f"b{k}": l.bias.detach() for k, l in enumerate(lins)}}, path)
-        for l in lins:
-            l.weight, l.bias = l.weight.detach(), l.bias.detach()
-    ops = [Flatten()] + [o for l in lins[:-1] for o in (l, ReLU())] + [lins[-1]]
-    return sequential((1, 28, 28), ops, name=f"mnist-mlp-{'x'.join(map(str, hidden))}")
+        torch.save(model.state_dict(), path)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    net = from_module(model, (1, 28, 28))
+    net.name = f"mnist-mlp-{'x'.join(map(str, hidden))}"
+    return net
 
 
 def networks(quick: bool):
@@ -182,9 +175,8 @@ def gain_table(rows: list[dict], nets: list[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Published reproduction (issue 6): Salman et al. 2019 and Raghunathan et al. 2018 at eps 0.1
+# Published reproduction: Salman et al. 2019 and Raghunathan et al. 2018 at eps 0.1
 # ---------------------------------------------------------------------------------------------
-RESULTS = ROOT / "benchmarks" / "results" / "convex"
 PUBLISHED = {
     "salman2019_adv_mlp_b_eps0.1": {"pgd_error": 0.159, "milp_error": [0.163, 0.344], "lp_all_error": 0.616,
                                     "source": "Salman et al. 2019, A Convex Relaxation Barrier, MNIST Adv-MLP-B, eps 0.1"},
@@ -359,14 +351,13 @@ def reproduce(args) -> int:
         print(f"{q:<28}{a:>16}{b:>24}{c:>18}")
     print(f"MILP unknown (time limit {args.milp_limit:.0f} s/input): {summary['milp_unknown']}; "
           f"total {summary['seconds']:.0f} s")
-    out = {"published": PUBLISHED, "ours": summary, "network": trainlog, "per_input": per,
+    out = {"published": PUBLISHED, "ours": summary, "network": trainlog,
            "settings": {"stride": args.stride, "milp_limit_s": args.milp_limit, "pgd_steps": 40,
                         "pgd_restarts": args.restarts, "pre_bounds": BOUNDS, "sdp_iters": args.sdp_iters,
                         "sdp_limit_s": args.sdp_limit}}
-    path = Path(args.out if args.out != str(OUT / "convex.json") else OUT / "convex_reproduce.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    path = Path(args.out or OUT / "convex-reproduction")
+    write_results_folder(path, out, per, [command_line()], machine_info(threads=torch.get_num_threads()))
+    print(f"wrote {path}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 
@@ -378,7 +369,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--nets", default=None, help="only networks whose name contains one of these comma-separated strings")
     p.add_argument("--no-solvers", action="store_true", help="skip the highspy vs scipy LP timing")
-    p.add_argument("--out", default=str(OUT / "convex.json"), help="JSON output path")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/out/convex, or "
+                                             "benchmarks/out/convex-reproduction with --reproduce)")
     r = p.add_argument_group("published reproduction (--reproduce)")
     r.add_argument("--reproduce", action="store_true",
                    help="PGD-train a 784-100-100-10 MNIST MLP at eps 0.1 and compare PGD/MILP/LP-ALL/LP/CROWN/SDP "
@@ -450,11 +442,11 @@ def main(argv=None) -> int:
           + ", ".join(f"{m}: {largest.get(m, 'none')}" for m in methods))
     gains = gain_table(rows, nets)
     solvers = [] if args.no_solvers else lp_solver_comparison(args.quick)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "largest_within_budget": largest, "budget_s": args.budget, "n": n,
-                   "lp_solvers": solvers, "gains": gains}, f, indent=1)
-    print(f"wrote {args.out}")
+    summary = {"largest_within_budget": largest, "budget_s": args.budget, "n": n, "lp_solvers": solvers,
+               "gains": gains, "table": [{k: v for k, v in r.items() if k not in ("lowers", "verdicts")} for r in rows]}
+    path = Path(args.out or OUT / "convex")
+    write_results_folder(path, summary, rows, [command_line()], machine_info(threads=torch.get_num_threads()))
+    print(f"wrote {path}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 

@@ -16,7 +16,7 @@ forward samples. Methods:
 
 Threads: ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads (busy-waiting OpenMP workers make
 a loaded 2-core machine collapse) and torch uses ``--threads`` intra-op threads (default 1, the
-setting the numbers in the README were measured with; with 1 thread on a multi-core machine the
+setting of docs/benchmarks.md's numbers; with 1 thread on a multi-core machine the
 default ``prefetch="auto"`` fills noise in a helper thread). Methods are interleaved and repeated;
 ratios use the best (minimum) time of each method, the robust estimate on a shared machine
 (medians are in the JSON too). ``cpu`` columns: the same ratio in process CPU time (all threads),
@@ -29,9 +29,7 @@ shows the cost of the noise rather than how well it is hidden.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +43,7 @@ import torch  # noqa: E402
 
 from certify.frontends.torch import from_module  # noqa: E402
 from certify.models.zoo import build  # noqa: E402
+from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from smoothing import Smooth  # noqa: E402
 
 NETWORKS = {"mlp": "MLP 784-256-256-10", "dm-small": "small CNN (dm-small)", "lenet": "LeNet conv20-conv50-fc500"}
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; quick 5)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
-    p.add_argument("--out", default=str(Path(__file__).parent / "out" / "smoothing.json"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "out" / "smoothing"), help="results folder")
     args = p.parse_args(argv)
     n = args.n or (10_000 if args.quick else 100_000)
     torch.set_num_threads(args.threads)
@@ -163,12 +162,11 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['description']:28s} {r['raw_samples_per_s']:10.0f} {r['ours_s_per_input']:9.3f} {pair(r, 'ours')} "
               f"{pair(r, 'ours-nopush')} {pair(r, 'ours-serial')} {r['cohen_s_per_input']:10.3f} {pair(r, 'cohen')}")
-    out = {"n": n, "n0": args.n0, "repeats": repeats, "batch": args.batch, "sigma": args.sigma, "threads": args.threads,
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
-           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    summary = {"n": n, "n0": args.n0, "repeats": repeats, "batch": args.batch, "sigma": args.sigma,
+               "networks": {r["network"]: {k: v for k, v in r.items() if k not in ("times", "cpu_times")}
+                            for r in rows}}
+    write_results_folder(Path(args.out), summary, rows, [command_line()], machine_info(threads=args.threads))
+    print(f"wrote {args.out}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 

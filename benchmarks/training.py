@@ -7,11 +7,16 @@ L-inf; CROWN-IBP with beta 0.5 so both bounds are computed; SmoothAdv eps 0.5 L2
 epoch time = median seconds per batch x 600.
 
 Part 2: the reproductions with their full commands, our numbers read from each run directory's
-eval.json (``--runs``: folders searched in order, by default the committed logs in
-benchmarks/results/training/ and then benchmarks/out/runs/; a run that was not done here is listed as
-such) beside the published ones. A run directory holding ``certify_alpha.jsonl`` (records of
-``certify bounds MODEL ... --method alpha`` on the same test inputs as its eval) also gets its
-alpha-CROWN certified accuracy, with PGD-20 and CROWN taken from ``certify.jsonl`` on the same inputs.
+eval.json (``--runs``: folders searched in order, by default benchmarks/out/runs/; a target
+without a run directory is listed as not run) beside the published ones. A run directory holding
+``certify_alpha.jsonl`` (records of ``certify bounds MODEL ... --method alpha`` on the same test
+inputs as its eval) also gets its alpha-CROWN certified accuracy, with PGD-20 and CROWN taken
+from ``certify.jsonl`` on the same inputs.
+
+Writes the results folder ``--out`` (``certify.report.results_folder``): summary.json (timing
+table, parameter counts, reproductions with each run's evaluation, per-epoch metrics and
+command), rows.jsonl (the runs' per-input certificate records, with ``run`` and ``file``),
+command.txt (this command, then each run's ``certify`` commands) and machine.json.
 
     python benchmarks/training.py [--quick] [--data-dir ../shared/data] [--runs DIR ...] [--models]
     (``--models`` with no names skips the timing part and only prints the reproductions)
@@ -35,6 +40,7 @@ from certify.data import load_dataset  # noqa: E402
 from certify.frontends.torch import from_module  # noqa: E402
 from certify.models.zoo import build, parameter_table  # noqa: E402
 from certify.report.records import read_records  # noqa: E402
+from certify.report.results_folder import command_line, machine_info, write_results_folder  # noqa: E402
 from certify.train.objectives import OBJECTIVES, Hyper, Step  # noqa: E402
 from certify.train.schedule import Knobs  # noqa: E402
 
@@ -51,8 +57,8 @@ SETTINGS = [
     ("smoothadv", Knobs(0.5), Hyper(attack_steps=10, noise_samples=2, sigma=0.25), "10 steps, m=2, eps 0.5 L2"),
 ]
 
-# Each target: the full command for the issue's 2-hour CPU budget, the published numbers, and the
-# (shorter) runs actually done in this repository's session, by run-directory name under --runs.
+# Each target: the full command, the published numbers, and the (shorter) runs whose numbers
+# docs/benchmarks.md quotes, by run-directory name under --runs.
 REPRODUCTIONS = [
     {"name": "IBP / CROWN-IBP, dm-small, MNIST eps 0.1",
      "command": "certify --threads 1 train --data mnist --data-dir ../shared/data --model dm-small --objective ibp "
@@ -63,14 +69,9 @@ REPRODUCTIONS = [
                 "--data-dir ../shared/data --n 2000 --skip 5 --eps 0.1 --method alpha --quiet "
                 "--out runs/ibp-dm-small-eps0.1-20ep/certify_alpha.jsonl",
      "published": "IBP DM-medium 97.1% verified (Gowal 2018); CROWN-IBP DM-large 97.8% (Zhang 2020); "
-                  "6-epoch IBP dm-small here (plain torch) 85.6% IBP-verified / 96.9% clean; "
                   "target >= 95% verified (CROWN or alpha-CROWN) with >= 98.5% clean",
      "target": {"certified_acc": 0.95, "clean_acc": 0.985},
-     "note": "ibp-dm-small-eps0.15-25ep trains at eps 0.15 (ramped over 8 epochs) and is tested at 0.1, the "
-             "common practice of IBP papers (Gowal et al. 2018 train at 0.2 for a test eps of 0.1); here it "
-             "was no better than training at 0.1 (CROWN 94.4% vs 94.9%, alpha-CROWN 96.0% vs 96.2%)",
-     "runs": ["ibp-dm-small-eps0.1", "ibp-dm-small-eps0.1-20ep", "ibp-dm-small-eps0.15-25ep",
-              "crown-ibp-dm-small-eps0.1-subset"]},
+     "runs": ["ibp-dm-small-eps0.1-20ep"]},
     {"name": "IBP, dm-small, MNIST eps 0.3",
      "command": "certify --threads 1 train --data mnist --data-dir ../shared/data --model dm-small --objective ibp "
                 "--eps 0.4 --eval-eps 0.3 --epochs 30 --batch-size 100 --lr 1e-3 --shi-init --warmup-epochs 1 "
@@ -88,15 +89,14 @@ REPRODUCTIONS = [
                 "--epochs 30 --eps 0.5 --eval-n 500 --eval-skip 20 --n-smooth 100000 --out runs/gaussian-lenet-sigma0.25",
      "published": "99.2% at r=0, 96.7% at r=0.5 (certified accuracy, L2)",
      "note": "ours: 8 epochs (about 4 min) and N=100k on every 100th test image (100 images): N=100k costs "
-             "13-23 s per image on one core of this CPU, so the 500-image protocol is 2-3 h per model; the "
-             "3-epoch run was certified with N=10k",
-     "runs": ["gaussian-lenet-sigma0.25-8ep", "gaussian-lenet-sigma0.25"]},
+             "13-23 s per image on one core of this CPU, so the 500-image protocol is 2-3 h per model",
+     "runs": ["gaussian-lenet-sigma0.25-8ep"]},
     {"name": "Gaussian augmentation, lenet, sigma 0.5",
      "command": "certify train --data mnist --data-dir ../shared/data --model lenet --objective gaussian --sigma 0.5 "
                 "--epochs 30 --eps 0.5 --eval-n 500 --eval-skip 20 --n-smooth 100000 --out runs/gaussian-lenet-sigma0.5",
      "published": "99.2 / 96.9 / 89.8 / 67.8% at r = 0 / 0.5 / 1.0 / 1.5",
      "note": "ours: 8 epochs and N=100k on every 100th test image (100 images), as for sigma 0.25",
-     "runs": ["gaussian-lenet-sigma0.5-8ep", "gaussian-lenet-sigma0.5"]},
+     "runs": ["gaussian-lenet-sigma0.5-8ep"]},
     {"name": "SmoothAdv, lenet, sigma 0.5",
      "command": "certify train --data mnist --data-dir ../shared/data --model lenet --objective smoothadv --sigma 0.5 "
                 "--eps 1.0 --attack-steps 2 --noise-samples 2 --epochs 30 --eval-eps 0.5 --eval-n 500 --eval-skip 20 "
@@ -104,7 +104,7 @@ REPRODUCTIONS = [
      "published": "99.0 / 97.4 / 92.9 / 81.1% at r = 0 / 0.5 / 1.0 / 1.5",
      "note": "ours: 4 epochs from scratch (2 PGD steps, m=2 noise draws, eps 1.0 ramped over 1 epoch) and "
              "N=100k on every 100th test image (100 images)",
-     "runs": ["smoothadv-lenet-sigma0.5-4ep", "smoothadv-lenet-sigma0.5"]},
+     "runs": ["smoothadv-lenet-sigma0.5-4ep"]},
 ]
 
 
@@ -169,9 +169,10 @@ def reproduction_rows(runs_dirs: list[Path]) -> list[dict]:
             cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
             metrics = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
             seconds = sum(json.loads(m)["seconds"] for m in metrics)
-            o = {"run": name, "dir": str(d), "eval": json.loads((d / "eval.json").read_text()),
+            o = {"run": name, "eval": json.loads((d / "eval.json").read_text()),
                  "command": "certify " + " ".join(cfg.get("argv", [])), "epochs": len(metrics),
-                 "train_seconds": round(seconds, 1), "alpha": alpha_summary(d)}
+                 "train_seconds": round(seconds, 1), "alpha": alpha_summary(d),
+                 "metrics": [json.loads(m) for m in metrics], "config": cfg.get("train")}
             if "target" in r:
                 t = r["target"]
                 full_alpha = o["alpha"] and o["alpha"]["n"] == o["eval"]["n"]   # a partial alpha run does not count
@@ -189,10 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=None, help="timed batches per objective")
     p.add_argument("--models", nargs="*", default=["dm-small", "mlp"])
     p.add_argument("--data-dir", default=os.environ.get("CERTIFY_DATA", str(REPO.parent / "shared" / "data")))
-    p.add_argument("--runs", nargs="+", default=[str(REPO / "benchmarks" / "results" / "training"),
-                                                  str(REPO / "benchmarks" / "out" / "runs")],
+    p.add_argument("--runs", nargs="+", default=[str(REPO / "benchmarks" / "out" / "runs")],
                    help="folders of run directories named as in the reproduction table, searched in order")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "training.json"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "training"), help="results folder")
     args = p.parse_args(argv)
     batches = args.batches or (3 if args.quick else 10)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         if r.get("note"):
             print(f"  note:         {r['note']}")
         if not r["ours"]:
-            print("  ours:         not run in this session")
+            print("  ours:         not run (no run directory under --runs)")
         for o in r["ours"]:
             e = o["eval"]
             radii = ("; certified at L2 radius " + ", ".join(f"{k}: {v:.3f}" for k, v in e["certified_at"].items())
@@ -248,10 +248,24 @@ def main(argv=None) -> int:
             if "meets_target" in o:
                 print(f"      target {'met' if o['meets_target'] else 'NOT met'}")
             print(f"      command: {o['command']}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwrote {args.out}")
+    rows, commands = [], [command_line()]
+    for r in REPRODUCTIONS:
+        for name in r["runs"]:
+            d = find_run([Path(x) for x in args.runs], name)
+            if d is None:
+                continue
+            train_cmd = next(o["command"] for rr in result["reproductions"] for o in rr["ours"] if o["run"] == name)
+            commands.append(train_cmd)
+            if (d / "certify_alpha.jsonl").exists() and "; " in r["command"]:   # the target's alpha-CROWN command
+                argv = train_cmd.split()
+                run_dir = argv[argv.index("--out") + 1] if "--out" in argv else f"runs/{name}"
+                commands.append(r["command"].split("; ", 1)[1].replace(f"runs/{name}/", f"{run_dir}/"))
+            for file in ("certify.jsonl", "certify_alpha.jsonl"):
+                if (d / file).exists():
+                    rows += [{"run": name, "file": file, **json.loads(rec.to_json())}
+                             for rec in read_records(str(d / file))]
+    write_results_folder(Path(args.out), result, rows, commands, machine_info(threads=torch.get_num_threads()))
+    print(f"\nwrote {args.out}/summary.json, rows.jsonl, command.txt, machine.json")
     return 0
 
 

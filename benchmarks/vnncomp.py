@@ -6,8 +6,12 @@ alpha-beta-CROWN's columns from ground_truth.csv (its verdicts on the same insta
 same way, and its median time minus start-up overhead, GPU machine). Timeouts are the
 competition's times ``--timeout-scale``; ``--every K`` / ``--limit N`` pick a subset (every K-th
 instance of each benchmark), ``--unsolved-in DIR`` the instances an earlier run left undecided,
-``--known-truth`` those whose truth is known, ``--unknown-truth`` the others. Rows go to ``<out>/<benchmark>.csv`` and are resumed on rerun
-(``--fresh`` starts over); the table is printed and written to ``<out>/vnncomp.json``.
+``--known-truth`` those whose truth is known, ``--unknown-truth`` the others.
+
+Writes the results folder ``--out`` (``certify.report.results_folder``): ``rows.csv`` (one row
+per instance, every benchmark; rows already there are resumed on rerun, ``--fresh`` starts over),
+``summary.json`` (the table over every row of the folder), ``command.txt`` (the commands that
+filled it) and ``machine.json``.
 
     python benchmarks/vnncomp.py --quick                 # test + every 12th acasxu/mnistfc, x0.1 timeouts
     python benchmarks/vnncomp.py --timeout-scale 1       # the full competition run (hours on 2 CPU cores)
@@ -15,10 +19,7 @@ instance of each benchmark), ``--unsolved-in DIR`` the instances an earlier run 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,7 +30,9 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from certify.cli.vnn import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
+from certify.report.results_folder import (command_line, commands_with, machine_info, read_csv_rows,  # noqa: E402
+                                           write_results_folder)
+from certify.vnncomp import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
 
 
 def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
@@ -53,8 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
     ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
     ap.add_argument("--unsolved-in", default=None, metavar="DIR",
-                    help="only the instances without a sat/unsat verdict in DIR/<benchmark>.csv (an earlier "
-                         "run, e.g. at scaled timeouts)")
+                    help="only the instances without a sat/unsat verdict in DIR/rows.csv (an earlier run, e.g. "
+                         "at scaled timeouts)")
     truth = ap.add_mutually_exclusive_group()
     truth.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
     truth.add_argument("--unknown-truth", action="store_true",
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
                     help="torch threads (default 2; verify itself runs torch on one and uses the other core "
                          "through its own MILP or search threads)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
-    ap.add_argument("--fresh", action="store_true", help="ignore earlier rows in the output folder")
+    ap.add_argument("--fresh", action="store_true", help="start the output folder afresh (drop its rows and commands)")
     args = ap.parse_args(argv)
     if args.quick:
         args.timeout_scale, args.every = 0.1, 12
@@ -73,18 +76,21 @@ def main(argv=None) -> int:
     gt = read_ground_truth(gt_path)
     gt_rows = list(gt.values())
     out = Path(args.out)
+    rows_path = out / "rows.csv"
+    if args.fresh:
+        for f in (rows_path, out / "command.txt"):
+            f.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    table = {}
     for name in args.benchmarks.split(","):
         bdir = shared / name
         unsolved = None
         if args.unsolved_in:
-            prev = Path(args.unsolved_in) / f"{name}.csv"
+            prev = Path(args.unsolved_in) / "rows.csv"
             if not prev.exists():
                 print(f"error: --unsolved-in: {prev} does not exist", file=sys.stderr)
                 return 2
-            with open(prev, newline="") as f:
-                unsolved = {(r["onnx"], r["vnnlib"]) for r in csv.DictReader(f) if r["verdict"] not in ("sat", "unsat")}
+            unsolved = {(r["onnx"], r["vnnlib"]) for r in read_csv_rows(prev)
+                        if r["benchmark"] == name and r["verdict"] not in ("sat", "unsat")}
 
         def select(k, onnx, vnn):
             if unsolved is not None and (onnx, vnn) not in unsolved:
@@ -96,11 +102,14 @@ def main(argv=None) -> int:
             return (k % args.every == 0 and (args.limit is None or k // args.every < args.limit))
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
-        s = run_benchmark(bdir, out / f"{name}.csv", ground_truth=gt_path, timeout_scale=args.timeout_scale,
-                          overwrite=args.fresh, select=select, log=lambda m: print(m, flush=True))
-        with open(out / f"{name}.csv", newline="") as f:
-            keys = {(f"{name}/{r['onnx']}", f"{name}/{r['vnnlib']}") for r in csv.DictReader(f)}
-        table[name] = {"ours": s, "abcrown": abcrown_columns(gt_rows, keys)}
+        run_benchmark(bdir, rows_path, ground_truth=gt_path, timeout_scale=args.timeout_scale, select=select,
+                      log=lambda m: print(m, flush=True))
+    rows = read_csv_rows(rows_path)
+    table = {}
+    for name in dict.fromkeys(r["benchmark"] for r in rows):
+        mine = [r for r in rows if r["benchmark"] == name]
+        keys = {(f"{name}/{r['onnx']}", f"{name}/{r['vnnlib']}") for r in mine}
+        table[name] = {"ours": summarize(mine), "abcrown": abcrown_columns(gt_rows, keys)}
     hdr = (f"{'benchmark':<10} {'tool':<8} {'inst':>4} {'sat ok':>6} {'unsat ok':>8} {'wrong':>5} "
            f"{'unk/to':>6} {'median s':>8} {'score':>6}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
@@ -111,12 +120,10 @@ def main(argv=None) -> int:
             bv = s["by_verdict"]
             print(f"{name:<10} {tool:<8} {s['instances']:>4} {s['correct_sat']:>6} {s['correct_unsat']:>8} "
                   f"{s['wrong']:>5} {bv['unknown'] + bv['timeout'] + bv['error']:>6} {s['median_s']:>8} {s['score']:>6}")
-    meta = {"timeout_scale": args.timeout_scale, "every": args.every, "limit": args.limit, "threads": args.threads,
-            "unsolved_in": args.unsolved_in, "known_truth": args.known_truth, "unknown_truth": args.unknown_truth,
-            "machine": platform.platform(), "torch": torch.__version__,
-            "note": "abcrown columns: its 2021 verdicts on the same instances, times minus start-up, GPU"}
-    (out / "vnncomp.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))
-    print(f"\nwrote {out / 'vnncomp.json'}")
+    summary = {"table": table, "note": "every row of rows.csv, by benchmark; abcrown columns: its 2021 verdicts on "
+                                       "the same instances, times minus start-up, GPU"}
+    write_results_folder(out, summary, None, commands_with(out, command_line()), machine_info(threads=args.threads))
+    print(f"\nwrote {out}/summary.json, rows.csv, command.txt, machine.json")
     return 0
 
 

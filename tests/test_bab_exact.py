@@ -13,97 +13,15 @@ import highspy
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import Bounds as LinBounds
-from scipy.optimize import LinearConstraint, milp
 
 from bounds.bab import verify
 from bounds.bab.chain import to_chain
 from bounds.bab.relu_split import relu_split_bab
-from certify.cli.vnn import check_counterexample_ort
-from certify.ir import Linear, ReLU, sequential
+from certify.vnncomp import check_counterexample_ort
+from certify.ir import Linear, ReLU
 from certify.spec.vnnlib import Region, VnnlibProperty, conjunction_margins
-
-
-def random_net(rng, sizes):
-    ops = []
-    for k in range(len(sizes) - 1):
-        w = torch.tensor(rng.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]), dtype=torch.float32)
-        b = torch.tensor(rng.normal(size=sizes[k + 1]) * 0.3, dtype=torch.float32)
-        ops.append(Linear(w, b))
-        if k < len(sizes) - 2:
-            ops.append(ReLU())
-    return sequential((sizes[0],), ops, name="random")
-
-
-def exact_min(net, lo, hi, A, b):
-    """min over x in [lo, hi] of max_r (A f(x) - b)_r by MILP (variables x, z, a, delta, t)."""
-    ch = to_chain(net)
-    n_in = ch.n_in
-    nvar = n_in
-    cons_A, cons_l, cons_u = [], [], []
-    bounds_l, bounds_u, integrality = list(lo), list(hi), [0] * n_in
-    prev = list(range(n_in))
-    l, u = np.asarray(lo, float), np.asarray(hi, float)
-    for k, (w, bb) in enumerate(zip(ch.weights, ch.biases)):
-        w, bb = w.numpy(), bb.numpy()
-        zl = np.minimum(w, 0) @ u + np.maximum(w, 0) @ l + bb
-        zu = np.maximum(w, 0) @ u + np.minimum(w, 0) @ l + bb
-        last = k == len(ch.weights) - 1
-        zi = list(range(nvar, nvar + w.shape[0]))
-        nvar += w.shape[0]
-        bounds_l += zl.tolist(); bounds_u += zu.tolist(); integrality += [0] * w.shape[0]
-        for i in range(w.shape[0]):   # z_i - w_i a_prev = b_i
-            row = {zi[i]: 1.0}
-            for j, p in enumerate(prev):
-                row[p] = row.get(p, 0.0) - w[i, j]
-            cons_A.append(row); cons_l.append(bb[i]); cons_u.append(bb[i])
-        if last:
-            out = zi
-            break
-        ai = list(range(nvar, nvar + w.shape[0])); nvar += w.shape[0]
-        di = list(range(nvar, nvar + w.shape[0])); nvar += w.shape[0]
-        bounds_l += [0.0] * w.shape[0] + [0.0] * w.shape[0]
-        bounds_u += np.maximum(zu, 0).tolist() + [1.0] * w.shape[0]
-        integrality += [0] * w.shape[0] + [1] * w.shape[0]
-        for i in range(w.shape[0]):
-            cons_A.append({ai[i]: 1.0, zi[i]: -1.0}); cons_l.append(0.0); cons_u.append(np.inf)       # a >= z
-            cons_A.append({ai[i]: 1.0, zi[i]: -1.0, di[i]: -zl[i]}); cons_l.append(-np.inf); cons_u.append(-zl[i])  # a <= z - l(1-d)
-            cons_A.append({ai[i]: 1.0, di[i]: -max(zu[i], 0.0)}); cons_l.append(-np.inf); cons_u.append(0.0)   # a <= u d
-        prev = ai
-        l, u = np.maximum(zl, 0), np.maximum(zu, 0)
-    t = nvar; nvar += 1
-    bounds_l.append(-np.inf); bounds_u.append(np.inf); integrality.append(0)
-    for r in range(A.shape[0]):   # (A y - b)_r <= t
-        row = {t: -1.0}
-        for j, o in enumerate(out):
-            row[o] = row.get(o, 0.0) + A[r, j]
-        cons_A.append(row); cons_l.append(-np.inf); cons_u.append(b[r])
-    M = np.zeros((len(cons_A), nvar))
-    for i, row in enumerate(cons_A):
-        for j, v in row.items():
-            M[i, j] += v
-    c = np.zeros(nvar); c[t] = 1.0
-    res = milp(c, constraints=LinearConstraint(M, cons_l, cons_u), integrality=np.array(integrality),
-               bounds=LinBounds(bounds_l, bounds_u), options={"mip_rel_gap": 1e-9})
-    assert res.status == 0, res.message
-    return res.fun
-
-
-def random_case(seed, sizes):
-    rng = np.random.default_rng(seed)
-    net = random_net(rng, sizes)
-    n_in, n_out = sizes[0], sizes[-1]
-    c = rng.uniform(-1, 1, n_in)
-    w = rng.uniform(0.2, 1.0)
-    lo, hi = c - w, c + w
-    k = rng.integers(1, 3)
-    A = rng.normal(size=(k, n_out))
-    with torch.no_grad():
-        ys = net(torch.tensor(rng.uniform(lo, hi, (400, n_in)), dtype=torch.float32)).double().numpy()
-    # thresholds near the sampled range, so that both verdicts occur
-    b = np.quantile(ys @ A.T, rng.uniform(0.0, 0.08), axis=0) - rng.uniform(0, 0.3) * (rng.random() < 0.5)
-    prop = VnnlibProperty("random", n_in, n_out, [Region(lo, hi, [(A, b)])])
-    return net, prop, lo, hi, A, b
+from helpers.oracles import exact_min
+from helpers.properties import random_case
 
 
 @pytest.mark.parametrize("method, sizes, use_milp", [("input", [2, 8, 8, 3], False), ("relu", [3, 6, 6, 2], False),
@@ -219,7 +137,7 @@ def test_chain_milp_decisions_match_the_exact_minimum(encoding):
     import bounds.bab.milp_chain as mc
     from bounds.bab.milp_chain import ChainMilp
     box_encoding = getattr(mc, encoding)
-    from bounds.bab.relax import optimized_pre_bounds
+    from bounds.bab.chain_bounds import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     proved = found = 0
     for seed in range(10):
@@ -250,8 +168,8 @@ def test_compact_encoding_has_the_exact_minimum():
     (found independently by ``exact_min``), on boxes of several widths (some with many stable
     neurons, active and inactive, some with none unstable: a plain LP)."""
     from bounds.bab.milp_chain import ChainMilp, box_encoding, compact_encoding
-    from bounds.bab.relax import optimized_pre_bounds
-    from certify.convex.highs import make_highs, set_objective
+    from bounds.bab.chain_bounds import optimized_pre_bounds
+    from certify.solvers.highs import make_highs, set_objective
     from certify.spec.vnnlib import conjunction_margins
     kinds = set()
     for seed in range(8):
@@ -287,7 +205,7 @@ def test_milp_queue_decides_obligations_in_turn_and_skips_dropped_ones(threads):
     solved."""
     import time
     from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
-    from bounds.bab.relax import optimized_pre_bounds
+    from bounds.bab.chain_bounds import optimized_pre_bounds
     from certify.spec.vnnlib import conjunction_margins
     net, prop, lo, hi, A, b0 = random_case(520, [3, 10, 10, 3])
     ch = to_chain(net)

@@ -1,4 +1,4 @@
-"""Input-box clipping (``bounds.bab.clip``) and the side-by-side falsifier attacks.
+"""Input-box clipping (``bounds.bab.box_clip``) and the side-by-side falsifier attacks.
 
 Clipping may only drop points that satisfy the property: on random networks and boxes, every
 sampled point whose margins are all <= 0 (a violation of the conjunction) must lie inside the
@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.clip import clip_boxes
+from bounds.bab.box_clip import clip_boxes
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split import staged_bounds
 from certify.spec.vnnlib import Region, VnnlibProperty
-from tests.test_bounds_nets import random_mlp
+from helpers.networks import random_mlp
 
 
 def _margins(chain, x, C, d):
@@ -161,7 +161,7 @@ def test_face_biased_sampling_finds_a_violation_on_the_boundary():
 def test_instability_shares_add_up_to_the_unstable_neurons():
     """``_forward_pre``'s instability: each unstable neuron's range is shared out over the inputs,
     so per box the shares add up to the number of unstable neurons; an input of width 0 has none."""
-    from bounds.bab.relax import _forward_pre
+    from bounds.bab.chain_bounds import _forward_pre
     g = torch.Generator().manual_seed(3)
     chain = to_chain(random_mlp([4, 16, 16, 16, 3], g, dtype=torch.float64))
     lo = torch.rand(64, 4, generator=g, dtype=torch.float64) * 2 - 1

@@ -10,34 +10,18 @@ import pytest
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.relax import optimized_pre_bounds
+from bounds.bab.chain_bounds import optimized_pre_bounds
 from bounds.bab.tighten import tighten_bounds, tighten_layer
-from certify.ir import Linear, ReLU, sequential
-from tests.test_bab_exact import exact_min, random_case, random_net
+from helpers.networks import random_mlp
+from helpers.oracles import exact_min, exact_range
+from helpers.properties import random_case
 
 verify_mod = importlib.import_module("bounds.bab.verify")   # (``bounds.bab.verify`` is also the function)
 
 
-def cut(chain, t):
-    """The network whose output is hidden layer t's pre-activation."""
-    ops = []
-    for k in range(t + 1):
-        ops.append(Linear(chain.weights[k].float(), chain.biases[k].float()))
-        if k < t:
-            ops.append(ReLU())
-    return sequential((chain.n_in,), ops, name=f"cut{t}")
-
-
-def exact_range(chain, t, i, lo, hi):
-    sub = cut(chain, t)
-    e = np.zeros((1, chain.weights[t].shape[0]))
-    e[0, i] = 1.0
-    return exact_min(sub, lo, hi, e, np.zeros(1)), -exact_min(sub, lo, hi, -e, np.zeros(1))
-
-
 def case(seed, sizes=(3, 10, 10, 10, 2), width=0.6):
     rng = np.random.default_rng(seed)
-    net = random_net(rng, list(sizes))
+    net = random_mlp(list(sizes), rng, name="random")
     chain = to_chain(net)
     c = rng.uniform(-1, 1, sizes[0])
     lo, hi = torch.tensor(c - width), torch.tensor(c + width)

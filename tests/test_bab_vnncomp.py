@@ -11,7 +11,7 @@ import pytest
 
 from bounds.bab import verify
 from certify.cli.main import main
-from certify.cli.vnn import check_counterexample_ort, format_result, parse_result, score_row
+from certify.vnncomp import check_counterexample_ort, format_result, parse_result, score_row
 from certify.frontends.onnx import load
 from certify.spec import vnnlib
 

@@ -11,7 +11,7 @@ from bounds.ibp import ibp_forward, ibp_node, interval_spec, plan
 from certify.ir import Flatten, Linear, ReLU, Reshape, Sigmoid, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
-from test_bounds_nets import ALL, DT, centers, mlp
+from helpers.networks import ALL, DT, centers, mlp
 
 
 def _node_by_node(net, lo, hi):

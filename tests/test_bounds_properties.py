@@ -13,7 +13,7 @@ from certify.errors import CertifyError
 from certify.ir import (Add, AvgPool2d, BatchNorm, Conv2d, Flatten, Linear, Network, Node, ReLU, sequential)
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import Box, ball
-from test_bounds_nets import ALL, DT, centers, mlp
+from helpers.networks import ALL, DT, centers, mlp
 
 
 def _affine_net():

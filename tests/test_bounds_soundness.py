@@ -13,7 +13,7 @@ import bounds
 from certify.attack import pgd_margin
 from certify.spec.output import margins
 from certify.spec.sets import ball
-from test_bounds_nets import ALL, centers
+from helpers.networks import ALL, centers
 
 METHODS = ["ibp", "crown", "crown-ibp", "alpha"]
 EPS = {"inf": {"mlp": 0.08, "cnn_bn": 0.08, "resnet": 0.06, "mixed": 0.03},

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from certify.convex import linearize, lp
-from certify.convex.linearize import PiecewiseLinear
+from certify.solvers.linearize import PiecewiseLinear
 from certify.errors import CertifyError
 from certify.ir import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Linear, MaxPool2d,
                         Network, Node, Normalize, ReLU, Reshape, sequential)

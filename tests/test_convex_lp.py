@@ -11,15 +11,11 @@ from certify.errors import CertifyError
 from certify.ir import Linear, ReLU, Sigmoid, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
-from test_bounds_nets import random_mlp
-
-
-def mlp(sizes, seed=0):
-    return random_mlp(sizes, torch.Generator().manual_seed(seed))
+from helpers.networks import random_mlp
 
 
 def setup(sizes=(4, 12, 12, 3), seed=0, B=3, eps=0.15):
-    net = mlp(sizes, seed)
+    net = random_mlp(sizes, seed)
     g = torch.Generator().manual_seed(seed + 100)
     x = torch.rand(B, sizes[0], generator=g)
     lab = net(x).argmax(1)

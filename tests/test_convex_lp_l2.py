@@ -11,7 +11,7 @@ from certify.convex import lp, sdp
 from certify.errors import CertifyError
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
-from test_bounds_nets import random_mlp
+from helpers.networks import random_mlp
 
 
 def setup(seed=0, sizes=(4, 12, 12, 3), B=3, eps=0.3):

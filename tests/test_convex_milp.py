@@ -1,48 +1,18 @@
 """MILP: exact minimum against brute force on 2-D nets (every activation pattern solved as its own
 LP by scipy, checked by a fine grid), decision vs full mode, checked counterexamples, solver
 failure -> unknown, and (when maraboupy is importable) agreement with Marabou."""
-import itertools
-
-import numpy as np
 import pytest
 import torch
-from scipy.optimize import linprog
 
 from certify.convex import milp
-from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
+from helpers.networks import random_mlp
+from helpers.oracles import brute_force_min, grid_min
 
 
 def mlp(sizes, seed):
-    g = torch.Generator().manual_seed(seed)
-    ops = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        ops.append(Linear(torch.randn(b, a, generator=g), torch.randn(b, generator=g) * 0.5))
-        if i < len(sizes) - 2:
-            ops.append(ReLU())
-    return sequential((sizes[0],), ops)
-
-
-def brute_force_min(net, c, lo, hi):
-    """min over the box of c @ net(x) for a 2-hidden-layer net: one LP per activation pattern."""
-    W = [n.op.weight.double().numpy() for n in net.nodes if isinstance(n.op, Linear)]
-    b = [n.op.bias.double().numpy() for n in net.nodes if isinstance(n.op, Linear)]
-    n1, n2 = len(b[0]), len(b[1])
-    best = np.inf
-    for pat in itertools.product([0, 1], repeat=n1 + n2):
-        D1, D2 = np.diag(pat[:n1]), np.diag(pat[n1:])
-        A1, c1 = W[0], b[0]                                   # pre1 = A1 x + c1
-        A2, c2 = W[1] @ D1 @ A1, W[1] @ D1 @ c1 + b[1]        # pre2 = A2 x + c2
-        obj, off = c @ W[2] @ D2 @ A2, c @ (W[2] @ D2 @ c2 + b[2])
-        s1 = 1 - 2 * np.array(pat[:n1])                       # active: -pre <= 0, inactive: pre <= 0
-        s2 = 1 - 2 * np.array(pat[n1:])
-        A_ub = np.vstack([s1[:, None] * A1, s2[:, None] * A2])
-        b_ub = np.concatenate([-s1 * c1, -s2 * c2])
-        r = linprog(obj, A_ub=A_ub, b_ub=b_ub, bounds=list(zip(lo, hi)), method="highs")
-        if r.status == 0:
-            best = min(best, r.fun + off)
-    return best
+    return random_mlp(sizes, seed, bias_scale=0.5, normalize=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -55,9 +25,7 @@ def test_milp_minimum_equals_brute_force(seed):
     assert all(s == "optimal" for s in r.status[0])
     lo, hi = (x[0] - eps).double().numpy(), (x[0] + eps).double().numpy()
     n64 = net.to(torch.float64)
-    g = torch.stack(torch.meshgrid(torch.linspace(lo[0], hi[0], 301, dtype=torch.float64),
-                                   torch.linspace(lo[1], hi[1], 301, dtype=torch.float64), indexing="ij"), -1)
-    grid = (n64(g.reshape(-1, 2)) @ C[0].double().T).min(0).values
+    grid = grid_min(n64, lo, hi, C[0].double(), 0.0)
     for k in range(C.shape[1]):
         exact = brute_force_min(n64, C[0, k].double().numpy(), lo, hi)
         assert abs(float(r.lower[0, k]) - exact) < 1e-4 * (1 + abs(exact)), (k, float(r.lower[0, k]), exact)

@@ -7,19 +7,16 @@ import torch
 from certify.attack import pgd_margin
 from certify.convex import milp, sdp
 from certify.convex.problem import prepare
-from certify.convex.sdp import Multipliers, bound_from, families, solve_cvxpy
+from certify.convex.sdp import solve_cvxpy
+from certify.convex.sdp_dual import Multipliers, bound_from, families
 from certify.ir import Linear, ReLU, sequential
 from certify.spec.output import robustness_matrix
 from certify.spec.sets import ball
-from test_bounds_nets import random_mlp
-
-
-def mlp(sizes, seed):
-    return random_mlp(sizes, torch.Generator().manual_seed(seed))
+from helpers.networks import random_mlp
 
 
 def case(seed=0, sizes=(3, 6, 6, 3), eps=0.2):
-    net = mlp(sizes, seed)
+    net = random_mlp(sizes, seed)
     x = torch.rand(1, sizes[0], generator=torch.Generator().manual_seed(seed))
     C = robustness_matrix(net(x).argmax(1), sizes[-1])
     return net, x, C, eps

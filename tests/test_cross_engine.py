@@ -17,18 +17,14 @@ from certify.models import load_bundled
 from certify.data import load_dataset
 from certify.spec import ball, robustness_matrix
 from certify.spec.vnnlib import Region, VnnlibProperty
-from test_bounds_nets import random_mlp
+from helpers.networks import random_mlp
 
 TOL = 1e-4
 
 
-def _mlp(seed, n_in=4, hidden=(12, 12), n_out=3):
-    return random_mlp((n_in, *hidden, n_out), torch.Generator().manual_seed(seed), bias_scale=0.1, name=f"mlp{seed}")
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_bound_chain_ibp_crown_alpha_lp_milp_pgd(seed):
-    net = _mlp(seed)
+    net = random_mlp((4, 12, 12, 3), seed, bias_scale=0.1, name=f"mlp{seed}")
     g = torch.Generator().manual_seed(100 + seed)
     x = torch.rand(3, 4, generator=g)
     y = net(x).argmax(1)
@@ -55,7 +51,7 @@ def test_bound_chain_ibp_crown_alpha_lp_milp_pgd(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_bab_verdict_agrees_with_exact_milp(seed):
-    net = _mlp(seed, n_in=3, hidden=(8, 8), n_out=2)
+    net = random_mlp((3, 8, 8, 2), seed, bias_scale=0.1, name=f"mlp{seed}")
     g = torch.Generator().manual_seed(200 + seed)
     x = torch.rand(1, 3, generator=g)
     sgn = 1.0 if float(net(x)[0, 0] - net(x)[0, 1]) > 0 else -1.0  # the property holds at the centre
@@ -105,7 +101,7 @@ def test_engines_agree_on_the_bundled_digits_model():
 def test_milp_with_every_relu_stable_is_the_exact_lp():
     """No unstable ReLU leaves no binary: the MILP is an LP and must still certify (regression:
     HiGHS leaves mip_dual_bound unset for such models)."""
-    net = _mlp(0, n_in=3, hidden=(8, 8), n_out=2)
+    net = random_mlp((3, 8, 8, 2), 0, bias_scale=0.1, name="mlp0")
     x = torch.rand(1, 3, generator=torch.Generator().manual_seed(200))
     C = torch.tensor([[[1.0, -1.0]]]) * (1 if float(net(x)[0, 0] - net(x)[0, 1]) > 0 else -1)
     cr = bounds.crown(net, x, eps=0.05, C=C).lower

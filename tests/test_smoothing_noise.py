@@ -8,10 +8,11 @@ import torch
 from scipy.stats import beta, binom, binomtest, laplace
 
 from certify.errors import CertifyError
-from certify.ir import Conv2d, Flatten, Linear, Normalize, ReLU, sequential
+from certify.ir import Conv2d, Flatten, Linear, Normalize, sequential
 from smoothing import (NOISES, NoiseCounter, Smooth, beta_quantile_lower_bound, certified_radius, convert_radius,
                        get_noise, lower_confidence_bound, sample_noise, top_two_pvalue)
 from smoothing.sampling import find_pushforward, pushforward_plan
+from helpers.networks import random_mlp
 
 
 # ------------------------------------------------------------------------------------ stats
@@ -117,8 +118,7 @@ def test_unknown_noise_is_a_clear_error():
 # ------------------------------------------------------------------------------------ counting
 def mlp(din=12, h=6, k=4, seed=0):
     torch.manual_seed(seed)
-    return sequential((1, 3, 4), [Flatten(), Linear(torch.randn(h, din), torch.randn(h)), ReLU(),
-                                  Linear(torch.randn(k, h), torch.randn(k))])
+    return random_mlp((din, h, k), None, bias_scale=1.0, normalize=False, input_shape=(1, 3, 4))
 
 
 def test_counts_match_a_plain_loop_and_sum_to_n():
@@ -157,9 +157,8 @@ def test_pushforward_factor_is_exact_and_detected():
 
 def normalized_mlp(seed=4):
     torch.manual_seed(seed)
-    return sequential((1, 3, 4), [Normalize(torch.tensor([0.13]), torch.tensor([0.31])), Flatten(),
-                                  Linear(torch.randn(6, 12), torch.randn(6)), ReLU(),
-                                  Linear(torch.randn(4, 6), torch.randn(4))])
+    return random_mlp((12, 6, 4), None, bias_scale=1.0, normalize=False, input_shape=(1, 3, 4),
+                      head=(Normalize(torch.tensor([0.13]), torch.tensor([0.31])),))
 
 
 @pytest.mark.parametrize("make", [mlp, normalized_mlp])

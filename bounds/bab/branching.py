@@ -5,20 +5,6 @@ intercept of the upper chord, which the bound pays only where the neuron's coeff
 the domain's bound is negative (there the chord is the relaxation used; a positive lambda takes
 the lower line alpha z, which has no intercept), and which splitting removes. Neurons with
 lambda >= 0 get only a tie-break (1e-9 (u - l)); -inf marks stable or split neurons.
-
-Counting |lambda| instead (sessions 1-10) ranked neurons whose split removes no intercept at all.
-With the sign, on mnistfc (30 s of splitting, one thread): 256x4 prop_3_0.03's first obligation
-ends with worst open bound -0.07 and 1,060 open domains instead of -0.36 and 2,825; all nine
-obligations of 256x2 prop_1_0.03 are proved in 6 s (31-855 domains each) where four of them were
-still open after 8 s each (-0.06 to -0.44). abCROWN's BaBSR adds a term for the layer's bias,
-min(b lambda (s - 1), b lambda s) (s the chord's slope): it was worse here (-0.13, 1,389 open).
-
-Filtered smart branching (De Palma et al. 2021: bound both children of the k best-scored neurons
-with one CROWN pass at the parent's alpha and beta, split the one whose worse child is best) was
-tried and dropped: on mnistfc 256x4 prop_0 (eps 0.03) it needed 2-3x the domains with k = 3 or 6
-when children's intermediate bounds are refined (its estimate cannot see that refinement), and
-was no faster without refinement (42 s against 40 s). Both were measured with the |lambda| score,
-which also chose FSB's k candidates; FSB has not been tried again with the signed score.
 """
 from __future__ import annotations
 

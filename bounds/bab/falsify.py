@@ -72,10 +72,7 @@ class Falsifier:
         they lie in the box exactly.
 
         Why the faces: violations of low-dimensional properties often lie on the box's boundary,
-        where uniform sampling seldom lands and PGD stalls. ACAS Xu 1_9 prop_7 (sat): the best of
-        200k uniform samples is 2e-4 to 5e-4 short of a violation (3 seeds; one of 4M finds it),
-        20,000 PGD attacks of 300 steps find none, and 20k face-biased samples find one (0.1 s,
-        in each of 6 seeds)."""
+        where uniform sampling seldom lands and PGD stalls."""
         lo, hi = lo.reshape(-1).double(), hi.reshape(-1).double()
         shape = (n, lo.numel())
         x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
@@ -96,7 +93,7 @@ class Falsifier:
             deadline: float | None = None) -> tuple[tuple[np.ndarray, np.ndarray] | None, torch.Tensor]:
         """PGD in each box (lo, hi) (N, n_in) on the violation value; returns (counterexample or
         None, best values (N,)). ``parallel`` > 1 runs that many extra attacks per box side by side
-        from uniform random starts (one batch: cheap for small networks, e.g. ACAS Xu's).
+        from uniform random starts (one batch: cheap for small networks).
         ``starts`` (S, n_in): instead, one attack from each of these points in the single box
         (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains. ``deadline``: no
         PGD step is begun past it."""

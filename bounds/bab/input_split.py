@@ -1,4 +1,4 @@
-"""Input-split branch and bound (low-dimensional inputs, e.g. ACAS Xu's 5).
+"""Input-split branch and bound (low-dimensional inputs: a handful of dimensions).
 
 Open boxes (bounded, not yet proved) are expanded in batches. Branching is *smart*: for each
 open box the ``candidates`` dimensions with the largest |CROWN coefficient| x width are each
@@ -7,22 +7,21 @@ steps), and the dimension whose weaker child has the best bound is kept; its chi
 proved are dropped and the others become open boxes. A box is proved when some row of its
 margins (or their mean, for a conjunction of several rows) has a positive lower bound. Open
 boxes are then clipped to the part where their linear bounds still allow a violation
-(``bounds.bab.clip``); their centres and bound-minimizing corners are tried as counterexamples.
+(``bounds.bab.box_clip``); their centres and bound-minimizing corners are tried as counterexamples.
 Open boxes are kept on a stack (depth first), so memory stays bounded, and the stack can be
 kept at a timeout to continue the search later (``state``).
 
 Bounds are staged (``staged_bounds``): symbolic intervals for every box first (one GEMM per
 layer for the whole batch), then CROWN refinement of the still-unstable neurons (and alpha) only
-for the boxes not yet proved. Measured on ACAS Xu (1 thread): the refinement cuts the domains
-needed ~25x (1_1 prop_3: 5.9k vs 145k+), so it pays for its ~5x cost per box. Each child's
-pre-activation bounds are also intersected with its parent's (``reuse_parent``), which keeps more
-neurons stable and made the hardest ACAS Xu prop_1 / prop_2 instances solvable.
+for the boxes not yet proved: the refinement costs a few symbolic passes per box and saves far
+more boxes. Each child's pre-activation bounds are also intersected with its parent's
+(``reuse_parent``), which keeps more neurons stable.
 
 The scores see only the final bound's sensitivity to each input. An input can leave many
 intermediate neurons unstable (its width spans their switching points) while the bound's
-coefficient on it is near 0, and then no scored split helps: ACAS Xu 1_1 prop_6's open boxes
-ended 1e-9 wide in the scored inputs and half the root's width in another one. With
-``instability`` the input causing most of the unstable neurons' ranges (``relax._forward_pre``)
+coefficient on it is near 0, and then no scored split helps (open boxes end up very thin in
+the scored inputs and wide in another one). With
+``instability`` the input causing most of the unstable neurons' ranges (``chain_bounds._forward_pre``)
 is one more candidate; the pick among the candidates stays the bound-based one.
 
 Small open boxes can be handed to exact MILPs in background threads (``BoxMilps``); the search
@@ -40,9 +39,9 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import Chain
-from bounds.bab.clip import clip_boxes
+from bounds.bab.box_clip import clip_boxes
 from bounds.bab.milp_chain import ChainMilp, MilpWorker, compact_encoding
-from bounds.bab.relax import PROOF_TOL, bound_domains
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains
 
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -55,7 +54,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
     corners minimizing each box's linear lower bound. ``clip`` shrinks every open box to the part
-    where its linear bounds still allow a violation (``bounds.bab.clip``). ``instability``: one
+    where its linear bounds still allow a violation (``bounds.bab.box_clip``). ``instability``: one
     more candidate per box, the input that causes most of its unstable neurons' ranges (below).
     ``stop()``: checked before each batch, True ends the call like the deadline (state kept);
     ``wait=False``: when only boxes parked in ``milp``'s thread are left, return at once
@@ -125,9 +124,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         dims, valid, k = top.indices, top.values >= 0, k_cand               # (N, k)
         if unst:
             # one more candidate, the input with the largest instability (module docstring), unless
-            # the scores pick it already. Measured on the open boxes of ACAS Xu 1_1 prop_6 (Y_4 <=
-            # Y_0) after 40 s: halving that input proves all children (31 unstable ReLUs -> 12),
-            # halving any scored one none
+            # the scores pick it already
             e = inst.argmax(1, keepdim=True)
             new = ~(dims == e).any(1, keepdim=True) & (inst.gather(1, e) >= 0)
             dims, valid = torch.cat([dims, e], 1), torch.cat([valid, new], 1)
@@ -145,9 +142,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         parent = torch.arange(N).repeat_interleave(k).repeat(2)
         # a child box lies in its parent's, so the parent's pre-activation bounds hold on it and
         # are intersected with the child's (``reuse_parent``): more neurons stable, a cheaper
-        # refinement and tighter bounds. Measured on ACAS Xu with 2 candidates and CROWN: 3_9
-        # prop_1 1.5 s (timeout at 116 s without), 1_8 prop_2 0.8 s (timeout), 3_8 prop_1 985
-        # domains instead of 4169
+        # refinement and tighter bounds
         res = bound(cl, ch, _unpack(pk[parent], chain.hidden_sizes) if reuse_parent else None)
         best = res.lower.max(1).values.reshape(2, N, k)
         worse = torch.minimum(best[0], best[1]).masked_fill(~valid, -float("inf"))
@@ -202,15 +197,10 @@ class BoxMilps:
     caller's ``try_points``.
 
     Why: near a nearly-violated point, input splitting shrinks a relaxation gap only linearly
-    with the box, while a box with few unstable ReLUs has a small exact MILP. ACAS Xu 3_3 prop_2
-    (true margin ~1e-3 along a thin region): no input-split search alone proves it in 250 s; the
-    2-candidate search with MILPs (~60 ms each) on its open boxes with <= 30 unstable ReLUs and
-    below 2^-10 of the root volume proves it in 60 s (1017 MILPs, all but 3 proved).
+    with the box, while a box with few unstable ReLUs has a small exact MILP.
 
     Two threads: the main thread has nothing to split once the search's boxes are all parked,
-    and the other searches' turns then share the two cores with them. ACAS Xu 4_2 prop_2 (~5,900
-    MILPs of ~15 ms): unsat in 89 s with two, 114 s (over the 116 s timeout when the machine is
-    busier) with one."""
+    and the other searches' turns then share the cores with them."""
 
     def __init__(self, chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                  max_unstable: int = 30, depth: float = 10.0, time_limit: float = 1.0, threads: int = 2):
@@ -314,8 +304,8 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
     open, over the first stage's intermediate bounds. With ``mode="refine"`` that second stage is
-    CROWN for the neurons still unstable; "hybrid" would redo the symbolic-interval pass first and
-    get the same bounds (about 15% of ACAS Xu's bounding time in a profile). Both bounds are
+    CROWN for the neurons still unstable ("hybrid" would redo the symbolic-interval pass first
+    for the same bounds). Both bounds are
     sound, so their maximum is; ``lam_in`` comes from the last stage run.
     ``instability``: the result's ``instability`` (B, n_in) from the first stage (else None)."""
     res = bound_domains(chain, l, h, C, d, pre=pre, iterations=0, mode="forward", instability=instability)

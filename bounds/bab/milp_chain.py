@@ -1,6 +1,6 @@
 """Exact decision of one obligation by mixed-integer programming on a ``Chain`` (HiGHS).
 
-The big-M encoding of ``certify.convex.encode`` (Tjeng et al. 2019) over the box and the given
+The big-M encoding of ``certify.solvers.encode`` (Tjeng et al. 2019) over the box and the given
 pre-activation bounds (e.g. the root's alpha-CROWN ones: the tighter, the fewer binaries and the
 smaller the big-M constants), one binary per unstable ReLU. HiGHS runs in decision mode: it stops
 as soon as its dual bound proves the obligation or an incumbent violates it.
@@ -23,9 +23,9 @@ import scipy.sparse as sp
 import torch
 
 from bounds.bab.chain import Chain
-from certify.convex.encode import Encoding, encode
-from certify.convex.highs import make_highs, set_objective, status_name
-from certify.convex.linearize import Affine, PiecewiseLinear, ReluLayer
+from certify.solvers.encode import Encoding, encode
+from certify.solvers.highs import make_highs, run_until_sign_known, set_objective, status_name
+from certify.solvers.linearize import Affine, PiecewiseLinear, ReluLayer
 
 MARGIN = 1e-5   # a dual bound must exceed this (relative, plus absolute) to count as a proof
 
@@ -54,7 +54,7 @@ class ChainEncoding:
 def box_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> ChainEncoding:
     """The big-M encoding of the hidden layers over the box ``lo``, ``hi`` (n_in,) and the bounds
     ``pre`` (list of (l, u), (1, n_k) or (n_k,)): shared by every obligation of one box. One
-    column per ReLU output: the weight matrices stay sparse in it (784-input mnistfc)."""
+    column per ReLU output: the weight matrices stay sparse in it (many inputs)."""
     enc = encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
                  [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
     n, off, N = chain.hidden_sizes[-1], enc.offsets[-1], enc.A.shape[1]
@@ -70,9 +70,9 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
     l <= P v + p <= u the big-M encoding has as its column bounds), an inactive one's is 0, and an
     unstable one's satisfies a >= pre, a <= pre - l (1 - delta), 0 <= a <= u delta.
 
-    Dense rows over few columns: for a small box of a few-input network (ACAS Xu: 5 inputs,
-    20-30 unstable ReLUs) HiGHS decides it in ~13 ms instead of ~45 ms (plus ~7 ms to build the
-    sparse encoding, here ~1 ms): presolve has no stable neurons to remove."""
+    Dense rows over few columns: for a small box of a few-input network with few unstable ReLUs
+    it is several times faster to build and to solve than ``box_encoding``, and presolve has no
+    stable neurons left to remove (it runs with presolve off)."""
     x_lo, x_hi = lo.double().numpy().ravel(), hi.double().numpy().ravel()
     n_in = x_lo.size
     col_lo, col_hi, integer = [x_lo], [x_hi], [np.zeros(n_in, dtype=bool)]
@@ -110,7 +110,7 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
     integer = np.concatenate(integer)
     enc = Encoding(A, np.concatenate(r_lo) if r_lo else np.zeros(0), np.concatenate(r_hi) if r_hi else np.zeros(0),
                    np.concatenate(col_lo), np.concatenate(col_hi), integer, [0], int((~integer).sum()), [])
-    return ChainEncoding(enc, sp.csr_matrix(Z), zc, {"presolve": "off"})   # nothing to presolve: ~25% faster
+    return ChainEncoding(enc, sp.csr_matrix(Z), zc, {"presolve": "off"})   # nothing to presolve
 
 
 class ChainMilp:
@@ -150,14 +150,7 @@ class ChainMilp:
         cost[-1] = 1.0
         set_objective(h, cost, 0.0)
 
-        def stop(e):
-            if self._cancel or e.data_out.mip_dual_bound > MARGIN or e.data_out.mip_primal_bound < -MARGIN:
-                e.interrupt()
-        h.cbMipInterrupt.subscribe(stop)
-        try:
-            h.run()
-        finally:
-            h.cbMipInterrupt.unsubscribe(stop)
+        run_until_sign_known(h, MARGIN, lambda: self._cancel)
         self.status = status_name(h)
         info = h.getInfo()
         if self.binaries == 0:
@@ -250,8 +243,7 @@ class MilpQueue:
 
     ``make(j) -> ChainMilp | None`` builds obligation j's MILP (None: not worth one). Each MILP
     runs until ``deadline`` or until it decides: a solve is not cut to an obligation's share of the
-    time, so a MILP that needs longer than branch and bound's share still finishes (mnistfc 256x2
-    prop_0_0.05: the violated label's MILP needs ~19 s, its share at the full 120 s was 13 s).
+    time, so a MILP that needs longer than branch and bound's share still finishes.
     ``drop(j)``: branch and bound decided j (skipped, or its running solve cancelled).
     ``proved``: the obligations whose MILP proved them; ``candidates[j]``: a violating incumbent
     x (n_in,) of j's MILP, still to be confirmed by the caller (who pops it). Set and dict updates

@@ -6,9 +6,7 @@ score max(-lambda, 0) * (-l u / (u - l)) (BaBSR-like: the upper chord's intercep
 removes, where the neuron's coefficient lambda in the bound uses the chord; ``branching``), and its two children are bounded in one
 batched call with alpha-CROWN + beta multipliers for the splits (``bound_domains``), warm-started
 from the parent's optimized alpha/beta (any start is sound: alpha is clamped to [0, 1], beta to
->= 0; on mnistfc 256x4 prop_0 it gave the same throughput and a slightly better worst open
-bound, -2.13 vs -2.27 after 12 s). A domain is
-done when some margin row has a positive lower bound. A domain without unstable neurons is an
+>= 0). A domain is done when some margin row has a positive lower bound. A domain without unstable neurons is an
 affine piece: an LP (HiGHS) over the box and the split constraints decides it; its optimum is a
 counterexample candidate. Candidates (the minimizers of each child's linear bound, LP optima)
 are confirmed exactly by the caller's ``try_points``.
@@ -23,7 +21,7 @@ from scipy.optimize import linprog
 
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
-from bounds.bab.relax import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
 
 LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
 

@@ -1,6 +1,7 @@
-"""Threads for the searches: torch releases the GIL inside its kernels, so on the 2-core machine
-two Python threads of one torch thread each bound 1.4-1.8x the domains of one thread, where one
-search on two torch threads gains 1.2x (torch's kernels scale poorly at these batch sizes)."""
+"""Threads for the searches: running work on threads, torch limited to one intra-op thread
+meanwhile, and merging the threads' stats. torch releases the GIL inside its kernels, and at
+these batch sizes searches on threads of one torch thread each use the cores better than one
+search on several torch threads."""
 from __future__ import annotations
 
 import threading

@@ -15,7 +15,7 @@ region's intermediate bounds tightened by branch and bound (``bounds.bab.tighten
 searched again over them.
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
-splitting over the ``bounds`` engine's CROWN (``bounds.bab.generic``), whatever ``method`` says;
+splitting over the ``bounds`` engine's CROWN (``bounds.bab.input_split_crown``), whatever ``method`` says;
 practical only for low-dimensional inputs, sound always.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ import torch
 
 from bounds.bab.chain import to_chain
 from bounds.bab.falsify import Falsifier
-from bounds.bab.generic import generic_input_split
+from bounds.bab.input_split_crown import input_split_crown
 from bounds.bab.input_split import BoxMilps, input_split_bab
 from bounds.bab.milp_chain import ChainMilp, MilpQueue, box_encoding
-from bounds.bab.relax import bound_domains, optimized_pre_bounds
+from bounds.bab.chain_bounds import bound_domains, optimized_pre_bounds
 from bounds.bab.relu_split import relu_split_bab
 from bounds.bab.tighten import tighten_bounds
 from bounds.bab.threads import merge_stats, one_torch_thread, run_in_threads
@@ -55,7 +55,7 @@ class VerifyResult:
 
 
 LOW_DIM = 12
-MILP_MAX_BINARIES = 400   # above this a MILP beside ReLU splitting seldom finishes (mnistfc 256x6: 950)
+MILP_MAX_BINARIES = 400   # a MILP runs beside ReLU splitting only for regions with at most this many binaries
 QUICK = 0.1     # ReLU splitting: share of the timeout for a first pass over the obligations ...
 TIGHTEN = 0.25  # ... then, if some are left, share of the time left for tightening their regions' bounds
 TIGHTEN_DEEP = 0.6   # ... on networks with more than DEEP hidden layers, where looseness compounds
@@ -93,15 +93,12 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     count; ``stats`` seconds then add up over the threads).
     torch runs on one intra-op thread inside (restored after): ``verify`` uses the other cores
     through threads of its own (MILPs, or searches; ``workers``), which more torch threads would
-    oversubscribe (ACAS Xu 1_1 prop_5 at 11.6 s: unsat in 5.5 s on one torch thread, a timeout on
-    two beside the two MILP threads).
+    oversubscribe.
     ``falsify_first=False`` skips the initial attack (tests use it to make BaB find the sats);
     ``use_milp=False`` runs ReLU splitting without the MILP beside it; ``tighten``: the share of
     the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
     branch and bound (``bounds.bab.tighten``; 0: never; default TIGHTEN, or TIGHTEN_DEEP on
-    networks with more than DEEP hidden layers: on mnistfc 256x6 prop_12_0.03, 0.6 proved it once
-    in 194 s and 0.25 timed out (it timed out in three later runs too: a borderline instance),
-    while on 256x4 prop_4_0.05 0.25 proves it in 116-279 s, the spread of a time-budgeted search)."""
+    networks with more than DEEP hidden layers, whose loose intermediate bounds compound)."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -155,9 +152,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
     stats["method"] = m
     deep = chain is not None and len(chain.hidden_sizes) > DEEP
-    # the dtype of ReLU splitting's alpha/beta steps (``bound_domains``): float32 is faster (mnistfc
-    # 256x4 prop_5_0.03: unsat in 16 s, 95 s with float64 steps), but on 256x6 float64 steps proved
-    # prop_13_0.03 (195 s) where float32 steps timed out, as prop_6_0.05 did (one run each)
+    # the dtype of ReLU splitting's alpha/beta steps (``bound_domains``; the bound itself is always
+    # float64): float32 is faster, float64 on deep networks, where float32 steps lose borderline proofs
     opt_dtype = torch.float64 if deep else torch.float32
     net64 = network.detach().to(torch.float64)
     jobs = []
@@ -209,22 +205,20 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             return timed(fal.pgd, lo.unsqueeze(0), hi.unsqueeze(0), dis, **kw)[0]
 
         if m == "generic-input":
-            verdict, ce = generic_input_split(net64, lo, hi, C, d, until, try_points, stats)
+            verdict, ce = input_split_crown(net64, lo, hi, C, d, until, try_points, stats)
         elif m == "input":
             # three searches take turns in time slices that double after each round, each one
             # continuing where it stopped, so an instance is solved in about 3x the time of the
-            # search best suited to it. On ACAS Xu each wins instances the others lose: splitting
-            # the most sensitive dimension (1_1 prop_2: 0.9 s, the others time out), the better of
-            # the 2 most sensitive (3_5 prop_1: 0.6 s vs 14.6 s), smart branching over 5 with
-            # alpha steps (2_8 prop_1). Once 30% of the time is gone a large attack and 200k
-            # face-biased samples run (violations in thin regions).
+            # search best suited to it; none is best on every instance: splitting the most
+            # sensitive dimension, the better of the 2 most sensitive, and smart branching over 5
+            # with alpha steps. Once 30% of the time is gone a large attack and 200k face-biased
+            # samples run (violations in thin regions).
             its = 3 if iterations is None else iterations
             # the 2-candidate search hands its small open boxes to MILPs in two background threads
             # (``BoxMilps``), which keep working while the other searches have their turns.
             # When only boxes in those threads are left to it, it gives its turn up at once
             # (``wait=False``, instead of waiting the turn out), and the other searches stop as soon
-            # as the threads have news for it (``stop``): it runs then, inside their turn (ACAS Xu
-            # 1_1 prop_6 with the instability candidate in that search only: 66 s instead of 83 s)
+            # as the threads have news for it (``stop``): it runs then, inside their turn
             box_milps = BoxMilps(chain, lo, hi, C, d) if use_milp else None
             states, M = [{}, {}, {}], 1           # M: the search that parks boxes in ``box_milps``
 
@@ -284,7 +278,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
 
             def try_and_attack(xs):
                 # the bound minimizers of the worst open domains are checked, then attacked by a
-                # short PGD from there (mnistfc 256x2 prop_9_0.05: sat in 4 s, 44 s without)
+                # short PGD from there (they lie near the likeliest violations)
                 ce = try_points(xs)
                 return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs,
                                                                               deadline=until)
@@ -317,8 +311,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if verdict == "sat":
             return "sat", ce, "bab"
         if verdict in ("timeout", "unknown"):
-            # a last attack on this obligation before giving up, once (0.5 s on mnistfc, where
-            # an obligation can time out in three passes), cut short at the instance's deadline
+            # a last attack on this obligation before giving up, once per obligation (it can time
+            # out in several passes), cut short at the instance's deadline
             if time.monotonic() < until and falsify_first and j not in last_attacked and not (
                     abort is not None and abort.is_set()):
                 last_attacked.add(j)
@@ -381,8 +375,6 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     # ReLU splitting on networks with intermediate layers to tighten: a quick pass first (QUICK of
     # the timeout shared equally; most instances end there), then the regions of what is left get
     # their bounds tightened (``tighten_regions``), then the two passes over the tighter bounds.
-    # (mnistfc 256x4 prop_4_0.05: unsat in 132 s, a timeout without; the price: 256x4 prop_0_0.03
-    # and prop_5_0.03, 20-26 s of branch and bound alone, now take 90-130 s)
     stages = ["share", "rest"]
     if tighten is None:
         tighten = TIGHTEN_DEEP if deep else TIGHTEN

@@ -37,7 +37,7 @@ examples:
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import MODEL_HELP, add_data_args, add_domain_args, add_output_args
+    from certify.cli.common import MODEL_HELP, add_data_args, add_domain_args, add_output_args, add_radius_args
 
     p = sub.add_parser("bounds", help="bound propagation certificates (IBP / CROWN / alpha-CROWN) for a data set",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,12 +49,7 @@ def register(sub) -> None:
     g.add_argument("--eps", type=nonneg_float, default=0.02, help="perturbation radius to certify (default: 0.02)")
     g.add_argument("--norm", default="inf", choices=["inf", "2"], help="ball norm: inf or 2 (default: inf)")
     add_domain_args(g)
-    g.add_argument("--radius", action="store_true",
-                   help="find each input's largest certified eps by bisection instead of testing --eps")
-    g.add_argument("--tol", type=positive_float, default=1e-4, help="bisection tolerance of --radius (default: 1e-4)")
-    g.add_argument("--max-radius", type=positive_float, default=None,
-                   help="upper end of the --radius search (default: the domain width for inf, times "
-                        "sqrt(input size) for 2)")
+    add_radius_args(g, 1e-4, None, "the domain width for inf, times sqrt(input size) for 2")
     g.add_argument("--iterations", type=nonneg_int, default=20, help="alpha-CROWN optimization steps (default: 20)")
     g.add_argument("--lr", type=positive_float, default=0.5, help="alpha-CROWN Adam learning rate (default: 0.5)")
     g.add_argument("--batch", type=positive_int, default=32, help="inputs bounded together (default: 32)")
@@ -94,8 +89,8 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
 
 
 def run(args) -> int:
-    from certify.cli.common import (check_input_shape, check_labels, load_data, load_model, open_results, progress,
-                                    summary_lines)
+    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results, summary_lines
+    from certify.report.progress import progress
     from certify.report.records import Record
 
     _check(args)

@@ -1,55 +1,26 @@
-"""Helpers shared by the commands: model and data loading, output-file flags, progress bars."""
+"""Helpers shared by the commands: model and data loading, output-file flags, summaries."""
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Iterable, TypeVar
 
 import torch
 
-from certify.cli.argtypes import finite_float, nonneg_int, positive_int
+from certify.cli.argtypes import finite_float, nonneg_int, positive_float, positive_int
 from certify.errors import CertifyError
-
-T = TypeVar("T")
+from certify.models import load_model, model_file  # noqa: F401  (the commands import them from here)
 
 MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled model name "
               "(digits-mlp, digits-cnn)")
-
-
-def model_file(path_or_name: str) -> Path:
-    """The file behind a model argument (a bundled name's own checkpoint file)."""
-    from certify.models import BUNDLED
-    if path_or_name in BUNDLED:
-        return BUNDLED[path_or_name]
-    p = Path(path_or_name)
-    if not p.exists():
-        raise CertifyError(f"model file {path_or_name} does not exist (bundled models: {', '.join(BUNDLED)})")
-    if p.is_dir():
-        raise CertifyError(f"model path {path_or_name} is a directory, not a model file")
-    return p
-
-
-def load_model(path_or_name: str):
-    """The IR ``Network`` of a model file or bundled model name."""
-    from certify.models import BUNDLED, load_bundled, load_network
-    if path_or_name in BUNDLED:
-        return load_bundled(path_or_name)
-    p = model_file(path_or_name)
-    name = p.name.lower()
-    if name.endswith(".onnx") or name.endswith(".onnx.gz"):
-        from certify.frontends.onnx import load
-        return load(str(p))
-    if name.endswith(".pt") or name.endswith(".pth"):
-        return load_network(str(p))
-    raise CertifyError(f"{path_or_name}: unknown model format (expected .onnx, .onnx.gz or a certify .pt checkpoint)")
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
 
 
-def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
+def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags: tuple[str, ...] = ("--n", "--max"),
+                  dest: str = "n") -> None:
+    """The data flags; the number of inputs goes to ``args.<dest>`` under ``count_flags``."""
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
@@ -57,7 +28,7 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100) -> None:
     g.add_argument("--data-dir", default=None,
                    help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument("--n", "--max", dest="n", type=positive_int, default=default_n,
+    g.add_argument(*count_flags, dest=dest, type=positive_int, default=default_n,
                    help=f"number of inputs to evaluate (default: {default_n})")
     g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (default: 1)")
     g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")
@@ -113,6 +84,15 @@ def domain_from(args) -> tuple[float, float] | None:
     return tuple(args.domain)
 
 
+def add_radius_args(g, tol: float, max_radius: float | None, max_radius_help: str) -> None:
+    """``--radius`` (bisection on eps instead of testing --eps), its ``--tol`` and ``--max-radius``."""
+    g.add_argument("--radius", action="store_true",
+                   help="find each input's largest certified eps by bisection instead of testing --eps")
+    g.add_argument("--tol", type=positive_float, default=tol, help=f"bisection tolerance of --radius (default: {tol:g})")
+    g.add_argument("--max-radius", type=positive_float, default=max_radius,
+                   help=f"upper end of the --radius search (default: {max_radius_help})")
+
+
 def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=default, help="JSON-lines result file, one record per input"
@@ -156,12 +136,6 @@ def open_results(args, engine: str, method: str | None, norm: str | None, **para
         print(f"certify {args.command}: note: {args.out} has no provenance header; its records are kept, but "
               "whether they come from the same configuration cannot be checked", file=sys.stderr)
     return w
-
-
-def progress(iterable: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterable[T]:
-    """A tqdm progress bar on stderr (hidden when stderr is not a terminal)."""
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
 
 
 def summary_lines(records: list, method: str, what: str, elapsed: float, n_run: int, radius: bool) -> list[str]:

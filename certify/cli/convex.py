@@ -14,10 +14,11 @@ import time
 import torch
 
 from certify.cli.argtypes import nonneg_float, positive_float, positive_int
-from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, check_input_shape,
-                                check_labels,
-                                domain_from, load_data, load_model, open_results, progress, summary_lines)
+from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, add_radius_args,
+                                check_input_shape, check_labels, domain_from, load_data, load_model, open_results,
+                                summary_lines)
 from certify.errors import CertifyError
+from certify.report.progress import progress
 from certify.report.records import Record
 from certify.spec.output import robustness_matrix
 
@@ -49,10 +50,7 @@ def register(sub) -> None:
                            help="ball norm: inf or 2 (default: inf); for lp, 2 makes it a second-order cone "
                                 "program solved by cvxpy (Clarabel, or --solver scs)")
         add_domain_args(g)
-        g.add_argument("--radius", action="store_true",
-                       help="find each input's largest certified eps by bisection instead of testing --eps")
-        g.add_argument("--tol", type=positive_float, default=1e-3, help="bisection tolerance of --radius (default: 1e-3)")
-        g.add_argument("--max-radius", type=positive_float, default=0.5, help="upper end of the --radius search (default: 0.5)")
+        add_radius_args(g, 1e-3, 0.5, "0.5")
         g.add_argument("--bounds-method", default="crown", choices=["crown", "alpha"],
                        help="pre-activation bounds from CROWN (default) or alpha-CROWN")
         g.add_argument("--time-limit", type=positive_float, default=None,

@@ -38,21 +38,12 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import MODEL_HELP
+    from certify.cli.common import MODEL_HELP, add_data_args
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits",
-                   help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
-                        "(default: digits)")
-    g.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $CERTIFY_DATA)")
-    g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument("--max", dest="max_inputs", type=positive_int, default=500,
-                   help="number of inputs to certify (default: 500)")
-    g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (Cohen: 20 on MNIST; default 1)")
-    g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")
+    add_data_args(p, default_n=500, count_flags=("--max",), dest="max_inputs")   # --n is the sample count here
     s = p.add_argument_group("smoothing")
     s.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"],
                    help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
@@ -127,7 +118,8 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
 
 
 def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results, progress
+    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results
+    from certify.report.progress import progress
     from certify.report.curve import default_radii, format_table, from_records, write_cohen
     from smoothing import Smooth
 

@@ -6,7 +6,7 @@ Each of ``lp``, ``sdp``, ``milp`` takes ``(net_or_module, x, eps=..., norm=..., 
 domain=(0, 1))`` and returns a ``ConvexResult`` with ``.lower`` (B, rows) certified lower
 bounds of ``C @ y + d``, per-row ``.status``, ``.seconds`` and ``.verdict``.
 """
-from certify.convex.linearize import PiecewiseLinear, linearize
+from certify.solvers.linearize import PiecewiseLinear, linearize
 from certify.convex.lp import lp
 from certify.convex.milp import milp
 from certify.convex.radius import certified_radius

@@ -23,16 +23,11 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
-from certify.convex.encode import Encoding, encode
-from certify.convex.highs import dual_bound, make_highs, set_objective, status_name
+from certify.solvers.encode import Encoding, encode, objective_rows
+from certify.solvers.highs import dual_bound, make_highs, set_objective, status_name
 from certify.convex.problem import Problem, is_box_set, prepare
 from certify.convex.result import ConvexResult
 from certify.errors import CertifyError
-
-
-def _objective_rows(expr, enc: Encoding) -> np.ndarray:
-    M = expr.full(enc.offsets, enc.ncont).toarray()
-    return np.hstack([M, np.zeros((M.shape[0], enc.A.shape[1] - enc.ncont))])
 
 
 def solve_rows(enc: Encoding, costs: np.ndarray, consts: np.ndarray, solver: str = "highs",
@@ -89,7 +84,7 @@ def refine_all(prob: Problem, b: int, solver: str = "highs", time_limit: float |
             continue
         enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre], upto=k - 1)
         expr = prob.pl.layers[k - 1].pre
-        M = _objective_rows(expr, enc)[iu]
+        M = objective_rows(expr, enc)[iu]
         c = expr.const[iu]
         lows, s1 = solve_rows(enc, np.vstack([M, -M]), np.concatenate([c, -c]), solver, time_limit)
         n = len(iu)
@@ -136,9 +131,9 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
         obj = prob.objective(b)
         if l2:
             x0 = prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy()
-            lows, st = solve_rows_l2(enc, _objective_rows(obj, enc), obj.const, x0, float(eps_b[b]), cone, time_limit)
+            lows, st = solve_rows_l2(enc, objective_rows(obj, enc), obj.const, x0, float(eps_b[b]), cone, time_limit)
         else:
-            lows, st = solve_rows(enc, _objective_rows(obj, enc), obj.const, solver, time_limit, options)
+            lows, st = solve_rows(enc, objective_rows(obj, enc), obj.const, solver, time_limit, options)
         lower[b] = torch.from_numpy(lows)
         status.append(st)
         secs.append(time.perf_counter() - t0)

@@ -8,9 +8,10 @@ any split of the input part r_x = q + p,
     min c^T z + c0 >= c0 + sum_i (y_i row bound) + sum_{j not input} min(r_j lo_j, r_j hi_j)
                       + sum_{j input} min(q_j lo_j, q_j hi_j) + p^T x0 - eps ||p||_2,
 because the input lies in both its box (for the q part) and the ball (for the p part). y comes
-from the cone solver's row duals, q from its input-box duals (also tried: q = 0, ball only, and
-q = r_x, box only; the largest value is kept). The value is computed in float64 and lowered by
-a bound on its rounding error. A solve without dual values gives ``-inf`` (status: the solver's).
+from the cone solver's row duals; three splits are evaluated (q from the cone solver's input-box
+duals, q = 0: ball only, q = r_x: box only) and the largest value is kept. The value is computed
+in float64 and lowered by a bound on its rounding error. A solve without dual values gives
+``-inf`` (status: the solver's).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from certify.convex.encode import Encoding
-from certify.convex.highs import EPS64, row_terms
+from certify.solvers.encode import Encoding
+from certify.solvers.highs import EPS64, row_terms
 from certify.errors import CertifyError
 
 SOLVERS = ("CLARABEL", "SCS", "ECOS")

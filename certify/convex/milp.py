@@ -22,9 +22,8 @@ import time
 import numpy as np
 import torch
 
-from certify.convex.encode import encode
-from certify.convex.highs import dual_bound, make_highs, set_objective, status_name
-from certify.convex.lp import _objective_rows
+from certify.solvers.encode import encode, objective_rows
+from certify.solvers.highs import dual_bound, make_highs, run_until_sign_known, set_objective, status_name
 from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult
 from certify.errors import CertifyError
@@ -36,15 +35,9 @@ def _solve_row(enc, cost, c0, decision: bool, time_limit, options):
     h = make_highs(enc, time_limit, options)
     set_objective(h, cost, c0)
     if decision:
-        def stop(e):
-            if e.data_out.mip_dual_bound > ZERO_TOL or e.data_out.mip_primal_bound < -ZERO_TOL:
-                e.interrupt()
-        h.cbMipInterrupt.subscribe(stop)
-    try:
+        run_until_sign_known(h, ZERO_TOL)
+    else:
         h.run()
-    finally:
-        if decision:
-            h.cbMipInterrupt.unsubscribe(stop)
     st = status_name(h)
     info = h.getInfo()
     if not enc.integer.any():
@@ -82,7 +75,7 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
         t0 = time.perf_counter()
         enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre], binary=True)
         obj = prob.objective(b)
-        costs = _objective_rows(obj, enc)
+        costs = objective_rows(obj, enc)
         st_b, found = ["not_run"] * rows, None
         for r in range(rows):
             st, dual, sol = _solve_row(enc, costs[r], obj.const[r], mode == "decision", time_limit, options)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from certify.convex.linearize import Affine, PiecewiseLinear, linearize
+from certify.solvers.linearize import Affine, PiecewiseLinear, linearize
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.sets import Box, InputSet, ball

@@ -1,4 +1,5 @@
-"""Certified radius of a convex certificate by bisection over eps (as ``bounds.radius``).
+"""Certified radius of a convex certificate by bisection over eps (``certify.spec.radius``, as
+``bounds.radius``).
 
 Certification is monotone in eps for these relaxations only approximately (pre-activation
 bounds come from a separate engine), so the answer is the largest eps *checked* certified:
@@ -12,6 +13,7 @@ import torch
 
 from certify.convex.problem import as_network
 from certify.spec.output import robustness_matrix
+from certify.spec.radius import bisect_radius
 
 
 def certified_radius(method, net, x: torch.Tensor, label: torch.Tensor, norm="inf", lo: float = 0.0,
@@ -23,25 +25,12 @@ def certified_radius(method, net, x: torch.Tensor, label: torch.Tensor, norm="in
     x = torch.as_tensor(x)
     net = as_network(net, x.shape[1:])
     K = num_classes or int(math.prod(net.output_shape))
-    out = torch.zeros(x.shape[0], dtype=torch.float64)
-    for b in range(x.shape[0]):
-        xb = x[b: b + 1]
-        C = robustness_matrix(torch.as_tensor(label).reshape(-1)[b: b + 1], K)
+    labels = torch.as_tensor(label).reshape(-1)
 
-        def ok(e: float) -> bool:
-            return method(net, xb, eps=e, norm=norm, C=C, domain=domain, **kw).verdict[0] == "certified"
+    def check(sel: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([method(net, x[b: b + 1], eps=float(e), norm=norm, C=robustness_matrix(labels[b: b + 1], K),
+                                    domain=domain, **kw).verdict[0] == "certified" for b, e in zip(sel.tolist(), eps)],
+                            dtype=torch.bool)
 
-        if lo > 0 and not ok(lo):
-            continue
-        good, bad = lo, hi
-        if ok(hi):
-            out[b] = hi
-            continue
-        while bad - good > tol:
-            mid = (good + bad) / 2
-            if ok(mid):
-                good = mid
-            else:
-                bad = mid
-        out[b] = good
-    return out
+    r, ok_lo = bisect_radius(check, x.shape[0], lo, hi, tol, torch.float64, check_lo=lo > 0)
+    return torch.where(ok_lo, r, torch.zeros_like(r))

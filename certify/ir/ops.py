@@ -273,6 +273,20 @@ class Normalize(Op):
         return (x - _channel_view(self.mean, nd)) / _channel_view(self.std, nd)
 
 
+def _pool_shape(name: str, in_shapes, kernel, stride, padding) -> tuple[int, int, int]:
+    """Output shape of a 2-D pooling op on (C, H, W); padding at most half the kernel."""
+    (s,) = in_shapes
+    if len(s) != 3:
+        raise IRError(f"{name} expects (C, H, W), got {s}")
+    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
+        raise IRError(f"{name} padding must be at most half the kernel")
+    h = (s[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    w = (s[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    if h <= 0 or w <= 0:
+        raise IRError(f"{name} output would be empty for input {s}")
+    return (s[0], int(h), int(w))
+
+
 @dataclass(eq=False)
 class AvgPool2d(Op):
     """Average pooling on (C, H, W). Padding counts zeros (count_include_pad=True) unless told."""
@@ -288,16 +302,7 @@ class AvgPool2d(Op):
         self.padding = _pair(self.padding)
 
     def infer_shape(self, in_shapes):
-        (s,) = in_shapes
-        if len(s) != 3:
-            raise IRError(f"AvgPool2d expects (C, H, W), got {s}")
-        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
-            raise IRError("AvgPool2d padding must be at most half the kernel")
-        h = (s[1] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
-        w = (s[2] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
-        if h <= 0 or w <= 0:
-            raise IRError(f"AvgPool2d output would be empty for input {s}")
-        return (s[0], int(h), int(w))
+        return _pool_shape("AvgPool2d", in_shapes, self.kernel, self.stride, self.padding)
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=self.count_include_pad)
@@ -320,16 +325,7 @@ class MaxPool2d(Op):
         self.padding = _pair(self.padding)
 
     def infer_shape(self, in_shapes):
-        (s,) = in_shapes
-        if len(s) != 3:
-            raise IRError(f"MaxPool2d expects (C, H, W), got {s}")
-        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
-            raise IRError("MaxPool2d padding must be at most half the kernel")
-        h = (s[1] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
-        w = (s[2] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
-        if h <= 0 or w <= 0:
-            raise IRError(f"MaxPool2d output would be empty for input {s}")
-        return (s[0], int(h), int(w))
+        return _pool_shape("MaxPool2d", in_shapes, self.kernel, self.stride, self.padding)
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel, self.stride, self.padding)

@@ -32,5 +32,31 @@ def load_bundled(name: str):
     return net
 
 
+def model_file(path_or_name: str) -> Path:
+    """The file behind a model argument (a bundled name's own checkpoint file)."""
+    if path_or_name in BUNDLED:
+        return BUNDLED[path_or_name]
+    p = Path(path_or_name)
+    if not p.exists():
+        raise CertifyError(f"model file {path_or_name} does not exist (bundled models: {', '.join(BUNDLED)})")
+    if p.is_dir():
+        raise CertifyError(f"model path {path_or_name} is a directory, not a model file")
+    return p
+
+
+def load_model(path_or_name: str):
+    """The IR ``Network`` of a model file or bundled model name."""
+    if path_or_name in BUNDLED:
+        return load_bundled(path_or_name)
+    p = model_file(path_or_name)
+    name = p.name.lower()
+    if name.endswith(".onnx") or name.endswith(".onnx.gz"):
+        from certify.frontends.onnx import load
+        return load(str(p))
+    if name.endswith(".pt") or name.endswith(".pth"):
+        return load_network(str(p))
+    raise CertifyError(f"{path_or_name}: unknown model format (expected .onnx, .onnx.gz or a certify .pt checkpoint)")
+
+
 __all__ = ["ZOO", "build", "register", "save_checkpoint", "load_checkpoint", "load_network", "load_bundled",
-           "BUNDLED"]
+           "load_model", "model_file", "BUNDLED"]

@@ -10,8 +10,7 @@ We bring the conjunction of all asserts into disjunctive normal form (``or`` dis
 bound every ``X_i`` from both sides: variable-vs-constant only); its output atoms give a
 conjunction ``A @ y <= b``. Terms with the same box are grouped into one ``Region``, whose
 violation is the disjunction of its conjunctions. So both shapes seen in VNN-COMP work:
-an ``or`` of input boxes (ACAS Xu prop_6: one region per box, each with the shared output
-condition) and input and output atoms mixed inside one ``or`` (``test_tiny``). Terms whose box
+an ``or`` of input boxes (one region per box, each with the shared output condition) and input and output atoms mixed inside one ``or`` (``test_tiny``). Terms whose box
 is empty (some lower > upper) cannot be satisfied and are dropped.
 
 Supported: ``declare-const``, ``assert``, ``and``, ``or``, ``<=``, ``>=`` between a variable

@@ -46,7 +46,7 @@ def evaluate_bounds(model: nn.Module, net, X: torch.Tensor, y: torch.Tensor, idx
     todo = [k for k, i in enumerate(idx) if i not in writer.done]
     chunks = [todo[a:a + batch_size] for a in range(0, len(todo), batch_size)]
     if progress:
-        from certify.cli.common import progress as bar
+        from certify.report.progress import progress as bar
         chunks = bar(chunks, total=len(chunks), desc=f"certify ({method})")
     for chunk in chunks:
         t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def evaluate_smoothing(model: nn.Module, X: torch.Tensor, y: torch.Tensor, idx: 
     smooth = Smooth(model, K, "gaussian", sigma, input_shape=tuple(X.shape[1:]))
     todo = [k for k, i in enumerate(idx) if i not in writer.done]
     if progress:
-        from certify.cli.common import progress as bar
+        from certify.report.progress import progress as bar
         todo = bar(todo, total=len(todo), desc="certify (smoothing)")
     for k in todo:
         t0 = time.perf_counter()
