@@ -125,8 +125,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     model = os.path.abspath(args.model)
-    config = {"model": os.path.relpath(model, REPO) if model.startswith(str(REPO) + os.sep) else model, "data": args.data, "skip": args.skip, "inputs": count,
-              "sigma": args.sigma, "n": n, "n0": args.n0, "alpha": args.alpha, "batch": args.batch, "seed": 0}
+    config = {"model": os.path.relpath(model, REPO) if model.startswith(str(REPO) + os.sep) else model,
+              "data": args.data, "skip": args.skip, "inputs": count, "sigma": args.sigma, "n": n, "n0": args.n0,
+              "alpha": args.alpha, "batch": args.batch, "seed": 0}
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.json"
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:

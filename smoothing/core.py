@@ -38,8 +38,9 @@ class CertifyResult:
     (Clopper-Pearson lower bound on pA), ``counts`` (estimation counts, (K,), over ``n``
     samples), ``counts_selection`` (the n0 selection counts, (K,)). Sequential runs also give
     ``n_max`` (the budget), ``pa_upper``, ``stop`` (the reason sampling ended, see
-    ``smoothing.sequential``), ``target_radius`` (None without a target) and ``looks`` (how many
-    of the test's looks were used)."""
+    ``smoothing.sequential``), ``target_radius`` (None without a target), ``looks`` (how many
+    of the test's looks were used) and ``level`` (alpha / number of looks, the level of each
+    look's bounds)."""
 
     prediction: int
     radius: float
@@ -58,6 +59,7 @@ class CertifyResult:
     stop: str | None = None
     target_radius: float | None = None
     looks: int | None = None
+    level: float | None = None
 
     @property
     def abstained(self) -> bool:
@@ -79,7 +81,7 @@ class CertifyResult:
               "norm": self.norm, "n": self.n, "n0": self.n0, "alpha": self.alpha}
         if self.n_max is not None:
             ev.update(samples=self.samples, n_max=self.n_max, pa_upper=self.pa_upper, stop=self.stop,
-                      target_radius=self.target_radius, looks=self.looks)
+                      target_radius=self.target_radius, looks=self.looks, level=self.level)
         return ev
 
 
@@ -202,7 +204,8 @@ class Smooth:
         dim = math.prod(self._shape or tuple(torch.as_tensor(x).shape))
         common = dict(pa_lower=lo, counts=est, counts_selection=sel, norm=self.norm, noise=self.family.name,
                       sigma=self.sigma, n0=int(n0), n=int(n), alpha=float(alpha), dim=dim, n_max=test.n_max,
-                      pa_upper=hi, stop=REASONS[int(code)], target_radius=test.radius, looks=j + 1)
+                      pa_upper=hi, stop=REASONS[int(code)], target_radius=test.radius, looks=j + 1,
+                      level=test.level)
         if lo < 0.5:
             return CertifyResult(prediction=self.ABSTAIN, radius=0.0, **common)
         return CertifyResult(prediction=c_hat, radius=float(self.family.radius(lo, self.sigma)), **common)

@@ -13,10 +13,11 @@ affine input ops such as ``Normalize`` that ``Network.simplify`` folds into it) 
 W W^T = L L^T once (symmetric eigendecomposition in float64, L = Q diag(sqrt(max(lam, 0))), L of
 size out x out) and sample W e as sigma * L z with z ~ N(0, I_out): the same distribution of the
 first layer's output, exactly, at the cost of out (not in) normals and an out x out (not out x in)
-product. The rest of the network then runs unchanged. A ``torch.nn.Module`` holding such an ``nn.Linear``
-is traced to the IR (``certify.frontends.torch.from_module``, checked against the module) to look
-for this first layer; when tracing fails or the layer is not first, the module itself runs on
-input-space noise.
+product. The rest of the network then runs unchanged.
+
+A ``torch.nn.Module`` holding an ``nn.Linear`` with out < in is traced to the IR
+(``certify.frontends.torch.from_module``, checked against the module) to look for this first
+layer; when tracing fails or the layer is not first, the module itself runs on input-space noise.
 The traced plan is a snapshot of the module's parameters and buffers: it is rebuilt when they
 change (compared exactly before each count), so counts always follow the module's current weights.
 

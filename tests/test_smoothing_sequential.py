@@ -150,6 +150,7 @@ def test_smooth_certify_adaptive_on_a_linear_model(margin, radius, stop, share):
     for r in results:
         c = r.counts_selection.argmax()
         assert r.n in test.looks and r.counts.sum() == r.n and r.samples == 100 + r.n and r.n_max == n_max
+        assert r.level == test.level
         assert r.pa_lower == pytest.approx(float(clopper_pearson(r.counts[c], r.n, test.level)[0]), abs=1e-12)
         assert r.evidence()["stop"] == r.stop and r.evidence()["samples"] == r.samples
         assert r.radius <= max(margin, 0.0) + 1e-9 or r.abstained     # never above the true radius here
@@ -157,6 +158,16 @@ def test_smooth_certify_adaptive_on_a_linear_model(margin, radius, stop, share):
     assert sum(r.stop == stop for r in results) >= runs - 1
     assert np.mean([r.samples for r in results]) < share * n_max
     assert sm.counter((4,)).uses_pushforward                        # the module was traced to the IR
+
+
+def test_one_look_is_cohens_certify():
+    model = LinearModel(torch.tensor([0.6, -0.8]), 0.1)
+    x = torch.tensor([0.2, 0.1])
+    a = Smooth(model, 2, sigma=SIGMA, seed=3).certify(x, n0=50, n=80, alpha=0.01)
+    b = Smooth(model, 2, sigma=SIGMA, seed=3).certify_adaptive(x, radius=0.2, n0=50, n_max=80, alpha=0.01)
+    assert b.looks == 1 and b.level == 0.01 and b.n == 80
+    assert (a.counts.tolist(), a.prediction, a.radius) == (b.counts.tolist(), b.prediction, b.radius)
+    assert a.pa_lower == pytest.approx(b.pa_lower, abs=1e-12)
 
 
 def test_certify_adaptive_rejects_bad_arguments():
