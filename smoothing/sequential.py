@@ -19,7 +19,8 @@ Stopping rules, checked at every look (sampling always ends at n_max, reason "bu
 
 * target radius r: "certified" when L_j >= 1/2 and the radius of L_j is >= r; "below" when
   U_j < p* = the noise family's pA needed for radius r (r cannot be certified; this includes
-  abstaining early when pA is near 1/2, since p* >= 1/2).
+  abstaining early when pA is near 1/2, since p* >= 1/2), or when even n_max - n_j further
+  successes would leave the radius of the last look's lower bound below r.
 * no target: "abstain" when U_j < 1/2; "settled" when the radius cannot grow by more than ``tol``:
   min(R(U_j), R_max) - R(L_j) <= tol, with R_max the radius of n_max successes in n_max samples
   (the largest the budget can certify) and R(L_j) = 0 below 1/2.
@@ -97,7 +98,8 @@ class SequentialTest:
         code = np.full(lo.shape, CONTINUE, dtype=np.int64)
         r_lo = self.radii(lo)
         if self.radius is not None:
-            code[hi < self.needed] = BELOW
+            best = clopper_pearson(np.asarray(k) + (self.n_max - self.looks[j]), self.n_max, self.level)[0]
+            code[(hi < self.needed) | (self.radii(best) < self.radius)] = BELOW
             code[(lo >= 0.5) & (r_lo >= self.radius)] = CERTIFIED
         else:
             gain = np.minimum(self.radii(hi), self.r_max) - r_lo

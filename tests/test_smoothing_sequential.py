@@ -114,6 +114,11 @@ def test_simulated_savings_near_one_and_near_half():
         assert used.mean() < n_max / 20, (p, used.mean())
         assert np.mean(code == REASONS.index(stop)) > 0.99
         assert p > 0.5 or np.mean(lo < 0.5) > 0.99
+    # a radius the budget cannot reach even with every sample a success ends at the first look
+    far = SequentialTest("gaussian", SIGMA, 0.001, n_max, radius=1.0)
+    assert far.r_max < 1.0
+    _, _, code, used = simulate(far, 1.0, 100, n0=100, seed=4)
+    assert np.all(used == 100) and np.all(code == REASONS.index("below"))
     # near the value R needs, the budget is used and the answer matches fixed-N's most of the time
     _, lo, code, used = simulate(at_r, float(norm.cdf(2.0)) + 0.002, runs, n0=100, seed=2)
     assert used.mean() > n_max / 10 and np.mean(code == REASONS.index("certified")) > 0.5
