@@ -6,6 +6,9 @@
   Clopper-Pearson bound, abstain if the bound is <= 1/2, else return the class and the noise
   family's radius. With probability >= 1 - alpha over the sampling, a non-abstaining answer is
   g's prediction and g is constant on the ball of that radius (in the family's norm).
+* ``certify_adaptive``: the same two stages, the estimation drawn in growing rounds that stop
+  once the answer is settled (``smoothing.sequential``: Clopper-Pearson bounds at alpha / J at J
+  fixed looks), with the same guarantee for a sample budget of ``n_max``.
 * ``predict``: top two classes among ``n`` samples; abstain unless the two-sided binomial test
   rejects "equally likely" at level ``alpha``. P(returns a class other than g(x)) <= alpha.
 
@@ -25,14 +28,19 @@ from certify.errors import CertifyError
 from certify.ir import Network
 from smoothing.noise import check_sigma, convert_radius, get_noise
 from smoothing.sampling import NoiseCounter, soft_log_probs
+from smoothing.sequential import CONTINUE, REASONS, SequentialTest
 from smoothing.stats import lower_confidence_bound, top_two_pvalue
 
 
 @dataclass
 class CertifyResult:
     """``prediction`` (-1 = abstain), ``radius`` (in ``norm``; 0.0 on abstain), ``pa_lower``
-    (Clopper-Pearson lower bound on pA), ``counts`` (estimation counts, (K,)),
-    ``counts_selection`` (the n0 selection counts, (K,))."""
+    (Clopper-Pearson lower bound on pA), ``counts`` (estimation counts, (K,), over ``n``
+    samples), ``counts_selection`` (the n0 selection counts, (K,)). Sequential runs also give
+    ``n_max`` (the budget), ``pa_upper``, ``stop`` (the reason sampling ended, see
+    ``smoothing.sequential``), ``target_radius`` (None without a target), ``looks`` (how many
+    of the test's looks were used) and ``level`` (alpha / number of looks, the level of each
+    look's bounds)."""
 
     prediction: int
     radius: float
@@ -46,6 +54,12 @@ class CertifyResult:
     n: int
     alpha: float
     dim: int = field(default=0)
+    n_max: int | None = None
+    pa_upper: float | None = None
+    stop: str | None = None
+    target_radius: float | None = None
+    looks: int | None = None
+    level: float | None = None
 
     @property
     def abstained(self) -> bool:
@@ -56,10 +70,19 @@ class CertifyResult:
         (ball inclusion; e.g. Gaussian L-inf = L2 radius / sqrt(d))."""
         return convert_radius(self.radius, self.norm, str(norm), self.dim)
 
+    @property
+    def samples(self) -> int:
+        """Noise samples drawn in all: n0 + n."""
+        return self.n0 + self.n
+
     def evidence(self) -> dict:
-        return {"pa_lower": self.pa_lower, "counts": self.counts.tolist(),
-                "counts_selection": self.counts_selection.tolist(), "sigma": self.sigma, "noise": self.noise,
-                "norm": self.norm, "n": self.n, "n0": self.n0, "alpha": self.alpha}
+        ev = {"pa_lower": self.pa_lower, "counts": self.counts.tolist(),
+              "counts_selection": self.counts_selection.tolist(), "sigma": self.sigma, "noise": self.noise,
+              "norm": self.norm, "n": self.n, "n0": self.n0, "alpha": self.alpha}
+        if self.n_max is not None:
+            ev.update(samples=self.samples, n_max=self.n_max, pa_upper=self.pa_upper, stop=self.stop,
+                      target_radius=self.target_radius, looks=self.looks, level=self.level)
+        return ev
 
 
 def _input_shape(model, input_shape):
@@ -80,7 +103,8 @@ class Smooth:
         sigma: the family's scale.
         seed: seeds the generator (None: nondeterministic).
         batch: default samples per forward pass.
-        pushforward: "auto" | True | False, see ``smoothing.sampling``.
+        pushforward: "auto" | True | False, see ``smoothing.sampling`` (a torch module is traced to the
+            IR for it when the front end can; otherwise the module runs as is).
         prefetch: "auto" | True | False: fill the next noise batch in a helper thread while the
             network runs (auto: when torch uses fewer threads than there are CPUs). Same results.
         input_shape: needed only for a torch module (an IR network knows it); else taken from x.
@@ -149,6 +173,42 @@ class Smooth:
         if pa < 0.5:
             return CertifyResult(prediction=self.ABSTAIN, radius=0.0, **common)
         return CertifyResult(prediction=c_hat, radius=float(self.family.radius(pa, self.sigma)), **common)
+
+    def certify_adaptive(self, x: torch.Tensor, radius: float | None = None, n0: int = 100,
+                         n_max: int = 100_000, alpha: float = 0.001, tol: float | None = None, first: int = 100,
+                         growth: float = 2.0, batch: int | None = None, seed: int | None = None,
+                         on_batch=None) -> CertifyResult:
+        """CERTIFY with sequential estimation (``smoothing.sequential``) for one input ``x``.
+
+        The class is selected from ``n0`` samples as in ``certify``; fresh estimation samples are
+        then drawn up to each look (``first``, ``first * growth``, ..., ``n_max``) until the rule
+        stops: with ``radius=r``, once the radius is >= r or pA is shown below the value r needs;
+        without, once pA is shown below 1/2 or the radius cannot grow by more than ``tol`` (default
+        sigma / 10). The radius comes from the lower bound at the last look used. Guarantee: with
+        probability >= 1 - alpha, a non-abstaining answer is g's prediction and g is constant on
+        the ball of that radius, as for ``certify`` with n = n_max; ``result.n`` is the number of
+        estimation samples used."""
+        if int(n0) < 1:
+            raise CertifyError(f"n0 must be >= 1, got {n0}")
+        test = SequentialTest(self.family, self.sigma, alpha, n_max, radius, tol, first, growth)
+        self._reseed(seed)
+        sel = self.counts(x, n0, batch, on_batch)
+        c_hat = int(sel.argmax())
+        est, n = np.zeros(self.num_classes, dtype=np.int64), 0
+        for j, n_j in enumerate(test.looks):
+            est += self.counts(x, n_j - n, batch, on_batch)   # fresh samples: independent of the selection
+            n = n_j
+            lo, hi, code = (float(v) for v in test.decide(int(est[c_hat]), j))
+            if code != CONTINUE:
+                break
+        dim = math.prod(self._shape or tuple(torch.as_tensor(x).shape))
+        common = dict(pa_lower=lo, counts=est, counts_selection=sel, norm=self.norm, noise=self.family.name,
+                      sigma=self.sigma, n0=int(n0), n=int(n), alpha=float(alpha), dim=dim, n_max=test.n_max,
+                      pa_upper=hi, stop=REASONS[int(code)], target_radius=test.radius, looks=j + 1,
+                      level=test.level)
+        if lo < 0.5:
+            return CertifyResult(prediction=self.ABSTAIN, radius=0.0, **common)
+        return CertifyResult(prediction=c_hat, radius=float(self.family.radius(lo, self.sigma)), **common)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch: int | None = None,
                 seed: int | None = None) -> int:

@@ -3,13 +3,13 @@ norm it certifies and its certified-radius formula.
 
 ``sigma`` is each family's scale parameter (not always its standard deviation):
 
-===========  =====================================  ====  ===================================
-family       distribution of each coordinate         norm  certified radius R(pA), pA > 1/2
-===========  =====================================  ====  ===================================
-gaussian     N(0, sigma^2)                           L2    sigma * Phi^-1(pA)
-laplace      Laplace(0, b=sigma), density e^-|x|/b/2b L1    -sigma * log(2 (1 - pA))
-uniform      U[-sigma, sigma]                        L1    2 * sigma * (pA - 1/2)
-===========  =====================================  ====  ===================================
+===========  =====================================  ====  ============================  =======================
+family       distribution of each coordinate         norm  radius R(pA), pA > 1/2       pA needed for radius r
+===========  =====================================  ====  ============================  =======================
+gaussian     N(0, sigma^2)                           L2    sigma * Phi^-1(pA)            Phi(r / sigma)
+laplace      Laplace(0, b=sigma), density e^-|x|/b/2b L1    -sigma * log(2 (1 - pA))      1 - exp(-r / sigma) / 2
+uniform      U[-sigma, sigma]                        L1    2 * sigma * (pA - 1/2)        1/2 + r / (2 sigma)
+===========  =====================================  ====  ============================  =======================
 
 References: Gaussian, Cohen, Rosenfeld & Kolter 2019, Thm 1 (with pB = 1 - pA). Laplace,
 Teng, Lee & Tsai 2020 ("l1 adversarial robustness certificates: a randomized smoothing
@@ -63,23 +63,40 @@ def _radius_uniform(p: float, sigma: float) -> float:
     return 2.0 * sigma * (p - 0.5)
 
 
+def _needed_gaussian(r: float, sigma: float) -> float:
+    return float(_normal.cdf(r / sigma))
+
+
+def _needed_laplace(r: float, sigma: float) -> float:
+    return 1.0 - 0.5 * math.exp(-r / sigma)
+
+
+def _needed_uniform(r: float, sigma: float) -> float:
+    return 0.5 + r / (2.0 * sigma)
+
+
 @dataclass(frozen=True)
 class NoiseFamily:
     """A noise distribution: ``fill(buf, sigma, generator)`` overwrites ``buf`` in place with i.i.d.
     samples; ``radius(p_lower, sigma)`` is the certified radius in ``norm`` ('2' or '1') for a
-    lower bound ``p_lower > 1/2`` on the top class's probability."""
+    lower bound ``p_lower > 1/2`` on the top class's probability; ``needed(r, sigma)`` is its
+    inverse, the lower bound whose radius is ``r`` (1/2 at r = 0; above 1 when no bound reaches r)."""
 
     name: str
     norm: str
     fill: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor]
     radius: Callable[[float, float], float]
     scale: str
+    needed: Callable[[float, float], float]
 
 
 NOISES: dict[str, NoiseFamily] = {
-    "gaussian": NoiseFamily("gaussian", "2", _fill_gaussian, _radius_gaussian, "standard deviation"),
-    "laplace": NoiseFamily("laplace", "1", _fill_laplace, _radius_laplace, "Laplace scale b (std = sqrt(2) b)"),
-    "uniform": NoiseFamily("uniform", "1", _fill_uniform, _radius_uniform, "half-width (U[-sigma, sigma])"),
+    "gaussian": NoiseFamily("gaussian", "2", _fill_gaussian, _radius_gaussian, "standard deviation",
+                            _needed_gaussian),
+    "laplace": NoiseFamily("laplace", "1", _fill_laplace, _radius_laplace, "Laplace scale b (std = sqrt(2) b)",
+                           _needed_laplace),
+    "uniform": NoiseFamily("uniform", "1", _fill_uniform, _radius_uniform, "half-width (U[-sigma, sigma])",
+                           _needed_uniform),
 }
 
 

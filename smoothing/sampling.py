@@ -15,6 +15,12 @@ size out x out) and sample W e as sigma * L z with z ~ N(0, I_out): the same dis
 first layer's output, exactly, at the cost of out (not in) normals and an out x out (not out x in)
 product. The rest of the network then runs unchanged.
 
+A ``torch.nn.Module`` holding an ``nn.Linear`` with out < in is traced to the IR
+(``certify.frontends.torch.from_module``, checked against the module) to look for this first
+layer; when tracing fails or the layer is not first, the module itself runs on input-space noise.
+The traced plan is a snapshot of the module's parameters and buffers: it is rebuilt when they
+change (compared exactly before each count), so counts always follow the module's current weights.
+
 Prefetch (``prefetch="auto"``: on when torch uses fewer intra-op threads than there are CPUs): a
 helper thread fills the next batch's noise (two buffers, alternating) while the network runs on
 the current one, hiding the noise cost on a spare core. The fills happen in the same order on the
@@ -25,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -89,10 +96,37 @@ def find_pushforward(net) -> int | None:
     return k if out < inp else None
 
 
+def _traced(module: torch.nn.Module, input_shape) -> Network | None:
+    """``module`` as an IR network (sharing its parameters), or None when the front end cannot trace
+    it or when no ``nn.Linear`` with fewer outputs than inputs in it could absorb the noise (then
+    tracing, which runs ``forward``, is not tried)."""
+    from certify.frontends.torch import from_module
+    if not any(isinstance(m, torch.nn.Linear) and m.out_features < m.in_features for m in module.modules()):
+        return None
+    try:
+        return from_module(module, input_shape)
+    except Exception:  # an optional speed-up: the module runs as is
+        return None
+
+
+def _state(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in chain(module.parameters(), module.buffers())]
+
+
+def _same_state(module: torch.nn.Module, snapshot: list[torch.Tensor]) -> bool:
+    now = list(chain(module.parameters(), module.buffers()))
+    return len(now) == len(snapshot) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b)
+        for a, b in zip(now, snapshot))
+
+
 def pushforward_plan(net, input_shape) -> _PushForward | None:
     """The first-layer pushforward of ``net`` if one applies, directly or after ``net.simplify()``
     (which folds input-side Normalize / ConstAdd / ConstMul into the first Linear; used only when
-    the simplified network agrees with ``net`` on random inputs to 1e-4 relative)."""
+    the simplified network agrees with ``net`` on random inputs to 1e-4 relative). A torch module
+    is traced to the IR first."""
+    if isinstance(net, torch.nn.Module):
+        net = _traced(net, input_shape)
     if not isinstance(net, Network):
         return None
     k = find_pushforward(net)
@@ -127,7 +161,8 @@ class NoiseCounter:
         family, sigma: the noise.
         batch: samples per forward pass (memory: batch * prod(input_shape) floats).
         pushforward: "auto" (use the exact first-layer pushforward when it applies: Gaussian noise,
-            first op Linear with out < in), True (require it: error if it does not apply) or False.
+            first op Linear with out < in, for a module once traced), True (require it: error if it
+            does not apply) or False.
     """
 
     def __init__(self, model, input_shape, num_classes: int, family: NoiseFamily, sigma: float,
@@ -137,18 +172,26 @@ class NoiseCounter:
         self.model, self.family, self.sigma = model, family, float(sigma)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes, self.batch = int(num_classes), int(batch)
-        self.dtype = model_dtype(model)
-        self.push = None
-        if family.name == "gaussian" and pushforward in ("auto", True):
-            self.push = pushforward_plan(model, self.input_shape)
-        if pushforward is True and self.push is None:
-            raise CertifyError("pushforward=True needs Gaussian noise and an IR network whose first op is "
-                               "Linear (or Flatten then Linear, after folding elementwise affine ops such as "
-                               "Normalize) with fewer outputs than inputs")
-        self.prefetch = prefetch
+        self.pushforward, self.prefetch = pushforward, prefetch
+        self._snapshot: list[torch.Tensor] | None = None
+        self._plan()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _plan(self) -> None:
+        """(Re)build the pushforward plan and the noise buffers from the model's current weights."""
+        self.dtype = model_dtype(self.model)
+        self.push, self._snapshot = None, None
+        if self.family.name == "gaussian" and self.pushforward in ("auto", True):
+            self.push = pushforward_plan(self.model, self.input_shape)
+        if self.pushforward is True and self.push is None:
+            raise CertifyError("pushforward=True needs Gaussian noise and a network (an IR network, or a module "
+                               "the torch front end traces) whose first op is Linear (or Flatten then Linear, "
+                               "after folding elementwise affine ops such as Normalize) with fewer outputs than "
+                               "inputs")
+        if self.push is not None and isinstance(self.model, torch.nn.Module):
+            self._snapshot = _state(self.model)
         self._bufs: list[torch.Tensor] = []
         self._hbuf: torch.Tensor | None = None
-        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def uses_pushforward(self) -> bool:
@@ -196,6 +239,8 @@ class NoiseCounter:
     def counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Class counts (K,) int64 over ``num`` fresh noise samples around one input ``x``."""
+        if self._snapshot is not None and not _same_state(self.model, self._snapshot):
+            self._plan()
         x = torch.as_tensor(x).to(self.dtype)
         if tuple(x.shape) != self.input_shape:
             raise CertifyError(f"input of shape {tuple(x.shape)} does not match the model's input "

@@ -4,11 +4,14 @@
   binomial proportion: statsmodels ``proportion_confint(method="beta", alpha=2*alpha)`` (the lower
   end of the two-sided 1 - 2 alpha interval), which equals the Beta(alpha; k, n - k + 1) quantile
   (``beta_quantile_lower_bound``; 0 when k = 0). P(bound > true p) <= alpha.
+* ``clopper_pearson(k, n, level)``: both one-sided (1 - level) bounds at once, elementwise over
+  arrays (the Beta quantiles; used by the sequential test of ``smoothing.sequential``).
 * ``top_two_pvalue(k1, k2)``: two-sided exact binomial test (scipy ``binomtest``) of
   k1 successes in k1 + k2 trials against p = 1/2, used by ``predict`` to abstain.
 """
 from __future__ import annotations
 
+import numpy as np
 from scipy.stats import beta, binomtest
 from statsmodels.stats.proportion import proportion_confint
 
@@ -32,6 +35,20 @@ def beta_quantile_lower_bound(k: int, n: int, alpha: float) -> float:
     """The same bound from its closed form, the alpha-quantile of Beta(k, n - k + 1)."""
     _check(int(k), int(n), float(alpha))
     return 0.0 if k == 0 else float(beta.ppf(float(alpha), int(k), int(n) - int(k) + 1))
+
+
+def clopper_pearson(k, n, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided (1 - ``level``) Clopper-Pearson lower and upper bounds on p from ``k`` of ``n``
+    (arrays broadcast): Beta(level; k, n - k + 1) (0 at k = 0) and Beta(1 - level; k + 1, n - k)
+    (1 at k = n). Each holds with probability >= 1 - level on its own."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    if np.any(k < 0) or np.any(k > n) or np.any(n <= 0):
+        raise CertifyError("need 0 <= count <= n and n > 0 for every bound")
+    if not 0.0 < float(level) < 0.5:
+        raise CertifyError(f"level must be in (0, 0.5), got {level}")
+    lo = np.where(k > 0, beta.ppf(float(level), np.maximum(k, 1), n - k + 1), 0.0)
+    hi = np.where(k < n, beta.ppf(1.0 - float(level), k + 1, np.maximum(n - k, 1)), 1.0)
+    return lo, hi
 
 
 def top_two_pvalue(k1: int, k2: int) -> float:

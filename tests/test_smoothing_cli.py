@@ -88,3 +88,24 @@ def test_demo_section_runs_fast():
     assert lines[0].startswith("randomized smoothing") and "certified" in lines[-1]
     assert len(lines) == 2 + 5 + 1
     assert int(lines[-1].split(":")[1].split("/")[0]) >= 3
+
+
+def test_adaptive_at_a_radius_records_samples_and_keeps_the_answers(tmp_path):
+    fixed, adapt = tmp_path / "f.jsonl", tmp_path / "a.jsonl"
+    args = ["smooth", "digits-mlp", "--data", "digits", "--max", "4", "--n", "20000", "--n0", "50", "--sigma", "0.25"]
+    assert main(args + ["--out", str(fixed)]) == 0
+    assert main(args + ["--adaptive", "--radius", "0.25", "--out", str(adapt)]) == 0
+    for f, a in zip(read_records(str(fixed)), read_records(str(adapt))):
+        ev = a.evidence
+        assert ev["n_max"] == 20000 and ev["samples"] == 50 + ev["n"] == 50 + sum(ev["counts"])
+        assert ev["target_radius"] == 0.25 and ev["stop"] in ("certified", "below", "budget")
+        assert ev["counts_selection"] == f.evidence["counts_selection"]         # same seeded selection stage
+        assert (a.certified and a.radius >= 0.25) == (f.certified and f.radius >= 0.25)
+    assert sum(r.evidence["samples"] for r in read_records(str(adapt))) < 4 * 20050 / 5
+
+
+@pytest.mark.parametrize("extra,msg", [(["--radius", "0.5"], "add --adaptive"),
+                                       (["--adaptive", "--radius", "-1"], "--radius must be")])
+def test_adaptive_flag_errors(extra, msg, capsys):
+    assert main(ARGS + extra) == 2
+    assert msg in capsys.readouterr().err

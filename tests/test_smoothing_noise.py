@@ -185,3 +185,53 @@ def test_prefetch_thread_gives_identical_counts(push):
     assert sm.counter((1, 3, 4)).uses_prefetch() and sm.counter((1, 3, 4)).uses_pushforward == push
     assert a.counts.tolist() == b.counts.tolist() and a.counts_selection.tolist() == b.counts_selection.tolist()
     assert a.radius == b.radius
+
+
+class Branchy(torch.nn.Module):
+    """An MLP module whose forward depends on the data (torch.fx cannot trace it)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, z):
+        return self.body(z) if z.sum() > -1e9 else -self.body(z)
+
+
+def test_module_is_traced_for_the_pushforward_and_follows_its_weights():
+    from certify.frontends.torch import from_module
+    torch.manual_seed(5)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    x = torch.rand(1, 3, 4)
+    sm = Smooth(module, 4, sigma=0.5, seed=3, batch=100)
+    c = sm.counter((1, 3, 4))
+    assert c.uses_pushforward
+    # the same plan as for the traced network: identical counts from the same seed
+    ref = Smooth(from_module(module, (1, 3, 4)), 4, sigma=0.5, seed=3, batch=100).counts(x, 3000)
+    assert sm.counts(x, 3000).tolist() == ref.tolist()
+    assert c.push.tail.nodes[-1].op.weight is module[3].weight          # parameters shared, not copied
+    # the distribution equals input-space sampling of the module itself
+    n = 40_000
+    a, b = sm.counts(x, n), Smooth(module, 4, sigma=0.5, seed=4, pushforward=False).counts(x, n)
+    sd = np.sqrt((a / n * (1 - a / n) + b / n * (1 - b / n)) / n) + 1e-12
+    assert np.all(np.abs(a / n - b / n) <= 5 * sd), (a, b)
+    # first-layer weights changed in place (here behind autograd's back): the noise covariance
+    # W W^T changes and the plan is rebuilt, so the counts equal a fresh Smooth's
+    module[1].weight.data.mul_(3.0)
+    ref = Smooth(module, 4, sigma=0.5, seed=8, batch=100).counts(x, 2000)
+    sm._reseed(8)
+    assert sm.counts(x, 2000).tolist() == ref.tolist()
+
+
+def test_untraceable_module_runs_as_is():
+    torch.manual_seed(6)
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    module = Branchy(body)
+    x = torch.rand(1, 3, 4)
+    sm = Smooth(module, 4, sigma=0.5, seed=1)
+    assert not sm.counter((1, 3, 4)).uses_pushforward
+    ref = Smooth(module, 4, sigma=0.5, seed=1, pushforward=False).counts(x, 2000)
+    assert sm.counts(x, 2000).tolist() == ref.tolist()
+    assert Smooth(body, 4, sigma=0.5, seed=1).counter((1, 3, 4)).uses_pushforward
+    with pytest.raises(CertifyError, match="pushforward"):
+        Smooth(module, 4, sigma=0.5, pushforward=True).counts(x, 10)

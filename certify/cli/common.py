@@ -36,18 +36,13 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags:
 
 def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """(indices into the split, images (N, C, H, W), labels (N,)) as selected by the data flags."""
-    from certify.data import load_dataset
+    from certify.data import select
     for flag in ("n", "skip"):
         if getattr(args, flag) < 1:
             raise CertifyError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.start < 0:
         raise CertifyError(f"--start must be >= 0, got {args.start}")
-    x, y = load_dataset(args.data, args.split, args.data_dir)
-    idx = list(range(args.start, len(x), args.skip))[: args.n]
-    if not idx:
-        raise CertifyError(f"no inputs selected: {args.data} has {len(x)} {args.split} images, --start {args.start}")
-    sel = torch.tensor(idx)
-    return idx, x[sel], y[sel]
+    return select(args.data, args.split, args.data_dir, args.start, args.skip, args.n)
 
 
 def check_labels(net, y: torch.Tensor, data_name: str) -> None:
@@ -59,13 +54,8 @@ def check_labels(net, y: torch.Tensor, data_name: str) -> None:
 
 def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
     """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
-    want = tuple(net.input_shape)
-    if tuple(x.shape[1:]) == want:
-        return x
-    if x[0].numel() == torch.Size(want).numel():
-        return x.reshape((x.shape[0],) + want)
-    raise CertifyError(f"data {data_name} has samples of shape {tuple(x.shape[1:])} but model {net.name} expects "
-                       f"input shape {want}")
+    from certify.data import fit_input_shape
+    return fit_input_shape(x, net.input_shape, data_name, net.name)
 
 
 def add_domain_args(g) -> None:

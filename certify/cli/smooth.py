@@ -12,6 +12,7 @@ import os
 import time
 
 from certify.errors import CertifyError
+from certify.report.smooth_records import input_seed, make_record
 
 SMOOTH_HELP = """\
 Certify every selected input with randomized smoothing (Cohen, Rosenfeld & Kolter 2019):
@@ -50,12 +51,21 @@ def register(sub) -> None:
     s.add_argument("--sigma", type=positive_float, default=0.25,
                    help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
     s.add_argument("--n", dest="n_samples", type=positive_int, default=100_000,
-                   help="Monte-Carlo samples for the estimate of pA (default: 100000)")
+                   help="Monte-Carlo samples for the estimate of pA (with --adaptive: the most) (default: 100000)")
     s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,
                    help="failure probability of each certificate (default: 0.001)")
     s.add_argument("--batch", type=positive_int, default=1000, help="noise samples per forward pass (default: 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed; input i uses seed*1000003+i (default: 0)")
+    s.add_argument("--adaptive", action="store_true",
+                   help="sequential sampling: draw the estimation samples in growing rounds (100, 200, 400, ... up to "
+                        "--n, the budget) and stop once the answer is settled; same 1 - alpha guarantee (alpha "
+                        "split over the rounds); each record's evidence says how many samples it used")
+    s.add_argument("--radius", type=float, default=None,
+                   help="with --adaptive: stop as soon as the input is certified at this radius or shown not to be "
+                        "(default: stop when the radius cannot grow by more than --tol)")
+    s.add_argument("--tol", type=float, default=None,
+                   help="with --adaptive and no --radius: radius tolerance of the stopping rule (default: sigma/10)")
     s.add_argument("--pushforward", default="auto", choices=["auto", "on", "off"],
                    help="sample Gaussian noise after a first Linear layer (exact in distribution, faster for "
                         "MLPs): auto = when it applies (default)")
@@ -90,28 +100,6 @@ def register(sub) -> None:
     c.set_defaults(func=run_curve)
 
 
-def input_seed(seed: int, idx: int) -> int:
-    """The per-input seed: reproducible and independent of which inputs ran before."""
-    return (int(seed) * 1_000_003 + int(idx)) % (2 ** 63)
-
-
-def verdict_of(prediction: int, label: int | None, radius: float) -> str:
-    if prediction == -1:
-        return "abstain"
-    if label is not None and prediction != label:
-        return "misclassified"
-    return "certified" if radius > 0 else "not_certified"
-
-
-def make_record(idx: int, label, result, seconds: float):
-    from certify.report.records import Record
-    ev = result.evidence()
-    ev["radius_inf"] = result.radius_in("inf")
-    return Record(idx=int(idx), label=None if label is None else int(label), predict=int(result.prediction),
-                  engine="smoothing", method=result.noise, verdict=verdict_of(result.prediction, label, result.radius),
-                  norm=result.norm, eps=None, radius=float(result.radius), seconds=float(seconds), evidence=ev)
-
-
 def _check_free(path: str, overwrite: bool, what: str) -> None:
     if os.path.exists(path) and not overwrite:
         raise CertifyError(f"{what} {path} exists; pass --overwrite to replace it")
@@ -125,6 +113,11 @@ def run_smooth(args) -> int:
 
     if not 0 < args.alpha < 0.5:
         raise CertifyError(f"--alpha must be in (0, 0.5), got {args.alpha}")
+    if not args.adaptive and (args.radius is not None or args.tol is not None):
+        raise CertifyError("--radius and --tol set the stopping rule of --adaptive; add --adaptive")
+    for flag, v in (("--radius", args.radius), ("--tol", args.tol)):
+        if v is not None and not 0 <= v < float("inf"):
+            raise CertifyError(f"{flag} must be a number >= 0, got {v}")
     if args.format == "cohen" and not args.out:
         raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
     cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
@@ -154,8 +147,12 @@ def run_smooth(args) -> int:
             print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
         for k in progress(todo, total=len(todo), desc="smooth"):
             t0 = time.perf_counter()
-            res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
-                                 seed=input_seed(args.seed, idx[k]))
+            if args.adaptive:
+                res = smooth.certify_adaptive(X[k], radius=args.radius, n0=args.n0, n_max=args.n_samples,
+                                              alpha=args.alpha, tol=args.tol, seed=input_seed(args.seed, idx[k]))
+            else:
+                res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
+                                     seed=input_seed(args.seed, idx[k]))
             rec = make_record(idx[k], int(y[k]), res, time.perf_counter() - t0)
             records.append(rec)
             if writer is not None:

@@ -105,4 +105,29 @@ def load_dataset(name_or_path: str, split: str = "test", data_dir: str | None = 
     return xt.contiguous(), torch.from_numpy(np.asarray(y).astype(np.int64))
 
 
-__all__ = ["DATASETS", "load_dataset", "read_idx", "read_npz", "read_cifar_pickle", "data_root"]
+def select(name_or_path: str, split: str = "test", data_dir: str | None = None, start: int = 0, skip: int = 1,
+           count: int | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(indices into the split, images (N, C, H, W), labels (N,)): every ``skip``-th sample from
+    ``start``, at most ``count`` of them."""
+    if skip < 1 or (count is not None and count < 1) or start < 0:
+        raise CertifyError(f"bad input selection: start {start} (>= 0), skip {skip} (>= 1), count {count} (>= 1)")
+    x, y = load_dataset(name_or_path, split, data_dir)
+    idx = list(range(start, len(x), skip))[:count]
+    if not idx:
+        raise CertifyError(f"no inputs selected: {name_or_path} has {len(x)} {split} images, start {start}")
+    sel = torch.tensor(idx)
+    return idx, x[sel], y[sel]
+
+
+def fit_input_shape(x: torch.Tensor, input_shape: tuple[int, ...], data_name: str, model_name: str) -> torch.Tensor:
+    """Data (N, ...) reshaped to a network's per-sample ``input_shape`` when the sizes agree, else a clear error."""
+    want = tuple(input_shape)
+    if tuple(x.shape[1:]) == want:
+        return x
+    if x[0].numel() == torch.Size(want).numel():
+        return x.reshape((x.shape[0],) + want)
+    raise CertifyError(f"data {data_name} has samples of shape {tuple(x.shape[1:])} but model {model_name} expects "
+                       f"input shape {want}")
+
+
+__all__ = ["DATASETS", "load_dataset", "select", "fit_input_shape", "read_idx", "read_npz", "read_cifar_pickle", "data_root"]
