@@ -18,19 +18,21 @@ neuron) is kept: the result is never looser than CROWN's. Lower and upper bounds
 intermediate slopes and are optimized together (two separate rounds, as auto_LiRPA runs,
 cost twice as much and were not tighter on the anchor networks).
 
-Sigmoid / Tanh / MaxPool keep their fixed CROWN relaxations. The result is detached from the
+The other ops with alpha variables (their record's ``alpha_init`` in bounds/activations.py:
+LeakyReLU, the smooth ops, Sign, Floor, and x * x as the square) are optimized the same way,
+each in [0, 1] (what an alpha means is the record's); Sigmoid / Tanh / MaxPool and products
+of two tensors keep their fixed CROWN relaxations. The result is detached from the
 network parameters (the optimization runs on a detached copy of the network).
 """
 from __future__ import annotations
 
 import torch
 
-from certify.ir import ops as O
 from certify.ir.network import Network
 from certify.spec.sets import InputSet
 from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds import activations as act
 from bounds.ibp import Interval
-from bounds.relaxations import relu_adaptive_slope, relu_unstable
 
 
 class _Adam:
@@ -50,6 +52,7 @@ class _Adam:
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             if g is None:
                 continue
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)   # (lines replaced by constants)
             m.mul_(self.b1).add_(g, alpha=1 - self.b1)
             v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
             p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps)).clamp_(0.0, 1.0)
@@ -65,10 +68,12 @@ class _Slopes:
     def __init__(self, net: Network, vals0: dict[str, Interval]):
         self.init = {}
         for n in net.nodes:
-            if isinstance(n.op, O.ReLU):
+            op = act.elementwise_op(n)
+            rec = None if op is None else act.record(op)
+            if rec is not None and rec.alpha_init is not None:
                 lo, hi = vals0[n.inputs[0]]
-                if bool(relu_unstable(lo, hi).any()):
-                    self.init[n.name] = relu_adaptive_slope(lo, hi)
+                if bool(rec.unstable(op, lo, hi).any()):
+                    self.init[n.name] = rec.alpha_init(op, lo, hi)
         self.params: dict = {}
         self.creating = True
 
