@@ -60,28 +60,38 @@ def softmax_interval(op: O.Softmax, x) -> tuple[Tensor, Tensor]:
 
 
 def _relaxations(lo: Tensor, hi: Tensor):
-    """The exp lines on z (B, 1, ..., n, n) and the reciprocal lines on s (B, 1, ..., n)."""
+    """For bounds (B, G, n) along the axis: the exp lines' slopes on z (B, G, n, n) with a zero
+    diagonal and their row sums (B, G, n), the row sums of their intercepts over j != i (B, G, n),
+    and the reciprocal's lines on s (B, 1, G, n)."""
     z_lo, z_hi = _diffs(lo, hi)
     off = _off_diagonal(lo.shape[-1], lo)
     e_lo, e_hi = act.interval(_EXP, z_lo, z_hi)
     s_lo, s_hi = _sum_bounds(e_lo, e_hi, off)
-    return act.relax(_EXP, z_lo, z_hi), act.relax(_RECIPROCAL, s_lo, s_hi), off
+    e = act.relax(_EXP, z_lo, z_hi)
+    zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
+    kl, ku, bl, bu = (torch.where(off, t, zero) for t in (e.lower_slope, e.upper_slope, e.lower_bias, e.upper_bias))
+    lines = (kl, ku, kl.sum(-1), ku.sum(-1), bl.sum(-1).unsqueeze(1), bu.sum(-1).unsqueeze(1))
+    return lines, act.relax(_RECIPROCAL, s_lo.unsqueeze(1), s_hi.unsqueeze(1))
 
 
 def softmax_backward(op: O.Softmax, A: Tensor, node, ctx):
     """Rows A (B, R, *shape) of softmax(x) -> coefficients on x, bias (B, R)."""
     lo, hi = ctx.bounds(node.inputs[0])
-    ax = op.axis
-    e, r, off = ctx.relaxation((node.name, "softmax"),
-                               lambda l, h: _relaxations(_last(l, ax).unsqueeze(1), _last(h, ax).unsqueeze(1)), lo, hi)
-    a = _last(A, op.axis + 1)                                 # (B, R, ..., n)
+    B, R = A.shape[:2]
+    n = lo.shape[op.axis + 1]
+
+    def groups(t):                          # (B, ..., n at the axis, ...) -> (B, G, n)
+        return _last(t, op.axis).reshape(t.shape[0], -1, n)
+    (kl, ku, rl, ru, bl, bu), r = ctx.relaxation((node.name, "softmax"),
+                                                 lambda l, h: _relaxations(groups(l), groups(h)), lo, hi)
+    moved = _last(A, op.axis + 1)
+    a = moved.reshape(B, R, -1, n)                                # (B, R, G, n)
     ap, an = a.clamp(min=0), a.clamp(max=0)
-    c = ap * r.lower_slope + an * r.upper_slope                 # on s_i
+    c = ap * r.lower_slope + an * r.upper_slope                   # on s_i
     bias = act.intercept_sum(ap, r.lower_bias) + act.intercept_sum(an, r.upper_bias) + c.flatten(2).sum(2)
-    zero = torch.zeros((), dtype=A.dtype, device=A.device)
-    cp = torch.where(off, c.clamp(min=0).unsqueeze(-1), zero)       # on e_ij (j != i)
-    cn = torch.where(off, c.clamp(max=0).unsqueeze(-1), zero)
-    d = cp * e.lower_slope + cn * e.upper_slope                      # on z_ij = x_j - x_i
-    bias = bias + act.intercept_sum(cp, e.lower_bias) + act.intercept_sum(cn, e.upper_bias)
-    coef = d.sum(-2) - d.sum(-1)
-    return [coef.movedim(-1, op.axis + 2)], bias
+    cp, cn = c.clamp(min=0), c.clamp(max=0)                       # on e_ij: c_i (j != i)
+    # on z_ij = x_j - x_i: d_ij = cp_i kl_ij + cn_i ku_ij; x_j gets sum_i d_ij, x_i loses sum_j d_ij
+    col = torch.matmul(cp.transpose(1, 2), kl) + torch.matmul(cn.transpose(1, 2), ku)   # (B, G, R, n)
+    coef = col.transpose(1, 2) - (cp * rl.unsqueeze(1) + cn * ru.unsqueeze(1))
+    bias = bias + act.intercept_sum(cp, bl) + act.intercept_sum(cn, bu)
+    return [coef.reshape(moved.shape).movedim(-1, op.axis + 2)], bias
