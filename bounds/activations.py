@@ -129,6 +129,25 @@ def elementwise_op(node):
     return None
 
 
+def node_alpha_init(node, ins: list) -> Tensor | None:
+    """The initial alpha variables of ``node`` from its inputs' bounds ``ins`` [(lo, hi), ...]:
+    its record's ``alpha_init`` where some neuron is unstable, for a product of two tensors
+    (Mul, MatMul) zeros (B, 2 * shape[0], *shape[1:]) -- the weights of the second McCormick
+    planes in the lower and upper lines, 0 being auto_LiRPA's planes -- else None."""
+    op = elementwise_op(node)
+    if op is not None:
+        rec = ACTIVATIONS[type(op)]
+        lo, hi = ins[0]
+        if rec.alpha_init is None or not bool(rec.unstable(op, lo, hi).any()):
+            return None
+        return rec.alpha_init(op, lo, hi)
+    if isinstance(node.op, (O.Mul, O.MatMul)):
+        lo = ins[0][0]
+        shape = (2 * node.shape[0],) + tuple(node.shape[1:])
+        return torch.zeros((lo.shape[0],) + shape, dtype=lo.dtype, device=lo.device)
+    return None
+
+
 def record(op) -> Activation | None:
     """The record of ``op``'s class, or None (not an elementwise nonlinear op)."""
     return ACTIVATIONS.get(type(op))
@@ -191,5 +210,6 @@ def needs_bounds(op) -> bool:
     return isinstance(op, NEEDS_BOUNDS)
 
 
-__all__ = ["Activation", "ACTIVATIONS", "NEEDS_BOUNDS", "UNBOUNDED", "SQUARE", "elementwise_op", "record", "split_alpha", "interval", "relax",
+__all__ = ["Activation", "ACTIVATIONS", "NEEDS_BOUNDS", "UNBOUNDED", "SQUARE", "elementwise_op", "node_alpha_init",
+           "record", "split_alpha", "interval", "relax",
            "intercept_sum", "needs_bounds"]

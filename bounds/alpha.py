@@ -20,8 +20,9 @@ cost twice as much and were not tighter on the anchor networks).
 
 The other ops with alpha variables (their record's ``alpha_init`` in bounds/activations.py:
 LeakyReLU, the smooth ops, Sign, Floor, and x * x as the square) are optimized the same way,
-each in [0, 1] (what an alpha means is the record's); Sigmoid / Tanh / MaxPool and products
-of two tensors keep their fixed CROWN relaxations. The result is detached from the
+each in [0, 1] (what an alpha means is the record's), and so are the products of two tensors
+(weights of McCormick planes); Sigmoid / Tanh / MaxPool keep their fixed CROWN relaxations.
+The result is detached from the
 network parameters (the optimization runs on a detached copy of the network).
 """
 from __future__ import annotations
@@ -68,12 +69,9 @@ class _Slopes:
     def __init__(self, net: Network, vals0: dict[str, Interval]):
         self.init = {}
         for n in net.nodes:
-            op = act.elementwise_op(n)
-            rec = None if op is None else act.record(op)
-            if rec is not None and rec.alpha_init is not None:
-                lo, hi = vals0[n.inputs[0]]
-                if bool(rec.unstable(op, lo, hi).any()):
-                    self.init[n.name] = rec.alpha_init(op, lo, hi)
+            a0 = act.node_alpha_init(n, [vals0.get(i) for i in n.inputs])
+            if a0 is not None:
+                self.init[n.name] = a0
         self.params: dict = {}
         self.creating = True
 

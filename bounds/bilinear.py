@@ -5,7 +5,9 @@ For a in [la, ua] and b in [lb, ub], whatever their signs,
 
     lb a + la b - la lb  <=  a b  <=  ub a + la b - la ub
 
-(the planes through the corners (la, lb) and (la, ub), as auto_LiRPA takes them). The interval
+(the planes through the corners (la, lb) and (la, ub), as auto_LiRPA takes them); with alpha
+(per output, lower and upper) each line is a convex combination with the other corner's plane,
+ua b + ub a - ua ub below and lb a + ua b - ua lb above (every weight in [0, 1] is sound). The interval
 of a product is the min / max of its four corner products (exact for a box); a MatMul output's
 is the sum of its terms' intervals (exact: one output's terms involve distinct entries). A
 ``Mul`` of a node with itself is the square (``bounds.activations.SQUARE``): its convex lines
@@ -100,10 +102,25 @@ def mul_backward(op, A, node, ctx):
         A, bias, (la, ua, lb, ub) = _split_off(A, ok, y, (la, ua, lb, ub))
     Ap = A.clamp(min=0)
     An = A - Ap
-    coef_a = Ap * lb + An * ub
-    coef_b = A * la
-    bias = bias - ((Ap * (la * lb)).flatten(2).sum(2) + (An * (la * ub)).flatten(2).sum(2))
+    w = _plane_weights(ctx.alpha(node.name, A.shape[1]))
+    if w is None:                   # auto_LiRPA's planes
+        coef_a = Ap * lb + An * ub
+        coef_b = A * la
+        bias = bias - ((Ap * (la * lb)).flatten(2).sum(2) + (An * (la * ub)).flatten(2).sum(2))
+    else:                           # lower = (1 - al) P1 + al P2, upper = (1 - au) Q1 + au Q2
+        L0, L1, U0, U1 = Ap * (1 - w[0]), Ap * w[0], An * (1 - w[1]), An * w[1]
+        coef_a = (L0 + U1) * lb + (L1 + U0) * ub
+        coef_b = (L0 + U0) * la + (L1 + U1) * ua
+        k = L0 * (la * lb) + L1 * (ua * ub) + U0 * (la * ub) + U1 * (ua * lb)
+        bias = bias - k.flatten(2).sum(2)
     return [_unbroadcast(coef_a, sa), _unbroadcast(coef_b, sb)], bias
+
+
+def _plane_weights(alpha):
+    """alpha (B, R, 2 * out[0], ...) -> (lower, upper) weights of the second planes, or None."""
+    if alpha is None:
+        return None
+    return tuple(a.clamp(0.0, 1.0) for a in alpha.chunk(2, dim=2))
 
 
 def matmul_backward(op, A, node, ctx):
@@ -118,7 +135,16 @@ def matmul_backward(op, A, node, ctx):
         A, bias, (la, ua, lb, ub) = _split_off(A, ok, y, (la, ua, lb, ub))
     Ap = A.clamp(min=0)
     An = A - Ap
-    coef_a = torch.matmul(Ap, lb.transpose(-1, -2)) + torch.matmul(An, ub.transpose(-1, -2))
-    coef_b = torch.matmul(la.transpose(-1, -2), A)
-    bias = bias - ((Ap * torch.matmul(la, lb)).flatten(2).sum(2) + (An * torch.matmul(la, ub)).flatten(2).sum(2))
-    return [coef_a, coef_b], bias
+    T = lambda t: t.transpose(-1, -2)  # noqa: E731
+    mm = torch.matmul
+    w = _plane_weights(ctx.alpha(node.name, A.shape[1]))
+    if w is None:                   # auto_LiRPA's planes
+        coef_a = mm(Ap, T(lb)) + mm(An, T(ub))
+        coef_b = mm(T(la), A)
+        k = Ap * mm(la, lb) + An * mm(la, ub)
+    else:                           # per output: lower = (1 - al) P1 + al P2, upper = (1 - au) Q1 + au Q2
+        L0, L1, U0, U1 = Ap * (1 - w[0]), Ap * w[0], An * (1 - w[1]), An * w[1]
+        coef_a = mm(L0 + U1, T(lb)) + mm(L1 + U0, T(ub))
+        coef_b = mm(T(la), L0 + U0) + mm(T(ua), L1 + U1)
+        k = L0 * mm(la, lb) + L1 * mm(ua, ub) + U0 * mm(la, ub) + U1 * mm(ua, lb)
+    return [coef_a, coef_b], bias - k.flatten(2).sum(2)

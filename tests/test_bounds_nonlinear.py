@@ -139,6 +139,14 @@ def test_no_sample_or_attack_escapes_the_bounds(name):
     assert (lo_a >= lo_c - 1e-9).all() and (hi_a <= hi_c + 1e-9).all()
 
 
+@pytest.mark.parametrize("name", ["mul", "broadcast_mul", "matmul"])
+def test_alpha_optimizes_the_product_planes(name):
+    net, box, C = _problem(name)
+    c = bounds.compute_bounds(net, box, C, method="crown")
+    a = bounds.compute_bounds(net, box, C, method="alpha", iterations=20)
+    assert float((a.upper - a.lower).mean()) < 0.9 * float((c.upper - c.lower).mean())
+
+
 @pytest.mark.parametrize("square", ["pow", "mul"])
 def test_x_squared_on_1_3(square):
     net = sequential((1,), [Pow(2.0)]) if square == "pow" else Network((1,), [Node("sq", Mul(), ("input", "input"))])
