@@ -7,20 +7,23 @@ down to the input, then concretized (``bounds/concretize.py``). Upper bounds are
 bounds of negated rows, so one code path serves both (rows [A; -A]).
 
 ``propagate(net, input_set, intermediate, ...)`` computes, node by node, bounds of every
-node's output: IBP everywhere, and at each pre-activation node (an input of ReLU / Sigmoid /
-Tanh / MaxPool) CROWN itself when ``intermediate='crown'`` (layer by layer, as auto_LiRPA's
-``method='CROWN'``): one backward pass per such node, batched over the neurons that need
-it (all for Sigmoid / Tanh / MaxPool inputs; for ReLU inputs, the neurons whose interval
-bound straddles 0: a stable neuron's relaxation is exact whatever its bounds). Rows are
+node's output: IBP everywhere, and at each pre-activation node (an input of an op whose
+relaxation reads its input bounds: ``bounds.activations.NEEDS_BOUNDS``) CROWN itself when
+``intermediate='crown'`` (layer by layer, as auto_LiRPA's ``method='CROWN'``): one backward
+pass per such node, batched over the neurons that need it (those some consumer's record calls
+unstable -- for ReLU the ones whose interval straddles 0, a stable neuron's relaxation being
+exact whatever its bounds -- and all of them for smooth ops, MaxPool, products, softmax). Rows are
 packed per batch element, so the cost is B x (most such neurons in one element): linear in
 B. Rows of a (C, H, W) node travel as receptive-field windows (``bounds/patches.py``), so a
 convolutional layer costs its windows, not its whole image, per row. Results are intersected with IBP (both sound). ReLU splits clamp the pre-activation
-bounds as soon as they are computed, so later layers use the clamped bounds.
+bounds as soon as they are computed, so later layers use the clamped bounds. Bounds may be
+infinite where an op is unbounded (1/x over an interval containing 0): the relaxations then
+use constants and the rows that depend on them come out -inf, never NaN.
 
 Floating point: bounds are computed in the network's dtype. In float32 the rounding of the
 backward pass is of the order of 1e-6 relative to the magnitude of the terms; the tests
 check soundness exactly in float64 and with a 1e-4 relative tolerance in float32. No
-outward margin is added (the Sigmoid/Tanh relaxations carry their own, see relaxations.py).
+outward margin is added (the smooth ops' relaxations carry their own, see bounds/smooth.py).
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ Elementwise ops return ``Relax(lower_slope, lower_bias, upper_slope, upper_bias)
   the chord, lower if f'(lo) >= it), otherwise DeepPoly's line of slope min(f'(lo), f'(hi))
   through the endpoint. Intercepts are moved outward by ``10 * machine eps`` of the dtype
   (1.2e-6 in float32) to absorb rounding of f at the endpoints.
+* LeakyReLU: as ReLU, the chord on one side and a line through 0 on the other; Sign and Floor:
+  lines of free slope with the exact extremes of f(x) - k x as intercepts (step relaxations).
+  The records of bounds/activations.py say which op uses which; smooth ops: bounds/smooth.py.
 * MaxPool (DeepPoly): in each window, k = argmax of the lower bounds; ``y >= x_k`` always;
   ``y <= x_k`` when lo_k >= hi_j for every other j (the max is x_k), else ``y <= max_j hi_j``.
 """

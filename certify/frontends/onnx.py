@@ -642,10 +642,12 @@ def _product(cv: _Converter, node, a: Dyn, c: Dyn, kind: str, origin) -> Dyn:
         full = tuple(np.broadcast_shapes(a.full, c.full))
     except ValueError:
         raise cv.err(f"{origin}: operands of shapes {a.full} and {c.full} do not broadcast") from None
-    rhs = c.name
+    r = len(ir_shape(full))
+    lhs, rhs = (cv.b.reshape(v.name, (1,) * (r - len(ir_shape(v.full))) + ir_shape(v.full), node.output[0] + "/rank",
+                             origin) for v in (a, c))
     if kind == "Div":
-        rhs = cv.emit(Reciprocal(), [c.name], node, origin, "/reciprocal")
-    name = cv.emit(Mul(), [a.name, rhs], node, origin)
+        rhs = cv.emit(Reciprocal(), [rhs], node, origin, "/reciprocal")
+    name = cv.emit(Mul(), [lhs, rhs], node, origin)
     if cv.b.shapes[name] != ir_shape(full):
         raise cv.err(f"{origin}: broadcasting {a.full} with {c.full} mixes the batch axis with a data axis")
     return Dyn(name, full)

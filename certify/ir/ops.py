@@ -550,16 +550,15 @@ class Softmax(Op):
 
 @dataclass(eq=False)
 class Mul(Op):
-    """y = a * b of two node inputs, broadcast (numpy rules) over their per-sample shapes."""
+    """y = a * b of two node inputs of equal rank, broadcast over per-sample dims of size 1."""
 
     arity: ClassVar[int] = 2
 
     def infer_shape(self, in_shapes):
-        a, b = in_shapes
-        try:
-            return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
-        except RuntimeError:
-            raise IRError(f"Mul: shapes {a} and {b} do not broadcast") from None
+        a, b = (tuple(s) for s in in_shapes)
+        if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+            raise IRError(f"Mul: shapes {a} and {b} do not broadcast (equal ranks, dims equal or 1)")
+        return tuple(max(x, y) for x, y in zip(a, b))
 
     def forward(self, a, b):
         return a * b
