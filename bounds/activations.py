@@ -166,11 +166,14 @@ def interval(op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     return ACTIVATIONS[type(op)].interval(op, lo, hi)
 
 
-def relax(op, lo: Tensor, hi: Tensor, alpha=None) -> Relax:
+def relax(op, lo: Tensor, hi: Tensor, alpha=None, finite: bool = False) -> Relax:
     """The record's lines, with finite slopes always: where a bound is infinite or the record has
     no finite line (1/x over an interval containing 0, exp overflowing, ...), the line is the
-    constant of the interval (slope 0, intercept the interval's end, which may be -inf / +inf)."""
+    constant of the interval (slope 0, intercept the interval's end, which may be -inf / +inf).
+    ``finite``: the caller knows every bound is finite (no check for a bounded record)."""
     rec = ACTIVATIONS[type(op)]
+    if finite and rec.bounded:
+        return rec.relax(op, lo, hi, alpha)
     fin = torch.isfinite(lo) & torch.isfinite(hi)
     all_fin = bool(fin.all())
     if all_fin and rec.bounded:
@@ -190,13 +193,13 @@ def relax(op, lo: Tensor, hi: Tensor, alpha=None) -> Relax:
                  torch.where(ok_up, r.upper_slope, zero), torch.where(ok_up, r.upper_bias, c_up))
 
 
-def intercept_sum(C: Tensor, b: Tensor) -> Tensor:
+def intercept_sum(C: Tensor, b: Tensor, finite: bool = False) -> Tensor:
     """sum over the features of ``C * b`` (C (B, R, *shape); b (B, 1 or R, *shape)) with 0 * inf = 0;
     a nonzero coefficient on an infinite intercept gives -inf (the callers pass C <= 0 with upper
-    intercepts and C >= 0 with lower ones, so every such term is -inf)."""
+    intercepts and C >= 0 with lower ones, so every such term is -inf). ``finite``: b is known finite."""
     B, R = C.shape[:2]
-    fin = torch.isfinite(b)
-    if bool(fin.all()):
+    fin = None if finite else torch.isfinite(b)
+    if finite or bool(fin.all()):
         if b.shape[1] == 1:
             return torch.bmm(C.reshape(B, R, -1), b.reshape(B, -1, 1)).squeeze(2)
         return (C * b).flatten(2).sum(2)

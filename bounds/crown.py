@@ -79,6 +79,7 @@ class _Ctx:
         self.net, self._bounds, self._alpha_of, self.start = net, bounds, alpha_of, start
         self._cache = relax_cache
         self.in_shapes: list = []
+        self.finite = not may_be_unbounded(net)     # every bound is finite: no checks needed
 
     def bounds(self, name: str) -> Interval:
         return self._bounds[name]

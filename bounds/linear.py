@@ -127,16 +127,19 @@ def _activation(op, A, node, ctx):
     """An elementwise nonlinear op, relaxed by its record (``bounds/activations.py``)."""
     lo, hi = ctx.bounds(node.inputs[0])
     alpha = ctx.alpha(node.name, A.shape[1])
+    rec, fin = act.ACTIVATIONS[type(op)], ctx.finite
     if alpha is None:               # the same for every backward pass through this node: cached
-        r = ctx.relaxation(node.name, lambda lo, hi: act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1)), lo, hi)
+        r = ctx.relaxation(node.name, lambda lo, hi: act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1), None, fin),
+                           lo, hi)
     else:
-        r = act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1), act.split_alpha(op, alpha))
+        r = act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1), act.split_alpha(op, alpha), fin)
     Ap = A.clamp(min=0)
     As = A * r.upper_slope + Ap * (r.lower_slope - r.upper_slope)
     # sum(A- * ub + A+ * lb) (batched matrix products when the intercepts have no row dim)
-    bias = act.intercept_sum(A - Ap, r.upper_bias)
-    if not act.ACTIVATIONS[type(op)].lower_bias_zero:
-        bias = bias + act.intercept_sum(Ap, r.lower_bias)
+    fin = fin and rec.bounded
+    bias = act.intercept_sum(A - Ap, r.upper_bias, fin)
+    if not rec.lower_bias_zero:
+        bias = bias + act.intercept_sum(Ap, r.lower_bias, fin)
     return [As], bias
 
 
@@ -151,7 +154,7 @@ def _maxpool(op: O.MaxPool2d, A, node, ctx):
     exact = pr.exact.unsqueeze(1).to(A.dtype)
     coef = Ap + An * exact                                       # on x_k
     uc = pr.upper_const.unsqueeze(1)
-    if bool(torch.isfinite(uc).all()):
+    if ctx.finite or bool(torch.isfinite(uc).all()):
         bias = (An * (1 - exact) * uc).sum((2, 3))
     else:                                                        # an unbounded input: no 0 * inf
         bias = act.intercept_sum(An * (1 - exact), uc)

@@ -115,8 +115,10 @@ def _conv(op: O.Conv2d, p: Patches, node, ctx):
     return [q], bias
 
 
-def _grid_relax(op, lo, hi):
+def _grid_relax(op, lo, hi, finite: bool):
     """The record's lines on the whole grid, and whether they are finite (else: dense rule)."""
+    if finite and act.ACTIVATIONS[type(op)].bounded:
+        return act.relax(op, lo, hi, None, True), True
     r = act.relax(op, lo, hi)
     return r, bool(torch.isfinite(torch.stack([r.upper_bias, r.lower_bias])).all())
 
@@ -127,14 +129,15 @@ def _activation(op, p: Patches, node, ctx):
     rec = act.ACTIVATIONS[type(op)]
     zero_lb = rec.lower_bias_zero
     if a is not None and not rec.alpha_is_lower_slope:     # alpha-dependent lines: relaxed per row's window
-        if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+        checked = not (ctx.finite and rec.bounded)
+        if checked and not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             return None
-        r = act.relax(op, window(lo, p), window(hi, p), act.split_alpha(op, a))
-        if not bool(torch.isfinite(r.upper_bias).all() & torch.isfinite(r.lower_bias).all()):
+        r = act.relax(op, window(lo, p), window(hi, p), act.split_alpha(op, a), not checked)
+        if checked and not bool(torch.isfinite(r.upper_bias).all() & torch.isfinite(r.lower_bias).all()):
             return None
         us, ub, ls, lb = r.upper_slope, r.upper_bias, r.lower_slope, r.lower_bias
     else:
-        r, finite = ctx.relaxation((node.name, "grid"), lambda l, h: _grid_relax(op, l, h), lo, hi)
+        r, finite = ctx.relaxation((node.name, "grid"), lambda l, h: _grid_relax(op, l, h, ctx.finite), lo, hi)
         if not finite:
             return None
         parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if zero_lb else [r.lower_bias])
