@@ -70,7 +70,7 @@ def _leaky_interval(op, lo, hi):
     zero = torch.zeros_like(lo)
     pts = torch.stack([lo, hi, torch.maximum(torch.minimum(zero, hi), lo)])
     v = op.forward(pts)
-    return S._no_nan(v.min(0).values, v.max(0).values)
+    return S.nan_to_inf(v.min(0).values, v.max(0).values)
 
 
 def _smooth(fn: S.Smooth, bounded: bool) -> Activation:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import torch
 
 from bounds import activations as act
-from bounds.smooth import _no_nan
+from bounds.smooth import nan_to_inf
 
 Tensor = torch.Tensor
 
 
 def _corners(la, ua, lb, ub) -> tuple[Tensor, Tensor]:
     p = torch.stack(torch.broadcast_tensors(la * lb, la * ub, ua * lb, ua * ub))
-    return _no_nan(p.min(0).values, p.max(0).values)
+    return nan_to_inf(p.min(0).values, p.max(0).values)
 
 
 def _lift(t: Tensor, rank: int) -> Tensor:
@@ -47,7 +47,7 @@ def matmul_interval(op, a, b):
     la, ua = a[0].unsqueeze(-1), a[1].unsqueeze(-1)          # (B, ..., m, k, 1)
     lb, ub = b[0].unsqueeze(-3), b[1].unsqueeze(-3)          # (B, ..., 1, k, n)
     lo, hi = _corners(la, ua, lb, ub)
-    return _no_nan(lo.sum(-2), hi.sum(-2))
+    return nan_to_inf(lo.sum(-2), hi.sum(-2))
 
 
 def _unbroadcast(T: Tensor, shape) -> Tensor:

@@ -24,7 +24,7 @@ from certify.ir import ops as O
 from bounds import activations as act
 from bounds.bilinear import matmul_interval, mul_interval
 from bounds.concretize import ROUND
-from bounds.smooth import _no_nan
+from bounds.smooth import nan_to_inf
 from bounds.softmax import softmax_interval
 
 Interval = tuple[torch.Tensor, torch.Tensor]
@@ -171,7 +171,7 @@ def ibp_node(op: O.Op, inputs: list[Interval], sanitize: bool = False) -> Interv
         from certify.errors import CertifyError
         raise CertifyError(f"IBP has no rule for op {op.kind}") from None
     iv = rule(op, *inputs)
-    return _no_nan(*iv) if sanitize else iv
+    return nan_to_inf(*iv) if sanitize else iv
 
 
 def may_be_unbounded(net) -> bool:
@@ -195,7 +195,7 @@ def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor 
     c = torch.baddbmm(c0.unsqueeze(2), W, (hi + lo).unsqueeze(2), alpha=0.5)
     r = torch.bmm(W.abs(), (hi - lo).unsqueeze(2)) * 0.5
     r = r + _roundoff(torch.bmm(W.abs(), (hi.abs() + lo.abs()).unsqueeze(2)) + c0.abs().unsqueeze(2))
-    return _no_nan((c - r).squeeze(2), (c + r).squeeze(2))
+    return nan_to_inf((c - r).squeeze(2), (c + r).squeeze(2))
 
 
 def _roundoff(mag: torch.Tensor) -> torch.Tensor:
@@ -213,7 +213,7 @@ def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Inter
     if d is not None:
         c = c + d
     r = r + _roundoff(torch.bmm(C.abs().to(lo.dtype), mid.abs() + rad).squeeze(2) + (0 if d is None else d.abs()))
-    return _no_nan(c - r, c + r)
+    return nan_to_inf(c - r, c + r)
 
 
 STACK_LIMIT = 1 << 17       # chains whose batch x (largest Linear's weights) is at most this run stacked
@@ -323,7 +323,7 @@ def ibp_forward(net, box: Interval, splits: dict | None = None, stop: str | None
             break
         iv = rule(op, *[vals[i] for i in inputs])
         if p.unbounded:
-            iv = _no_nan(*iv)
+            iv = nan_to_inf(*iv)
         if splits and cons:
             iv = clamp(cons, iv)
         vals[name] = iv

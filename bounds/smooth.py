@@ -40,7 +40,8 @@ def _eps(x: Tensor) -> float:
     return MARGIN * torch.finfo(x.dtype).eps
 
 
-def _no_nan(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+def nan_to_inf(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """An interval with NaN ends (inf - inf, 0 * inf) made sound: NaN -> -inf below, +inf above."""
     return (torch.nan_to_num(lo, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
             torch.nan_to_num(hi, nan=math.inf, posinf=math.inf, neginf=-math.inf))
 
@@ -178,7 +179,7 @@ def interval(fn: Smooth, op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     a, b = a - e * a.abs(), b + e * b.abs()
     if fn.hull:
         a, b = a.clamp(min=-1.0), b.clamp(max=1.0)
-    return _no_nan(a, b)
+    return nan_to_inf(a, b)
 
 
 # ----------------------------------------------------------------------------- the functions
