@@ -206,3 +206,25 @@ def test_relu_splitting_names_the_op_that_stops_the_chain():
     prop = VnnlibProperty("p", 2, 1, [Region(np.zeros(2), np.ones(2), [(np.ones((1, 1)), np.full(1, -1e9))])])
     with pytest.raises(CertifyError, match=r"node 'n1' is Exp"):
         verify(net, prop, timeout=5, method="relu", falsify_first=False)
+
+
+@pytest.mark.parametrize("gap, expected", [(0.1, "unsat"), (-0.05, "sat")])
+def test_verify_decides_a_sin_network_by_input_splitting(gap, expected):
+    from bounds.bab.verify import verify
+    from certify.spec.vnnlib import Region, VnnlibProperty
+    g = torch.Generator().manual_seed(3)
+    net = sequential((2,), [Linear(torch.randn(4, 2, generator=g, dtype=torch.float64) * 2), Sin(),
+                            Linear(torch.randn(1, 4, generator=g, dtype=torch.float64))])
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 301, dtype=torch.float64),
+                                      torch.linspace(0, 1, 301, dtype=torch.float64), indexing="ij"), -1)
+    top = float(net(grid.reshape(-1, 2)).max())
+    # violated where y >= top + gap: never for gap = 0.1 (on this 301 x 301 grid of a net with
+    # Lipschitz constant below 10, the grid's maximum is within 0.03 of the true one)
+    prop = VnnlibProperty("p", 2, 1, [Region(np.zeros(2), np.ones(2), [(-np.ones((1, 1)), np.array([-(top + gap)]))])])
+    res = verify(net, prop, timeout=20, pgd_restarts=2)
+    assert res.status == expected
+    if expected == "unsat":
+        assert res.stats["method"] == "generic-input"        # proved by input splitting over CROWN
+    else:
+        x, y = res.counterexample
+        assert float(net(torch.as_tensor(x).reshape(1, 2))[0, 0]) >= top + gap
