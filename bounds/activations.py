@@ -80,14 +80,24 @@ def _smooth(fn: S.Smooth, bounded: bool) -> Activation:
                       alpha_init=lambda op, lo, hi: S.alpha_init(fn, op, lo, hi), n_alpha=2, bounded=bounded)
 
 
+def _s_shaped(default: Callable, fn: S.Smooth) -> Activation:
+    """Sigmoid / Tanh: CROWN's lines are ``default``'s (bounds/relaxations.py); alpha's have the
+    slopes kmin + alpha (kmax - kmin) and sound intercepts (bounds/smooth.py), starting at CROWN's slopes."""
+    def relax(op, lo, hi, alpha=None):
+        return default(lo, hi) if alpha is None else S.relax(fn, op, lo, hi, alpha)
+
+    def alpha_init(op, lo, hi):
+        r = default(lo, hi)
+        return S.alpha_init(fn, op, lo, hi, (r.lower_slope, r.upper_slope))
+    return Activation(_forward, relax, _everywhere, alpha_init=alpha_init, n_alpha=2, ibp_forward=True)
+
+
 ACTIVATIONS: dict[type, Activation] = {
     O.ReLU: Activation(_forward, lambda op, lo, hi, alpha=None: R.relu_relax(lo, hi, alpha), _kink,
                        alpha_init=lambda op, lo, hi: R.relu_adaptive_slope(lo, hi), n_alpha=1, split_point=0.0,
                        lower_bias_zero=True, alpha_is_lower_slope=True, ibp_forward=True),
-    O.Sigmoid: Activation(_forward, lambda op, lo, hi, alpha=None: R.sigmoid_relax(lo, hi), _everywhere,
-                          ibp_forward=True),
-    O.Tanh: Activation(_forward, lambda op, lo, hi, alpha=None: R.tanh_relax(lo, hi), _everywhere,
-                       ibp_forward=True),
+    O.Sigmoid: _s_shaped(R.sigmoid_relax, S.SIGMOID),
+    O.Tanh: _s_shaped(R.tanh_relax, S.TANH),
     # nonlinear ops beyond ReLU / Sigmoid / Tanh
     O.LeakyReLU: Activation(_leaky_interval,
                             lambda op, lo, hi, alpha=None: R.leaky_relu_relax(lo, hi, op.negative_slope, alpha),

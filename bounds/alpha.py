@@ -19,10 +19,10 @@ intermediate slopes and are optimized together (two separate rounds, as auto_LiR
 cost twice as much and were not tighter on the anchor networks).
 
 The other ops with alpha variables (their record's ``alpha_init`` in bounds/activations.py:
-LeakyReLU, the smooth ops, Sign, Floor, and x * x as the square) are optimized the same way,
-each in [0, 1] (what an alpha means is the record's), and so are the products of two tensors
-(weights of McCormick planes); Sigmoid / Tanh / MaxPool keep their fixed CROWN relaxations.
-The result is detached from the
+LeakyReLU, Sigmoid, Tanh, the smooth ops, Sign, Floor, and x * x as the square) are optimized
+the same way, each in [0, 1] (what an alpha means is the record's: for the smooth ones, the
+slopes of both lines), and so are the products of two tensors (weights of McCormick planes);
+MaxPool and Softmax keep their fixed CROWN relaxations. The result is detached from the
 network parameters (the optimization runs on a detached copy of the network).
 """
 from __future__ import annotations

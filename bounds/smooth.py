@@ -1,5 +1,5 @@
 """Interval images and linear bounds of smooth elementwise functions (exp, log, 1/x, x**p,
-sin, cos) on [lo, hi], sound by construction.
+sin, cos; sigmoid and tanh for alpha's lines) on [lo, hi], sound by construction.
 
 For any slope k the tightest valid lines of slope k are
 
@@ -159,10 +159,11 @@ def relax(fn: Smooth, op, lo: Tensor, hi: Tensor, alpha=None) -> Relax:
     return Relax(k_lo, b_lo, k_up, b_up)
 
 
-def alpha_init(fn: Smooth, op, lo: Tensor, hi: Tensor) -> Tensor:
-    """The alpha (B, 2 * shape[0], *shape[1:]) whose slopes are CROWN's: lower line's, then upper's."""
+def alpha_init(fn: Smooth, op, lo: Tensor, hi: Tensor, slopes=None) -> Tensor:
+    """The alpha (B, 2 * shape[0], *shape[1:]) whose slopes are ``slopes`` (lower, upper; default
+    CROWN's): lower line's, then upper's."""
     kmin, kmax = _finite_range(fn, op, lo, hi, *fn.slope_range(op, lo, hi))
-    k_lo, k_up = default_slopes(fn, op, lo, hi)
+    k_lo, k_up = default_slopes(fn, op, lo, hi) if slopes is None else slopes
     w = kmax - kmin
     pos = w > 0
     den = torch.where(pos, w, torch.ones_like(w))
@@ -347,4 +348,33 @@ class _Sin(Smooth):
         return (a, b) if self.phase == 0 else (-b, -a)
 
 
+class _SShaped(Smooth):
+    """sigmoid or tanh (increasing, f' largest at 0 and decreasing in |x|), for alpha's lines."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def f(self, op, x):
+        return torch.sigmoid(x) if self.name == "sigmoid" else torch.tanh(x)
+
+    def df(self, op, x):
+        y = self.f(op, x)
+        return y * (1 - y) if self.name == "sigmoid" else 1 - y * y
+
+    def crit(self, op, k, lo, hi):
+        if self.name == "sigmoid":          # s (1 - s) = k: s = (1 +- sqrt(1 - 4k)) / 2, x = logit(s)
+            r = torch.sqrt(1 - 4 * k)
+            return [torch.logit((1 + r) / 2), torch.logit((1 - r) / 2)]
+        t = torch.sqrt(1 - k)               # 1 - t^2 = k
+        return [torch.atanh(t), torch.atanh(-t)]
+
+    def image(self, op, lo, hi):
+        return self.f(op, lo), self.f(op, hi)
+
+    def slope_range(self, op, lo, hi):
+        zero = torch.zeros_like(lo)
+        return torch.minimum(self.df(op, lo), self.df(op, hi)), self.df(op, torch.maximum(torch.minimum(zero, hi), lo))
+
+
 EXP, LOG, RECIPROCAL, POW, SIN, COS = _Exp(), _Log(), _Reciprocal(), _Pow(), _Sin(0.0), _Sin(math.pi / 2)
+SIGMOID, TANH = _SShaped("sigmoid"), _SShaped("tanh")
