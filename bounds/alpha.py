@@ -16,26 +16,29 @@ instead, and freeze its slopes. Every iterate is sound, so the best value seen p
 per intermediate neuron) is kept: the result is never looser than CROWN's. Lower and upper bounds share the
 intermediate slopes and are optimized together (one round for both, not one each).
 
-Sigmoid / Tanh / MaxPool keep their fixed CROWN relaxations. The result is detached from the
+The other ops with alpha variables (their record's ``alpha_init`` in bounds/activations.py:
+LeakyReLU, Sigmoid, Tanh, the smooth ops, Sign, Floor, and x * x as the square) are optimized
+the same way, each in [0, 1] (what an alpha means is the record's: for the smooth ones, the
+slopes of both lines), and so are the products of two tensors (weights of McCormick planes);
+MaxPool and Softmax keep their fixed CROWN relaxations. The result is detached from the
 network parameters (the optimization runs on a detached copy of the network).
 """
 from __future__ import annotations
 
 import torch
 
-from certify.ir import ops as O
 from certify.ir.network import Network
 from certify.spec.sets import InputSet
 from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds import activations as act
 from bounds.ibp import Interval
-from bounds.relaxations import relu_adaptive_slope, relu_unstable
 
 
 def _adam_step(opt: torch.optim.Adam, params: list, grads, decay: float) -> None:
     """One Adam step on the given gradients (a None gradient leaves its slopes as they are), the
     slopes projected back onto [0, 1], then the learning rate times ``decay``."""
-    for p, g in zip(params, grads):
-        p.grad = g
+    for p, g in zip(params, grads):   # (a NaN/inf gradient from lines replaced by constants counts as 0)
+        p.grad = None if g is None else torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
     opt.step()
     with torch.no_grad():
         for p in params:
@@ -53,10 +56,9 @@ class _Slopes:
     def __init__(self, net: Network, vals0: dict[str, Interval]):
         self.init = {}
         for n in net.nodes:
-            if isinstance(n.op, O.ReLU):
-                lo, hi = vals0[n.inputs[0]]
-                if bool(relu_unstable(lo, hi).any()):
-                    self.init[n.name] = relu_adaptive_slope(lo, hi)
+            a0 = act.node_alpha_init(n, [vals0.get(i) for i in n.inputs])
+            if a0 is not None:
+                self.init[n.name] = a0
         self.params: dict = {}
         self.creating = True
 

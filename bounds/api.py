@@ -6,7 +6,8 @@ for every batch element); ``d`` (B, rows) or (rows,); results ``Bounds`` with ``
 ``.upper`` of shape (B, rows), or (B, n_outputs) without a spec. ``domain`` clips the ball
 (None: no clipping); ``input_set`` (a ``certify.spec`` set) replaces x / eps / norm / domain.
 ``splits``: {relu node name: int8 tensor (B, *pre-activation shape)}, +1 = the pre-activation
-is >= 0 (active), -1 = <= 0 (inactive), 0 = free; the bounds are then sound on that
+is >= 0 (active), -1 = <= 0 (inactive), 0 = free (also LeakyReLU and Sign nodes: their records
+split at 0, see bounds/activations.py); the bounds are then sound on that
 sub-domain (on an empty sub-domain they are vacuous).
 
 Bounds of ``ibp`` and ``crown`` are differentiable w.r.t. the network parameters; ``alpha``
@@ -174,7 +175,8 @@ def alpha(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0
 
 def intermediate_bounds(net: Network, input_set: InputSet, method: str = "crown", splits=None,
                         **opts) -> dict[str, Bounds]:
-    """Bounds (B, *shape) of every node that feeds a ReLU / Sigmoid / Tanh / MaxPool.
+    """Bounds (B, *shape) of every pre-activation node (an input of a ReLU, another nonlinear
+    op, MaxPool, a product or a softmax: ``bounds.activations.NEEDS_BOUNDS``).
 
     ``method='alpha'`` optimizes the slopes to shrink the sum of these bounds' widths
     (``iterations``, ``lr`` options) and returns the best bound of each neuron seen."""

@@ -7,20 +7,23 @@ down to the input, then concretized (``bounds/concretize.py``). Upper bounds are
 bounds of negated rows, so one code path serves both (rows [A; -A]).
 
 ``propagate(net, input_set, intermediate, ...)`` computes, node by node, bounds of every
-node's output: IBP everywhere, and at each pre-activation node (an input of ReLU / Sigmoid /
-Tanh / MaxPool) CROWN itself when ``intermediate='crown'`` (layer by layer, as auto_LiRPA's
-``method='CROWN'``): one backward pass per such node, batched over the neurons that need
-it (all for Sigmoid / Tanh / MaxPool inputs; for ReLU inputs, the neurons whose interval
-bound straddles 0: a stable neuron's relaxation is exact whatever its bounds). Rows are
+node's output: IBP everywhere, and at each pre-activation node (an input of an op whose
+relaxation reads its input bounds: ``bounds.activations.NEEDS_BOUNDS``) CROWN itself when
+``intermediate='crown'`` (layer by layer, as auto_LiRPA's ``method='CROWN'``): one backward
+pass per such node, batched over the neurons that need it (those some consumer's record calls
+unstable -- for ReLU the ones whose interval straddles 0, a stable neuron's relaxation being
+exact whatever its bounds -- and all of them for smooth ops, MaxPool, products, softmax). Rows are
 packed per batch element, so the cost is B x (most such neurons in one element): linear in
 B. Rows of a (C, H, W) node travel as receptive-field windows (``bounds/patches.py``), so a
 convolutional layer costs its windows, not its whole image, per row. Results are intersected with IBP (both sound). ReLU splits clamp the pre-activation
-bounds as soon as they are computed, so later layers use the clamped bounds.
+bounds as soon as they are computed, so later layers use the clamped bounds. Bounds may be
+infinite where an op is unbounded (1/x over an interval containing 0): the relaxations then
+use constants and the rows that depend on them come out -inf, never NaN.
 
 Floating point: bounds are computed in the network's dtype. In float32 the rounding of the
 backward pass is of the order of 1e-6 relative to the magnitude of the terms; the tests
 check soundness exactly in float64 and with a 1e-4 relative tolerance in float32. No
-outward margin is added (the Sigmoid/Tanh relaxations carry their own, see relaxations.py).
+outward margin is added (the smooth ops' relaxations carry their own, see bounds/smooth.py).
 """
 from __future__ import annotations
 
@@ -33,23 +36,27 @@ from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
 from certify.spec.sets import InputSet
+from bounds import activations as act
 from bounds.concretize import concretize_lower
-from bounds.ibp import Interval, ibp_node
+from bounds.ibp import Interval, ibp_node, may_be_unbounded
 from bounds.linear import BACKWARD_RULES, START_RULES
 from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_dense
 from bounds.patches import add as patch_add
 
-NONLINEAR = (O.ReLU, O.Sigmoid, O.Tanh, O.MaxPool2d)
+NONLINEAR = act.NEEDS_BOUNDS
 ROW_BUDGET = 2 ** 24        # elements of one A tensor before a backward pass is split into chunks
 use_patches = True          # conv rows as receptive-field windows (bounds/patches.py); False: dense
 
 
 def preactivation_nodes(net: Network) -> dict[str, list[str]]:
-    """Nodes whose output feeds a ReLU/Sigmoid/Tanh/MaxPool -> the names of those consumers."""
+    """Nodes whose output feeds an op whose relaxation reads its inputs' bounds (the elementwise
+    nonlinear ops, MaxPool, products, softmax: ``bounds.activations.NEEDS_BOUNDS``) -> the names
+    of those consumers."""
     out: dict[str, list[str]] = {}
     for n in net.nodes:
         if isinstance(n.op, NONLINEAR):
-            out.setdefault(n.inputs[0], []).append(n.name)
+            for i in dict.fromkeys(n.inputs):
+                out.setdefault(i, []).append(n.name)
     return out
 
 
@@ -72,6 +79,7 @@ class _Ctx:
         self.net, self._bounds, self._alpha_of, self.start = net, bounds, alpha_of, start
         self._cache = relax_cache
         self.in_shapes: list = []
+        self.finite = not may_be_unbounded(net)     # every bound is finite: no checks needed
 
     def bounds(self, name: str) -> Interval:
         return self._bounds[name]
@@ -152,10 +160,16 @@ def _accumulate(a, b):
 
 
 def _needs_rows(net: Network, name: str, consumers: list[str], lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """(B, n) bool: which neurons of pre-activation ``name`` need a CROWN bound."""
-    if all(isinstance(net.node(c).op, O.ReLU) for c in consumers):
-        return ((lo < 0) & (hi > 0)).flatten(1)
-    return torch.ones_like(lo, dtype=torch.bool).flatten(1)
+    """(B, n) bool: which neurons of pre-activation ``name`` need a CROWN bound: those where a
+    consumer's relaxation is not exact (its record's ``unstable``; every neuron for the others)."""
+    need = None
+    for c in consumers:
+        op = act.elementwise_op(net.node(c))
+        if op is None or op is act.SQUARE:
+            return torch.ones_like(lo, dtype=torch.bool).flatten(1)
+        u = act.ACTIVATIONS[type(op)].unstable(op, lo, hi)
+        need = u if need is None else need | u
+    return need.flatten(1)
 
 
 def pack_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +270,8 @@ def scatter_replace(lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor, new_l
 
 
 def apply_splits(net: Network, consumers: list[str], iv: Interval, splits: dict | None) -> Interval:
-    """Clamp a pre-activation interval with the ReLU splits of its consumers (+1: lo >= 0, -1: hi <= 0)."""
+    """Clamp a pre-activation interval with the splits of its consumers (+1: lo >= p, -1: hi <= p,
+    p the consumer's record's ``split_point``: 0 for ReLU)."""
     if not splits:
         return iv
     lo, hi = iv
@@ -267,24 +282,27 @@ def apply_splits(net: Network, consumers: list[str], iv: Interval, splits: dict 
         if tuple(s.shape) != tuple(lo.shape):
             raise CertifyError(f"splits[{c!r}] has shape {tuple(s.shape)}, expected {tuple(lo.shape)} "
                                "(batch, *pre-activation shape)")
-        zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
-        lo = torch.where(s > 0, torch.maximum(lo, zero), lo)
-        hi = torch.where(s < 0, torch.minimum(hi, zero), hi)
+        p = torch.full((), act.record(net.node(c).op).split_point, dtype=lo.dtype, device=lo.device)
+        lo = torch.where(s > 0, torch.maximum(lo, p), lo)
+        hi = torch.where(s < 0, torch.minimum(hi, p), hi)
     return lo, hi
 
 
 def check_splits(net: Network, splits: dict) -> None:
-    """A ``CertifyError`` unless every key of ``splits`` is a ReLU node of ``net``."""
-    unknown = {k for k in splits if not _is_relu(net, k)}
+    """A ``CertifyError`` unless every key of ``splits`` is a node of ``net`` that can be split
+    (its op's record has a ``split_point``: ReLU, LeakyReLU, Sign)."""
+    unknown = {k for k in splits if not _splittable(net, k)}
     if unknown:
-        raise CertifyError(f"splits name {sorted(unknown)}, which are not ReLU nodes of {net.name}")
+        raise CertifyError(f"splits name {sorted(unknown)}, which are not ReLU nodes (nor other activations "
+                           f"that split at a point) of {net.name}")
 
 
-def _is_relu(net: Network, name: str) -> bool:
+def _splittable(net: Network, name: str) -> bool:
     try:
-        return isinstance(net.node(name).op, O.ReLU)
+        rec = act.record(net.node(name).op)
     except KeyError:
         return False
+    return rec is not None and rec.split_point is not None
 
 
 def _affine_of_input(net: Network, name: str) -> bool:
@@ -321,8 +339,9 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
     if splits:
         check_splits(net, splits)
     vals: dict[str, Interval] = {net.input_name: apply_splits(net, pre.get(net.input_name, []), input_set.box(), splits)}
+    sanitize = may_be_unbounded(net)
     for node in net.nodes:
-        iv = ibp_node(node.op, [vals[i] for i in node.inputs])
+        iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
             use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))

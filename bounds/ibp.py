@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from certify.ir import ops as O
+from bounds import activations as act
+from bounds.bilinear import matmul_interval, mul_interval
 from bounds.concretize import ROUND
+from bounds.smooth import nan_to_inf
+from bounds.softmax import softmax_interval
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -150,9 +154,6 @@ IBP_RULES = {
     O.Reshape: _monotone,
     O.Identity: _monotone,
     O.Concat: _concat,
-    O.ReLU: _monotone,
-    O.Sigmoid: _monotone,
-    O.Tanh: _monotone,
     # data movement and reductions (ops.LinearMap)
     O.Slice: _monotone,           # selections, permutations, padding, sums: non-negative coefficients
     O.Gather: _monotone,
@@ -164,14 +165,36 @@ IBP_RULES = {
 }
 
 
-def ibp_node(op: O.Op, inputs: list[Interval]) -> Interval:
-    """The output interval of ``op`` given its inputs' intervals."""
+def _activation(op, x: Interval) -> Interval:
+    return act.interval(op, x[0], x[1])
+
+
+# nonlinear ops: the elementwise ones from their records (bounds/activations.py), then products and softmax
+IBP_RULES.update({cls: _activation for cls in act.ACTIVATIONS})
+IBP_RULES.update({
+    O.Mul: mul_interval,
+    O.MatMul: matmul_interval,
+    O.Softmax: softmax_interval,
+})
+
+
+def ibp_node(op: O.Op, inputs: list[Interval], sanitize: bool = False) -> Interval:
+    """The output interval of ``op`` given its inputs' intervals (a node that reads one input
+    twice gets the same interval object twice). ``sanitize``: NaN bounds (inf - inf, 0 * inf
+    from infinite inputs) become -inf / +inf (``may_be_unbounded``)."""
     try:
         rule = IBP_RULES[type(op)]
     except KeyError:
         from certify.errors import CertifyError
         raise CertifyError(f"IBP has no rule for op {op.kind}") from None
-    return rule(op, *inputs)
+    iv = rule(op, *inputs)
+    return nan_to_inf(*iv) if sanitize else iv
+
+
+def may_be_unbounded(net) -> bool:
+    """Whether some bound of ``net`` can be infinite for a bounded input set (an op of
+    ``bounds.activations.UNBOUNDED``): the rules then turn NaN bounds into infinite ones."""
+    return plan(net).unbounded
 
 
 def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Interval:
@@ -189,7 +212,7 @@ def ibp_spec(op_out: O.Linear, x_in: Interval, C: torch.Tensor, d: torch.Tensor 
     c = torch.baddbmm(c0.unsqueeze(2), W, (hi + lo).unsqueeze(2), alpha=0.5)
     r = torch.bmm(W.abs(), (hi - lo).unsqueeze(2)) * 0.5
     r = r + _roundoff(torch.bmm(W.abs(), (hi.abs() + lo.abs()).unsqueeze(2)) + c0.abs().unsqueeze(2))
-    return (c - r).squeeze(2), (c + r).squeeze(2)
+    return nan_to_inf((c - r).squeeze(2), (c + r).squeeze(2))
 
 
 def _roundoff(mag: torch.Tensor) -> torch.Tensor:
@@ -207,7 +230,7 @@ def interval_spec(y: Interval, C: torch.Tensor, d: torch.Tensor | None) -> Inter
     if d is not None:
         c = c + d
     r = r + _roundoff(torch.bmm(C.abs().to(lo.dtype), mid.abs() + rad).squeeze(2) + (0 if d is None else d.abs()))
-    return c - r, c + r
+    return nan_to_inf(c - r, c + r)
 
 
 STACK_LIMIT = 1 << 17       # chains whose batch x (largest Linear's weights) is at most this run stacked
@@ -231,7 +254,8 @@ def _chain_step(op):
             return F.linear(x, ws, bs)
         lin.size = op.weight.numel()
         return lin
-    if isinstance(op, (O.ReLU, O.Sigmoid, O.Tanh)):
+    rec = act.record(op)
+    if rec is not None and rec.ibp_forward:
         return op.forward
     if isinstance(op, (O.Flatten, O.Reshape, O.Identity)):
         return _same
@@ -243,15 +267,18 @@ def _same(x):
 
 
 class _Plan:
-    """A network's IBP steps, looked up once: (node name, rule, op, input names, ReLU consumers);
-    ``chain``: for a chain of Linear / activation / reshape ops, steps on the stacked interval
-    (B, 2n) = [lo | hi] (as many torch calls as a forward pass), else None."""
+    """A network's IBP steps, looked up once: (node name, rule, op, input names, consumers that
+    can be split); ``chain``: for a chain of Linear / activation / reshape ops, steps on the
+    stacked interval (B, 2n) = [lo | hi] (as many torch calls as a forward pass), else None;
+    ``unbounded``: ``may_be_unbounded``."""
 
     def __init__(self, net):
         consumers: dict[str, list[str]] = {}
         for n in net.nodes:
-            if isinstance(n.op, O.ReLU):
+            rec = act.record(n.op)
+            if rec is not None and rec.split_point is not None:
                 consumers.setdefault(n.inputs[0], []).append(n.name)
+        self.unbounded = any(isinstance(n.op, act.UNBOUNDED) for n in net.nodes)
         self.steps = []
         for n in net.nodes:
             rule = IBP_RULES.get(type(n.op))
@@ -312,6 +339,8 @@ def ibp_forward(net, box: Interval, splits: dict | None = None, stop: str | None
         if name == stop:
             break
         iv = rule(op, *[vals[i] for i in inputs])
+        if p.unbounded:
+            iv = nan_to_inf(*iv)
         if splits and cons:
             iv = clamp(cons, iv)
         vals[name] = iv

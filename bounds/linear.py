@@ -7,13 +7,14 @@ The bounded quantity is a batch of linear functions of a node's output ``y``:
     A . op(x_1, ..., x_n)  >=  sum_i A_i . x_i + bias        (for every x in the bounds)
 
 with ``bias`` of shape (B, R) (``None`` for 0). Affine ops are exact (equality); activations
-use the relaxations of ``bounds/relaxations.py``: positive coefficients take the lower line,
+use the relaxations of their records (``bounds/activations.py``), products McCormick planes
+(``bounds/bilinear.py``), softmax ``bounds/softmax.py``: positive coefficients take the lower line,
 negative ones the upper line, so the result is a lower bound of every row. Upper bounds are
 lower bounds of the negated rows (see bounds/crown.py).
 
 Convolutions go backward through ``conv_transpose2d`` (never unrolled to a dense matrix).
 A rule receives ``ctx``: ``ctx.bounds(name)`` -> (lo, hi) of a node, ``ctx.alpha(node, rows)`` ->
-optimized ReLU lower slopes (B, rows, *shape) or None, ``ctx.in_shapes``, and
+the node's optimized alpha variables (B, rows, n_alpha * shape[0], *shape[1:]) or None, ``ctx.in_shapes``, and
 ``ctx.relaxation(key, fn, lo, hi)`` -> ``fn(lo, hi)``, cached across the backward passes of one
 bound computation (as long as the node's bounds are the same tensors). Rows that start at
 a (C, H, W) node travel as receptive-field windows instead (``bounds/patches.py``, its own
@@ -25,8 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from certify.ir import ops as O
-from bounds.relaxations import maxpool_relax, relu_relax, sigmoid_relax, tanh_relax
-
+from bounds import activations as act
+from bounds.bilinear import matmul_backward, mul_backward
+from bounds.relaxations import maxpool_relax
+from bounds.softmax import softmax_backward
 
 
 def _sum_feat(t: torch.Tensor) -> torch.Tensor:
@@ -120,6 +123,24 @@ def _concat(op: O.Concat, A, node, ctx):
     return list(torch.split(A, sizes, dim=op.axis + 2)), None
 
 
+def _activation(op, A, node, ctx):
+    """An elementwise nonlinear op, relaxed by its record (``bounds/activations.py``)."""
+    lo, hi = ctx.bounds(node.inputs[0])
+    alpha = ctx.alpha(node.name, A.shape[1])
+    rec, fin = act.ACTIVATIONS[type(op)], ctx.finite
+    if alpha is None:               # the same for every backward pass through this node: cached
+        r = ctx.relaxation(node.name, lambda lo, hi: act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1), None, fin),
+                           lo, hi)
+    else:
+        r = act.relax(op, lo.unsqueeze(1), hi.unsqueeze(1), act.split_alpha(op, alpha), fin)
+    Ap = A.clamp(min=0)
+    As = A * r.upper_slope + Ap * (r.lower_slope - r.upper_slope)
+    # sum(A- * ub + A+ * lb) (batched matrix products when the intercepts have no row dim)
+    fin = fin and rec.bounded
+    bias = act.intercept_sum(A - Ap, r.upper_bias, fin)
+    if not rec.lower_bias_zero:
+        bias = bias + act.intercept_sum(Ap, r.lower_bias, fin)
+    return [As], bias
 def _linear_map(op: O.LinearMap, A, node, ctx):
     """An op ``y = L(x) + forward(0)`` (``ops.LinearMap``): the rows ``A L`` are the vector-Jacobian
     product of the op's reference forward with the rows as output gradients (exact); the offset
@@ -147,23 +168,6 @@ def _conv_transpose(op: O.ConvTranspose2d, A, node, ctx):
     return [At.reshape((B, R) + in_shape)], bias
 
 
-def _elementwise(relax_fn):
-    def rule(op, A, node, ctx):
-        lo, hi = ctx.bounds(node.inputs[0])
-        alpha = ctx.alpha(node.name, A.shape[1])
-        if alpha is None:           # the same for every backward pass through this node: cached
-            r = ctx.relaxation(node.name, lambda lo, hi: relax_fn(lo.unsqueeze(1), hi.unsqueeze(1)), lo, hi)
-        else:
-            r = relax_fn(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
-        Ap = A.clamp(min=0)
-        As = A * r.upper_slope + Ap * (r.lower_slope - r.upper_slope)
-        B, R = A.shape[:2]
-        # sum(A- * ub + A+ * lb) as batched matrix products (the biases have no row dim).
-        bias = torch.bmm((A - Ap).reshape(B, R, -1), r.upper_bias.reshape(B, -1, 1)).squeeze(2)
-        if not isinstance(op, O.ReLU):     # ReLU's lower lines pass through 0
-            bias = bias + torch.bmm(Ap.reshape(B, R, -1), r.lower_bias.reshape(B, -1, 1)).squeeze(2)
-        return [As], bias
-    return rule
 
 
 def _maxpool(op: O.MaxPool2d, A, node, ctx):
@@ -176,7 +180,11 @@ def _maxpool(op: O.MaxPool2d, A, node, ctx):
     Ap, An = Af.clamp(min=0), Af.clamp(max=0)
     exact = pr.exact.unsqueeze(1).to(A.dtype)
     coef = Ap + An * exact                                       # on x_k
-    bias = (An * (1 - exact) * pr.upper_const.unsqueeze(1)).sum((2, 3))
+    uc = pr.upper_const.unsqueeze(1)
+    if ctx.finite or bool(torch.isfinite(uc).all()):
+        bias = (An * (1 - exact) * uc).sum((2, 3))
+    else:                                                        # an unbounded input: no 0 * inf
+        bias = act.intercept_sum(An * (1 - exact), uc)
     kk = op.kernel[0] * op.kernel[1]
     cols = torch.zeros(B, R, C, kk, Ho * Wo, dtype=A.dtype, device=A.device)
     idx = pr.index.unsqueeze(1).unsqueeze(3).expand(B, R, C, 1, Ho * Wo)
@@ -241,9 +249,6 @@ BACKWARD_RULES = {
     O.Reshape: _reshape,
     O.Identity: _identity,
     O.Concat: _concat,
-    O.ReLU: _elementwise(relu_relax),
-    O.Sigmoid: _elementwise(sigmoid_relax),
-    O.Tanh: _elementwise(tanh_relax),
     # data movement and reductions (ops.LinearMap)
     O.Slice: _linear_map,
     O.Gather: _linear_map,
@@ -253,3 +258,10 @@ BACKWARD_RULES = {
     O.ReduceMean: _linear_map,
     O.ConvTranspose2d: _conv_transpose,
 }
+# nonlinear ops: the elementwise ones from their records, then products and softmax
+BACKWARD_RULES.update({cls: _activation for cls in act.ACTIVATIONS})
+BACKWARD_RULES.update({
+    O.Mul: mul_backward,
+    O.MatMul: matmul_backward,
+    O.Softmax: softmax_backward,
+})

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from certify.ir import ops as O
-from bounds.relaxations import relu_relax, sigmoid_relax, tanh_relax
+from bounds import activations as act
 
 
 @dataclass
@@ -115,27 +115,46 @@ def _conv(op: O.Conv2d, p: Patches, node, ctx):
     return [q], bias
 
 
-def _elementwise(relax_fn):
-    def rule(op, p: Patches, node, ctx):
-        lo, hi = ctx.bounds(node.inputs[0])
-        a = ctx.alpha(node.name, p.t.shape[1], lambda X: window(X, p))
-        relu = isinstance(op, O.ReLU)
-        r = ctx.relaxation((node.name, "grid"), relax_fn, lo, hi)   # on the grid once, then one gather
-        parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if relu else [r.lower_bias])
+def _grid_relax(op, lo, hi, finite: bool):
+    """The record's lines on the whole grid, and whether they are finite (else: dense rule)."""
+    if finite and act.ACTIVATIONS[type(op)].bounded:
+        return act.relax(op, lo, hi, None, True), True
+    r = act.relax(op, lo, hi)
+    return r, bool(torch.isfinite(torch.stack([r.upper_bias, r.lower_bias])).all())
+
+
+def _activation(op, p: Patches, node, ctx):
+    lo, hi = ctx.bounds(node.inputs[0])
+    a = ctx.alpha(node.name, p.t.shape[1], lambda X: window(X, p))
+    rec = act.ACTIVATIONS[type(op)]
+    zero_lb = rec.lower_bias_zero
+    if a is not None and not rec.alpha_is_lower_slope:     # alpha-dependent lines: relaxed per row's window
+        checked = not (ctx.finite and rec.bounded)
+        if checked and not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            return None
+        r = act.relax(op, window(lo, p), window(hi, p), act.split_alpha(op, a), not checked)
+        if checked and not bool(torch.isfinite(r.upper_bias).all() & torch.isfinite(r.lower_bias).all()):
+            return None
+        us, ub, ls, lb = r.upper_slope, r.upper_bias, r.lower_slope, r.lower_bias
+    else:
+        r, finite = ctx.relaxation((node.name, "grid"), lambda l, h: _grid_relax(op, l, h, ctx.finite), lo, hi)
+        if not finite:
+            return None
+        parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if zero_lb else [r.lower_bias])
         if a is not None:
-            parts.append(((lo < 0) & (hi > 0)).to(lo.dtype))
+            parts.append(rec.unstable(op, lo, hi).to(lo.dtype))
         w = window(torch.cat(parts, 1), p).split(lo.shape[1], dim=2)
         us, ub, ls = w[0], w[1], w[2]
-        if a is not None:                               # optimized slopes of unstable ReLUs
+        lb = None if zero_lb else w[3]
+        if a is not None:                           # the optimized lower slopes of unstable neurons
             ls = torch.where(w[-1] > 0, a, ls)
-        A = p.t
-        Ap = A.clamp(min=0)
-        As = A * us + Ap * (ls - us)
-        bias = ((A - Ap) * ub).sum((2, 3, 4))
-        if not relu:
-            bias = bias + (Ap * w[3]).sum((2, 3, 4))
-        return [p.with_t(As)], bias
-    return rule
+    A = p.t
+    Ap = A.clamp(min=0)
+    As = A * us + Ap * (ls - us)
+    bias = ((A - Ap) * ub).sum((2, 3, 4))
+    if lb is not None:
+        bias = bias + (Ap * lb).sum((2, 3, 4))
+    return [p.with_t(As)], bias
 
 
 def _channel_affine(op, p: Patches, node, ctx):
@@ -146,15 +165,13 @@ def _channel_affine(op, p: Patches, node, ctx):
 
 PATCH_RULES = {
     O.Conv2d: _conv,
-    O.ReLU: _elementwise(relu_relax),
-    O.Sigmoid: _elementwise(sigmoid_relax),
-    O.Tanh: _elementwise(tanh_relax),
     O.BatchNorm: _channel_affine,
     O.Normalize: _channel_affine,
     O.Add: lambda op, p, node, ctx: ([p, p], None),
     O.Sub: lambda op, p, node, ctx: ([p, -p], None),
     O.Identity: lambda op, p, node, ctx: ([p], None),
 }
+PATCH_RULES.update({cls: _activation for cls in act.ACTIVATIONS})      # elementwise nonlinear ops
 
 
 def concretize_lower_patches(p: Patches, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

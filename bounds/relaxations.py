@@ -14,6 +14,9 @@ Elementwise ops return ``Relax(lower_slope, lower_bias, upper_slope, upper_bias)
   the chord, lower if f'(lo) >= it), otherwise DeepPoly's line of slope min(f'(lo), f'(hi))
   through the endpoint. Intercepts are moved outward by ``10 * machine eps`` of the dtype
   (1.2e-6 in float32) to absorb rounding of f at the endpoints.
+* LeakyReLU: as ReLU, the chord on one side and a line through 0 on the other; Sign and Floor:
+  lines of free slope with the exact extremes of f(x) - k x as intercepts (step relaxations).
+  The records of bounds/activations.py say which op uses which; smooth ops: bounds/smooth.py.
 * MaxPool (DeepPoly): in each window, k = argmax of the lower bounds; ``y >= x_k`` always;
   ``y <= x_k`` when lo_k >= hi_j for every other j (the max is x_k), else ``y <= max_j hi_j``.
 """
@@ -103,6 +106,107 @@ def sigmoid_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
 
 def tanh_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
     return _s_shaped(lo, hi, torch.tanh, _dtanh)
+
+
+# ----------------------------------------------------------------------------- piecewise-linear and step ops
+def _margin(lo: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The outward rounding margin of an intercept: 10 eps of the dtype times the magnitudes."""
+    return 10 * torch.finfo(lo.dtype).eps * mag
+
+
+def leaky_relu_relax(lo: torch.Tensor, hi: torch.Tensor, slope: float, alpha: torch.Tensor | None = None) -> Relax:
+    """LeakyReLU with negative slope ``slope`` (a). Stable neurons are exact. An unstable one
+    (lo < 0 < hi) gets the chord on one side and a line through 0 of slope a + t (1 - a) on the
+    other (below for a <= 1, where the function is convex; above for a > 1); t is ``alpha`` in
+    [0, 1] or CROWN's adaptive 1 if hi > -lo else 0. The chord's intercept moves outward by 10 eps."""
+    a = float(slope)
+    unstable = relu_unstable(lo, hi)
+    one, zero = torch.ones_like(lo), torch.zeros_like(lo)
+    exact = torch.where(lo >= 0, one, one * a)
+    den = torch.where(unstable, hi - lo, one)
+    k = (hi - a * lo) / den
+    b = (a - k) * lo
+    m = _margin(lo, (a * lo).abs() + k.abs() * torch.maximum(lo.abs(), hi.abs()))
+    t = relu_adaptive_slope(lo, hi) if alpha is None else alpha.clamp(0.0, 1.0)
+    s = torch.where(unstable, a + t * (1 - a), exact)
+    chord_s = torch.where(unstable, k, exact)
+    if a <= 1:
+        return Relax(s, zero, chord_s, torch.where(unstable, b + m, zero))
+    return Relax(chord_s, torch.where(unstable, b - m, zero), s, zero)
+
+
+def _step_lines(lo, hi, k_ranges, intercept, exact, value, alpha):
+    """Lines of a step function with slopes in [0, k_max] (lower, upper) and sound intercepts
+    ``intercept(k, upper)``: CROWN's choice is the slope tightest at the midpoint (0 or k_max),
+    alpha's a fraction of the range. Exact (constant ``value``) where ``exact``."""
+    m = (lo + hi) / 2
+    rad = torch.maximum(lo.abs(), hi.abs())
+    out = []
+    for j, (kmax, upper) in enumerate(zip(k_ranges, (False, True))):
+        if alpha is None:
+            cands = [torch.zeros_like(kmax), kmax]
+            vals = [c * m + intercept(c, upper) for c in cands]
+            better = vals[1] > vals[0] if not upper else vals[1] < vals[0]
+            k = torch.where(better, kmax, torch.zeros_like(kmax))
+        else:
+            k = alpha[j].clamp(0.0, 1.0) * kmax
+        b = intercept(k, upper)
+        mag = intercept(torch.zeros_like(k), upper).abs() + 1 + k.abs() * rad
+        b = b + _margin(lo, mag) if upper else b - _margin(lo, mag)
+        out += [torch.where(exact, torch.zeros_like(k), k), torch.where(exact, value, b)]
+    return Relax(*out)
+
+
+def _sign_slope_ranges(lo, hi):
+    """(lower, upper) largest valid slopes of Sign's lines on [lo, hi] (0 where the step is not inside)."""
+    jump = torch.sign(hi) - torch.sign(lo)
+    one, zero = torch.ones_like(lo), torch.zeros_like(lo)
+    k_up = torch.where(lo < 0, jump / torch.where(lo < 0, -lo, one), zero)
+    k_lo = torch.where(hi > 0, jump / torch.where(hi > 0, hi, one), zero)
+    return k_lo, k_up
+
+
+def sign_alpha_init(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """CROWN's Sign lines as alpha (B, 2 * shape[0], ...): fractions of the slope ranges (lower, upper)."""
+    r = sign_relax(lo, hi)
+    fr = [torch.where(kmax > 0, k / torch.where(kmax > 0, kmax, torch.ones_like(kmax)), torch.zeros_like(k))
+          for k, kmax in zip((r.lower_slope, r.upper_slope), _sign_slope_ranges(lo, hi))]
+    return torch.cat(fr, 1)
+
+
+def floor_alpha_init(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """CROWN's Floor lines as alpha (B, 2 * shape[0], ...): the slopes (lower, upper), in [0, 1]."""
+    r = floor_relax(lo, hi)
+    return torch.cat([r.lower_slope, r.upper_slope], 1)
+
+
+def sign_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
+    """Sign (sign(0) = 0). Where sign(lo) != sign(hi): the upper line has intercept sign(hi) and
+    a slope in [0, (sign(hi) - sign(lo)) / -lo] (it passes above (lo, sign(lo))), the lower line
+    intercept sign(lo) and a slope in [0, (sign(hi) - sign(lo)) / hi]; ``alpha``: None or
+    (lower, upper) fractions of those ranges."""
+    s_lo, s_hi = torch.sign(lo), torch.sign(hi)
+    exact = s_lo == s_hi
+    k_lo, k_up = _sign_slope_ranges(lo, hi)
+
+    def intercept(k, upper):
+        return (s_hi if upper else s_lo) + 0 * k
+    return _step_lines(lo, hi, (k_lo, k_up), intercept, exact, s_lo, alpha)
+
+
+def floor_relax(lo: torch.Tensor, hi: torch.Tensor, alpha=None) -> Relax:
+    """Floor. Where floor(lo) != floor(hi): slopes k in [0, 1] with the exact extremes of
+    floor(x) - k x over [lo, hi], max(floor(lo) - k lo, floor(hi) (1 - k)) above and
+    min(floor(lo) (1 - k) - k, floor(hi) - k hi) below (k = 1 gives x - 1 <= floor(x) <= x)."""
+    fl, fh = torch.floor(lo), torch.floor(hi)
+    exact = fl == fh
+
+    def intercept(k, upper):
+        if upper:
+            return torch.maximum(fl - k * lo, fh * (1 - k))
+        return torch.minimum(fl * (1 - k) - k, fh - k * hi)
+    one = torch.ones_like(lo)
+    return _step_lines(lo, hi, (one, one), intercept, exact, fl, alpha)
 
 
 class PoolRelax(NamedTuple):

@@ -57,10 +57,11 @@ def bad(tmp_path_factory):
     (d / "garbage.onnx.gz").write_bytes(b"\x1f\x8b garbage")
     (d / "model.txt").write_text("weights")
     (d / "adir.onnx").mkdir()
-    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
-    (d / "softmax.onnx").write_bytes(helper.make_model(g).SerializeToString())
+    for op in ("Softmax", "Erf"):
+        g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+        (d / f"{op.lower()}.onnx").write_bytes(helper.make_model(g).SerializeToString())
     from_module(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5)),
                 (3,)).to_onnx(str(d / "five.onnx"))
     from_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1)), (1, 8, 8)).to_onnx(str(d / "one.onnx"))
@@ -212,7 +213,7 @@ CASES = [
     ("model-garbage-gz", ["info", "{d}/garbage.onnx.gz"], "not a readable ONNX model", 2),
     ("model-unknown-ext", ["info", "{d}/model.txt"], "unknown model format", 2),
     ("model-directory", ["info", "{d}/adir.onnx"], "is a directory", 2),
-    ("model-softmax", ["info", "{d}/softmax.onnx"], "Softmax", 2),
+    ("model-erf", ["info", "{d}/erf.onnx"], "Erf", 2),
     ("model-empty-pt", ["info", "{d}/empty.pt"], "empty.pt", 2),
     ("model-garbage-pt", ["info", "{d}/garbage.pt"], "not a certify checkpoint", 2),
     ("model-pickled-module", ["info", "{d}/module.pt"], "export the model to ONNX", 2),

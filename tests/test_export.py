@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator
 
 from certify.errors import CertifyError
 from certify.frontends.onnx import load
-from certify.ir import (ALL_OPS, Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
+from certify.ir import (ALL_OPS, NONLINEAR_OPS, Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
                         Linear, MaxPool2d, Network, Node, Normalize, ReLU, Reshape, Sigmoid, Sub, Tanh)
 from certify.ir.export import ONNX_RULES, OPSET, to_model, to_onnx, to_torch
 
@@ -53,6 +53,8 @@ def test_every_op_is_exported():
     used = {type(n.op) for n in every_op_net().nodes}
     for make in NETS.values():
         used |= {type(n.op) for n in make().nodes}
+    from test_nonlinear_ops import nonlinear_net
+    used |= {type(n.op) for n in nonlinear_net().nodes}
     assert used == set(ALL_OPS)
     assert set(ALL_OPS) <= set(ONNX_RULES)
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from certify.ir import ReLU
+from bounds.activations import ACTIVATIONS
 from bounds.bab.chain import Chain
+
+_RELU = ACTIVATIONS[ReLU]
 
 Tensor = torch.Tensor
 
@@ -22,7 +26,7 @@ def babsr_scores(lam_hidden: list[Tensor], pre, splits, rows: Tensor) -> Tensor:
     out = []
     for (l, u), lam, s in zip(pre, lam_hidden, splits):
         lam = lam[idx, rows]
-        unstable = (l < 0) & (u > 0) & (s == 0)
+        unstable = _RELU.unstable(None, l, u) & (s == 0)
         den = torch.where(unstable, u - l, torch.ones_like(u))
         sc = (-lam).clamp(min=0) * (-l * u / den) + 1e-9 * (u - l)
         out.append(torch.where(unstable, sc, torch.full_like(sc, -float("inf"))))

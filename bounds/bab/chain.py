@@ -77,6 +77,18 @@ def _densify(ops, in_shape, max_entries: int) -> tuple[torch.Tensor, torch.Tenso
     return (out[1:] - b).T.contiguous(), b
 
 
+def chain_obstacle(net: Network) -> str | None:
+    """Why ``net`` is not an affine/ReLU chain: the first node that is not (naming its op), or None."""
+    prev = net.input_name
+    for node in net.nodes:
+        if node.inputs != (prev,):
+            return f"node {node.name!r} ({node.op.kind}) does not read the node before it"
+        if not isinstance(node.op, AFFINE_OPS + (ReLU,)):
+            return f"node {node.name!r} is {node.op.kind}, neither affine nor ReLU"
+        prev = node.name
+    return None
+
+
 def to_chain(net: Network, max_entries: int = 40_000_000) -> Chain | None:
     """The affine/ReLU chain computing ``net`` (see module docstring), or ``None``."""
     net64 = net.to(torch.float64)

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
+from certify.ir import ReLU
+from bounds.activations import ACTIVATIONS
 from bounds.bab.chain import Chain
+
+_RELU = ACTIVATIONS[ReLU]
 
 # A bound proves a row only when it exceeds this (float64 rounding of the whole backward pass).
 PROOF_TOL = 1e-9
@@ -56,14 +60,10 @@ class DomainBounds:
 
 
 def _relax(l: Tensor, u: Tensor):
-    """Upper slope/intercept and default lower slope of relu on [l, u]; shapes (B, n)."""
-    active, inactive = l >= 0, u <= 0
-    unstable = ~(active | inactive)
-    den = torch.where(unstable, u - l, torch.ones_like(u))
-    su = torch.where(active, torch.ones_like(u), torch.where(unstable, u / den, torch.zeros_like(u)))
-    tu = torch.where(unstable, -l * su, torch.zeros_like(u))
-    sl = torch.where(active, torch.ones_like(u), torch.where(unstable, (u > -l).to(u.dtype), torch.zeros_like(u)))
-    return su, tu, sl, unstable
+    """Upper slope/intercept, default lower slope and unstable mask of relu on [l, u] (the ReLU
+    record's, bounds/activations.py); shapes (B, n)."""
+    r = _RELU.relax(None, l, u)
+    return r.upper_slope, r.upper_bias, r.lower_slope, _RELU.unstable(None, l, u)
 
 
 def _backsub(chain: Chain, t: int, C: Tensor, d: Tensor, lo: Tensor, hi: Tensor, pre, alpha=None,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bounds.bab.chain import to_chain
+from bounds.bab.chain import chain_obstacle, to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split_crown import input_split_crown
 from bounds.bab.input_split import BoxMilps, input_split_bab
@@ -146,6 +146,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     chain = to_chain(network)
     stats["time_setup"] = time.monotonic() - t
     if chain is None:
+        if method == "relu":
+            raise CertifyError(f"verify: ReLU splitting runs on affine/ReLU chains; {network.name}: "
+                               f"{chain_obstacle(network) or 'its matrices are too large'}")
         m = "generic-input"
     else:
         n_relus = sum(chain.hidden_sizes)

@@ -28,6 +28,19 @@ Constants
 ---------
 Initializers and ``Constant`` nodes are constants; any node whose inputs are all constant
 (e.g. the ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chain torch exports for
+``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference``; ``Shape`` of a
+network tensor is its (batch-1) shape.
+
+Products of two network tensors are ``Mul`` (broadcast) and ``MatMul`` (both operands with at
+least two per-sample dims and the same leading dims); ``a / b`` by a network tensor is
+``a * Reciprocal(b)`` (``c / b`` for a constant c: ``Reciprocal`` then ``ConstMul``); ``Pow``
+takes a constant scalar exponent, ``Sqrt`` is ``Pow 0.5``; ``Softmax`` follows the opset's
+semantics (before opset 13, over the trailing dims flattened from ``axis``).
+
+Anything else -- an op the IR cannot express (Slice or Gather of a network tensor, ...),
+an unsupported attribute (asymmetric pads, ``auto_pad=SAME_*``, ``ceil_mode=1``, dilated
+pooling), a network tensor as an exponent -- raises ``CertifyError`` at load time naming
+the file, the node and its op type.
 ``x.view(x.size(0), -1)``) is evaluated at load time with ``onnx.reference`` at the model's
 opset; ``Shape`` of a network tensor is its (batch-1) shape. Of several graph inputs, the one
 whose value reaches the output is the network input; the others may be read by ``Shape`` /
@@ -56,6 +69,8 @@ from certify.frontends import GraphBuilder
 from certify.ir import Network
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, IRError,
                             MaxPool2d, ReLU, Sigmoid, Sub, Tanh)
+from certify.ir.ops import (Cos, Exp, Floor, LeakyReLU, Log, MatMul, Mul, Pow, Reciprocal, Sign, Sin,
+                            Softmax)
 from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 
@@ -357,6 +372,8 @@ def _binary(cv: _Converter, node, at, ins, origin):
     a, c = cv.broadcast(ins[:2], node, origin)
     kind = node.op_type
     if isinstance(a, Dyn) and isinstance(c, Dyn):
+        if kind in ("Mul", "Div"):
+            return _product(cv, node, a, c, kind, origin)
         if a.full != c.full:
             raise cv.err(f"{origin}: operands of shapes {a.full} and {c.full} differ; broadcasting two network "
                          "tensors is not supported")
@@ -380,8 +397,9 @@ def _binary(cv: _Converter, node, at, ins, origin):
         if bool((k == 0).any()):
             raise cv.err(f"{origin}: division by a constant with a zero entry")
         op = ConstMul(1.0 / k)
-    else:
-        raise cv.err(f"{origin}: division by a network tensor is not supported")
+    else:                           # constant / network tensor = constant * reciprocal
+        rec = cv.emit(Reciprocal(), [x.name], node, origin, "/reciprocal")
+        return Dyn(cv.emit(ConstMul(k), [rec], node, origin), x.full)
     return Dyn(cv.emit(op, [x.name], node, origin), x.full)
 
 
@@ -432,7 +450,7 @@ def _left(cv: _Converter, W: np.ndarray, x: Dyn, bias: np.ndarray | None, node, 
 def _matmul(cv: _Converter, node, at, ins, origin):
     a, c = ins
     if isinstance(a, Dyn) and isinstance(c, Dyn):
-        raise cv.err(f"{origin}: product of two network tensors is not supported (not piecewise linear)")
+        return _matmul2(cv, node, a, c, origin)
     if isinstance(a, Dyn):
         W = np.asarray(c)
         if W.ndim == 1:
@@ -726,6 +744,79 @@ def _shape(cv: _Converter, node, at, ins, origin):
     return s[start:None if end is None else int(end)]
 
 
+# ----------------------------------------------------------------------------- nonlinear rules
+def _product(cv: _Converter, node, a: Dyn, c: Dyn, kind: str, origin) -> Dyn:
+    """a * c or a / c (= a * reciprocal(c)) of two network tensors, broadcast."""
+    try:
+        full = tuple(np.broadcast_shapes(a.full, c.full))
+    except ValueError:
+        raise cv.err(f"{origin}: operands of shapes {a.full} and {c.full} do not broadcast") from None
+    r = len(ir_shape(full))
+    lhs, rhs = (cv.b.reshape(v.name, (1,) * (r - len(ir_shape(v.full))) + ir_shape(v.full), node.output[0] + "/rank",
+                             origin) for v in (a, c))
+    if kind == "Div":
+        rhs = cv.emit(Reciprocal(), [rhs], node, origin, "/reciprocal")
+    name = cv.emit(Mul(), [lhs, rhs], node, origin)
+    if cv.b.shapes[name] != ir_shape(full):
+        raise cv.err(f"{origin}: broadcasting {a.full} with {c.full} mixes the batch axis with a data axis")
+    return Dyn(name, full)
+
+
+def _matmul2(cv: _Converter, node, a: Dyn, c: Dyn, origin) -> Dyn:
+    sa, sc = ir_shape(a.full), ir_shape(c.full)
+    if len(sa) < 2 or len(sa) != len(sc) or sa[:-2] != sc[:-2]:
+        raise cv.err(f"{origin}: MatMul of two network tensors of shapes {a.full} and {c.full} is supported only "
+                     "for operands with at least two per-sample dims and the same leading dims")
+    name = cv.emit(MatMul(), [a.name, c.name], node, origin)
+    return cv.as_dyn(name, a.full[:-1] + c.full[-1:], node, origin)
+
+
+def _leaky_relu(cv: _Converter, node, at, ins, origin):
+    x = ins[0]
+    return Dyn(cv.emit(LeakyReLU(float(at.get("alpha", 0.01))), [x.name], node, origin), x.full)
+
+
+def _scalar(cv: _Converter, v, what: str, origin) -> float:
+    if isinstance(v, (Dyn, Padded)) or v is None:
+        raise cv.err(f"{origin}: {what} must be a constant")
+    arr = np.asarray(v, dtype=np.float64).reshape(-1)
+    if arr.size == 0 or not np.all(arr == arr[0]):
+        raise cv.err(f"{origin}: {what} must be one scalar, got shape {np.asarray(v).shape}")
+    return float(arr[0])
+
+
+def _pow(cv: _Converter, node, at, ins, origin):
+    x, p = ins[0], ins[1]
+    if not isinstance(x, Dyn):
+        raise cv.err(f"{origin}: a network tensor as the exponent of Pow is not supported")
+    e = _scalar(cv, p, "the exponent", origin)
+    return Dyn(cv.emit(Pow(e), [x.name], node, origin), x.full)
+
+
+def _sqrt(cv: _Converter, node, at, ins, origin):
+    x = ins[0]
+    return Dyn(cv.emit(Pow(0.5), [x.name], node, origin), x.full)
+
+
+def _softmax(cv: _Converter, node, at, ins, origin):
+    x = ins[0]
+    r = len(x.full)
+    axis = int(at.get("axis", -1 if cv.opset >= 13 else 1))
+    axis = axis + r if axis < 0 else axis
+    if not 0 <= axis < r:
+        raise cv.err(f"{origin}: axis {axis} out of range for shape {x.full}")
+    if cv.opset < 13 and axis < r - 1:          # softmax over the trailing dims flattened from axis
+        flat = cv.reshaped(x, x.full[:axis] + (math.prod(x.full[axis:]),), node, origin)
+        return cv.reshaped(_softmax_at(cv, node, flat, axis, origin), x.full, node, origin)
+    return _softmax_at(cv, node, x, axis, origin)
+
+
+def _softmax_at(cv: _Converter, node, x: Dyn, axis: int, origin) -> Dyn:
+    """Softmax along ONNX axis ``axis`` of ``x.full``."""
+    ir_axis = axis - (len(x.full) - len(ir_shape(x.full)))
+    if ir_axis < 0:
+        raise cv.err(f"{origin}: Softmax over the batch axis is not supported")
+    return Dyn(cv.emit(Softmax(ir_axis), [x.name], node, origin), x.full)
 def _size(cv: _Converter, node, at, ins, origin):
     return np.array(math.prod(_full(cv, ins[0])), dtype=np.int64)
 
@@ -956,6 +1047,11 @@ RULES = {
     "ReduceSum": _reduce(ReduceSum), "ReduceMean": _reduce(ReduceMean), "Resize": _moved, "Upsample": _moved,
     "Expand": _moved, "Tile": _moved, "DepthToSpace": _moved, "SpaceToDepth": _moved,
 }
+RULES.update({      # nonlinear ops
+    "LeakyRelu": _leaky_relu, "Exp": _unary(Exp), "Log": _unary(Log), "Reciprocal": _unary(Reciprocal),
+    "Sin": _unary(Sin), "Cos": _unary(Cos), "Sign": _unary(Sign), "Floor": _unary(Floor), "Pow": _pow,
+    "Sqrt": _sqrt, "Softmax": _softmax,
+})
 SHAPE_ONLY = ("Shape", "Size")
 """Ops that read only the shape of their input."""
 MULTI_OUTPUT = ("Split",)

@@ -3,12 +3,17 @@
 What is understood
 ------------------
 * Modules: ``nn.Linear``, ``nn.Conv2d`` (zero padding), ``nn.BatchNorm1d/2d``, ``nn.ReLU``,
-  ``nn.Sigmoid``, ``nn.Tanh``, ``nn.AvgPool2d``, ``nn.MaxPool2d``, ``nn.Flatten``,
+  ``nn.Sigmoid``, ``nn.Tanh``, ``nn.LeakyReLU``, ``nn.Softmax``, ``nn.AvgPool2d``, ``nn.MaxPool2d``, ``nn.Flatten``,
   ``nn.Identity``, ``nn.Dropout*``, ``nn.Unflatten``; containers and custom modules are
   traced through.
 * Functions/methods: ``+ - * /`` (``torch.add/sub/mul/div``, ``x.add(...)``...) between a
-  network tensor and a constant (python number, buffer, parameter) and ``+ -`` between two
-  network tensors of equal shape; ``relu``, ``sigmoid``, ``tanh`` (torch / F / method);
+  network tensor and a constant (python number, buffer, parameter), ``+ -`` between two
+  network tensors of equal shape, ``* /`` between two network tensors of equal rank
+  (broadcast; ``a / b`` is ``a * reciprocal(b)``, ``c / b`` for a constant c
+  ``c * reciprocal(b)``), ``@`` / ``matmul`` / ``bmm`` of two network tensors (or by a constant
+  matrix on the right); ``relu``, ``sigmoid``, ``tanh``, ``leaky_relu``, ``exp``, ``log``,
+  ``reciprocal``, ``sin``, ``cos``, ``sign``, ``floor``, ``sqrt``, ``square``, ``x ** p`` /
+  ``pow`` with a constant exponent, ``softmax`` along a non-batch dim (torch / F / method);
   ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view/reshape`` with the batch size given as
   ``x.size(0)``, ``x.shape[0]`` or ``-1`` (``x.view(x.size(0), -1)``); ``torch.cat`` along a
   non-batch dim; ``F.linear``, ``F.avg_pool2d``, ``F.max_pool2d``, ``F.dropout``.
@@ -55,6 +60,8 @@ from certify.frontends import GraphBuilder
 from certify.ir import Network
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, IRError,
                             MaxPool2d, ReLU, Sigmoid, Sub, Tanh)
+from certify.ir.ops import (Cos, Exp, Floor, LeakyReLU, Log, MatMul, Mul, Pow, Reciprocal, Sign, Sin,
+                            Softmax)
 from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 
@@ -578,6 +585,8 @@ def _binary(kind: str, reverse: bool = False):
         a, b = t.broadcast(a, b, node, origin)
         if isinstance(a, _Dyn) and isinstance(b, _Dyn):
             sa, sb = t.shape(a), t.shape(b)
+            if kind in ("mul", "div"):
+                return _product(t, node, a, b, kind, origin)
             if sa != sb:
                 raise t.fail(origin, f"operands of shapes {sa} and {sb} differ; broadcasting two network "
                                      "tensors is not supported")
@@ -605,7 +614,8 @@ def _binary(kind: str, reverse: bool = False):
             if bool((c == 0).any()):
                 raise t.fail(origin, "division by a constant with a zero entry")
             return t.emit(ConstMul(1.0 / c), [x], node, origin)
-        raise t.fail(origin, "division by a network tensor is not supported")
+        rec = _Dyn(t.b.add(Reciprocal(), [x.name], node.name + "/reciprocal", origin))
+        return t.emit(ConstMul(c), [rec], node, origin)          # constant / network tensor
     return rule
 
 
@@ -653,6 +663,81 @@ def _f_contiguous(t: _Tracer, node, args, kwargs, origin):
     return t.dyn(args[0], origin)
 
 
+# ----------------------------------------------------------------------------- nonlinear rules
+def _product(t: _Tracer, node, a: _Dyn, b: _Dyn, kind: str, origin) -> _Dyn:
+    sa, sb = t.shape(a), t.shape(b)
+    if len(sa) != len(sb):
+        raise t.fail(origin, f"operands of per-sample shapes {sa} and {sb} have different ranks (broadcasting "
+                             "would mix the batch axis with a data axis)")
+    if kind == "div":
+        b = _Dyn(t.b.add(Reciprocal(), [b.name], node.name + "/reciprocal", origin))
+    return t.emit(Mul(), [a, b], node, origin)
+
+
+def _f_matmul(t: _Tracer, node, args, kwargs, origin):
+    a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
+    if isinstance(a, _Dyn) and isinstance(b, _Dyn):
+        return t.emit(MatMul(), [a, b], node, origin)
+    if isinstance(a, _Dyn) and isinstance(b, torch.Tensor) and b.dim() == 2:
+        return _Dyn(t.b.linear_last_axis(a.name, b.t(), None, node.name, origin))
+    raise t.fail(origin, "matmul is supported for two network tensors or a network tensor times a constant matrix")
+
+
+def _f_pow(t: _Tracer, node, args, kwargs, origin):
+    base, e = args[0], args[1] if len(args) > 1 else kwargs.get("exponent")
+    if not isinstance(base, _Dyn) or isinstance(e, _Dyn):
+        raise t.fail(origin, "pow is supported for a network tensor base and a constant exponent")
+    if isinstance(e, torch.Tensor) and e.numel() == 1:
+        e = float(e)
+    if isinstance(e, bool) or not isinstance(e, (int, float)):
+        raise t.fail(origin, f"the exponent must be a number, got {type(e).__name__}")
+    return t.emit(Pow(float(e)), [base], node, origin)
+
+
+def _f_power(p: float):
+    def rule(t: _Tracer, node, args, kwargs, origin):
+        return t.emit(Pow(p), [t.dyn(args[0], origin)], node, origin)
+    return rule
+
+
+def _f_leaky_relu(t: _Tracer, node, args, kwargs, origin):
+    return t.emit(LeakyReLU(float(_arg(args, kwargs, 1, "negative_slope", 0.01))), [t.dyn(args[0], origin)], node,
+                  origin)
+
+
+def _softmax(t: _Tracer, node, x: _Dyn, dim, origin) -> _Dyn:
+    if dim is None:
+        raise t.fail(origin, "softmax needs an explicit dim")
+    r = len(t.shape(x)) + 1
+    dim = dim + r if dim < 0 else dim
+    if not 1 <= dim < r:
+        raise t.fail(origin, f"softmax over dim {dim} of a tensor with {r} dims (the batch is dim 0) is not supported")
+    return t.emit(Softmax(dim - 1), [x], node, origin)
+
+
+def _f_softmax(t: _Tracer, node, args, kwargs, origin):
+    return _softmax(t, node, t.dyn(args[0], origin), _arg(args, kwargs, 1, "dim"), origin)
+
+
+def _m_leaky_relu(t: _Tracer, node, mod: nn.LeakyReLU, args, kwargs, origin):
+    return t.emit(LeakyReLU(float(mod.negative_slope)), [t.dyn(args[0], origin)], node, origin)
+
+
+def _m_softmax(t: _Tracer, node, mod: nn.Softmax, args, kwargs, origin):
+    return _softmax(t, node, t.dyn(args[0], origin), mod.dim, origin)
+
+
+_NONLINEAR_FUNCTIONS = {
+    F.leaky_relu: _f_leaky_relu, F.softmax: _f_softmax, torch.softmax: _f_softmax, ("method", "softmax"): _f_softmax,
+    operator.pow: _f_pow, torch.pow: _f_pow, ("method", "pow"): _f_pow,
+    torch.sqrt: _f_power(0.5), ("method", "sqrt"): _f_power(0.5),
+    torch.square: _f_power(2.0), ("method", "square"): _f_power(2.0),
+    operator.matmul: _f_matmul, torch.matmul: _f_matmul, torch.bmm: _f_matmul, ("method", "matmul"): _f_matmul,
+    ("method", "bmm"): _f_matmul,
+}
+for _name, _op in (("exp", Exp), ("log", Log), ("reciprocal", Reciprocal), ("sin", Sin), ("cos", Cos),
+                   ("sign", Sign), ("floor", Floor)):
+    _NONLINEAR_FUNCTIONS[getattr(torch, _name)] = _NONLINEAR_FUNCTIONS[("method", _name)] = _f_act(_op)
 # ----------------------------------------------------------------------------- data movement and reductions
 def _dim(t: _Tracer, x: _Dyn, d, origin, extra: int = 0) -> int:
     """torch dim ``d`` (batch = 0) of ``x`` as a per-sample axis; ``extra``: dims the op adds."""
@@ -896,5 +981,7 @@ FUNCTION_RULES = {
     ("method", "repeat_interleave"): _f_moved, F.pixel_shuffle: _f_moved, F.pixel_unshuffle: _f_moved,
 }
 """One rule per function (or ``("method", name)``) applied to a network tensor."""
+FUNCTION_RULES.update(_NONLINEAR_FUNCTIONS)
+MODULE_RULES.update({nn.LeakyReLU: _m_leaky_relu, nn.Softmax: _m_softmax})
 
 __all__ = ["from_module", "MODULE_RULES", "FUNCTION_RULES"]

@@ -25,6 +25,8 @@ from certify.errors import CertifyError
 from certify.ir.network import Network, Node
 from certify.ir.ops import (Add, AvgPool2d, BatchNorm, Concat, ConstAdd, ConstMul, Conv2d, Flatten, Identity,
                             Linear, MaxPool2d, Normalize, ReLU, Reshape, Sigmoid, Sub, Tanh)
+from certify.ir.ops import (Cos, Exp, Floor, LeakyReLU, Log, MatMul, Mul, Pow, Reciprocal, Sign, Sin,
+                            Softmax)
 from certify.ir.ops import ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose
 
 OPSET = 17
@@ -176,6 +178,19 @@ ONNX_RULES = {
     ConvTranspose2d: _conv_transpose,
 }
 """One rule per IR op: fn(graph, op, input names, output name, node name, per-sample input shape)."""
+
+
+def _pow(g, op: Pow, ins, out, name, shape):
+    return g.node("Pow", ins + [g.const(torch.tensor(op.exponent), name)], out, name)
+
+
+ONNX_RULES.update({     # nonlinear ops
+    LeakyReLU: lambda g, op, ins, out, name, shape: g.node("LeakyRelu", ins, out, name, alpha=op.negative_slope),
+    Exp: _simple("Exp"), Log: _simple("Log"), Reciprocal: _simple("Reciprocal"), Sin: _simple("Sin"),
+    Cos: _simple("Cos"), Sign: _simple("Sign"), Floor: _simple("Floor"), Pow: _pow,
+    Softmax: lambda g, op, ins, out, name, shape: g.node("Softmax", ins, out, name, axis=op.axis + 1),
+    Mul: _simple("Mul"), MatMul: _simple("MatMul"),
+})
 
 
 def to_model(net: Network) -> onnx.ModelProto:

@@ -675,8 +675,155 @@ class Tanh(_Elementwise):
         return torch.tanh(x)
 
 
+# ----------------------------------------------------------------------------- nonlinear ops
+@dataclass(eq=False)
+class LeakyReLU(_Elementwise):
+    """y = x for x >= 0, negative_slope * x for x < 0."""
+
+    negative_slope: float = 0.01
+
+    def __post_init__(self):
+        self.negative_slope = float(self.negative_slope)
+        if not math.isfinite(self.negative_slope):
+            raise IRError(f"LeakyReLU negative_slope must be finite, got {self.negative_slope}")
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def describe(self):
+        return f"LeakyReLU {self.negative_slope:g}"
+
+
+@dataclass(eq=False)
+class Exp(_Elementwise):
+    """y = exp(x)."""
+
+    def forward(self, x):
+        return torch.exp(x)
+
+
+@dataclass(eq=False)
+class Log(_Elementwise):
+    """y = log(x) (natural logarithm; -inf at 0, NaN below)."""
+
+    def forward(self, x):
+        return torch.log(x)
+
+
+@dataclass(eq=False)
+class Reciprocal(_Elementwise):
+    """y = 1 / x (+-inf at 0)."""
+
+    def forward(self, x):
+        return torch.reciprocal(x)
+
+
+@dataclass(eq=False)
+class Pow(_Elementwise):
+    """y = x ** exponent for a constant exponent; a non-integer exponent needs x >= 0."""
+
+    exponent: float = 2.0
+
+    def __post_init__(self):
+        self.exponent = float(self.exponent)
+        if not math.isfinite(self.exponent):
+            raise IRError(f"Pow exponent must be finite, got {self.exponent}")
+
+    def forward(self, x):
+        return torch.pow(x, self.exponent)
+
+    def describe(self):
+        return f"Pow {self.exponent:g}"
+
+
+@dataclass(eq=False)
+class Sin(_Elementwise):
+    """y = sin(x)."""
+
+    def forward(self, x):
+        return torch.sin(x)
+
+
+@dataclass(eq=False)
+class Cos(_Elementwise):
+    """y = cos(x)."""
+
+    def forward(self, x):
+        return torch.cos(x)
+
+
+@dataclass(eq=False)
+class Sign(_Elementwise):
+    """y = -1 for x < 0, 0 at 0, 1 for x > 0."""
+
+    def forward(self, x):
+        return torch.sign(x)
+
+
+@dataclass(eq=False)
+class Floor(_Elementwise):
+    """y = the largest integer <= x."""
+
+    def forward(self, x):
+        return torch.floor(x)
+
+
+@dataclass(eq=False)
+class Softmax(Op):
+    """y = exp(x) / sum(exp(x)) along per-sample ``axis`` (0 = first non-batch dim)."""
+
+    axis: int = 0
+
+    def infer_shape(self, in_shapes):
+        (s,) = in_shapes
+        if not 0 <= self.axis < len(s):
+            raise IRError(f"Softmax axis {self.axis} out of range for shape {s}")
+        return tuple(s)
+
+    def forward(self, x):
+        return torch.softmax(x, dim=self.axis + 1)
+
+    def describe(self):
+        return f"Softmax axis {self.axis}"
+
+
+@dataclass(eq=False)
+class Mul(Op):
+    """y = a * b of two node inputs of equal rank, broadcast over per-sample dims of size 1."""
+
+    arity: ClassVar[int] = 2
+
+    def infer_shape(self, in_shapes):
+        a, b = (tuple(s) for s in in_shapes)
+        if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+            raise IRError(f"Mul: shapes {a} and {b} do not broadcast (equal ranks, dims equal or 1)")
+        return tuple(max(x, y) for x, y in zip(a, b))
+
+    def forward(self, a, b):
+        return a * b
+
+
+@dataclass(eq=False)
+class MatMul(Op):
+    """y = a @ b of two node inputs: a (..., m, k), b (..., k, n) with equal leading dims -> (..., m, n)."""
+
+    arity: ClassVar[int] = 2
+
+    def infer_shape(self, in_shapes):
+        a, b = (tuple(s) for s in in_shapes)
+        if len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] or a[-1] != b[-2]:
+            raise IRError(f"MatMul needs shapes (..., m, k) and (..., k, n) with equal leading dims, got {a} and {b}")
+        return a[:-1] + b[-1:]
+
+    def forward(self, a, b):
+        return torch.matmul(a, b)
+
+
+NONLINEAR_OPS: tuple[type[Op], ...] = (LeakyReLU, Exp, Log, Reciprocal, Pow, Sin, Cos, Sign, Floor, Softmax, Mul,
+                                       MatMul)
 ALL_OPS: tuple[type[Op], ...] = (
     Linear, Conv2d, ConstAdd, ConstMul, Add, Sub, BatchNorm, Normalize, AvgPool2d, MaxPool2d,
     Flatten, Reshape, Concat, Identity, ReLU, Sigmoid, Tanh,
-) + (Slice, Gather, Transpose, Pad, ReduceSum, ReduceMean, ConvTranspose2d)
-ACTIVATIONS: tuple[type[Op], ...] = (ReLU, Sigmoid, Tanh)
+) + NONLINEAR_OPS
+ACTIVATIONS: tuple[type[Op], ...] = (ReLU, Sigmoid, Tanh, LeakyReLU, Exp, Log, Reciprocal, Pow, Sin, Cos, Sign, Floor)
+ALL_OPS = ALL_OPS + (Slice, Gather, Transpose, Pad, ReduceSum, ReduceMean, ConvTranspose2d)
