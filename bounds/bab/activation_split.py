@@ -44,7 +44,8 @@ class SplitOptions:
     alpha/beta steps per call (lr_alpha, lr_beta); root_iterations / root_lr / root_patience:
     the root's alpha-CROWN (intermediate slopes); root_spec_iterations: steps on the spec's
     slopes over the root's final bounds; refresh: recompute the later pre-activation bounds of
-    children; candidates: linear-bound minimizers tried per call; max_domains / memory: limits
+    children by CROWN, within refresh_cost times the work of the call's alpha/beta steps (IBP
+    always); candidates: linear-bound minimizers tried per call; max_domains / memory: limits
     on the open domains; row_memory: bytes of one backward pass's rows; opt_dtype: dtype of the
     steps (the bound itself is float64)."""
 
@@ -57,11 +58,38 @@ class SplitOptions:
     root_patience: int | None = 4
     root_spec_iterations: int = 30
     refresh: bool = True
+    refresh_cost: float = 1.0
     candidates: int = 16
     max_domains: int = 200_000
     memory: int = 2 * 2 ** 30
     row_memory: int = 256 * 2 ** 20
     opt_dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class Root:
+    """What the obligations on one box share: the ``Graph``, the box's float64 pre-activation
+    bounds ``pre`` and the spec rows' optimized slopes ``alpha`` {activation node: (1, R, ...)}."""
+
+    graph: Graph
+    pre: dict
+    alpha: dict
+
+    def rows(self, idx) -> "Root":
+        """The same root for the rows ``idx`` of its spec (an obligation's share)."""
+        return Root(self.graph, self.pre, {k: v[:, idx] for k, v in self.alpha.items()})
+
+
+def prepare_root(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, options: SplitOptions | None = None,
+                 deadline: float | None = None, graph: Graph | None = None) -> Root:
+    """The root bounds of the box [lo, hi] (n_in,) for the rows C (R, n_out), d (R,) of every
+    obligation on it at once (alpha-CROWN with optimized intermediate slopes, ``graph_root``)."""
+    opt = options or SplitOptions()
+    g = graph or Graph(net)
+    pre, alpha = root_bounds(g, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(), C.double().unsqueeze(0),
+                             d.double().unsqueeze(0), opt.root_iterations, opt.root_lr, opt.root_patience,
+                             opt.opt_dtype, deadline)
+    return Root(g, pre, alpha)
 
 
 class _Store:
@@ -160,7 +188,7 @@ def _rows_per_domain(g: Graph, R: int) -> int:
 
 def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, deadline: float, try_points,
                          stats: dict, *, options: SplitOptions | None = None, state: dict | None = None,
-                         stop=None):
+                         stop=None, root: Root | None = None):
     """Prove max_r (C y + d)_r > 0 for every input in the box [lo, hi] (n_in,) of ``net`` by
     splitting activations; C (R, n_out), d (R,).
 
@@ -170,7 +198,8 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
     smallest bound of an open domain, a lower bound of min_x max_r (C y + d)_r over the box).
     ``stop``: polled with the deadline; True ends the search as at a timeout. ``state``: a dict
     keeping the open domains when the search times out; called again with it (and the same
-    arguments) the search goes on from there.
+    arguments) the search goes on from there. ``root``: the box's root bounds for these rows
+    (``prepare_root``, e.g. shared by the obligations of one box); computed here otherwise.
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     opt = options or SplitOptions()
@@ -185,11 +214,11 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
         g, store, root_alpha, undecided, last_call = (state.pop(k) for k in ("graph", "store", "root_alpha",
                                                                               "undecided", "last_call"))
     else:
-        t = time.monotonic()
-        g = Graph(net)
-        pre, root_alpha = root_bounds(g, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), opt.root_iterations,
-                                      opt.root_lr, opt.root_patience, opt.opt_dtype, deadline)
-        stats["time_root"] += time.monotonic() - t
+        if root is None:
+            t = time.monotonic()
+            root = prepare_root(net, lo1, hi1, C, d, opt, deadline)
+            stats["time_root"] += time.monotonic() - t
+        g, pre, root_alpha = root.graph, root.pre, root.alpha
         t = time.monotonic()
         res = bound_domains(g, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), pre, Splits.none(1), alpha=root_alpha,
                             iterations=opt.root_spec_iterations, lr_alpha=opt.lr_alpha, opt_dtype=opt.opt_dtype,
@@ -253,7 +282,8 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
                 later.update(g.after[j])
             nodes = [kk for kk in g.pre_nodes if kk in later]
             if nodes:
-                ch_pre = refresh(g, lo_b, hi_b, ch_pre, ch_splits, nodes)
+                budget = opt.refresh_cost * 3 * max(opt.iterations, 1) * R * g.work[g.net64.output]
+                ch_pre = refresh(g, lo_b, hi_b, ch_pre, ch_splits, nodes, budget)
         dup = (lambda t_: None if t_ is None else torch.cat([t_[sel], t_[sel]]))
         alpha0 = root_alpha if P["alpha"] is None else {kk: dup(v) for kk, v in P["alpha"].items()}
         res = bound_domains(g, lo_b, hi_b, C.expand(n2, -1, -1), d.expand(n2, -1), ch_pre, ch_splits,

@@ -32,7 +32,7 @@ from certify.ir import ops as O
 from certify.ir.network import Network
 from certify.spec.sets import Box
 from bounds import activations as act
-from bounds.crown import crown_node, crown_spec, pack_rows, preactivation_nodes, _needs_rows
+from bounds.crown import ancestors, crown_node, crown_spec, pack_rows, preactivation_nodes, _needs_rows
 from bounds.ibp import ibp_node, may_be_unbounded
 
 Tensor = torch.Tensor
@@ -95,7 +95,8 @@ class Graph:
     ``split_op[j]`` that consumer's op and ``split_act[j]`` its node), which pre-activation nodes depend on each split node
     (``after[j]``), and whether every nonlinear op is exact once its neurons are stable
     (``piecewise``: ReLU-like records with a fixed split point, and max-pooling), so that a domain
-    without unstable neurons is an affine piece."""
+    without unstable neurons is an affine piece; ``work[k]``: the sizes of node k's ancestors
+    summed (what one row bounding k costs, about, per backward pass)."""
 
     def __init__(self, net: Network):
         self.net64 = net.detach().to(torch.float64)
@@ -125,6 +126,8 @@ class Graph:
         self.sizes = [math.prod(n64.shape_of(k)) for k in self.split_nodes]
         desc = _descendants(n64)
         self.after = [[k for k in self.pre_nodes if k in desc[s] and k != s] for s in self.split_nodes]
+        anc = {k: ancestors(n64, k) for k in self.pre_nodes + [n64.output]}
+        self.work = {k: sum(math.prod(n64.shape_of(a)) for a in v) for k, v in anc.items()}
         self.piecewise = all(_exact_when_stable(n64, c) for k in self.pre_nodes for c in pre[k])
         self.alpha_nodes = []          # filled by the root bound: activation nodes with alpha variables
 
@@ -361,12 +364,14 @@ def bound_domains(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, pre: d
     return DomainBounds(low, last_a, last_b, lam, lam_in)
 
 
-def refresh(g: Graph, lo: Tensor, hi: Tensor, pre: dict, splits: Splits, nodes: list[str]) -> dict:
+def refresh(g: Graph, lo: Tensor, hi: Tensor, pre: dict, splits: Splits, nodes: list[str],
+            budget: float = float("inf")) -> dict:
     """``pre`` tightened after new splits: every node's interval by IBP from the input box, each
     pre-activation node's intersected with its bounds in ``pre`` and clamped by the splits, and
     the pre-activation ``nodes`` also recomputed by CROWN over the earlier nodes' bounds (for the
     neurons some consumer needs; not for an elementwise op's output, whose interval is exact
-    given its input's). Intersections of sound enclosures: never looser, always sound."""
+    given its input's), in topological order while their cost (rows x ``Graph.work``, per
+    domain) fits in ``budget``. Intersections of sound enclosures: never looser, always sound."""
     net = g.net64
     box = _box(net, lo, hi)
     pre = dict(pre)
@@ -385,7 +390,9 @@ def refresh(g: Graph, lo: Tensor, hi: Tensor, pre: dict, splits: Splits, nodes: 
             if k in todo and not image:
                 need = _needs_rows(net, k, g.consumers[k], *iv)
                 idx, valid = pack_rows(need)
-                if idx.shape[1]:
+                cost = 2 * idx.shape[1] * g.work[k]
+                if idx.shape[1] and cost <= budget:
+                    budget -= cost
                     pre[k] = iv
                     with torch.no_grad():
                         nl, nh = crown_node(net, k, idx, valid, pre, box)

@@ -32,16 +32,14 @@ def root_bounds(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, iteratio
     res = optimize(net_o, box_o, C.to(opt_dtype), d.to(opt_dtype), iterations=iterations, lr=lr, upper=False,
                    patience=patience, stop=lambda best: bool((best.max(1).values > 0).all()), deadline=deadline)
     box = _box(g.net64, lo, hi)
-    with torch.no_grad():
-        pre = {k: v for k, v in propagate(g.net64, box, "crown").items() if k in g.consumers}
-        if res.slopes.params:
-            params = res.slopes.params
+    params = res.slopes.params
 
-            def alpha_of(key, node, rows, window):
-                p = params.get((key, node))
-                return None if p is None else p.double()
-            opt = propagate(g.net64, box, "crown", alpha_of=alpha_of, rows=res.rows)
-            pre = {k: (torch.maximum(l, opt[k][0]), torch.minimum(u, opt[k][1])) for k, (l, u) in pre.items()}
+    def alpha_of(key, node, rows, window):
+        p = params.get((key, node))
+        return None if p is None else p.double()
+    with torch.no_grad():       # CROWN's bounds (no slopes), or the optimized slopes' (never looser: IBP's intersected)
+        vals = propagate(g.net64, box, "crown", alpha_of=alpha_of if params else None, rows=res.rows)
+        pre = {k: v for k, v in vals.items() if k in g.consumers}
     spec = {node: p.detach() for (key, node), p in res.slopes.params.items() if key == g.net64.output}
     g.alpha_nodes = sorted(set(g.alpha_nodes) | {node for node in res.slopes.init})
     return pre, spec
