@@ -20,11 +20,11 @@ from bounds.bab.relu_split import relu_split_bab
 from certify.ir import Tanh
 from certify.spec.vnnlib import Region, VnnlibProperty
 from certify.vnncomp import check_counterexample_ort
-from helpers.networks import DT, maxpool_2d, residual_2d, resnet, smooth_2d
+from helpers.networks import DT, maxpool_2d, residual_mlp, resnet, smooth_2d
 from helpers.oracles import exact_min, grid_min, grid_points
 from helpers.properties import random_case
 
-NETS = {"residual": residual_2d, "maxpool": maxpool_2d, "sigmoid": smooth_2d,
+NETS = {"residual": residual_mlp, "maxpool": maxpool_2d, "sigmoid": smooth_2d,
         "tanh": lambda s: smooth_2d(s, Tanh)}
 
 
@@ -76,7 +76,7 @@ def test_stopping_at_any_time_leaves_a_sound_bound(kind):
     """A search stopped early reports the smallest bound of its open domains, which no sampled
     point of the box goes below; resumed from its state it stays sound and can still decide."""
     net = NETS[kind](0)
-    lo, hi, C, d, prop = _case(net, 0, 0.02)
+    lo, hi, C, d, prop = _case(net, 0, 0.002)
     xs = lo + (hi - lo) * torch.rand(20000, 2, dtype=DT, generator=torch.Generator().manual_seed(0))
     xs = torch.cat([xs, grid_points(lo, hi, 101)])
     with torch.no_grad():
@@ -84,8 +84,8 @@ def test_stopping_at_any_time_leaves_a_sound_bound(kind):
     state, worst = {}, []
     for _ in range(3):
         stats = {}
-        verdict, _ = _search(net, lo, hi, C, d, prop, 0.3, stats, state=state,
-                             options=SplitOptions(batch=8, root_iterations=2, root_spec_iterations=2))
+        verdict, _ = _search(net, lo, hi, C, d, prop, 0.15, stats, state=state,
+                             options=SplitOptions(batch=2, root_iterations=2, root_spec_iterations=2))
         if verdict != "timeout":
             break
         worst.append(stats["worst_open_lower"])
@@ -165,7 +165,7 @@ def test_beta_proves_what_the_same_splits_without_beta_cannot():
     """One domain with splits on the first layer: the beta terms raise its bound (to a value
     every sampled point of the domain respects), enough to prove a margin CROWN with the same
     splits and alpha cannot."""
-    net = residual_2d(3)
+    net = residual_mlp(3)
     lo, hi = torch.tensor([-0.6, -0.4], dtype=DT), torch.tensor([0.5, 0.7], dtype=DT)
     C = torch.tensor([[1.0, -1.0, 0.5]], dtype=DT)
     g = Graph(net)
@@ -219,3 +219,32 @@ def test_root_bound_is_sound_and_at_least_crown_on_a_residual_cnn():
         v = vals[k].reshape(len(xs), -1)
         assert bool((v >= l.reshape(1, -1) - 1e-9).all() & (v <= u.reshape(1, -1) + 1e-9).all()), k
     assert float((vals[net.output].reshape(len(xs), -1) @ C.T).min()) >= float(res.lower[0, 0]) - 1e-9
+
+
+def test_verify_splits_activations_of_a_residual_network_with_many_inputs(tmp_path):
+    """``verify`` on a residual network with 16 inputs (not a chain, too many inputs to split)
+    runs the activation-split search: its sats are confirmed by onnxruntime, its unsats hold on
+    100k sampled points, and it decides every case."""
+    from bounds.bab import verify
+    net = residual_mlp(5, n_in=16, width=12).to(torch.float32)
+    path = tmp_path / "res16.onnx"
+    net.to_onnx(str(path))
+    g = np.random.default_rng(0)
+    verdicts = []
+    for k in range(4):
+        c = g.uniform(-0.5, 0.5, 16)
+        lo, hi = c - 0.15, c + 0.15
+        A = g.normal(size=(1, 3))
+        xs = torch.tensor(g.uniform(lo, hi, (100000, 16)), dtype=torch.float32)
+        with torch.no_grad():
+            v = (net(xs).double().numpy() @ A.T)[:, 0]
+        b = np.array([v.min() + (0.05 if k % 2 else -0.1)])       # odd k: sampled points violate A y <= b
+        prop = VnnlibProperty("p", 16, 3, [Region(lo, hi, [(A, b)])])
+        res = verify(net, prop, timeout=20, falsify_first=False)
+        assert res.stats["method"] == "activation"
+        if res.status == "sat":
+            assert check_counterexample_ort(str(path), prop, res.counterexample[0], tol=1e-5)
+        elif res.status == "unsat":
+            assert k % 2 == 0
+        verdicts.append(res.status)
+    assert verdicts.count("sat") + verdicts.count("unsat") == 4, verdicts

@@ -15,8 +15,9 @@ region's intermediate bounds tightened by branch and bound (``bounds.bab.tighten
 searched again over them.
 
 Networks that are not affine/ReLU chains (residual adds, max-pooling, sigmoid, ...) get input
-splitting over the ``bounds`` engine's CROWN (``bounds.bab.input_split_crown``), whatever ``method`` says;
-practical only for low-dimensional inputs, sound always.
+splitting over the ``bounds`` engine's CROWN (``bounds.bab.input_split_crown``) when the input has
+few dimensions, and activation splitting over the general rule tables otherwise
+(``bounds.bab.activation_split``), whatever ``method`` says; sound always.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bounds.bab.activation_split import SharedRoots, activation_split_bab, can_split
 from bounds.bab.chain import chain_obstacle, to_chain
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split_crown import input_split_crown
@@ -149,7 +151,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
         if method == "relu":
             raise CertifyError(f"verify: ReLU splitting runs on affine/ReLU chains; {network.name}: "
                                f"{chain_obstacle(network) or 'its matrices are too large'}")
-        m = "generic-input"
+        m = "generic-input" if n_in <= LOW_DIM or not can_split(network) else "activation"
     else:
         n_relus = sum(chain.hidden_sizes)
         m = choose_method(n_in, n_relus) if method == "auto" and n_relus else (method if n_relus else "input")
@@ -168,6 +170,7 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
             jobs.append((lo, hi, C, d))
     roots = {}   # per region box (ReLU splitting): what its obligations share, see below
+    act_roots = SharedRoots(network, jobs) if m == "activation" else None
     relu_states = {}   # per obligation (ReLU splitting): its open domains when a pass timed it out
     last_attacked = set()   # obligations given their last attack (``attempt``)
 
@@ -209,6 +212,14 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
 
         if m == "generic-input":
             verdict, ce = input_split_crown(net64, lo, hi, C, d, until, try_points, stats)
+        elif m == "activation":
+            def try_and_attack(xs):
+                ce = try_points(xs)
+                return ce if ce is not None or not falsify_first else attack(steps=20, restarts=1, starts=xs,
+                                                                              deadline=until)
+            verdict, ce = activation_split_bab(network, lo, hi, C, d, until, try_and_attack, stats,
+                                               root=act_roots(j, until, stats), state=relu_states.setdefault(j, {}),
+                                               stop=None if abort is None else abort.is_set)
         elif m == "input":
             # three searches take turns in time slices that double after each round, each one
             # continuing where it stopped, so an instance is solved in about 3x the time of the

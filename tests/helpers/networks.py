@@ -122,13 +122,13 @@ def _lin(g, a, b, gain=1.5, bias=0.3):
     return Linear(torch.randn(b, a, generator=g, dtype=DT) * gain / a ** 0.5, torch.randn(b, generator=g, dtype=DT) * bias)
 
 
-def residual_2d(seed=0, width=8) -> Network:
-    """2 inputs -> Linear, ReLU -> Linear, + the first ReLU's output (residual Add), ReLU -> 3 outputs."""
+def residual_mlp(seed=0, n_in=2, width=8) -> Network:
+    """``n_in`` inputs -> Linear, ReLU -> Linear, + the first ReLU's output (residual Add), ReLU -> 3 outputs."""
     g = torch.Generator().manual_seed(seed)
-    nodes = [Node("l0", _lin(g, 2, width), ("input",)), Node("r0", ReLU(), ("l0",)),
+    nodes = [Node("l0", _lin(g, n_in, width), ("input",)), Node("r0", ReLU(), ("l0",)),
              Node("l1", _lin(g, width, width), ("r0",)), Node("add", Add(), ("l1", "r0")),
              Node("r1", ReLU(), ("add",)), Node("out", _lin(g, width, 3), ("r1",))]
-    return Network((2,), nodes, name="residual_2d")
+    return Network((n_in,), nodes, name="residual_mlp")
 
 
 def maxpool_2d(seed=0) -> Network:
