@@ -22,8 +22,13 @@ def effective_count(scores: torch.Tensor) -> float:
     return float(s.sum() ** 2 / (s * s).sum()) if s.numel() else 0.0
 
 
-def prefer_input_split(input_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor]) -> bool:
-    """Whether input splitting is the search to run on a set of obligations, given each open
-    obligation's root scores for both searches (same order): the summed effective counts of
-    input directions are at most those of neurons (module docstring)."""
-    return sum(map(effective_count, input_scores)) <= sum(map(effective_count, neuron_scores))
+def split_counts(scores: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Per kind of split ("input", "activation"), the effective counts of its root scores summed
+    over the open obligations (``scores[kind]``: one score vector per obligation)."""
+    return {kind: sum(map(effective_count, per)) for kind, per in scores.items()}
+
+
+def prefer_input_split(counts: dict[str, float]) -> bool:
+    """Whether input splitting is the search to run, from ``split_counts``: it has at most as
+    many directions to split as activation splitting (module docstring)."""
+    return counts["input"] <= counts["activation"]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.choice import prefer_input_split
+from bounds.bab.choice import prefer_input_split, split_counts
 from bounds.bab.options import VerifyOptions
 from bounds.bab.stages import (COUNTERS, SPLIT_STAGES, ClosingAttack, Obligation, OpeningAttack, Outcome, Search,
                                SplitStage, TightenBounds)
@@ -51,7 +51,8 @@ class VerifyResult:
     ``method`` (the split search that ran, "root" when the root bounds proved everything),
     ``decided_by`` (the stage(s) that decided: for sat the one that found the point, for unsat
     those that proved obligations, "+"-joined), ``proved_by`` (obligations per stage), ``passes``
-    (per pass: name, stage, seconds, obligations left)."""
+    (per pass: name, stage, seconds, obligations left), ``split_counts`` (with the choice: the
+    effective number of directions per kind of split, ``bounds.bab.choice``)."""
 
     status: str
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
@@ -90,7 +91,7 @@ def verify(network: Network, prop, timeout: float = 60.0, options: VerifyOptions
         stats["found_by"] = out.found_by
         stats["decided_by"] = out.stage
     elif status == "unsat":
-        stats["decided_by"] = "+".join(stats.get("proved_by", {})) or "root"
+        stats["decided_by"] = "+".join(stats.get("proved_by", {})) or None
     search.report()
     return VerifyResult(status, None if out is None else out.counterexample, stats)
 
@@ -130,7 +131,7 @@ def _schedule(search: Search) -> tuple[str, Outcome | None]:
     passes = (["quick", "tighten"] if share > 0 else []) + ["share", "rest"]
     status = "unsat"
     for name in passes:
-        t = time.monotonic()
+        t, sat = time.monotonic(), None
         if name == "tighten":
             pending = _tighten_pass(search, TightenBounds(search, split), split, pending,
                                     time.monotonic() + share * (search.deadline - time.monotonic()))
@@ -139,13 +140,12 @@ def _schedule(search: Search) -> tuple[str, Outcome | None]:
                 return "timeout", None
             end = min(search.deadline, search.t0 + opts.quick * search.timeout) if name == "quick" else search.deadline
             pending, unknown, sat = _search_pass(search, split, closing, pending, end, name != "rest")
-            if sat is not None:
-                return "sat", sat
-            if unknown:
-                status = "unknown"
-        stats.setdefault("passes", []).append({"pass": name, "stage": split.name if name != "tighten" else "tighten",
+            status = "unknown" if unknown else status
+        stats.setdefault("passes", []).append({"pass": name, "stage": "tighten" if name == "tighten" else split.name,
                                                "seconds": round(time.monotonic() - t, 3), "left": len(pending)})
         search.report()
+        if sat is not None:
+            return "sat", sat
         if name != "tighten" and (not pending or (len(search.obligations) == 1 and name == "share")):
             break
     return ("timeout", None) if pending else (status, None)
@@ -168,18 +168,25 @@ def _choose_split(search: Search, obs: list[Obligation]) -> tuple[SplitStage, li
     if len(stages) == 1:
         return stages[0], obs
     t = time.monotonic()
-    scores, pending = [], []
+    scores, pending = {st.splits: [] for st in stages}, []
     for ob in obs:
         per = [st.root_scores(ob) for st in stages]
         if any(s is None for s in per):   # the root bound proves it
-            search.stats.setdefault("proved_by", {}).setdefault("root", 0)
-            search.stats["proved_by"]["root"] += 1
+            _count_proof(search.stats, "root")
             continue
-        scores.append(per)
+        for st, s in zip(stages, per):
+            scores[st.splits].append(s)
         pending.append(ob)
-    use_input = prefer_input_split([s[0] for s in scores], [s[1] for s in scores])
+    counts = split_counts(scores)
+    use_input = prefer_input_split(counts)
+    search.stats["split_counts"] = {k: round(v, 2) for k, v in counts.items()}
     search.stats["time_choice"] = time.monotonic() - t
     return stages[0 if use_input else 1], pending
+
+
+def _count_proof(stats: dict, stage: str) -> None:
+    proved = stats.setdefault("proved_by", {})
+    proved[stage] = proved.get(stage, 0) + 1
 
 
 def _attempt(search: Search, split: SplitStage, closing: ClosingAttack | None, ob: Obligation,
@@ -231,8 +238,7 @@ def _search_pass(search: Search, split: SplitStage, closing, pending: list[Oblig
                     res["sat"] = out
                     search.abort.set()
                 elif out.verdict == "unsat":
-                    proved = search.stats.setdefault("proved_by", {})
-                    proved[out.stage] = proved.get(out.stage, 0) + 1
+                    _count_proof(search.stats, out.stage)
                 elif out.verdict == "timeout":
                     left.append(ob)
                 elif out.verdict == "unknown":

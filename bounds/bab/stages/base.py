@@ -128,9 +128,6 @@ class SplitStage(Stage):
     def order(self, obs: list[Obligation]) -> list[Obligation]:
         return list(obs)
 
-    def close(self) -> None:
-        pass
-
 
 class Helper:
     """Work running beside the searches (a MILP queue): it may have ``news`` of an obligation,
@@ -157,7 +154,7 @@ class Search:
 
     ``counters``: the stats dict of the calling thread (a worker thread's own one while it runs,
     merged into ``stats`` after; else ``stats``). ``report()`` calls ``progress`` with a snapshot
-    of the stats so far, from whichever thread calls it."""
+    of the stats so far, from whichever thread calls it (one call at a time)."""
 
     def __init__(self, network: Network, prop, options: VerifyOptions, timeout: float,
                  progress: Callable[[dict], None] | None = None):
@@ -165,9 +162,9 @@ class Search:
         self.timeout = timeout
         self.deadline = self.t0 + timeout
         self.network, self.prop, self.opts = network, prop, options
-        self.net64 = network.detach().to(torch.float64)
-        self.n_in = network.input_size
         self.falsifier = Falsifier(network, prop, options.seed)
+        self.net64 = self.falsifier.net64
+        self.n_in = network.input_size
         self.stats: dict = dict(COUNTERS, method=None, regions=len(prop.regions))
         self.chain = None
         self.obligations: list[Obligation] = []
@@ -177,7 +174,7 @@ class Search:
         self.progress = progress
         self._local = threading.local()
         self._own: list[dict] = []          # the worker threads' stats while a pass runs
-        self._lock = threading.Lock()
+        self._lock, self._report_lock = threading.Lock(), threading.Lock()
 
     @property
     def deep(self) -> bool:
@@ -246,4 +243,5 @@ class Search:
 
     def report(self) -> None:
         if self.progress is not None:
-            self.progress(self.snapshot())
+            with self._report_lock:   # one call at a time, whichever thread
+                self.progress(self.snapshot())

@@ -48,10 +48,11 @@ class ChainReluSplit(SplitStage):
 
         def roots():
             for ob in obs:
-                if ob.key not in s.roots:
-                    pre, slopes = optimized_pre_bounds(s.chain, ob.lo.reshape(1, -1).double(),
-                                                       ob.hi.reshape(1, -1).double(), keep_alpha=True)
-                    s.roots[ob.key] = {"pre": pre, "slopes": slopes}
+                root = s.roots.setdefault(ob.key, {})
+                if "pre" not in root:   # (over the CROWN bounds of the split choice, when it ran)
+                    root["pre"], root["slopes"] = optimized_pre_bounds(
+                        s.chain, ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double(), pre=root.get("crown"),
+                        keep_alpha=True)
             return self.order(obs)
 
         order = s.timed("time_bound", roots)

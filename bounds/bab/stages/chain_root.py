@@ -1,5 +1,6 @@
 """The root of an obligation on a ``Chain``: CROWN over CROWN pre-activation bounds (float64),
-computed once per obligation (the box's pre-activation bounds once per box) and shared by the
+computed once per obligation (the box's pre-activation bounds once per box, kept as
+``search.roots[key]["crown"]``, where ReLU splitting's alpha-CROWN starts from) and shared by the
 chain stages' ``root_scores``: the bound's input coefficients (input splitting's scores) and its
 hidden coefficients (ReLU splitting's intercept scores) come from the same pass."""
 from __future__ import annotations
@@ -16,14 +17,13 @@ _KEY = "chain-root"
 def chain_root(search: Search, ob: Obligation) -> DomainBounds:
     """CROWN's bound of ``ob`` at its root (B = 1), cached in ``ob.state``."""
     if _KEY not in ob.state:
-        t = search.counters
         lo, hi = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
-        pre = search.roots.setdefault(("crown",) + ob.key, None)
-        if pre is None:
-            pre = search.roots[("crown",) + ob.key] = pre_activation_bounds(search.chain, lo, hi)
+        root = search.roots.setdefault(ob.key, {})
+        if "crown" not in root:
+            root["crown"] = search.timed("time_bound", pre_activation_bounds, search.chain, lo, hi)
         ob.state[_KEY] = search.timed("time_bound", bound_domains, search.chain, lo, hi, ob.C.unsqueeze(0),
-                                      ob.d.unsqueeze(0), pre=pre, recompute=False)
-        t["bound_calls"] += 1
+                                      ob.d.unsqueeze(0), pre=root["crown"], recompute=False)
+        search.counters["bound_calls"] += 1
     return ob.state[_KEY]
 
 
