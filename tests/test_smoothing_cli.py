@@ -7,7 +7,7 @@ from certify.cli.main import main
 from certify.cli.smooth import demo_section
 from certify.report import read_records
 
-ARGS = ["smooth", "digits-mlp", "--data", "digits", "--max", "6", "--skip", "3", "--n", "400", "--n0", "20",
+ARGS = ["smooth", "digits-mlp", "--data", "digits", "--max", "6", "--skip", "3", "--samples", "400", "--n0", "20",
         "--alpha", "0.01", "--sigma", "0.25", "--seed", "4"]
 
 

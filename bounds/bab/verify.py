@@ -84,7 +84,7 @@ def choose_method(n_inputs: int, n_relus: int) -> str:
 def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", seed: int = 0,
            batch: int | None = None, iterations: int | None = None, pgd_restarts: int = 10,
            falsify_first: bool = True, use_milp: bool = True, tighten: float | None = None,
-           workers: int | None = None) -> VerifyResult:
+           workers: int | None = None, progress=None) -> VerifyResult:
     """Decide ``prop`` (a ``certify.spec.vnnlib.VnnlibProperty``) on ``network`` within ``timeout`` s.
 
     ``workers``: ReLU splitting with no MILP beside it (no region with at most MILP_MAX_BINARIES
@@ -98,7 +98,9 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     ``use_milp=False`` runs ReLU splitting without the MILP beside it; ``tighten``: the share of
     the time left after ReLU splitting's quick pass that tightens the intermediate bounds by
     branch and bound (``bounds.bab.tighten``; 0: never; default TIGHTEN, or TIGHTEN_DEEP on
-    networks with more than DEEP hidden layers, whose loose intermediate bounds compound)."""
+    networks with more than DEEP hidden layers, whose loose intermediate bounds compound).
+    ``progress(stats)`` is called with the live stats dict at the start and at the end: a caller
+    may read it from another thread meanwhile (e.g. for a progress bar)."""
     if method not in METHODS:
         raise CertifyError(f"verify: method must be one of {', '.join(METHODS)}, got {method!r}")
     n_in, n_out = network.input_size, network.output_size
@@ -108,6 +110,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
     t0 = time.monotonic()
     deadline = t0 + timeout
     stats = dict(COUNTERS, method=None, regions=len(prop.regions))
+    if progress is not None:
+        progress(stats)
 
     milps = None   # ReLU splitting: the MILP queue beside branch and bound (``bounds.bab.milp_chain``)
     n_workers = 1   # search threads: more only for ReLU splitting without a MILP beside it (below)
@@ -117,6 +121,8 @@ def verify(network: Network, prop, timeout: float = 60.0, method: str = "auto", 
             milps.close()
             stats["milp_calls"] = milps.solves
         stats["time_total"] = time.monotonic() - t0
+        if progress is not None:
+            progress(stats)
         return VerifyResult(status, ce, stats)
 
     if not prop.regions:

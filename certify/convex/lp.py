@@ -95,7 +95,7 @@ def refine_all(prob: Problem, b: int, solver: str = "highs", time_limit: float |
     return bad
 
 
-def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
+def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
        input_set=None, bounds_method: str = "crown", refine: str | None = None, solver: str = "highs",
        time_limit: float | None = None, options: dict | None = None, pre_bounds: dict | None = None) -> ConvexResult:
     """Lower bounds of ``C @ net(x') + d`` over the perturbation set of each sample by the triangle LP.
@@ -114,7 +114,8 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
     B, rows = prob.C.shape[:2]
     l2 = not is_box_set(prob.input_set)
     if l2 and prob.input_set.norm != "2":
-        raise CertifyError(f"lp handles L-inf balls, boxes and L2 balls; got a {prob.input_set.norm}-norm set")
+        raise CertifyError(f"lp takes L-inf balls, boxes and L2 balls, not an L{prob.input_set.norm} ball "
+                           "(certify L1 balls with bounds --norm 1)")
     if l2:
         from certify.convex.lp_l2 import solve_rows_l2
         cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
