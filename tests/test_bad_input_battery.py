@@ -170,6 +170,26 @@ def bad(tmp_path_factory):
     (d / "afile").write_text("a file, not a folder")
     (d / "outdir").mkdir()
 
+    # ---- configuration files and exported programs
+    (d / "unknown_key.yaml").write_text("model: digits-mlp\nepss: 0.1\n")
+    (d / "bad_value.yaml").write_text("eps: nan\n")
+    (d / "old_key.yaml").write_text("n: 3\n")
+    (d / "other_command.yaml").write_text("command: train\n")
+    (d / "not_mapping.yaml").write_text("[1, 2]\n")
+    (d / "bad.toml").write_text("eps = \n")
+    (d / "run.ini").write_text("eps=1\n")
+    (d / "garbage.pt2").write_bytes(b"PK\x03\x04garbage")
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.export.save(torch.export.export(lin, (torch.rand(1, 1, 8, 8),)), str(d / "ok.pt2"))
+    import zipfile
+    with zipfile.ZipFile(d / "ok.pt2") as zin, zipfile.ZipFile(d / "evil.pt2", "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if "/data/sample_inputs/" in name:
+                data = pickle.dumps(_Evil(marker), protocol=2)
+            zout.writestr(name, data)
+    (d / "ok.pt2").unlink()
+
     # ---- finished runs to resume
     assert main(["bounds", "digits-mlp", "--count", "3", "--eps", "0.01", "--quiet", "--out", str(d / "b.jsonl")]) == 0
     assert main(["smooth", "digits-mlp", "--max", "2", "--samples", "200", "--n0", "20", "--out", str(d / "s.jsonl")]) == 0
@@ -458,6 +478,48 @@ CASES = [
     ("check-milp-time", ["check", M, "--milp-time", "0"], "--milp-time", 2),
     ("check-wrong-shape", ["check", M, "--data", "{d}/cifarlike.npz"], "expects input shape", 2),
     ("check-labels", ["check", M, "--data", "{d}/labels_big.npz", "--count", "4"], "label 42", 2),
+    # ---------------------------------------------------------------- renamed flags
+    ("renamed-bounds-n", ["bounds", M, "--n", "3"], "--n is not an option of certify bounds: use --count", 2),
+    ("renamed-lp-n", ["lp", M, "--n", "3"], "use --count for the number of inputs", 2),
+    ("renamed-smooth-n", ["smooth", M, "--n", "1000"], "use --samples for the Monte-Carlo sample count", 2),
+    ("renamed-train-eval-n", ["train", "--eval-n", "5", "--out", "{d}/run12"], "use --eval-count", 2),
+    ("renamed-train-n-smooth", ["train", "--n-smooth", "5", "--out", "{d}/run13"], "use --samples", 2),
+    # ---------------------------------------------------------------- configuration files
+    ("config-unknown-key", ["bounds", "--config", "{d}/unknown_key.yaml"], "unknown key 'epss' for certify bounds", 2),
+    ("config-bad-value", ["bounds", M, "--config", "{d}/bad_value.yaml"], "key 'eps': must be >= 0, got nan", 2),
+    ("config-old-key", ["bounds", M, "--config", "{d}/old_key.yaml"], "key 'n': use --count", 2),
+    ("config-other-command", ["bounds", M, "--config", "{d}/other_command.yaml"], "is for certify train", 2),
+    ("config-not-mapping", ["lp", M, "--config", "{d}/not_mapping.yaml"], "expected a mapping", 2),
+    ("config-bad-toml", ["smooth", M, "--config", "{d}/bad.toml"], "not valid TOML", 2),
+    ("config-unknown-format", ["check", M, "--config", "{d}/run.ini"], "unknown format", 2),
+    ("config-missing", ["info", M, "--config", "{d}/none.yaml"], "does not exist", 2),
+    ("config-directory", ["info", M, "--config", "{d}/outdir.yaml"], "does not exist", 2),
+    ("config-print-unknown", ["bounds", "--config", "{d}/unknown_key.yaml", "--print-config"], "unknown key", 2),
+    # ---------------------------------------------------------------- torch models
+    ("class-missing-module", ["bounds", "no_such_module_here:Net", "--count", "1"], "cannot import module", 2),
+    ("class-no-class", ["bounds", "torch.nn:NoSuchLayer", "--count", "1"], "has no torch.nn.Module subclass", 2),
+    ("class-bad-json", ["bounds", "torch.nn:Linear", "--model-args", "[64,", "--count", "1"], "is not JSON", 2),
+    ("class-bad-args", ["bounds", "torch.nn:Linear", "--model-args", '{{"width": 3}}', "--count", "1"],
+     "unexpected keyword argument 'width'", 2),
+    ("class-malicious-weights", ["bounds", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/evil.pt",
+                                 "--count", "1"], "never loads", 2),
+    ("class-weights-missing", ["bounds", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/no.pt",
+                               "--count", "1"], "does not exist", 2),
+    ("class-weights-misfit", ["info", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/plain_state.pt",
+                              "--input-shape", "64"], "does not fit model torch.nn:Linear", 2),
+    ("class-no-shape", ["info", "torch.nn:Linear", "--model-args", "[64, 10]"], "needs the input shape", 2),
+    ("class-shape-wrong", ["info", "torch.nn:Linear", "--model-args", "[64, 10]", "--input-shape", "3"],
+     "weight of shape (10, 64) does not fit input shape (3,)", 2),
+    ("weights-not-class", ["bounds", M, "--weights", "{d}/plain_state.pt"], "apply to a torch class model", 2),
+    ("input-shape-zero", ["info", M, "--input-shape", "0"], "--input-shape: must be at least 1", 2),
+    ("pt2-garbage", ["info", "{d}/garbage.pt2"], "not a torch.export archive", 2),
+    ("pt2-malicious", ["bounds", "{d}/evil.pt2", "--count", "1"], "are not plain tensors", 2),
+    # ---------------------------------------------------------------- norms and domains
+    ("milp-norm-1", ["milp", M, "--count", "1", "--norm", "1"], "milp takes L-inf balls only, not --norm 1", 2),
+    ("lp-norm-1", LP + ["--norm", "1"], "invalid choice: '1'", 2),
+    ("bounds-norm-3", B + ["--norm", "3"], "invalid choice: '3'", 2),
+    ("domain-and-no-domain", B + ["--domain", "0", "1", "--no-domain"], "exclude each other", 2),
+    ("sdp-solver", ["sdp", M, "--count", "1", "--solver", "mosek"], "invalid choice: 'mosek'", 2),
 ]
 
 

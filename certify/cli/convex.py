@@ -147,7 +147,7 @@ def run(args) -> int:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; certify {method} needs class "
                            "logits (K,) with K >= 2")
     idx, X, y = load_data(args)
-    X = check_input_shape(net, X, args.data)
+    X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
     kw = _method_kwargs(method, args)
     if method == "sdp":

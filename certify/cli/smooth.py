@@ -138,7 +138,7 @@ def run_smooth(args) -> int:
     data_args = argparse.Namespace(data=args.data, data_dir=args.data_dir, split=args.split, n=args.max_inputs,
                                    skip=args.skip, start=args.start)
     idx, X, y = load_data(data_args)
-    X = check_input_shape(net, X, args.data)
+    X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,

@@ -18,8 +18,9 @@ above: each SCS iteration eigendecomposes the whole matrix and cvxpy's constrain
 with the weights' entries, so a row of a 600-row problem already takes minutes and most of a
 GB, and a 784-input MLP does not finish; the first-order solver only multiplies by the weights.
 Every row's reported bound is the larger of the solver's and the triangle LP's certified bound
-(the LP's dual rebuilt by ``certify.solvers.highs.dual_bound``): both are sound lower bounds, so
-their max is, and the SDP bound is never below the LP bound of the same pre-activation bounds.
+(``certify.convex.lp``'s own solve of the row, L2 balls as its cone program): both are sound
+lower bounds, so their max is, and the SDP bound is never below the LP bound of the same
+pre-activation bounds.
 
 Certificate (weak duality, any multipliers lam (>= 0 on inequalities) and any kappa): with
 H(lam) = F - sum_i lam_i G_i, every feasible v satisfies
@@ -38,6 +39,7 @@ import warnings
 import numpy as np
 import torch
 
+from certify.convex.lp import refine_all, sample_rows
 from certify.convex.problem import prepare
 from certify.convex.result import ConvexResult
 from certify.convex.sdp_dual import Families, Multipliers, bound_from, families, from_lp
@@ -157,12 +159,13 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
     for b in range(B):
         t0 = time.perf_counter()
         if refine == "all":      # a refinement LP that fails leaves its bound as it was: still sound
-            from certify.convex.lp import refine_all
             refine_all(prob, b)
+        lp_rows, lp_status = sample_rows(prob, b)       # the lp certificate's own bounds of these rows
         st = []
         for r in range(rows):
             f = families(prob, b, r)
-            init, lp_val = from_lp(prob, b, r, f)
+            init, _ = from_lp(prob, b, r, f)
+            lp_val = lp_rows[r] if lp_status[r] == "optimal" else -np.inf
             if fo:
                 val, s, _ = solve_first_order(f, init, iters, lr, time_limit=time_limit)
             else:
