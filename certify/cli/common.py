@@ -62,7 +62,7 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags:
     g.add_argument("--data-dir", default=None,
                    help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument(*count_flags, dest=dest, type=positive_int, default=default_n,
+    g.add_argument(*count_flags, dest=dest, type=positive_int, default=default_n, metavar="N",
                    help=f"number of inputs to evaluate (default: {default_n})")
     g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (default: 1)")
     g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")

@@ -34,7 +34,7 @@ HELP = {
             "minimum-eigenvalue correction, so it is valid even when the solver stops early, and it is never "
             "below the triangle LP's. Solvers (--solver): SCS up to 400 rows (each iteration eigendecomposes the "
             "whole matrix: a 600-row problem takes minutes per margin), Clarabel (interior point) for small "
-            "problems up to about 150 rows (memory grows fast), first-order (matrix-free Lanczos + Adam) for any "
+            "problems only (its memory grows fast: 2.4 GB at 113 rows), first-order (matrix-free Lanczos + Adam) for any "
             "size, e.g. 784-input MLPs; auto (default) takes SCS up to 400 rows and first-order above."),
     "milp": ("exact verification by mixed-integer programming (HiGHS)",
              "Decide robustness exactly with the big-M MILP encoding of Tjeng et al. 2019 (big-M from CROWN or "
@@ -81,7 +81,7 @@ def register(sub) -> None:
             from certify.convex.sdp import SOLVERS
             g.add_argument("--solver", default="auto", choices=SOLVERS,
                            help="auto (default: SCS up to a 400-row PSD matrix, first-order above), SCS, Clarabel "
-                                "(up to about 150 rows) or first-order (any size; --iters, --time-limit per row)")
+                                "(small problems) or first-order (any size; --iters, --time-limit per row)")
             g.add_argument("--max-iters", type=positive_int, default=None, help="SCS/Clarabel iteration cap (bound stays valid)")
             g.add_argument("--refine", choices=["all"], default=None,
                            help="'all': tighten every layer's pre-activation bounds by LP first (LP-ALL)")

@@ -51,7 +51,7 @@ def register(sub) -> None:
                    help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
     s.add_argument("--sigma", type=positive_float, default=0.25,
                    help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
-    s.add_argument("--samples", dest="n_samples", type=positive_int, default=100_000,
+    s.add_argument("--samples", dest="n_samples", type=positive_int, default=100_000, metavar="N",
                    help="Monte-Carlo samples n for the estimate of pA (default: 100000)")
     s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from certify.attack import pgd_margin
+from certify.data import PIXEL_RANGE
 from certify.report.records import Record, ResultWriter
 from certify.spec import ball, margin_values, robustness_matrix
 
-DOMAIN = (0.0, 1.0)
+DOMAIN = PIXEL_RANGE        # the balls of the evaluation are clipped to the images' range
 
 
 def _pgd20(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, K: int):
@@ -67,7 +68,8 @@ def evaluate_bounds(model: nn.Module, net, X: torch.Tensor, y: torch.Tensor, idx
         for j, k in enumerate(chunk):
             correct = bool(pred[j] == yb[j])
             ev = {"margin_lower_bound": float(lb[j]), "pgd20_margin": float(adv_check[j]),
-                  f"{method}_margin_lower_bound": float(lb_m[j].min()), "ibp_margin_lower_bound": float(lb_i[j].min())}
+                  f"{method}_margin_lower_bound": float(lb_m[j].min()), "ibp_margin_lower_bound": float(lb_i[j].min()),
+                  "domain": list(DOMAIN)}
             if not correct:
                 verdict = "misclassified"
             elif lb[j] > 0 and adv_check[j] < 0:
