@@ -118,14 +118,14 @@ def run_method(method: str, net, x, C, eps: float, time_limit: float):
         return float(low.min()), v, time.perf_counter() - t0
     if method in ("lp", "lp-all"):
         r = convex.lp(net, x, eps=eps, C=C, refine="all" if method == "lp-all" else None, time_limit=time_limit,
-                      bounds_method=BOUNDS)
+                      bounds_method=BOUNDS, domain=(0.0, 1.0))
     elif method.startswith("sdp-"):
         solver = {"sdp-scs": "SCS", "sdp-clarabel": "Clarabel", "sdp-fo": "first-order"}[method]
         r = convex.sdp(net, x, eps=eps, C=C, solver=solver, iters=300, time_limit=time_limit / C.shape[1],
-                       bounds_method=BOUNDS)
+                       bounds_method=BOUNDS, domain=(0.0, 1.0))
     else:
         r = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=time_limit / C.shape[1],
-                        bounds_method=BOUNDS)
+                        bounds_method=BOUNDS, domain=(0.0, 1.0))
     if r.verdict[0] == "falsified":           # milp: the checked counterexample's margin
         return float(r.upper.min()), "falsified", time.perf_counter() - t0
     return float(r.lower.min()), r.verdict[0], time.perf_counter() - t0
@@ -142,7 +142,7 @@ def lp_solver_comparison(quick: bool) -> list[dict]:
         row = {"net": name, "eps": eps}
         for solver in ("highs", "scipy"):
             t0 = time.perf_counter()
-            r = convex.lp(net, x, eps=eps, C=C, solver=solver)
+            r = convex.lp(net, x, eps=eps, C=C, solver=solver, domain=(0.0, 1.0))
             row[solver] = time.perf_counter() - t0
             row[f"{solver}_lower"] = float(r.lower.min())
         out.append(row)
@@ -274,7 +274,7 @@ def reproduce(args) -> int:
             per.append(rec)
             continue
         t0 = time.perf_counter()
-        _, v = pgd_margin(net, ball(x, eps), C, steps=40, restarts=args.restarts,
+        _, v = pgd_margin(net, ball(x, eps, domain=(0.0, 1.0)), C, steps=40, restarts=args.restarts,
                           generator=torch.Generator().manual_seed(i))
         rec["seconds"]["pgd"] = time.perf_counter() - t0
         rec["pgd_margin"] = float(v)
@@ -293,11 +293,12 @@ def reproduce(args) -> int:
                 low = getattr(bounds, m)(net, x, eps=eps, C=C).lower.detach()
                 verdict, lower = ("certified" if bool((low > 0).all()) else "not_certified"), float(low.min())
             elif m in ("lp", "lp-all"):
-                r = convex.lp(net, x, eps=eps, C=C, refine="all" if m == "lp-all" else None, bounds_method=BOUNDS)
+                r = convex.lp(net, x, eps=eps, C=C, refine="all" if m == "lp-all" else None, bounds_method=BOUNDS,
+                              domain=(0.0, 1.0))
                 verdict, lower = r.verdict[0], float(r.lower.min())
             else:
                 r = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=args.milp_limit / C.shape[1],
-                                bounds_method=BOUNDS)
+                                bounds_method=BOUNDS, domain=(0.0, 1.0))
                 verdict, lower = r.verdict[0], float(r.lower.min())
                 rec["milp_status"] = r.status[0]
             rec["seconds"][m] = time.perf_counter() - t0
@@ -317,7 +318,7 @@ def reproduce(args) -> int:
         x, C = X[i: i + 1], robustness_matrix(y[i: i + 1], 10)
         t0 = time.perf_counter()
         s = convex.sdp(net, x, eps=eps, C=C, solver="first-order", iters=args.sdp_iters,
-                       time_limit=args.sdp_limit / C.shape[1], bounds_method=BOUNDS)
+                       time_limit=args.sdp_limit / C.shape[1], bounds_method=BOUNDS, domain=(0.0, 1.0))
         sdp_rows.append({"idx": i, "verdict": s.verdict[0], "lower": float(s.lower.min()),
                          "lp_all_verdict": r["verdict"]["lp-all"], "lp_all_lower": r.get("lower", {}).get("lp-all"),
                          "milp_verdict": r["verdict"]["milp"], "seconds": time.perf_counter() - t0})

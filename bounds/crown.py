@@ -35,7 +35,7 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.sets import InputSet
+from certify.spec.sets import BOX_NORMS, InputSet
 from bounds import activations as act
 from bounds.concretize import concretize_lower
 from bounds.ibp import Interval, ibp_node, may_be_unbounded
@@ -110,6 +110,24 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
     ``alpha_of(key, relu_node)`` may return ReLU lower slopes (B, R, *shape) to use (``key``:
     the node whose bound is computed, default ``start``); ``relax_cache``: a dict that keeps
     the activations' relaxations for later passes over the same bounds."""
+    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache)
+    if Ax is None:      # the quantity does not depend on the input
+        return bias
+    if isinstance(Ax, Patches):
+        if input_set.norm in BOX_NORMS:
+            lo, hi = input_set.box()
+            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
+        Ax = to_dense(Ax)
+    return concretize_lower(Ax, input_set) + bias
+
+
+def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval],
+                    alpha_of: Callable | None = None, key: str | None = None, bias: torch.Tensor | None = None,
+                    relax_cache: dict | None = None):
+    """The backward pass of ``backward_lower`` without its concretization: (Ax, bias) with
+    ``Ax . x + bias <= A . y_start + bias0`` for every input x whose pre-activations lie in
+    ``bounds``; Ax (B, R, *input shape), dense or ``Patches``, or None where the quantity does
+    not depend on the input."""
     ctx = _Ctx(net, bounds, alpha_of, key or start, relax_cache)
     pending = {start: A}
     B, R = A.shape[:2]
@@ -137,15 +155,7 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
             bias = bias + b
         for i, Ai in zip(node.inputs, As):
             pending[i] = Ai if i not in pending else _accumulate(pending[i], Ai)
-    Ax = pending.pop(net.input_name, None)
-    if Ax is None:      # the quantity does not depend on the input
-        return bias
-    if isinstance(Ax, Patches):
-        if input_set.norm != "2":
-            lo, hi = input_set.box()
-            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
-        Ax = to_dense(Ax)
-    return concretize_lower(Ax, input_set) + bias
+    return pending.pop(net.input_name, None), bias
 
 
 def _accumulate(a, b):
@@ -344,7 +354,8 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
         iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
-            use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))
+            use_crown = intermediate == "crown" and not (input_set.norm in BOX_NORMS
+                                                         and _affine_of_input(net, node.name))
             if use_crown:
                 if rows is not None and node.name in rows:
                     idx, valid = rows[node.name]
@@ -373,6 +384,23 @@ def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tens
     if C is None:
         C = torch.eye(K, dtype=dtype).unsqueeze(0).expand(B, K, K)
     return C.to(dtype).reshape((B, C.shape[1]) + tuple(net.output_shape))
+
+
+def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
+                 d: torch.Tensor | None, relax_cache: dict | None = None):
+    """CROWN's linear bounds of ``C @ y + d`` in the input: (lA, lbias, uA, ubias) with lA, uA
+    (B, rows, *input_shape) and lbias, ubias (B, rows), such that lA . x + lbias <= C @ f(x) + d
+    <= uA . x + ubias for every x of the input set (given pre-activation bounds ``vals``)."""
+    B = input_set.box()[0].shape[0]
+    dtype = input_set.box()[0].dtype
+    Cs = spec_rows(net, C, B, dtype)
+    rows = Cs.shape[1]
+    Ax, bias = backward_linear(net, net.output, torch.cat([Cs, -Cs], 1), vals, relax_cache=relax_cache)
+    shape = (B, 2 * rows) + tuple(net.input_shape)
+    Ax = torch.zeros(shape, dtype=dtype) if Ax is None else (to_dense(Ax) if isinstance(Ax, Patches) else Ax)
+    Ax = Ax.reshape(shape)
+    d = torch.zeros((B, rows), dtype=dtype) if d is None else d
+    return Ax[:, :rows], bias[:, :rows] + d, -Ax[:, rows:], -bias[:, rows:] + d
 
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,

@@ -71,15 +71,16 @@ def check_counterexample_ort(onnx_path: str, prop, x: np.ndarray, tol: float = 1
 
 
 def run_instance(net, onnx_path: str, vnnlib_path: str, timeout: float, method: str = "auto",
-                 started: float | None = None, seed: int = 0):
+                 started: float | None = None, seed: int = 0, progress=None):
     """Load the property for ``net`` and verify it; returns (VerifyResult, prop). ``started`` is
-    when the clock for ``timeout`` began (model loading counts, as in the competition)."""
+    when the clock for ``timeout`` began (model loading counts, as in the competition);
+    ``progress``: passed to ``bounds.bab.verify``."""
     from bounds.bab import verify
     from certify.spec import vnnlib
     started = time.monotonic() if started is None else started
     prop = vnnlib.load(vnnlib_path, net.input_size, net.output_size)
     left = max(0.5, timeout - (time.monotonic() - started) - 1.0)
-    return verify(net, prop, timeout=left, method=method, seed=seed), prop
+    return verify(net, prop, timeout=left, method=method, seed=seed, progress=progress), prop
 
 
 def read_instances(path: Path) -> list[tuple[str, str, float]]:

@@ -10,17 +10,51 @@ from certify.cli.argtypes import finite_float, nonneg_int, positive_float, posit
 from certify.errors import CertifyError
 from certify.models import load_model, model_file  # noqa: F401  (the commands import them from here)
 
-MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint, or a bundled model name "
+MODEL_HELP = ("a .onnx / .onnx.gz file, a certify .pt checkpoint or train run folder, a torch.export .pt2, "
+              "a torch class module:Class (with --weights, --model-args), or a bundled model name "
               "(digits-mlp, digits-cnn)")
+COUNT_HINT = "use --count for the number of inputs"
 
 
-def add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+def add_model_arg(p: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
+    """MODEL and the flags of a torch class model (``certify.models.load_model``)."""
+    from certify.cli.argtypes import positive_int
+    p.add_argument("model", metavar="MODEL", help=help)
+    g = p.add_argument_group("torch class model (MODEL = module:Class, importable from the current directory)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="state_dict file of the class (torch.save(model.state_dict(), FILE); loaded with "
+                        "torch.load(weights_only=True))")
+    g.add_argument("--model-args", default=None, metavar="JSON",
+                   help="constructor arguments: a JSON object of keyword arguments (or a list of positional ones)")
+    g.add_argument("--input-shape", type=positive_int, nargs="+", default=None, metavar="D",
+                   help="per-sample input shape, e.g. 1 28 28 (default: the data set's)")
 
 
-def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags: tuple[str, ...] = ("--n", "--max"),
-                  dest: str = "n") -> None:
-    """The data flags; the number of inputs goes to ``args.<dest>`` under ``count_flags``."""
+def model_from(args):
+    """The IR network of the model flags of ``add_model_arg`` (a class takes the data set's
+    sample shape unless --input-shape is given)."""
+    from certify.models import is_class_spec
+    shape = args.input_shape
+    if shape is None and is_class_spec(args.model) and getattr(args, "data", None):
+        shape = data_shape(args.data, getattr(args, "data_dir", None))
+    return load_model(args.model, args.weights, args.model_args, shape)
+
+
+def data_shape(name: str, data_dir: str | None) -> tuple[int, ...]:
+    """The per-sample image shape of a data set (a file is read for it)."""
+    from certify.data import DATASETS, load_dataset
+    key = name.lower().replace("_", "-")
+    if key in DATASETS:
+        return tuple(DATASETS[key][1])
+    return tuple(load_dataset(name, "test", data_dir)[0].shape[1:])
+
+
+def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags: tuple[str, ...] = ("--count", "--max"),
+                  dest: str = "n", renamed_hint: str = COUNT_HINT) -> None:
+    """The data flags; the number of inputs goes to ``args.<dest>`` under ``count_flags``;
+    ``--n`` is refused with ``renamed_hint``."""
+    from certify.cli.config import add_renamed
+    add_renamed(p, "--n", renamed_hint)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help="data set: digits (built in), mnist, fashion-mnist, cifar10, or a path to idx/npz files "
@@ -28,7 +62,7 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags:
     g.add_argument("--data-dir", default=None,
                    help="folder holding mnist/, fashion_mnist/, cifar10/ (default: $CERTIFY_DATA)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="which split (default: test)")
-    g.add_argument(*count_flags, dest=dest, type=positive_int, default=default_n,
+    g.add_argument(*count_flags, dest=dest, type=positive_int, default=default_n, metavar="N",
                    help=f"number of inputs to evaluate (default: {default_n})")
     g.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th input (default: 1)")
     g.add_argument("--start", type=nonneg_int, default=0, help="index of the first input (default: 0)")
@@ -37,9 +71,9 @@ def add_data_args(p: argparse.ArgumentParser, default_n: int = 100, count_flags:
 def load_data(args) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """(indices into the split, images (N, C, H, W), labels (N,)) as selected by the data flags."""
     from certify.data import select
-    for flag in ("n", "skip"):
-        if getattr(args, flag) < 1:
-            raise CertifyError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for dest, flag in (("n", "--count"), ("skip", "--skip")):
+        if getattr(args, dest) < 1:
+            raise CertifyError(f"{flag} must be at least 1, got {getattr(args, dest)}")
     if args.start < 0:
         raise CertifyError(f"--start must be >= 0, got {args.start}")
     return select(args.data, args.split, args.data_dir, args.start, args.skip, args.n)
@@ -60,15 +94,21 @@ def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
 
 def add_domain_args(g) -> None:
     """--domain LO HI / --no-domain: the valid input range a perturbation ball is clipped to."""
-    g.add_argument("--domain", type=finite_float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
-                   help="valid input range the ball is clipped to (default: 0 1)")
+    g.add_argument("--domain", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="valid input range the ball is clipped to (default: the data set's, [0, 1] for images)")
     g.add_argument("--no-domain", action="store_true", help="do not clip the ball to a domain")
 
 
 def domain_from(args) -> tuple[float, float] | None:
-    """The (lo, hi) domain the flags of ``add_domain_args`` ask for (None: no clipping)."""
+    """The (lo, hi) domain the flags of ``add_domain_args`` ask for: --domain, else the data
+    set's (``certify.data.domain``); None with --no-domain (no clipping)."""
+    from certify.data import domain
     if args.no_domain:
+        if args.domain is not None:
+            raise CertifyError("--domain and --no-domain exclude each other")
         return None
+    if args.domain is None:
+        return domain(args.data)
     if args.domain[0] >= args.domain[1]:
         raise CertifyError(f"--domain needs LO < HI, got {args.domain}")
     return tuple(args.domain)
@@ -95,7 +135,8 @@ def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> N
 # Flags that choose which inputs run or where results go, never what a record says: a resumed run
 # may change them. Every other flag is part of a result file's provenance config.
 NOT_RESULT_FLAGS = {"out", "resume", "overwrite", "quiet", "n", "max_inputs", "start", "skip", "data_dir", "threads",
-                    "debug", "command", "func", "model", "data", "split", "format", "convex_method"}
+                    "debug", "command", "func", "model", "data", "split", "format", "convex_method", "config",
+                    "print_config"}
 
 
 def run_provenance(args, engine: str, method: str | None, norm: str | None, **params) -> dict:
@@ -105,7 +146,8 @@ def run_provenance(args, engine: str, method: str | None, norm: str | None, **pa
     config = {flags.get(k, "--" + k.replace("_", "-")): v for k, v in sorted(vars(args).items())
               if not k.startswith("_") and k not in NOT_RESULT_FLAGS and not callable(v)}
     model = getattr(args, "model", None)
-    sha = provenance.file_sha256(str(model_file(model))) if model else None
+    path = model_file(model, getattr(args, "weights", None)) if model else None
+    sha = provenance.file_sha256(str(path)) if path else None
     return provenance.make(args.command, getattr(args, "_argv", []), model, sha, getattr(args, "data", None),
                            getattr(args, "split", None), engine, method, norm, config, **params)
 

@@ -17,7 +17,8 @@ from certify.report.smooth_records import input_seed, make_record
 SMOOTH_HELP = """\
 Certify every selected input with randomized smoothing (Cohen, Rosenfeld & Kolter 2019):
 n0 noise samples select the top class, n fresh samples lower-bound its probability pA with a
-one-sided Clopper-Pearson bound at level 1 - alpha; the smoothed classifier abstains when that
+one-sided Clopper-Pearson bound at level 1 - alpha (n is --samples, the number of inputs
+--count, or --max as Cohen et al.'s script calls it); the smoothed classifier abstains when that
 bound is below 1/2, else the certified radius is the noise family's formula (Gaussian: L2 radius
 sigma * Phi^-1(pA); laplace/uniform: L1). Each answer is wrong with probability at most alpha.
 
@@ -26,7 +27,7 @@ certified / abstain / misclassified, evidence: pa_lower, counts, sigma, n, n0, a
 interrupted run resumes with --resume (inputs already in --out are skipped; each input's noise
 is seeded by --seed and its index, so resumed answers equal uninterrupted ones).
 
-example: certify smooth model.onnx --data mnist --sigma 0.25 --n 100000 --skip 20 --max 500 --out r.jsonl
+example: certify smooth model.onnx --data mnist --sigma 0.25 --samples 100000 --skip 20 --count 500 --out r.jsonl
 """
 
 CURVE_HELP = """\
@@ -39,19 +40,20 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import MODEL_HELP, add_data_args
+    from certify.cli.common import add_data_args, add_model_arg
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    add_data_args(p, default_n=500, count_flags=("--max",), dest="max_inputs")   # --n is the sample count here
+    add_model_arg(p)
+    add_data_args(p, default_n=500, dest="max_inputs",
+                  renamed_hint="use --samples for the Monte-Carlo sample count n, --count for the number of inputs")
     s = p.add_argument_group("smoothing")
     s.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"],
                    help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
     s.add_argument("--sigma", type=positive_float, default=0.25,
                    help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
-    s.add_argument("--n", dest="n_samples", type=positive_int, default=100_000,
-                   help="Monte-Carlo samples for the estimate of pA (with --adaptive: the most) (default: 100000)")
+    s.add_argument("--samples", dest="n_samples", type=positive_int, default=100_000, metavar="N",
+                   help="Monte-Carlo samples n for the estimate of pA (with --adaptive: the most) (default: 100000)")
     s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,
                    help="failure probability of each certificate (default: 0.001)")
@@ -106,7 +108,7 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
 
 
 def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results
+    from certify.cli.common import check_input_shape, check_labels, load_data, model_from, open_results
     from certify.report.progress import progress
     from certify.report.curve import default_radii, format_table, from_records, write_cohen
     from smoothing import Smooth
@@ -123,13 +125,13 @@ def run_smooth(args) -> int:
     cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
     if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
         raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
-    net = load_model(args.model)
+    net = model_from(args)
     if len(net.output_shape) != 1:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; smoothing needs class logits (K,)")
     data_args = argparse.Namespace(data=args.data, data_dir=args.data_dir, split=args.split, n=args.max_inputs,
                                    skip=args.skip, start=args.start)
     idx, X, y = load_data(data_args)
-    X = check_input_shape(net, X, args.data)
+    X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
