@@ -272,10 +272,13 @@ def test_run_units_retries_timeouts_and_local_cluster(tmp_path):
     with connect("local:2") as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         assert all(w.startswith("tcp://127.0.0.1:") for w in workers)
+        pids = set(client.run(os.getpid).values())
         t0 = time.monotonic()
         run_units(list(range(6)), fn, client, lambda u, r: results.__setitem__(u, r),
                   lambda u, m: failures.__setitem__(u, m), timeout=lambda u: 3.0 if u == 1 else None)
         assert time.monotonic() - t0 < 60
+        # the worker of the abandoned unit was ended and its nanny started a new process
+        wait_for(lambda: set(client.run(os.getpid, on_error="ignore").values()) - pids, 60, "a restarted worker")
     assert results == {0: 0, 2: 4, 4: 16, 5: 25}
     assert set(failures) == {1, 3}
     assert failures[1].startswith("timed out: still running after 3 s")

@@ -173,9 +173,12 @@ class _Run:
     def _restart(self, worker: str) -> None:
         """End the worker process of an abandoned unit when a nanny will start it again (a
         graceful restart would wait for the computation); a worker without one is left alone."""
-        info = self.client.scheduler_info(n_workers=-1)["workers"].get(worker, {})
-        if info.get("nanny"):
-            self.client.run(_end_process, workers=[worker], wait=False)
+        try:
+            info = self.client.scheduler_info(n_workers=-1)["workers"].get(worker, {})
+            if info.get("nanny"):
+                self.client.run(_end_process, workers=[worker], wait=False)
+        except OSError:
+            pass                        # it is gone already
 
     def _can_progress(self) -> bool:
         """Is the scheduler reachable, with a worker that can take the pending units?"""
