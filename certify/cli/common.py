@@ -194,11 +194,8 @@ def check_cluster_args(args) -> None:
 @contextmanager
 def cluster_client(args) -> Iterator[object]:
     """The Dask client of ``--cluster`` (None without it), closed on exit."""
-    if getattr(args, "cluster", None) is None:
-        yield None
-        return
     from certify.cluster import connect
-    with connect(args.cluster) as client:
+    with connect(getattr(args, "cluster", None)) as client:
         yield client
 
 

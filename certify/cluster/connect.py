@@ -40,12 +40,16 @@ def _distributed():
 
 
 @contextmanager
-def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Iterator[object]:
-    """A ``distributed.Client`` for ``address`` (see ``parse_address``), closed on exit (a local
+def connect(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[object]:
+    """None for ``address`` None (run here); else a ``distributed.Client`` for ``address`` (see
+    ``parse_address``), closed on exit (a local
     cluster is shut down with it). ``local:N``: N processes of one thread each, on 127.0.0.1, no
     dashboard (the scheduler's HTTP endpoints on a free port of 127.0.0.1), ``OMP_WAIT_POLICY=PASSIVE``, the scheduler handing a worker no more tasks than it has
     threads (so a task's clock starts when it runs). A scheduler that does not answer within
     ``timeout`` s, or has no worker after ``WORKER_WAIT`` s, is a ``CertifyError``."""
+    if address is None:
+        yield None
+        return
     kind, arg = parse_address(address)
     distributed = _distributed()
     import dask
