@@ -158,7 +158,10 @@ def main(argv=None) -> int:
         "smooth": {"model": "LeNet conv20-conv50-fc500 (random weights)", "N": args.samples, "inputs": args.inputs,
                    "inputs_per_s_1_worker": sm1["per_s"], "inputs_per_s_2_workers": sm2["per_s"],
                    "speedup_2_vs_1": round(sm2["per_s"] / sm1["per_s"], 3), "target": 1.8,
-                   "worker_cpu_s_1_worker": sm1["worker_cpu_s"], "worker_cpu_s_2_workers": sm2["worker_cpu_s"]},
+                   "cpu_s_per_input_1_worker": round(sm1["worker_cpu_s"] / sm1["items"], 3),
+                   "cpu_s_per_input_2_workers": round(sm2["worker_cpu_s"] / sm2["items"], 3),
+                   "cores_used_1_worker": round(sm1["worker_cpu_s"] / sm1["seconds"], 3),
+                   "cores_used_2_workers": round(sm2["worker_cpu_s"] / sm2["seconds"], 3)},
         "vnncomp": {"benchmark": args.vnncomp, "every": args.every, "instances": vn1["items"],
                     "instances_per_s_1_worker": vn1["per_s"], "instances_per_s_2_workers": vn2["per_s"],
                     "speedup_2_vs_1": round(vn2["per_s"] / vn1["per_s"], 3),
@@ -173,6 +176,9 @@ def main(argv=None) -> int:
     print(f"smoothing: 2 workers {summary['smooth']['speedup_2_vs_1']}x one (target 1.8x); vnncomp "
           f"{summary['vnncomp']['speedup_2_vs_1']}x; per-task overhead {overhead_s * 1e3:.1f} ms = "
           f"{summary['overhead']['fraction_of_typical_task']:.2%} of a smoothing task (target < 5%)")
+    sm = summary["smooth"]
+    print(f"smoothing workers' CPU: {sm['cpu_s_per_input_1_worker']} / {sm['cpu_s_per_input_2_workers']} CPU s per "
+          f"input, {sm['cores_used_1_worker']} / {sm['cores_used_2_workers']} cores used (1 / 2 workers)")
     print(f"load average (1, 5, 15 min): start {start}, end {end}")
     out = Path(args.out)
     write_results_folder(out, summary, None, [command_line()],

@@ -61,17 +61,9 @@ def cluster(tmp_path_factory):
     procs = []
     client = None
     try:
-        sfile = d / "scheduler.json"
-        procs.append(start([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                            "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sfile)],
-                           d / "scheduler.log"))
-        wait_for(lambda: sfile.exists() and sfile.stat().st_size > 0, 60, "the scheduler file")
-        address = wait_for(lambda: json.loads(sfile.read_text()).get("address"), 10, "the scheduler address")
-        assert address.startswith("tcp://127.0.0.1:")
+        address = start_scheduler(d, procs)
         for k, extra in enumerate(([], ["--resources", "GPU=1"])):
-            procs.append(start([sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
-                                "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--nthreads", "1",
-                                "--nworkers", "1", "--name", f"w{k}"] + extra, d / f"worker{k}.log"))
+            start_worker(d, procs, address, f"w{k}", extra)
         client = distributed.Client(address, timeout=30)
         client.wait_for_workers(2, timeout=120)
         yield address, client
@@ -80,6 +72,25 @@ def cluster(tmp_path_factory):
             client.close(timeout=30)
         for p in procs:
             kill_group(p)
+
+
+def start_scheduler(d: Path, procs: list) -> str:
+    """Start a scheduler on 127.0.0.1 (appended to ``procs``); its address."""
+    sfile = d / "scheduler.json"
+    procs.append(start([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                        "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sfile)],
+                       d / "scheduler.log"))
+    wait_for(lambda: sfile.exists() and sfile.stat().st_size > 0, 60, "the scheduler file")
+    address = wait_for(lambda: json.loads(sfile.read_text()).get("address"), 10, "the scheduler address")
+    assert address.startswith("tcp://127.0.0.1:")
+    return address
+
+
+def start_worker(d: Path, procs: list, address: str, name: str, extra: list[str]) -> None:
+    """Start a worker of one thread on 127.0.0.1 (appended to ``procs``)."""
+    procs.append(start([sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--no-dashboard",
+                        "--dashboard-address", "127.0.0.1:0", "--nthreads", "1", "--nworkers", "1", "--name", name]
+                       + extra, d / f"{name}.log"))
 
 
 def read(path: Path) -> tuple[dict, list[dict]]:
@@ -284,3 +295,33 @@ def test_run_units_retries_timeouts_and_local_cluster(tmp_path):
     assert failures[1].startswith("timed out: still running after 3 s")
     assert failures[3] == "ValueError: always 3"
     assert (tmp_path / "try-3").read_text() == "xx" and (tmp_path / "try-2").read_text() == "xx"
+
+
+def test_lost_scheduler_is_an_error_not_a_hang(tmp_path):
+    """The scheduler killed mid-run: run_units stops with a CertifyError within seconds, the
+    results that arrived before delivered once."""
+    from certify.cluster import connect, run_units
+    procs = []
+    try:
+        address = start_scheduler(tmp_path, procs)
+        start_worker(tmp_path, procs, address, "w", [])
+        got = []
+
+        def slow(u):
+            time.sleep(1.0)
+            return u
+
+        def on_result(u, r):
+            got.append(u)
+            if len(got) == 2:
+                os.killpg(procs[0].pid, signal.SIGKILL)
+
+        with connect(address) as client:
+            t0 = time.monotonic()
+            with pytest.raises(CertifyError, match="--cluster: lost the scheduler.*rerun with --resume"):
+                run_units(list(range(8)), slow, client, on_result)
+            assert time.monotonic() - t0 < 120
+        assert len(got) == len(set(got)) >= 2
+    finally:
+        for p in procs:
+            kill_group(p)

@@ -81,8 +81,12 @@ def connect(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[o
     try:
         yield client
     finally:
+        quiet = logging.getLogger("distributed.client")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)    # closing a client whose scheduler is gone logs its reconnect loop
         try:
             client.close(timeout=CLOSE_TIMEOUT)
         finally:
+            quiet.setLevel(level)
             if cluster is not None:
                 cluster.close(timeout=CLOSE_TIMEOUT)

@@ -100,7 +100,7 @@ class _Run:
             self.started[msg["key"]] = (time.monotonic(), msg["worker"])
 
     def wait(self) -> None:
-        last_seen = next_check = time.monotonic()
+        last_seen = next_poll = next_check = time.monotonic()
         try:
             while self.pending:
                 try:
@@ -111,9 +111,10 @@ class _Run:
                 if f is not None:
                     self._finish(f)
                     last_seen = now
-                    continue
-                self._check_timeouts()
-                if now < next_check:
+                if now >= next_poll:
+                    next_poll = now + POLL
+                    self._check_timeouts()
+                if f is not None or now < next_check:
                     continue
                 next_check = now + CHECK
                 if self._can_progress():
@@ -144,8 +145,9 @@ class _Run:
             e = f.exception(timeout=RESULT_TIMEOUT)
             self._failed(unit, f"{type(e).__name__}: {' '.join(str(e).split())}")
         else:
-            raise CertifyError(f"--cluster: the scheduler dropped task {f.key} ({f.status}); finished results are "
-                               "kept, rerun with --resume to continue")
+            why = "lost the scheduler" if self.client.status != "running" else f"the scheduler dropped task {f.key}"
+            raise CertifyError(f"--cluster: {why} ({f.status}); finished results are kept, rerun with --resume to "
+                               "continue")
 
     def _failed(self, unit, message: str) -> None:
         if self.on_failure is None:
