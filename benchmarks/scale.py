@@ -5,15 +5,17 @@ Measured in one run, at 1 and at 2 worker processes of one thread each (a ``loca
 runs of the two alternate ``--repeats`` times and the shortest of each counts, so that a change of
 the machine's load hits both):
 
-* ``smooth``: ``certify smooth`` of LeNet conv20-conv50-fc500 (random weights, exported to ONNX) on
-  MNIST test images, N = ``--samples``, n0 100, sigma 0.25, through ``--cluster``: inputs per second
-  of the whole command (its driver, each worker's setup, every task), and the ratio 2 workers / 1;
+* ``smooth``: ``python -m certify smooth`` of LeNet conv20-conv50-fc500 (random weights, exported to
+  ONNX) on MNIST test images, N = ``--samples``, n0 100, sigma 0.25, through ``--cluster``: inputs
+  per second of the whole command (its start-up, each worker's setup, every task), and net of the
+  command's fixed cost (the same command rerun with nothing left to do: start-up, loading the model
+  and data, connecting); the ratios 2 workers / 1;
 * ``vnncomp``: ``certify vnncomp`` of a VNN-COMP subset the same way: instances per second, ratio.
   Branch and bound runs a second thread of its own beside torch's, so on 2 cores one worker
   already uses both;
 * ``overhead``: ``certify.cluster.run_units`` of ``--noop-tasks`` tasks that do nothing, on 1 worker:
-  seconds per task, and as a fraction of a typical task (the smoothing run's seconds per input on 1
-  worker).
+  seconds per task, and as a fraction of a typical task (the smoothing run's net seconds per input
+  on 1 worker).
 
 Targets: 2 workers >= 1.8x one on smoothing; per-task overhead < 5% of a typical task. Each row
 also has the workers' CPU seconds and the 1-minute load average after it; machine.json has
@@ -25,9 +27,9 @@ also has the workers' CPU seconds and the 1-minute load average after it; machin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from certify.cli.main import main as certify  # noqa: E402
 from certify.cluster import connect, run_units  # noqa: E402
 from certify.report.results_folder import command_line, machine_info, read_csv_rows, write_results_folder  # noqa: E402
 from certify.vnncomp import summarize  # noqa: E402
@@ -49,8 +50,9 @@ SHARED = Path(os.environ.get("CERTIFY_SHARED", ROOT.parent / "shared"))
 
 def warm() -> None:
     """Run on every worker before timing: import what the tasks import."""
-    import certify.cli.smooth  # noqa: F401
+    import bounds.bab  # noqa: F401
     import certify.vnncomp  # noqa: F401
+    import smoothing  # noqa: F401
 
 
 def cpu_seconds() -> float:
@@ -75,35 +77,42 @@ def lenet_onnx(folder: Path) -> Path:
 
 
 def timed_command(client, argv: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the cluster's workers) of ``certify ARGV --cluster`` run in
-    this process against ``client``'s scheduler (its output to ``log``); it must succeed."""
+    """(wall seconds, CPU seconds of the cluster's workers) of ``python -m certify ARGV --cluster``
+    against ``client``'s scheduler (its output appended to ``log``); it must succeed."""
     cpu0 = sum(client.run(cpu_seconds).values())
     t0 = time.perf_counter()
-    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        status = certify(argv + ["--cluster", client.scheduler.address])
+    with open(log, "a") as f:
+        r = subprocess.run([sys.executable, "-m", "certify", *argv, "--cluster", client.scheduler.address],
+                           stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                           timeout=3600)
     wall = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"certify {' '.join(argv)} failed with status {status}; see {log}")
+    if r.returncode != 0:
+        raise SystemExit(f"certify {' '.join(argv)} failed with status {r.returncode}; see {log}")
     return wall, sum(client.run(cpu_seconds).values()) - cpu0
 
 
 def run_once(measure: str, workers: int, client, args, model: Path, tmp: Path, k: int) -> dict:
-    """One timed run of ``measure`` (smooth or vnncomp) on the cluster of ``workers`` workers."""
+    """One timed run of ``measure`` (smooth or vnncomp) on the cluster of ``workers`` workers, then
+    the same command again with nothing left to do: its time is the command's fixed cost (start-up,
+    loading the model and data, connecting), and ``net_per_s`` counts the rest."""
     log = tmp / "log.txt"
     if measure == "smooth":
-        wall, cpu = timed_command(client, ["--threads", "1", "smooth", str(model), "--data", "mnist", "--data-dir",
-                                           str(SHARED / "data"), "--max", str(args.inputs), "--n", str(args.samples),
-                                           "--out", str(tmp / f"smooth-{workers}-{k}.jsonl")], log)
+        argv = ["--threads", "1", "smooth", str(model), "--data", "mnist", "--data-dir", str(SHARED / "data"),
+                "--max", str(args.inputs), "--n", str(args.samples), "--out", str(tmp / f"smooth-{workers}-{k}.jsonl")]
+        wall, cpu = timed_command(client, argv, log)
+        fixed, _ = timed_command(client, argv + ["--resume"], log)
         row = {"items": args.inputs}
     else:
         out = tmp / f"vnncomp-{workers}-{k}.csv"
-        wall, cpu = timed_command(client, ["--threads", "1", "vnncomp", str(SHARED / "vnncomp" / args.vnncomp),
-                                           "--every", str(args.every), "--ground-truth",
-                                           str(SHARED / "vnncomp" / "ground_truth.csv"), "--out", str(out)], log)
+        argv = ["--threads", "1", "vnncomp", str(SHARED / "vnncomp" / args.vnncomp), "--every", str(args.every),
+                "--ground-truth", str(SHARED / "vnncomp" / "ground_truth.csv"), "--out", str(out)]
+        wall, cpu = timed_command(client, argv, log)
+        fixed, _ = timed_command(client, argv, log)        # a rerun resumes every row
         s = summarize(read_csv_rows(out))
         row = {"items": s["instances"], "solved": s["solved"], "wrong": s["wrong"]}
     return {"measure": measure, "workers": workers, "repeat": k, **row, "seconds": round(wall, 2),
-            "per_s": round(row["items"] / wall, 4), "worker_cpu_s": round(cpu, 2),
+            "per_s": round(row["items"] / wall, 4), "fixed_s": round(fixed, 2),
+            "net_per_s": round(row["items"] / max(wall - fixed, 1e-9), 4), "worker_cpu_s": round(cpu, 2),
             "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -152,12 +161,15 @@ def main(argv=None) -> int:
 
     sm1, sm2, vn1, vn2, ov = best("smooth", 1), best("smooth", 2), best("vnncomp", 1), best("vnncomp", 2), \
         best("overhead", 1)
-    smooth_task_s = sm1["seconds"] / sm1["items"]
+    smooth_task_s = 1 / sm1["net_per_s"]
     overhead_s = ov["seconds"] / ov["items"]
     summary = {
         "smooth": {"model": "LeNet conv20-conv50-fc500 (random weights)", "N": args.samples, "inputs": args.inputs,
                    "inputs_per_s_1_worker": sm1["per_s"], "inputs_per_s_2_workers": sm2["per_s"],
                    "speedup_2_vs_1": round(sm2["per_s"] / sm1["per_s"], 3), "target": 1.8,
+                   "net_inputs_per_s_1_worker": sm1["net_per_s"], "net_inputs_per_s_2_workers": sm2["net_per_s"],
+                   "net_speedup_2_vs_1": round(sm2["net_per_s"] / sm1["net_per_s"], 3),
+                   "fixed_s": [sm1["fixed_s"], sm2["fixed_s"]],
                    "cpu_s_per_input_1_worker": round(sm1["worker_cpu_s"] / sm1["items"], 3),
                    "cpu_s_per_input_2_workers": round(sm2["worker_cpu_s"] / sm2["items"], 3),
                    "cores_used_1_worker": round(sm1["worker_cpu_s"] / sm1["seconds"], 3),
@@ -165,16 +177,19 @@ def main(argv=None) -> int:
         "vnncomp": {"benchmark": args.vnncomp, "every": args.every, "instances": vn1["items"],
                     "instances_per_s_1_worker": vn1["per_s"], "instances_per_s_2_workers": vn2["per_s"],
                     "speedup_2_vs_1": round(vn2["per_s"] / vn1["per_s"], 3),
+                    "net_speedup_2_vs_1": round(vn2["net_per_s"] / vn1["net_per_s"], 3),
                     "wrong": max(r.get("wrong", 0) for r in rows)},
         "overhead": {"seconds_per_task": round(overhead_s, 5), "typical_task_s": round(smooth_task_s, 4),
                      "fraction_of_typical_task": round(overhead_s / smooth_task_s, 5), "target": 0.05},
         "note": "best (shortest) of the interleaved repeats of each configuration; loadavg in machine.json",
     }
-    print(f"{'measure':<10}{'workers':>8}{'items':>7}{'best s':>10}{'per s':>10}")
+    print(f"{'measure':<10}{'workers':>8}{'items':>7}{'best s':>10}{'per s':>10}{'fixed s':>10}{'net per s':>10}")
     for r in (sm1, sm2, vn1, vn2, ov):
-        print(f"{r['measure']:<10}{r['workers']:>8}{r['items']:>7}{r['seconds']:>10}{r['per_s']:>10}")
-    print(f"smoothing: 2 workers {summary['smooth']['speedup_2_vs_1']}x one (target 1.8x); vnncomp "
-          f"{summary['vnncomp']['speedup_2_vs_1']}x; per-task overhead {overhead_s * 1e3:.1f} ms = "
+        print(f"{r['measure']:<10}{r['workers']:>8}{r['items']:>7}{r['seconds']:>10}{r['per_s']:>10}"
+              f"{r.get('fixed_s', '-'):>10}{r.get('net_per_s', '-'):>10}")
+    print(f"smoothing: 2 workers {summary['smooth']['speedup_2_vs_1']}x one, {summary['smooth']['net_speedup_2_vs_1']}x "
+          f"net of the fixed cost (target 1.8x); vnncomp {summary['vnncomp']['speedup_2_vs_1']}x, "
+          f"{summary['vnncomp']['net_speedup_2_vs_1']}x net; per-task overhead {overhead_s * 1e3:.1f} ms = "
           f"{summary['overhead']['fraction_of_typical_task']:.2%} of a smoothing task (target < 5%)")
     sm = summary["smooth"]
     print(f"smoothing workers' CPU: {sm['cpu_s_per_input_1_worker']} / {sm['cpu_s_per_input_2_workers']} CPU s per "
@@ -183,8 +198,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     write_results_folder(out, summary, None, [command_line()],
                          machine_info(threads_per_worker=1, loadavg={"start": start, "end": end}))
-    fields = ["measure", "workers", "repeat", "items", "seconds", "per_s", "worker_cpu_s", "loadavg_1min", "solved",
-              "wrong"]
+    fields = ["measure", "workers", "repeat", "items", "seconds", "per_s", "fixed_s", "net_per_s", "worker_cpu_s",
+              "loadavg_1min", "solved", "wrong"]
     with open(out / "rows.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
