@@ -142,6 +142,26 @@ def test_cluster_flags_are_checked(tmp_path, capsys):
     assert time.monotonic() - t0 < 30
 
 
+def test_workers_get_absolute_paths_and_the_model_hash(tmp_path, monkeypatch):
+    import argparse
+    import shutil
+
+    from certify.cli.common import cluster_job
+    from certify.models import BUNDLED
+    from certify.report.provenance import file_sha256
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(BUNDLED["digits-cnn"], "m.pt")
+    (tmp_path / "digits").mkdir()           # a folder named like the built-in set is not the set
+    (tmp_path / "d").mkdir()
+    args = argparse.Namespace(model="m.pt", data="digits", data_dir="d", command="bounds")
+    job = cluster_job(args)
+    assert (job.model, job.data, job.data_dir) == (str(tmp_path / "m.pt"), "digits", str(tmp_path / "d"))
+    assert job._model_sha256 == file_sha256("m.pt") and args.model == "m.pt"
+    assert cluster_job(args)._token != job._token
+    job = cluster_job(argparse.Namespace(model="digits-cnn", data="mnist", data_dir=None, command="bounds"))
+    assert (job.model, job.data) == ("digits-cnn", "mnist")
+
+
 def test_bounds_on_cluster_equals_local(cluster, tmp_path):
     address, _ = cluster
     assert main(BOUNDS + ["--out", str(tmp_path / "local.jsonl")]) == 0

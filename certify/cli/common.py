@@ -202,11 +202,15 @@ def cluster_client(args) -> Iterator[object]:
 def cluster_job(args) -> argparse.Namespace:
     """What the workers get of a command line: ``args`` with the model, data and data folder as
     absolute paths, the model file's sha256 and a token naming this run."""
+    from certify.data import DATASETS
+    from certify.models import BUNDLED
     from certify.report.provenance import file_sha256
     job = argparse.Namespace(**vars(args))
-    for k in ("model", "data", "data_dir", "dir", "instances", "ground_truth"):
+    named = {"model": lambda v: v in BUNDLED, "data": lambda v: v.lower().replace("_", "-") in DATASETS,
+             "data_dir": lambda v: False}          # the names that are not paths, as the loaders read them
+    for k, is_name in named.items():
         v = getattr(job, k, None)
-        if isinstance(v, str) and os.path.exists(v):
+        if isinstance(v, str) and not is_name(v) and os.path.exists(v):
             setattr(job, k, os.path.abspath(v))
     if hasattr(job, "data_dir") and job.data_dir is None:
         job.data_dir = os.environ.get("CERTIFY_DATA")
