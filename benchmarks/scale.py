@@ -22,7 +22,7 @@ also has the workers' CPU seconds and the 1-minute load average after it; machin
 ``os.getloadavg()`` at the start and the end: other jobs on a shared machine take cores from the
 2-worker runs.
 
-    python benchmarks/scale.py --out benchmarks/results/scale     # a few minutes on 2 cores
+    python benchmarks/scale.py --out benchmarks/results/scale     # 15 minutes on 2 loaded cores, less when idle
 """
 from __future__ import annotations
 
