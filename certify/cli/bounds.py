@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -41,7 +42,8 @@ examples:
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
     from bounds import METHODS
-    from certify.cli.common import add_data_args, add_domain_args, add_model_arg, add_output_args, add_radius_args
+    from certify.cli.common import add_cluster_args, add_data_args, add_domain_args, add_model_arg, add_output_args, \
+        add_radius_args
 
     p = sub.add_parser("bounds", help="bound propagation certificates (IBP / CROWN / alpha-CROWN) for a data set",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +65,7 @@ def register(sub) -> None:
                    help="arithmetic of the bound computation (default: float64, so that rounding cannot flip a "
                         "margin bound that is barely above 0; float32 is about 2x faster)")
     add_output_args(p)
+    add_cluster_args(p)
     p.add_argument("--quiet", action="store_true", help="print only the summary, not one line per input")
     p.set_defaults(func=run)
 
@@ -103,10 +106,10 @@ def certify_batch(net, X: torch.Tensor, y: torch.Tensor, method: str, eps: float
     return lower.min(1).values > 0, None, lower
 
 
-def run(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, load_data, model_from, open_results, summary_lines
-    from certify.report.progress import progress
-    from certify.report.records import Record
+def setup(args) -> SimpleNamespace:
+    """The model (float64 unless --precision float32), the selected inputs and the domain of a
+    command line: what ``bounds_chunk`` needs, built alike by a local run and by every worker."""
+    from certify.cli.common import check_input_shape, check_labels, load_data, model_from
 
     _check(args)
     net = model_from(args)
@@ -118,54 +121,77 @@ def run(args) -> int:
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
-    domain = domain_from(args)
-    writer = open_results(args, "bounds", args.method, args.norm, eps=None if args.radius else float(args.eps))
-    todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
-    records: list[Record] = [writer.done[i] for i in idx if writer is not None and i in writer.done]
-    t_all = time.perf_counter()
-    batches = [todo[s:s + args.batch] for s in range(0, len(todo), args.batch)]
-    try:
-        for sel in progress(batches, total=len(todo), desc=f"bounds {args.method}", size=len, unit="input"):
-            t0 = time.perf_counter()
-            xb, yb = X[sel], y[sel]
-            with torch.no_grad():
-                pred = net(xb).argmax(1)
-            ok = pred == yb
-            cert = torch.zeros(len(sel), dtype=torch.bool)
-            rad = torch.zeros(len(sel), dtype=X.dtype)
-            low = [None] * len(sel)
-            if bool(ok.any()):
-                c, r, lower = certify_batch(net, xb[ok], yb[ok], args.method, args.eps, args.norm, domain,
-                                            args.radius, args.tol, args.max_radius, **_opts(args))
-                pos = ok.nonzero().flatten()
-                cert[pos] = c
-                if r is not None:
-                    rad[pos] = r.to(X.dtype)
-                for j, p in enumerate(pos.tolist()):
-                    low[p] = lower[j]
-            secs = (time.perf_counter() - t0) / len(sel)
-            for j, k in enumerate(sel):
-                if not bool(ok[j]):
-                    verdict = "misclassified"
-                else:
-                    verdict = "certified" if bool(cert[j]) else "not_certified"
-                ev = {} if low[j] is None else {"margin_lower": [float(v) for v in low[j]],
-                                                "min_margin_lower": float(low[j].min()),
-                                                "domain": list(domain) if domain else None}
-                rec = Record(idx=int(idx[k]), label=int(y[k]), predict=int(pred[j]), engine="bounds",
-                             method=args.method, verdict=verdict, norm=args.norm,
-                             eps=None if args.radius else float(args.eps),
-                             radius=(float(rad[j]) if args.radius else None), seconds=float(secs), evidence=ev)
-                records.append(rec)
-                if writer is not None:
-                    writer.write(rec)
-                if not args.quiet:
-                    extra = f" radius {rec.radius:.5f}" if args.radius else ""
-                    m = f" min margin lb {ev['min_margin_lower']:+.4f}" if ev else ""
-                    print(f"input {rec.idx}: label {rec.label} predict {rec.predict} {verdict}{extra}{m}")
-    finally:
-        if writer is not None:
-            writer.close()
+    return SimpleNamespace(args=args, net=net, idx=idx, X=X, y=y, domain=domain_from(args))
+
+
+def bounds_chunk(ctx: SimpleNamespace, sel: list[int]) -> list:
+    """The records of the inputs ``sel`` (positions in ``ctx.idx``), bounded as one batch."""
+    from certify.report.records import Record
+
+    args, net = ctx.args, ctx.net
+    t0 = time.perf_counter()
+    xb, yb = ctx.X[sel], ctx.y[sel]
+    with torch.no_grad():
+        pred = net(xb).argmax(1)
+    ok = pred == yb
+    cert = torch.zeros(len(sel), dtype=torch.bool)
+    rad = torch.zeros(len(sel), dtype=ctx.X.dtype)
+    low = [None] * len(sel)
+    if bool(ok.any()):
+        c, r, lower = certify_batch(net, xb[ok], yb[ok], args.method, args.eps, args.norm, ctx.domain,
+                                    args.radius, args.tol, args.max_radius, **_opts(args))
+        pos = ok.nonzero().flatten()
+        cert[pos] = c
+        if r is not None:
+            rad[pos] = r.to(ctx.X.dtype)
+        for j, p in enumerate(pos.tolist()):
+            low[p] = lower[j]
+    secs = (time.perf_counter() - t0) / len(sel)
+    records = []
+    for j, k in enumerate(sel):
+        if not bool(ok[j]):
+            verdict = "misclassified"
+        else:
+            verdict = "certified" if bool(cert[j]) else "not_certified"
+        ev = {} if low[j] is None else {"margin_lower": [float(v) for v in low[j]],
+                                        "min_margin_lower": float(low[j].min()),
+                                        "domain": list(ctx.domain) if ctx.domain else None}
+        records.append(Record(idx=int(ctx.idx[k]), label=int(ctx.y[k]), predict=int(pred[j]), engine="bounds",
+                              method=args.method, verdict=verdict, norm=args.norm,
+                              eps=None if args.radius else float(args.eps),
+                              radius=(float(rad[j]) if args.radius else None), seconds=float(secs), evidence=ev))
+    return records
+
+
+def run(args) -> int:
+    from certify.cli.common import check_cluster_args, cluster_client, failed_records, open_results, run_chunks, \
+        summary_lines
+
+    check_cluster_args(args)
+    ctx = setup(args)
+    eps = None if args.radius else float(args.eps)
+
+    def show(rec) -> None:
+        if not args.quiet:
+            extra = f" radius {rec.radius:.5f}" if args.radius else ""
+            m = f" min margin lb {rec.evidence['min_margin_lower']:+.4f}" if "min_margin_lower" in rec.evidence else ""
+            print(f"input {rec.idx}: label {rec.label} predict {rec.predict} {rec.verdict}{extra}{m}")
+
+    def failed(sel, message):
+        return failed_records(ctx.idx, ctx.y, sel, message, "bounds", args.method, args.norm, eps, args.radius)
+
+    with cluster_client(args) as client:
+        writer = open_results(args, "bounds", args.method, args.norm, eps=eps)
+        todo = [k for k, i in enumerate(ctx.idx) if writer is None or i not in writer.done]
+        records = [writer.done[i] for i in ctx.idx if writer is not None and i in writer.done]
+        t_all = time.perf_counter()
+        batches = [todo[s:s + args.batch] for s in range(0, len(todo), args.batch)]
+        try:
+            records += run_chunks(args, client, ctx, setup, bounds_chunk, batches, writer, show, failed,
+                                  f"bounds {args.method}")
+        finally:
+            if writer is not None:
+                writer.close()
     elapsed = time.perf_counter() - t_all
     what = (f"{args.norm}-radius search" if args.radius else f"eps {args.eps:g} ({args.norm})")
     for line in summary_lines(records, args.method, what, elapsed, len(todo), args.radius):

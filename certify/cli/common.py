@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import uuid
+from contextlib import contextmanager
+from functools import partial
+from typing import Callable, Iterator
 
 import torch
 
@@ -136,7 +141,7 @@ def add_output_args(p: argparse.ArgumentParser, default: str | None = None) -> N
 # may change them. Every other flag is part of a result file's provenance config.
 NOT_RESULT_FLAGS = {"out", "resume", "overwrite", "quiet", "n", "max_inputs", "start", "skip", "data_dir", "threads",
                     "debug", "command", "func", "model", "data", "split", "format", "convex_method", "config",
-                    "print_config"}
+                    "print_config", "cluster", "task_timeout"}
 
 
 def run_provenance(args, engine: str, method: str | None, norm: str | None, **params) -> dict:
@@ -190,3 +195,120 @@ def summary_lines(records: list, method: str, what: str, elapsed: float, n_run: 
         med = radii[len(radii) // 2] if radii else 0.0
         lines.append(f"average certified radius {mean:.5f} (0 for misclassified), median over correct {med:.5f}")
     return lines
+
+
+CLUSTER_HELP = ("run the work on a Dask cluster: local:N starts N worker processes on this machine, "
+                "tcp://HOST:PORT joins a running scheduler (workers must see the model and data files at the same "
+                "paths); records are the same as without it, and only this process writes --out (default: run here)")
+
+
+def add_cluster_args(p: argparse.ArgumentParser, task_timeout: bool = True) -> None:
+    """``--cluster ADDRESS`` and (with ``task_timeout``) ``--task-timeout SECONDS``."""
+    from certify.cli.argtypes import positive_float
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", default=None, metavar="ADDRESS", help=CLUSTER_HELP)
+    if task_timeout:
+        g.add_argument("--task-timeout", type=positive_float, default=None, metavar="SECONDS",
+                       help="with --cluster: a task (a chunk of inputs) still running after SECONDS is given up and "
+                            "its inputs are recorded unknown (default: no limit)")
+
+
+def check_cluster_args(args) -> None:
+    """Refuse a malformed ``--cluster`` (before anything is loaded) and cluster flags without it."""
+    if getattr(args, "cluster", None) is not None:
+        from certify.cluster import parse_address
+        parse_address(args.cluster)
+    elif getattr(args, "task_timeout", None) is not None:
+        raise CertifyError("--task-timeout applies to --cluster runs: give --cluster ADDRESS too")
+
+
+@contextmanager
+def cluster_client(args) -> Iterator[object]:
+    """The Dask client of ``--cluster`` (None without it), closed on exit."""
+    from certify.cluster import connect
+    with connect(getattr(args, "cluster", None)) as client:
+        yield client
+
+
+def cluster_job(args) -> argparse.Namespace:
+    """What the workers get of a command line: ``args`` with the model, data and data folder as
+    absolute paths, the model file's sha256 and a token naming this run."""
+    from certify.data import DATASETS
+    from certify.models import BUNDLED
+    from certify.report.provenance import file_sha256
+    job = argparse.Namespace(**vars(args))
+    named = {"model": lambda v: v in BUNDLED, "data": lambda v: v.lower().replace("_", "-") in DATASETS,
+             "data_dir": lambda v: False}          # the names that are not paths, as the loaders read them
+    for k, is_name in named.items():
+        v = getattr(job, k, None)
+        if isinstance(v, str) and not is_name(v) and os.path.exists(v):
+            setattr(job, k, os.path.abspath(v))
+    if hasattr(job, "data_dir") and job.data_dir is None:
+        job.data_dir = os.environ.get("CERTIFY_DATA")
+    model = getattr(job, "model", None)
+    job._model_sha256 = file_sha256(str(model_file(model))) if model else None
+    job._token = uuid.uuid4().hex
+    return job
+
+
+def _worker_setup(setup: Callable, job):
+    if job._model_sha256 is not None:
+        from certify.report.provenance import file_sha256
+        have = file_sha256(str(model_file(job.model)))
+        if have != job._model_sha256:
+            raise CertifyError(f"model {job.model} on this worker is not the driver's file (sha256 {have[:12]} != "
+                               f"{job._model_sha256[:12]})")
+    return setup(job)
+
+
+def remote_chunk(setup: Callable, chunk_fn: Callable, job, chunk: list[int]) -> list:
+    """A task on a worker: ``chunk_fn(setup(job), chunk)``, ``setup(job)`` built once per worker
+    process and run (the model file checked against the driver's sha256 first)."""
+    from certify.cluster import cached
+    return chunk_fn(cached(job._token, lambda: _worker_setup(setup, job)), chunk)
+
+
+def failed_records(idx: list[int], y, chunk: list[int], message: str, engine: str, method: str, norm: str | None,
+                   eps: float | None, radius: bool) -> list:
+    """``unknown`` records of the inputs ``chunk`` (positions in ``idx`` / labels ``y``) of a task
+    that failed: no prediction (-1), nothing certified, the error as evidence."""
+    from certify.report.records import Record
+    return [Record(idx=int(idx[k]), label=int(y[k]), predict=-1, engine=engine, method=method, verdict="unknown",
+                   norm=norm, eps=eps, radius=0.0 if radius else None, seconds=0.0, evidence={"error": message})
+            for k in chunk]
+
+
+def run_chunks(args, client, ctx, setup: Callable, chunk_fn: Callable, chunks: list[list[int]], writer,
+               show: Callable, failed: Callable[[list[int], str], list], desc: str) -> list:
+    """Every chunk's records, ``chunk_fn(ctx, chunk)``, computed here (``client`` None) or on the
+    cluster (``setup(job)`` rebuilds ``ctx`` on each worker), in the order they finish: each is
+    written to ``writer`` once, passed to ``show`` and returned. A chunk whose task failed gets
+    ``failed(chunk, message)`` instead (``unknown`` records)."""
+    from certify.cluster import run_units
+    from certify.report.progress import progress_bar
+    out = []
+    bar = progress_bar(sum(map(len, chunks)), desc)
+
+    def on_records(chunk, records):
+        for rec in records:
+            if writer is not None:
+                if rec.idx in writer.done:
+                    continue
+                writer.write(rec)
+            out.append(rec)
+            show(rec)
+        bar.update(len(chunk))
+
+    def on_failure(chunk, message):
+        print(f"certify {args.command}: the task of input(s) {', '.join(str(ctx.idx[k]) for k in chunk)} failed "
+              f"({message}); recorded as unknown", file=sys.stderr)
+        on_records(chunk, failed(chunk, message))
+
+    fn = partial(chunk_fn, ctx) if client is None else partial(remote_chunk, setup, chunk_fn, cluster_job(args))
+    try:
+        run_units(chunks, fn, client, on_records, on_failure, threads=getattr(args, "threads", None) or 1,
+                  device=getattr(args, "device", "cpu"), timeout=getattr(args, "task_timeout", None),
+                  name=f"certify-{args.command}")
+    finally:
+        bar.close()
+    return out

@@ -10,15 +10,16 @@ resumable with ``--resume``. ``--radius`` finds the certified radius by bisectio
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import torch
 
 from certify.cli.argtypes import nonneg_float, positive_float, positive_int
-from certify.cli.common import (add_data_args, add_domain_args, add_model_arg, add_output_args, add_radius_args,
-                                check_input_shape, check_labels, domain_from, load_data, model_from, open_results,
+from certify.cli.common import (add_cluster_args, add_data_args, add_domain_args, add_model_arg, add_output_args,
+                                add_radius_args, check_cluster_args, check_input_shape, check_labels, cluster_client,
+                                domain_from, failed_records, load_data, model_from, open_results, run_chunks,
                                 summary_lines)
 from certify.errors import CertifyError
-from certify.report.progress import progress
 from certify.report.records import Record
 from certify.spec.output import robustness_matrix
 
@@ -92,6 +93,7 @@ def register(sub) -> None:
                            help="decision: stop at the first proof or counterexample (default); "
                                 "full: exact minimum of every margin")
         add_output_args(p)
+        add_cluster_args(p)
         p.add_argument("--quiet", action="store_true", help="print only the summary, not one line per input")
         p.set_defaults(func=run, convex_method=name)
 
@@ -139,7 +141,9 @@ def certify_one(method: str, net, x: torch.Tensor, label: int, eps: float, radiu
     return res.verdict[0], None, res.evidence(0)
 
 
-def run(args) -> int:
+def setup(args) -> SimpleNamespace:
+    """The model, the selected inputs and the solver options of a command line: what
+    ``convex_chunk`` needs, built alike by a local run and by every worker."""
     _check(args)
     method = args.convex_method
     net = model_from(args)
@@ -153,50 +157,67 @@ def run(args) -> int:
     if method == "sdp":
         kw["solver"] = _announce_sdp_solver(net, args.solver)
         kw["progress"] = RowProgress()
-    norm = kw.get("norm", "inf")
-    method_name = "lp-all" if method == "lp" and args.refine == "all" else method
-    writer = open_results(args, "convex", method_name, norm, eps=None if args.radius else float(args.eps))
-    records: list[Record] = []
-    todo = 0
-    t_all = time.perf_counter()
-    try:
-        for i, x, lab in progress(list(zip(idx, X, y)), total=len(idx), desc=method):
-            if writer is not None and i in writer.done:
-                records.append(writer.done[i])
-                continue
-            todo += 1
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                pred = int(net(x[None]).argmax(1))
-            if pred != int(lab):
-                verdict, rad, ev = "misclassified", (0.0 if args.radius else None), {}
-            else:
-                verdict, rad, ev = certify_one(method, net, x[None], int(lab), args.eps, args.radius, args.tol,
-                                               args.max_radius, **kw)
-            if ev.get("lower"):
-                low = [float(v) for v in ev["lower"]]
-                ev = {"margin_lower": low, "min_margin_lower": min(low)} | ev
-            if verdict != "misclassified":
-                ev["domain"] = list(kw["domain"]) if kw["domain"] else None
-            rec = Record(idx=int(i), label=int(lab), predict=pred, engine="convex",
-                         method=method_name, verdict=verdict,
-                         norm=norm, eps=None if args.radius else float(args.eps), radius=rad,
-                         seconds=time.perf_counter() - t0, evidence=ev)
-            records.append(rec)
+    name = "lp-all" if method == "lp" and args.refine == "all" else method
+    return SimpleNamespace(args=args, net=net, idx=idx, X=X, y=y, kw=kw, norm=kw.get("norm", "inf"), method=name)
+
+
+def convex_chunk(ctx: SimpleNamespace, ks: list[int]) -> list[Record]:
+    """The records of the inputs ``ks`` (positions in ``ctx.idx``), one after the other."""
+    args, net = ctx.args, ctx.net
+    records = []
+    for k in ks:
+        x, lab = ctx.X[k], int(ctx.y[k])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pred = int(net(x[None]).argmax(1))
+        if pred != lab:
+            verdict, rad, ev = "misclassified", (0.0 if args.radius else None), {}
+        else:
+            verdict, rad, ev = certify_one(args.convex_method, net, x[None], lab, args.eps, args.radius, args.tol,
+                                           args.max_radius, **ctx.kw)
+        if ev.get("lower"):
+            low = [float(v) for v in ev["lower"]]
+            ev = {"margin_lower": low, "min_margin_lower": min(low)} | ev
+        if verdict != "misclassified":
+            ev["domain"] = list(ctx.kw["domain"]) if ctx.kw["domain"] else None
+        records.append(Record(idx=int(ctx.idx[k]), label=lab, predict=pred, engine="convex", method=ctx.method,
+                              verdict=verdict, norm=ctx.norm, eps=None if args.radius else float(args.eps),
+                              radius=rad, seconds=time.perf_counter() - t0, evidence=ev))
+    return records
+
+
+def run(args) -> int:
+    check_cluster_args(args)
+    ctx = setup(args)
+    eps = None if args.radius else float(args.eps)
+
+    def show(rec) -> None:
+        if args.quiet:
+            return
+        ev = rec.evidence
+        extra = f" radius {rec.radius:.5f}" if args.radius else ""
+        m = f" min margin lb {ev['min_margin_lower']:+.4f}" if "min_margin_lower" in ev else ""
+        if rec.verdict == "falsified":
+            m = f" counterexample margin {min(float(v) for v in ev['upper']):+.6f}"
+        print(f"input {rec.idx}: label {rec.label} predict {rec.predict} {rec.verdict}{extra}{m}", flush=True)
+
+    def failed(ks, message):
+        return failed_records(ctx.idx, ctx.y, ks, message, "convex", ctx.method, ctx.norm, eps, args.radius)
+
+    with cluster_client(args) as client:
+        writer = open_results(args, "convex", ctx.method, ctx.norm, eps=eps)
+        records: list[Record] = [writer.done[i] for i in ctx.idx if writer is not None and i in writer.done]
+        todo = [k for k, i in enumerate(ctx.idx) if writer is None or i not in writer.done]
+        t_all = time.perf_counter()
+        try:
+            records += run_chunks(args, client, ctx, setup, convex_chunk, [[k] for k in todo], writer, show, failed,
+                                  args.convex_method)
+        finally:
             if writer is not None:
-                writer.write(rec)
-            if not args.quiet:
-                extra = f" radius {rec.radius:.5f}" if args.radius else ""
-                m = f" min margin lb {ev['min_margin_lower']:+.4f}" if "min_margin_lower" in ev else ""
-                if verdict == "falsified":
-                    m = f" counterexample margin {min(float(v) for v in ev['upper']):+.6f}"
-                print(f"input {rec.idx}: label {rec.label} predict {rec.predict} {verdict}{extra}{m}", flush=True)
-    finally:
-        if writer is not None:
-            writer.close()
+                writer.close()
     elapsed = time.perf_counter() - t_all
-    what = f"{norm}-radius search" if args.radius else f"eps {args.eps:g} ({norm})"
-    for line in summary_lines(records, records[0].method if records else method, what, elapsed, todo, args.radius):
+    what = f"{ctx.norm}-radius search" if args.radius else f"eps {args.eps:g} ({ctx.norm})"
+    for line in summary_lines(records, ctx.method, what, elapsed, len(todo), args.radius):
         print(line)
     if writer is not None:
         print(f"records written to {args.out}")

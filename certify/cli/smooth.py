@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 from certify.errors import CertifyError
 from certify.report.smooth_records import input_seed, make_record
@@ -40,7 +41,7 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import add_data_args, add_model_arg
+    from certify.cli.common import add_cluster_args, add_data_args, add_model_arg
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +80,7 @@ def register(sub) -> None:
     o.add_argument("--format", default="jsonl", choices=["jsonl", "cohen"],
                    help="cohen: also write Cohen et al.'s tab-separated file (idx label predict radius correct "
                         "time) next to --out, with extension .tsv (default: jsonl only)")
+    add_cluster_args(p)
     p.set_defaults(func=run_smooth)
 
     c = sub.add_parser("curve", help="certified-accuracy table, ACR, CSV and PNG from result files",
@@ -107,10 +109,10 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
         raise CertifyError(f"{what} {path} exists; pass --overwrite to replace it")
 
 
-def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, load_data, model_from, open_results
-    from certify.report.progress import progress
-    from certify.report.curve import default_radii, format_table, from_records, write_cohen
+def setup(args) -> SimpleNamespace:
+    """The model, the selected inputs and the ``Smooth`` of a command line: what ``smooth_chunk``
+    needs, built alike by a local run and by every worker."""
+    from certify.cli.common import check_input_shape, check_labels, load_data, model_from
     from smoothing import Smooth
 
     if not 0 < args.alpha < 0.5:
@@ -120,11 +122,6 @@ def run_smooth(args) -> int:
     for flag, v in (("--radius", args.radius), ("--tol", args.tol)):
         if v is not None and not 0 <= v < float("inf"):
             raise CertifyError(f"{flag} must be a number >= 0, got {v}")
-    if args.format == "cohen" and not args.out:
-        raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
-    cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
-    if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
-        raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
     net = model_from(args)
     if len(net.output_shape) != 1:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; smoothing needs class logits (K,)")
@@ -136,37 +133,64 @@ def run_smooth(args) -> int:
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
                     batch=args.batch, pushforward=push)
+    return SimpleNamespace(args=args, idx=idx, X=X, y=y, smooth=smooth)
+
+
+def smooth_chunk(ctx: SimpleNamespace, ks: list[int]) -> list:
+    """The records of the inputs ``ks`` (positions in ``ctx.idx``), each seeded by its index."""
+    args, records = ctx.args, []
+    for k in ks:
+        t0 = time.perf_counter()
+        seed = input_seed(args.seed, ctx.idx[k])
+        if args.adaptive:
+            res = ctx.smooth.certify_adaptive(ctx.X[k], radius=args.radius, n0=args.n0, n_max=args.n_samples,
+                                              alpha=args.alpha, tol=args.tol, seed=seed)
+        else:
+            res = ctx.smooth.certify(ctx.X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha, seed=seed)
+        records.append(make_record(ctx.idx[k], int(ctx.y[k]), res, time.perf_counter() - t0))
+    return records
+
+
+def run_smooth(args) -> int:
+    from certify.cli.common import check_cluster_args, cluster_client, failed_records, open_results, run_chunks
+    from certify.report.curve import default_radii, format_table, from_records, write_cohen
+
+    check_cluster_args(args)
+    if args.format == "cohen" and not args.out:
+        raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
+    cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
+    if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
+        raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
+    ctx = setup(args)
+    idx, smooth = ctx.idx, ctx.smooth
     if cohen is not None and not args.resume:
         _check_free(cohen, args.overwrite, "Cohen-format file")
-    writer = open_results(args, "smoothing", args.noise, smooth.norm, sigma=args.sigma, n0=args.n0,
-                          n=args.n_samples, alpha=args.alpha, seed=args.seed)
-    records = list(writer.done.values()) if writer else []
-    todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
-    try:
-        if cohen is not None:
-            write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
-        if writer is not None and len(todo) < len(idx):
-            print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
-        for k in progress(todo, total=len(todo), desc="smooth"):
-            t0 = time.perf_counter()
-            if args.adaptive:
-                res = smooth.certify_adaptive(X[k], radius=args.radius, n0=args.n0, n_max=args.n_samples,
-                                              alpha=args.alpha, tol=args.tol, seed=input_seed(args.seed, idx[k]))
-            else:
-                res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
-                                     seed=input_seed(args.seed, idx[k]))
-            rec = make_record(idx[k], int(y[k]), res, time.perf_counter() - t0)
-            records.append(rec)
+
+    def show(rec) -> None:
+        if cohen:
+            write_cohen(cohen, [rec], append=True)
+        if writer is None:
+            print(f"{rec.idx}\tlabel {rec.label}\tpredict {rec.predict}\tradius {rec.radius:.3f}\t"
+                  f"pA>={rec.evidence.get('pa_lower', 0.0):.4f}\t{rec.seconds:.2f}s")
+
+    def failed(ks, message):
+        return failed_records(idx, ctx.y, ks, message, "smoothing", args.noise, smooth.norm, None, True)
+
+    with cluster_client(args) as client:
+        writer = open_results(args, "smoothing", args.noise, smooth.norm, sigma=args.sigma, n0=args.n0,
+                              n=args.n_samples, alpha=args.alpha, seed=args.seed)
+        records = list(writer.done.values()) if writer else []
+        todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
+        try:
+            if cohen is not None:
+                write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
+            if writer is not None and len(todo) < len(idx):
+                print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
+            records += run_chunks(args, client, ctx, setup, smooth_chunk, [[k] for k in todo], writer, show, failed,
+                                  "smooth")
+        finally:
             if writer is not None:
-                writer.write(rec)
-                if cohen:
-                    write_cohen(cohen, [rec], append=True)
-            else:
-                print(f"{rec.idx}\tlabel {rec.label}\tpredict {rec.predict}\tradius {rec.radius:.3f}\t"
-                      f"pA>={res.pa_lower:.4f}\t{rec.seconds:.2f}s")
-    finally:
-        if writer is not None:
-            writer.close()
+                writer.close()
     sel = set(idx)
     res = from_records([r for r in records if r.idx in sel], args.out or "smooth")
     print(f"\n{args.noise} sigma={args.sigma} n={args.n_samples} alpha={args.alpha}: {len(res)} inputs"

@@ -84,14 +84,19 @@ def _cmd_vnnlib(args) -> int:
 
 # ------------------------------------------------------------------------------ certify vnncomp
 def _cmd_vnncomp(args) -> int:
+    from certify.cli.common import check_cluster_args, cluster_client
     limit = args.limit
 
     def select(k, onnx, vnn):
         return k % args.every == 0 and (limit is None or k // args.every < limit)
 
-    s = run_benchmark(Path(args.dir), Path(args.out), Path(args.instances) if args.instances else None,
-                      Path(args.ground_truth) if args.ground_truth else None, args.timeout_scale, args.method,
-                      args.overwrite, select)
+    check_cluster_args(args)
+    if not Path(args.dir).is_dir():
+        raise CertifyError(f"benchmark folder {args.dir} does not exist")
+    with cluster_client(args) as client:
+        s = run_benchmark(Path(args.dir), Path(args.out), Path(args.instances) if args.instances else None,
+                          Path(args.ground_truth) if args.ground_truth else None, args.timeout_scale, args.method,
+                          args.overwrite, select, client=client, threads=args.threads or 1)
     print(format_summary(Path(args.dir).name, s))
     return 0
 
@@ -99,7 +104,7 @@ def _cmd_vnncomp(args) -> int:
 # ------------------------------------------------------------------------------ registration
 def register(sub) -> None:
     from certify.cli.argtypes import positive_float, positive_int
-    from certify.cli.common import add_model_arg
+    from certify.cli.common import add_cluster_args, add_model_arg
     p = sub.add_parser("vnnlib", help="verify one VNN-LIB property (VNN-COMP result file)",
                        description="Decide a VNN-LIB property on an ONNX network by branch and bound with "
                                    "falsification: 'sat' (a counterexample exists, checked in float64), 'unsat' "
@@ -134,4 +139,5 @@ def register(sub) -> None:
     q.add_argument("--method", choices=["auto", "input", "relu"], default="auto", help="branching (default auto)")
     q.add_argument("--every", type=positive_int, default=1, help="run every EVERY-th instance only (default 1)")
     q.add_argument("--limit", type=positive_int, default=None, help="run at most LIMIT instances")
+    add_cluster_args(q, task_timeout=False)
     q.set_defaults(func=_cmd_vnncomp)

@@ -59,3 +59,9 @@ class Poller:
         if self._thread.is_alive():
             self._thread.join()
         self.bar.close()
+
+
+def progress_bar(total: int, desc: str | None = None):
+    """The bar of ``progress`` advanced by hand (``.update(n)``, ``.close()``), for work that
+    finishes out of order."""
+    return progress(None, total=total, desc=desc)
