@@ -2,7 +2,7 @@
 
 ``backward_lower(net, start, A, ...)`` returns, for every row of ``A`` (B, R, *shape(start)),
 a lower bound of ``A . y_start`` over the input set: the rows are pushed backward through
-the rule table of ``bounds/linear.py`` (summing contributions at nodes used more than once)
+the rule table of ``bounds/backward_rules.py`` (summing contributions at nodes used more than once)
 down to the input, then concretized (``bounds/concretize.py``). Upper bounds are lower
 bounds of negated rows, so one code path serves both (rows [A; -A]).
 
@@ -39,7 +39,7 @@ from certify.spec.sets import BOX_NORMS, InputSet
 from bounds import activations as act
 from bounds.concretize import concretize_lower
 from bounds.ibp import Interval, ibp_node, may_be_unbounded
-from bounds.linear import BACKWARD_RULES, START_RULES
+from bounds.backward_rules import BACKWARD_RULES, START_RULES
 from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_dense
 from bounds.patches import add as patch_add
 

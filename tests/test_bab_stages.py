@@ -243,7 +243,7 @@ def test_an_op_without_a_crown_rule_still_gets_a_verdict(monkeypatch):
     """With Tanh missing from CROWN's rule table the general input split falls back to interval
     bounds and still decides both thresholds (stats say so); with it missing from IBP as well,
     no proof is possible: ``unknown`` (never a crash), the attack still finds a violation."""
-    ibp, linear = importlib.import_module("bounds.ibp"), importlib.import_module("bounds.linear")
+    ibp, linear = importlib.import_module("bounds.ibp"), importlib.import_module("bounds.backward_rules")
     net = sequential((2,), [Linear(torch.tensor([[2.0, -1.0], [1.0, 1.5]], dtype=DT), torch.zeros(2, dtype=DT)),
                             Tanh(), Linear(torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=DT), torch.zeros(2, dtype=DT))])
     lo, hi, row, m = _box_case(net, 7, width=0.5)
