@@ -2,7 +2,7 @@
 
 ``backward_lower(net, start, A, ...)`` returns, for every row of ``A`` (B, R, *shape(start)),
 a lower bound of ``A . y_start`` over the input set: the rows are pushed backward through
-the rule table of ``bounds/linear.py`` (summing contributions at nodes used more than once)
+the rule table of ``bounds/backward_rules.py`` (summing contributions at nodes used more than once)
 down to the input, then concretized (``bounds/concretize.py``). Upper bounds are lower
 bounds of negated rows, so one code path serves both (rows [A; -A]).
 
@@ -35,11 +35,11 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.sets import InputSet
+from certify.spec.sets import BOX_NORMS, InputSet
 from bounds import activations as act
 from bounds.concretize import concretize_lower
 from bounds.ibp import Interval, ibp_node, may_be_unbounded
-from bounds.linear import BACKWARD_RULES, START_RULES
+from bounds.backward_rules import BACKWARD_RULES, START_RULES
 from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_dense
 from bounds.patches import add as patch_add
 
@@ -117,6 +117,27 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
     <= 0 on a split domain; a term that returns A unchanged and no bias just reads the rows).
     ``keep``: a dict that receives the input's coefficients ("input", dense (B, R, *input shape),
     None when the bound does not depend on the input) and the constant ("bias", (B, R))."""
+    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache, row_terms)
+    if keep is not None:
+        keep["input"] = to_dense(Ax) if isinstance(Ax, Patches) else Ax
+        keep["bias"] = bias
+    if Ax is None:      # the quantity does not depend on the input
+        return bias
+    if isinstance(Ax, Patches):
+        if input_set.norm in BOX_NORMS:
+            lo, hi = input_set.box()
+            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
+        Ax = to_dense(Ax)
+    return concretize_lower(Ax, input_set) + bias
+
+
+def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval],
+                    alpha_of: Callable | None = None, key: str | None = None, bias: torch.Tensor | None = None,
+                    relax_cache: dict | None = None, row_terms: dict | None = None):
+    """The backward pass of ``backward_lower`` without its concretization: (Ax, bias) with
+    ``Ax . x + bias <= A . y_start + bias0`` for every input x whose pre-activations lie in
+    ``bounds``; Ax (B, R, *input shape), dense or ``Patches``, or None where the quantity does
+    not depend on the input. ``row_terms``: see ``backward_lower``."""
     ctx = _Ctx(net, bounds, alpha_of, key or start, relax_cache)
     pending = {start: A}
     B, R = A.shape[:2]
@@ -149,17 +170,7 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
     Ax = pending.pop(net.input_name, None)
     if Ax is not None and row_terms is not None and net.input_name in row_terms:
         Ax, bias = _row_term(row_terms[net.input_name], Ax, bias)
-    if keep is not None:
-        keep["input"] = to_dense(Ax) if isinstance(Ax, Patches) else Ax
-        keep["bias"] = bias
-    if Ax is None:      # the quantity does not depend on the input
-        return bias
-    if isinstance(Ax, Patches):
-        if input_set.norm != "2":
-            lo, hi = input_set.box()
-            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
-        Ax = to_dense(Ax)
-    return concretize_lower(Ax, input_set) + bias
+    return Ax, bias
 
 
 def _row_term(term, A, bias):
@@ -364,7 +375,8 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
         iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
-            use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))
+            use_crown = intermediate == "crown" and not (input_set.norm in BOX_NORMS
+                                                         and _affine_of_input(net, node.name))
             if use_crown:
                 if rows is not None and node.name in rows:
                     idx, valid = rows[node.name]
@@ -393,6 +405,23 @@ def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tens
     if C is None:
         C = torch.eye(K, dtype=dtype).unsqueeze(0).expand(B, K, K)
     return C.to(dtype).reshape((B, C.shape[1]) + tuple(net.output_shape))
+
+
+def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
+                 d: torch.Tensor | None, relax_cache: dict | None = None):
+    """CROWN's linear bounds of ``C @ y + d`` in the input: (lA, lbias, uA, ubias) with lA, uA
+    (B, rows, *input_shape) and lbias, ubias (B, rows), such that lA . x + lbias <= C @ f(x) + d
+    <= uA . x + ubias for every x of the input set (given pre-activation bounds ``vals``)."""
+    B = input_set.box()[0].shape[0]
+    dtype = input_set.box()[0].dtype
+    Cs = spec_rows(net, C, B, dtype)
+    rows = Cs.shape[1]
+    Ax, bias = backward_linear(net, net.output, torch.cat([Cs, -Cs], 1), vals, relax_cache=relax_cache)
+    shape = (B, 2 * rows) + tuple(net.input_shape)
+    Ax = torch.zeros(shape, dtype=dtype) if Ax is None else (to_dense(Ax) if isinstance(Ax, Patches) else Ax)
+    Ax = Ax.reshape(shape)
+    d = torch.zeros((B, rows), dtype=dtype) if d is None else d
+    return Ax[:, :rows], bias[:, :rows] + d, -Ax[:, rows:], -bias[:, rows:] + d
 
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,

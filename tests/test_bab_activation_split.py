@@ -222,8 +222,7 @@ def test_root_bound_is_sound_and_at_least_crown_on_a_residual_cnn():
 
 
 def test_verify_splits_activations_of_a_residual_network_with_many_inputs(tmp_path):
-    """``verify`` on a residual network with 16 inputs (not a chain, too many inputs to split)
-    runs the activation-split search: its sats are confirmed by onnxruntime, its unsats hold on
+    """``verify`` with the activation-split stage on a residual network with 16 inputs: its sats are confirmed by onnxruntime, its unsats hold on
     100k sampled points, and it decides every case."""
     from bounds.bab import verify
     net = residual_mlp(5, n_in=16, width=12).to(torch.float32)
@@ -240,8 +239,8 @@ def test_verify_splits_activations_of_a_residual_network_with_many_inputs(tmp_pa
             v = (net(xs).double().numpy() @ A.T)[:, 0]
         b = np.array([v.min() + (0.05 if k % 2 else -0.1)])       # odd k: sampled points violate A y <= b
         prop = VnnlibProperty("p", 16, 3, [Region(lo, hi, [(A, b)])])
-        res = verify(net, prop, timeout=20, falsify_first=False)
-        assert res.stats["method"] == "activation"
+        res = verify(net, prop, timeout=20, falsify_first=False, method="activation-split")
+        assert res.stats["method"] == "activation-split"
         if res.status == "sat":
             assert check_counterexample_ort(str(path), prop, res.counterexample[0], tol=1e-5)
         elif res.status == "unsat":

@@ -92,36 +92,6 @@ def prepare_root(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, opt
     return Root(g, pre, alpha)
 
 
-class SharedRoots:
-    """``Root``s per input box, each computed on first use for the rows of every obligation on
-    that box. ``jobs``: [(lo, hi, C, d)] (the obligations); ``roots(j, deadline, stats)``: job j's
-(its seconds added to ``stats["time_root"]``)."""
-
-    def __init__(self, net: Network, jobs: list, options: SplitOptions | None = None):
-        self.net, self.jobs, self.options = net, jobs, options
-        self.graph = Graph(net)
-        self._roots: dict = {}
-
-    def __call__(self, j: int, deadline: float | None = None, stats: dict | None = None) -> Root:
-        lo, hi = self.jobs[j][:2]
-        key = (lo.numpy().tobytes(), hi.numpy().tobytes())
-        mine = [k for k, job in enumerate(self.jobs) if (job[0].numpy().tobytes(), job[1].numpy().tobytes()) == key]
-        if key not in self._roots:
-            t = time.monotonic()
-            C = torch.cat([self.jobs[k][2] for k in mine])
-            d = torch.cat([self.jobs[k][3] for k in mine])
-            self._roots[key] = prepare_root(self.net, lo, hi, C, d, self.options, deadline, self.graph)
-            if stats is not None:
-                stats["time_root"] = stats.get("time_root", 0.0) + time.monotonic() - t
-        r0 = sum(self.jobs[k][2].shape[0] for k in mine[:mine.index(j)])
-        return self._roots[key].rows(slice(r0, r0 + self.jobs[j][2].shape[0]))
-
-
-def can_split(net: Network) -> bool:
-    """Whether the search has activations to split in ``net``."""
-    return bool(Graph(net).split_nodes)
-
-
 class _Store:
     """The open domains: their bound (N,), best row (N,), pre-activation bounds (float32, rounded
     outward), splits, chosen split (node, neuron, point, score), alpha (float16) / beta (float32)."""

@@ -40,11 +40,31 @@ def split_scores(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tenso
     neuron can be split. ``lam`` {activation node: (B, R, *shape)}; ``alpha`` the lines' alpha
     variables {activation node: (B, R, ...)} or None (CROWN's lines); ``rows`` (B,) long."""
     B = rows.shape[0]
-    ar = torch.arange(B)
     best = torch.full((B,), -float("inf"), dtype=torch.float64)
     node = torch.zeros(B, dtype=torch.long)
     neuron = torch.zeros(B, dtype=torch.long)
     point = torch.zeros(B, dtype=torch.float64)
+    for j, sc, p in _node_table(g, pre, lam, alpha, rows):
+        v, i = sc.flatten(1).max(1)
+        take = v > best
+        best = torch.where(take, v, best)
+        node = torch.where(take, torch.full_like(node, j), node)
+        neuron = torch.where(take, i, neuron)
+        point = torch.where(take, p.flatten(1).gather(1, i.unsqueeze(1)).squeeze(1), point)
+    return best, node, neuron, point
+
+
+def neuron_scores(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tensor) -> Tensor:
+    """The scores (n,) of every neuron of the first domain that can be split (``split_scores``'
+    arguments): what the choice between input and activation splitting weighs."""
+    per = [sc[0].flatten() for _, sc, _ in _node_table(g, pre, lam, alpha, rows)]
+    s = torch.cat(per) if per else torch.zeros(0, dtype=torch.float64)
+    return s[torch.isfinite(s)].double()
+
+
+def _node_table(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tensor):
+    """(split node index, scores (B, *shape), points (B, *shape)) per split node the rows reach."""
+    ar = torch.arange(rows.shape[0])
     for j, name in enumerate(g.split_nodes):
         a_node, op = g.split_act[j], g.split_op[j]
         c = lam.get(a_node)
@@ -58,13 +78,7 @@ def split_scores(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tenso
             sc, p = _pool_scores(op, lo, hi, c)
         else:
             sc, p = _node_scores(op, lo, hi, c, al)
-        v, i = sc.flatten(1).max(1)
-        take = v > best
-        best = torch.where(take, v, best)
-        node = torch.where(take, torch.full_like(node, j), node)
-        neuron = torch.where(take, i, neuron)
-        point = torch.where(take, p.flatten(1).gather(1, i.unsqueeze(1)).squeeze(1), point)
-    return best, node, neuron, point
+        yield j, sc, p
 
 
 def _gap(op, r, x, c):
