@@ -42,6 +42,31 @@ def search_graph(search: Search) -> Graph | None:
     return search._graph
 
 
+def graph_root(search: Search, ob: Obligation):
+    """(CROWN's bound of ``ob`` at its root (B = 1, ``graph_bounds.DomainBounds``), the box's
+    CROWN pre-activation bounds), float64: the pre-activation bounds computed once per box
+    (``search.roots[key]["graph-crown"]``), the bound once per obligation (``ob.state``). Raises
+    ``CertifyError`` where the engine has no rule for an op."""
+    if _ROOT not in ob.state:
+        g = search_graph(search)
+        if g is None:
+            raise CertifyError(f"{search.network.name}: CROWN has no rule for some op of the network")
+        lo, hi = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
+        root = search.roots.setdefault(ob.key, {})
+        if "graph-crown" not in root:
+            def pre_bounds():
+                with torch.no_grad():
+                    vals = propagate(g.net64, _box(g.net64, lo, hi), "crown")
+                return {k: v for k, v in vals.items() if k in g.consumers}
+            root["graph-crown"] = search.timed("time_bound", pre_bounds)
+        pre = root["graph-crown"]
+        res = search.timed("time_bound", bound_domains, g, lo, hi, ob.C.double().unsqueeze(0),
+                           ob.d.double().unsqueeze(0), pre, Splits.none(1))
+        search.counters["bound_calls"] += 1
+        ob.state[_ROOT] = res, pre
+    return ob.state[_ROOT]
+
+
 class GraphActivationSplit(SplitStage):
     name = "activation-split"
     splits = "activation"
@@ -60,26 +85,14 @@ class GraphActivationSplit(SplitStage):
         self.graph = search_graph(search)
 
     def root_scores(self, ob: Obligation):
-        if _ROOT not in ob.state:
-            try:
-                ob.state[_ROOT] = self.search.timed("time_bound", self._crown_root, ob)
-            except CertifyError:   # no bound here: every neuron counts alike (the most directions)
-                return torch.ones(sum(self.graph.sizes), dtype=torch.float64)
-            self.search.counters["bound_calls"] += 1
-        res, pre = ob.state[_ROOT]
+        try:
+            res, pre = graph_root(self.search, ob)
+        except CertifyError:   # no bound here: every neuron counts alike (the most directions)
+            return torch.ones(sum(self.graph.sizes), dtype=torch.float64)
         best, row = res.lower.max(1)
         if bool(best[0] > PROOF_TOL):
             return None
         return neuron_scores(self.graph, pre, res.lam, None, row)
-
-    def _crown_root(self, ob: Obligation):
-        g = self.graph
-        lo, hi = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
-        with torch.no_grad():
-            vals = propagate(g.net64, _box(g.net64, lo, hi), "crown")
-        pre = {k: v for k, v in vals.items() if k in g.consumers}
-        res = bound_domains(g, lo, hi, ob.C.double().unsqueeze(0), ob.d.double().unsqueeze(0), pre, Splits.none(1))
-        return res, pre
 
     def prepare(self, obs):
         s = self.search
