@@ -1,9 +1,11 @@
 """``GraphActivationSplit``: activation splitting over the general bound engine
-(``bounds.bab.activation_split``): every network whose graph has activations to split (ReLU-like
-kinks, smooth activations split inside their intervals, max-pooling's inputs), chain or not.
+(``bounds.bab.activation_split``): every network whose ops all have CROWN rules and whose graph
+has activations to split (ReLU-like kinks, smooth activations split inside their intervals,
+max-pooling's inputs), chain or not (chains get ``ChainReluSplit`` unless this stage is forced).
 
-``root_scores``: CROWN's root bound of the obligation (float64, cached in ``ob.state``); None when
-it proves the obligation, else the split scores of every neuron that can be split
+``root_scores``: CROWN's root bound of the obligation (``graph_root``: float64, the box's
+pre-activation bounds shared by its obligations and by ``GraphInputSplit``); None when it proves
+the obligation, else the split scores of every neuron that can be split
 (``graph_branching.neuron_scores``). ``prepare``: per box, the root bounds (alpha-CROWN with
 optimized intermediate slopes, ``activation_split.prepare_root``) for the rows of every
 obligation on it at once, the time left shared equally among the boxes; each obligation then
@@ -79,9 +81,8 @@ class GraphActivationSplit(SplitStage):
     def __init__(self, search: Search):
         super().__init__(search)
         o = search.opts
-        d = SplitOptions()
-        self.options = SplitOptions(batch=o.batch or d.batch, iterations=d.iterations if o.iterations is None
-                                    else o.iterations)
+        self.options = SplitOptions(batch=o.batch or o.activation_batch,
+                                    iterations=o.activation_iterations if o.iterations is None else o.iterations)
         self.graph = search_graph(search)
 
     def root_scores(self, ob: Obligation):
