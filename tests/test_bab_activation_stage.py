@@ -138,3 +138,17 @@ def test_split_choice_on_general_graphs():
             assert counts["input"] <= 16 < counts["activation"]
         else:
             assert counts["activation"] < counts["input"]
+
+
+def test_crown_root_when_the_optimized_root_would_not_end_in_time(monkeypatch, tmp_path):
+    """Where alpha-CROWN's root passes would not end within the box's share of the time the
+    search starts from CROWN's root (no root alpha-CROWN runs): verdicts still agree with the grid."""
+    import bounds.bab.stages.graph_activation as ga
+    monkeypatch.setattr(ga, "ROOT_PASSES", 1e12)
+    for kind in ("residual", "tanh"):
+        net = NETS[kind](0)
+        for tau in (0.1, -0.1):
+            prop = _grid_prop(net, 0, tau)
+            res = verify(net, prop, timeout=8, method="activation-split", falsify_first=False, use_milp=False)
+            assert res.status in (("unsat",) if tau > 0 else ("sat", "timeout")), (kind, tau, res.status)
+            assert res.stats.get("time_root", 0.0) == 0.0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from certify.ir.network import Network
+from bounds.activations import node_alpha_init
 from bounds.bab.chain_bounds import PROOF_TOL
 from bounds.bab.graph_bounds import Graph, Splits, bound_domains, refresh
 from bounds.bab.graph_branching import split_scores
@@ -90,6 +91,15 @@ def prepare_root(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, opt
                              d.double().unsqueeze(0), opt.root_iterations, opt.root_lr, opt.root_patience,
                              opt.opt_dtype, deadline)
     return Root(g, pre, alpha)
+
+
+def crown_root(g: Graph, pre: dict) -> Root:
+    """The root over CROWN's float64 pre-activation bounds ``pre`` of the box (no optimized
+    intermediate slopes): the domains start from CROWN's slopes, alpha on every activation node
+    with unstable neurons."""
+    g.alpha_nodes = sorted(set(g.alpha_nodes) | {n.name for n in g.net64.nodes if all(i in pre for i in n.inputs)
+                                                 and node_alpha_init(n, [pre[i] for i in n.inputs]) is not None})
+    return Root(g, pre, {})
 
 
 class _Store:

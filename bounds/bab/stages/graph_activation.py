@@ -8,7 +8,8 @@ pre-activation bounds shared by its obligations and by ``GraphInputSplit``); Non
 the obligation, else the split scores of every neuron that can be split
 (``graph_branching.neuron_scores``). ``prepare``: per box, the root bounds (alpha-CROWN with
 optimized intermediate slopes, ``activation_split.prepare_root``) for the rows of every
-obligation on it at once, the time left shared equally among the boxes; each obligation then
+obligation on it at once, the time left shared equally among the boxes (CROWN's root instead
+where even the optimized root's first passes would end past the box's share); each obligation then
 searches with its own rows' slopes. Resumable: a run goes on with the open domains of the last
 one (``ob.state[name]``). Without a MILP beside it, ``workers`` obligations are searched at once.
 """
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from bounds.bab.activation_split import SplitOptions, activation_split_bab, prepare_root
+from bounds.bab.activation_split import SplitOptions, activation_split_bab, crown_root, prepare_root
 from bounds.bab.chain_bounds import PROOF_TOL
 from bounds.bab.graph_bounds import Graph, Splits, _box, bound_domains
 from bounds.bab.graph_branching import neuron_scores
@@ -29,6 +30,7 @@ from bounds.crown import propagate
 from certify.errors import CertifyError
 
 _ROOT = "graph-crown-root"
+ROOT_PASSES = 3   # what the optimized root costs at least, in CROWN passes (a float32 pass, its gradient, float64)
 
 
 def search_graph(search: Search) -> Graph | None:
@@ -56,11 +58,11 @@ def graph_root(search: Search, ob: Obligation):
         lo, hi = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
         root = search.roots.setdefault(ob.key, {})
         if "graph-crown" not in root:
-            def pre_bounds():
-                with torch.no_grad():
-                    vals = propagate(g.net64, _box(g.net64, lo, hi), "crown")
-                return {k: v for k, v in vals.items() if k in g.consumers}
-            root["graph-crown"] = search.timed("time_bound", pre_bounds)
+            t = time.monotonic()
+            with torch.no_grad():
+                vals = search.timed("time_bound", propagate, g.net64, _box(g.net64, lo, hi), "crown")
+            root["graph-crown"] = {k: v for k, v in vals.items() if k in g.consumers}
+            root["graph-crown-seconds"] = time.monotonic() - t
         pre = root["graph-crown"]
         res = search.timed("time_bound", bound_domains, g, lo, hi, ob.C.double().unsqueeze(0),
                            ob.d.double().unsqueeze(0), pre, Splits.none(1))
@@ -108,8 +110,12 @@ class GraphActivationSplit(SplitStage):
             C = torch.cat([ob.C for ob in group])
             d = torch.cat([ob.d for ob in group])
             try:
-                r = s.timed("time_root", prepare_root, s.network, group[0].lo, group[0].hi, C, d, self.options,
-                            until, self.graph)
+                graph_root(s, group[0])   # CROWN's pre-activation bounds: the fallback, and what a pass costs
+                if time.monotonic() + ROOT_PASSES * root["graph-crown-seconds"] > until:
+                    r = crown_root(self.graph, root["graph-crown"])   # no time for alpha-CROWN's passes
+                else:
+                    r = s.timed("time_root", prepare_root, s.network, group[0].lo, group[0].hi, C, d, self.options,
+                                until, self.graph)
             except CertifyError as e:   # no CROWN rule for some op: the search decides nothing here
                 s.counters["error"] = str(e)
                 r = None
