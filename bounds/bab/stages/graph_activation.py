@@ -111,11 +111,12 @@ class GraphActivationSplit(SplitStage):
             d = torch.cat([ob.d for ob in group])
             try:
                 graph_root(s, group[0])   # CROWN's pre-activation bounds: the fallback, and what a pass costs
-                if time.monotonic() + ROOT_PASSES * root["graph-crown-seconds"] > until:
+                pass_s = root["graph-crown-seconds"]
+                if time.monotonic() + ROOT_PASSES * pass_s > until:
                     r = crown_root(self.graph, root["graph-crown"])   # no time for alpha-CROWN's passes
-                else:
+                else:   # its last step's gradient and the float64 evaluation come after the steps' deadline
                     r = s.timed("time_root", prepare_root, s.network, group[0].lo, group[0].hi, C, d, self.options,
-                                until, self.graph)
+                                until - (ROOT_PASSES - 1) * pass_s, self.graph)
             except CertifyError as e:   # no CROWN rule for some op: the search decides nothing here
                 s.counters["error"] = str(e)
                 r = None
