@@ -97,6 +97,41 @@ def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
     return fit_input_shape(x, net.input_shape, data_name, net.name)
 
 
+DEVICE_HELP = ("where the computation runs: cpu, cuda, cuda:N, or auto (cuda when a GPU is available, else cpu) "
+               "(default: cpu). Solvers that live on the CPU (HiGHS, SCS, Clarabel) get CPU copies")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|cuda:N|auto`` (see ``resolve_device``)."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def resolve_device(text: str) -> torch.device:
+    """The torch device ``--device text`` asks for; a ``CertifyError`` naming the flag and the
+    available devices when it is malformed or absent here."""
+    text = str(text).strip().lower()
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = "cpu" + (f", cuda:0..cuda:{n_gpu - 1}" if n_gpu else "")
+    if text == "auto":
+        return torch.device("cuda" if n_gpu else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CertifyError(f"--device must be cpu, cuda, cuda:N or auto, got {text!r}")
+    if not n_gpu:
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise CertifyError(f"--device {text}: {why}; available: {available} (or --device auto)")
+    if index and int(index) >= n_gpu:
+        raise CertifyError(f"--device {text}: there are {n_gpu} CUDA device(s); available: {available}")
+    return torch.device(text)
+
+
+def device_from(args) -> torch.device:
+    """The device of a command line's ``--device`` (cpu when the command has no such flag)."""
+    return resolve_device(getattr(args, "device", "cpu"))
+
+
 def add_domain_args(g) -> None:
     """--domain LO HI / --no-domain: the valid input range a perturbation ball is clipped to."""
     g.add_argument("--domain", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
