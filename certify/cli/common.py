@@ -37,12 +37,14 @@ def add_model_arg(p: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
 
 def model_from(args):
     """The IR network of the model flags of ``add_model_arg`` (a class takes the data set's
-    sample shape unless --input-shape is given)."""
+    sample shape unless --input-shape is given), on the device of ``--device`` (if the command has it)."""
     from certify.models import is_class_spec
+    device = device_from(args)
     shape = args.input_shape
     if shape is None and is_class_spec(args.model) and getattr(args, "data", None):
         shape = data_shape(args.data, getattr(args, "data_dir", None))
-    return load_model(args.model, args.weights, args.model_args, shape)
+    net = load_model(args.model, args.weights, args.model_args, shape)
+    return net if net.device == device else net.to(device=device)
 
 
 def data_shape(name: str, data_dir: str | None) -> tuple[int, ...]:
@@ -92,9 +94,10 @@ def check_labels(net, y: torch.Tensor, data_name: str) -> None:
 
 
 def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
-    """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
+    """Reshape data (N, C, H, W) to the network's input shape when the sizes agree (else a clear
+    error), on the network's device."""
     from certify.data import fit_input_shape
-    return fit_input_shape(x, net.input_shape, data_name, net.name)
+    return fit_input_shape(x, net.input_shape, data_name, net.name).to(net.device)
 
 
 DEVICE_HELP = ("where the computation runs: cpu, cuda, cuda:N, or auto (cuda when a GPU is available, else cpu) "
