@@ -186,3 +186,92 @@ def test_asking_for_a_missing_device_is_a_clear_error():
             resolve_device("cuda")
     with pytest.raises(CertifyError, match="--device"):
         resolve_device("tpu")
+
+
+def test_the_trap_catches_a_tensor_made_without_a_device():
+    import os
+
+    from helpers.device_trap import ROOT
+    ns = {}
+    code = ("import torch\n"
+            "def add_zeros(x):\n    return x + torch.zeros(x.shape)\n"
+            "def add_zeros_here(x):\n    return x + torch.zeros(x.shape, device=x.device)\n"
+            "def draw():\n    return torch.Generator()\n")
+    exec(compile(code, os.path.join(ROOT, "bounds", "probe.py"), "exec"), ns)
+    x = torch.ones(3)
+    with device_trap() as found:
+        with pytest.raises(RuntimeError, match="device"):
+            ns["add_zeros"](x)
+        assert torch.equal(ns["add_zeros_here"](x), x)
+        ns["draw"]()
+    assert [what for _, what in found] == ["torch.Generator() without a device"]
+    assert torch.equal(ns["add_zeros"](x), x)     # outside the trap: the default device again
+
+
+COMMANDS = [
+    ["bounds", "digits-mlp", "--count", "2"],
+    ["lp", "digits-mlp", "--count", "1"],
+    ["smooth", "digits-mlp", "--count", "1", "--samples", "100"],
+    ["check", "digits-mlp", "--count", "1"],
+    ["demo", "--count", "1"],
+    ["train", "--model", "digits-mlp", "--epochs", "1", "--subset", "50", "--no-eval"],
+]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer when no GPU is there")
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: a[0])
+def test_every_computing_command_refuses_a_missing_gpu_in_one_line(argv, tmp_path, capsys):
+    from certify.cli.main import main
+    if argv[0] == "train":
+        argv = argv + ["--out", str(tmp_path / "run")]
+    assert main(argv + ["--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda:0" in err[0] and "available: cpu" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_verify_commands_take_a_device(tmp_path, capsys):
+    from certify.cli.main import main
+    for argv in (["vnnlib", "m.onnx", "p.vnnlib"], ["vnncomp", str(tmp_path), "--out", str(tmp_path / "r.csv")]):
+        assert main(argv + ["--device", "gpu"]) == 2
+        assert "--device must be cpu, cuda, cuda:N or auto, got 'gpu'" in capsys.readouterr().err
+
+
+def test_bounds_on_the_cpu_device_match_the_default_run(capsys):
+    from certify.cli.main import main
+    assert main(["bounds", "digits-mlp", "--count", "4", "--quiet"]) == 0
+    default = capsys.readouterr().out.split(",")[:2]
+    assert main(["bounds", "digits-mlp", "--count", "4", "--quiet", "--device", "auto"]) == 0
+    assert capsys.readouterr().out.split(",")[:2] == default
+
+
+def _train_once(amp: bool, objective: str = "standard"):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.rand(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+    cfg = TrainConfig(objective=objective, epochs=1, batch_size=16, num_classes=3, amp=amp, eps=0.05)
+    return model, train(model, X, y, cfg, device="cpu")
+
+
+@pytest.mark.parametrize("objective", ["standard", "pgd", "gaussian"])
+def test_mixed_precision_training_runs_in_bfloat16_on_the_cpu(objective):
+    _, plain = _train_once(False, objective)
+    model, amp = _train_once(True, objective)
+    assert all(p.dtype == torch.float32 for p in model.parameters())     # the weights stay float32
+    a, b = plain[-1]["loss"], amp[-1]["loss"]
+    assert np.isfinite(b) and a != b and abs(a - b) < 0.05 * abs(a)       # autocast changed the arithmetic, a little
+
+
+@pytest.mark.parametrize("objective", ["ibp", "crown-ibp", "trades", "smoothadv"])
+def test_mixed_precision_is_refused_where_bounds_or_attacks_need_full_precision(objective):
+    with pytest.raises(CertifyError, match=f"amp.*not '{objective}'"):
+        TrainConfig(objective=objective, amp=True)
+
+
+def test_convex_results_follow_the_input_device(net, x):
+    res = convex.milp(net, x, eps=0.05, C=robustness_matrix(net(x).argmax(1), 2, dtype=torch.float64),
+                      domain=(0.0, 1.0), mode="full")
+    meta = res.to("meta")
+    assert meta.lower.device.type == "meta" and meta.upper.device.type == "meta"
+    assert meta.status == res.status and res.lower.device == CPU
