@@ -275,3 +275,31 @@ def test_convex_results_follow_the_input_device(net, x):
     meta = res.to("meta")
     assert meta.lower.device.type == "meta" and meta.upper.device.type == "meta"
     assert meta.status == res.status and res.lower.device == CPU
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/device_gpu.sh)")
+
+
+@cuda_only
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha"])
+def test_cuda_bounds_equal_the_cpu_ones(method):
+    from helpers.networks import cnn_bn
+    for net in (random_mlp((3, 16, 16, 4), 2, dtype=torch.float64), cnn_bn(0)):
+        X = torch.rand((3,) + net.input_shape, dtype=torch.float64)
+        C = robustness_matrix(net(X).argmax(1), net.output_size, dtype=torch.float64)
+        cpu = bounds.compute_bounds(net, ball(X, 0.05, "inf"), C, method=method).lower.detach()
+        gpu = bounds.compute_bounds(net.to(device="cuda"), ball(X.cuda(), 0.05, "inf"), C.cuda(), method=method)
+        assert gpu.lower.device.type == "cuda"
+        assert float((gpu.lower.detach().cpu() - cpu).abs().max()) <= 1e-6
+
+
+@cuda_only
+def test_cuda_verify_smoothing_and_amp_training_run(net, x):
+    prop = _prop(net, x, 0.2)
+    assert verify(net.to(device="cuda"), prop, timeout=10).status == verify(net, prop, timeout=10).status
+    res = Smooth(net.to(device="cuda"), 2, sigma=0.25, seed=0).certify(x[0], n0=100, n=2000, alpha=0.01)
+    assert int(res.counts.sum()) == 2000
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    cfg = TrainConfig(objective="standard", epochs=1, batch_size=4, num_classes=3, amp=True)
+    hist = train(model, torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,)), cfg, device="cuda")
+    assert np.isfinite(hist[-1]["loss"]) and next(model.parameters()).device.type == "cuda"
