@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "device")
     args = p.parse_args(argv)
-    for name, full, quick in (("bound_inputs", 32, 8), ("alpha_iterations", 20, 3), ("bab_instances", 3, 1), ("bab_timeout", 60.0, 10.0),
+    for name, full, quick in (("bound_inputs", 32, 8), ("alpha_iterations", 20, 3), ("bab_instances", 3, 1),
+                              ("bab_timeout", 60.0, 10.0),
                               ("smooth_n", 100_000, 10_000), ("smooth_inputs", 4, 2), ("train_batches", 600, 20)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -304,8 +304,8 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
                 results.append(row)
                 continue
             units.append((k, onnx, vnn, timeout))
-        run_units(units, partial(decide_instance, str(bench_dir.resolve()), method, device=device), client, on_result, on_failure,
-                  threads=threads, timeout=lambda u: u[3] + INSTANCE_GRACE, name=f"certify-vnncomp-{bench}")
+        run_units(units, partial(decide_instance, str(bench_dir.resolve()), method, device=device), client, on_result,
+                  on_failure, threads=threads, timeout=lambda u: u[3] + INSTANCE_GRACE, name=f"certify-vnncomp-{bench}")
     finally:
         os.close(fd)
     return summarize(results)

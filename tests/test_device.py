@@ -303,3 +303,15 @@ def test_cuda_verify_smoothing_and_amp_training_run(net, x):
     cfg = TrainConfig(objective="standard", epochs=1, batch_size=4, num_classes=3, amp=True)
     hist = train(model, torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,)), cfg, device="cuda")
     assert np.isfinite(hist[-1]["loss"]) and next(model.parameters()).device.type == "cuda"
+
+
+def test_bounded_follows_its_inputs_device(net, x):
+    import certify
+    b = certify.Bounded(net)
+    with device_trap() as found:
+        out = [b(x), b.bounds(x, eps=0.05, C=robustness_matrix(torch.tensor([0]), 2)),
+               b.intermediate(x, eps=0.05), b.radius(x, [0], norm="inf"), b.intermediate(x, eps=0.05, method="alpha", nodes=b.node_names()[1:2])]
+        res = b.verify(x, eps=0.05, labels=[int(net(x).argmax())], timeout=5)
+    _clean(found)
+    _on_cpu(out)
+    assert res[0].status in ("sat", "unsat", "unknown") and out[1].lower.shape == (1, 1)

@@ -65,7 +65,8 @@ class Chain:
 
 def _densify(ops, in_shape, max_entries: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     n = math.prod(in_shape)
-    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64, device=device), torch.eye(n, dtype=torch.float64, device=device)])
+    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64, device=device),
+                       torch.eye(n, dtype=torch.float64, device=device)])
     x = basis.reshape((n + 1,) + tuple(in_shape))
     with torch.no_grad():
         for op in ops:

@@ -147,7 +147,8 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         best = res.lower.max(1).values.reshape(2, N, k)
         worse = torch.minimum(best[0], best[1]).masked_fill(~valid, -float("inf"))
         pick = worse.argmax(1)                               # (N,)
-        sel = torch.cat([torch.arange(N, device=pick.device) * k + pick, N * k + torch.arange(N, device=pick.device) * k + pick])
+        first = torch.arange(N, device=pick.device) * k + pick
+        sel = torch.cat([first, N * k + first])
         cl, ch = cl[sel], ch[sel]
         open_ = ~(res.lower.max(1).values[sel] > PROOF_TOL)
         if not bool(open_.any()):

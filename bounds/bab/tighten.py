@@ -69,7 +69,8 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
 
     def bound(ob, splits, dpre, refine_from):
         B = ob.numel()
-        res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob], torch.zeros(B, 1, dtype=torch.float64, device=lo.device),
+        res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob],
+                            torch.zeros(B, 1, dtype=torch.float64, device=lo.device),
                             splits=splits, pre=root if dpre is None else dpre, recompute=dpre is not None and t > 1,
                             mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations,
                             deadline=deadline, opt_dtype=opt_dtype)

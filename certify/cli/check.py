@@ -131,7 +131,8 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
     if norm == "inf":
         try:
             mi = convex.milp(net, X, eps=eps, C=C, domain=domain, mode="full", time_limit=milp_time)
-            ok = torch.tensor([[st == "optimal" for st in row] for row in mi.status], device=dev) & torch.isfinite(mi.upper)
+            ok = torch.tensor([[st == "optimal" for st in row] for row in mi.status], device=dev)
+            ok &= torch.isfinite(mi.upper)
             check("MILP lower <= PGD margin", _leq(mi.lower[ok], attack[ok]))
             check("MILP point's margin - lower <= gap", _leq(mi.upper[ok] - mi.lower[ok],
                                                              GAP_TOL * (1 + mi.upper[ok].abs()), 0.0))

@@ -398,8 +398,9 @@ def _m_batchnorm(t: _Tracer, node, mod, args, kwargs, origin):
         raise t.fail(origin, "BatchNorm without running statistics (track_running_stats=False) depends on "
                              "the batch; not supported")
     c = mod.num_features
-    w = mod.weight if mod.weight is not None else torch.ones(c, dtype=mod.running_mean.dtype, device=mod.running_mean.device)
-    b = mod.bias if mod.bias is not None else torch.zeros(c, dtype=mod.running_mean.dtype, device=mod.running_mean.device)
+    like = dict(dtype=mod.running_mean.dtype, device=mod.running_mean.device)
+    w = mod.weight if mod.weight is not None else torch.ones(c, **like)
+    b = mod.bias if mod.bias is not None else torch.zeros(c, **like)
     return t.emit(BatchNorm(mod.running_mean, mod.running_var, w, b, float(mod.eps)), [x], node, origin)
 
 
