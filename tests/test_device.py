@@ -315,3 +315,15 @@ def test_bounded_follows_its_inputs_device(net, x):
     _clean(found)
     _on_cpu(out)
     assert res[0].status in ("sat", "unsat", "unknown") and out[1].lower.shape == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["cnn_bn", "resnet", "mixed"])
+def test_every_op_rule_stays_on_the_device(name):
+    from helpers.networks import ALL, centers
+    net = ALL[name]()
+    X = centers(net)
+    with device_trap() as found:
+        out = [bounds.compute_bounds(net, ball(X, 0.02, "inf"), method=m) for m in ("ibp", "crown", "alpha")]
+        out.append(bounds.compute_bounds(net, ball(X, 0.05, "2"), method="crown"))
+    _clean(found)
+    _on_cpu(out)
