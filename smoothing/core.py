@@ -126,7 +126,8 @@ class Smooth:
         self.batch = int(batch)
         self.pushforward = pushforward
         self.prefetch = prefetch
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device="cpu")
+        self._device_generators: dict[torch.device, torch.Generator] = {}
         if seed is None:
             self.generator.seed()
         else:
@@ -148,12 +149,25 @@ class Smooth:
     def _reseed(self, seed):
         if seed is not None:
             self.generator.manual_seed(int(seed))
+            self._device_generators.clear()
+
+    def generator_on(self, device) -> torch.Generator:
+        """This classifier's generator on ``device``: ``generator`` itself on the CPU, elsewhere
+        one seeded from it (reproducible for a given seed, another stream than the CPU's)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.generator
+        if device not in self._device_generators:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.generator, device="cpu"))
+            self._device_generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return self._device_generators[device]
 
     def counts(self, x: torch.Tensor, num: int, batch: int | None = None, on_batch=None) -> np.ndarray:
         """Class counts (K,) of the base classifier over ``num`` fresh noise samples around ``x``."""
         x = torch.as_tensor(x)
         shape = self._shape or tuple(x.shape)
-        return self.counter(shape, batch).counts(x, num, self.generator, on_batch)
+        counter = self.counter(shape, batch)
+        return counter.counts(x, num, self.generator_on(counter.device), on_batch)
 
     def certify(self, x: torch.Tensor, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch: int | None = None, seed: int | None = None, on_batch=None) -> CertifyResult:
@@ -223,15 +237,18 @@ class Smooth:
             return self.ABSTAIN
         return int(order[0])
 
-    def sample_noise(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A tensor of ``shape`` of this classifier's noise (default generator: this one's)."""
-        buf = torch.empty(tuple(shape), dtype=torch.get_default_dtype())
-        return self.family.fill(buf, self.sigma, generator if generator is not None else self.generator)
+    def sample_noise(self, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """A tensor of ``shape`` of this classifier's noise on ``device`` (default: the generator's,
+        else the CPU; default generator: this one's on that device)."""
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        buf = torch.empty(tuple(shape), dtype=torch.get_default_dtype(), device=device)
+        return self.family.fill(buf, self.sigma, generator if generator is not None else self.generator_on(device))
 
     def soft_log_probs(self, x: torch.Tensor, m: int = 8, noise: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Soft smoothed classifier's log-probabilities (B, K) for a batch ``x`` (B, *shape), with
         ``m`` fresh noise samples per input or the given ``noise`` (m, B, *shape); differentiable."""
         if noise is None:
-            noise = self.sample_noise((int(m), *x.shape), generator).to(x.dtype)
+            noise = self.sample_noise((int(m), *x.shape), generator, x.device).to(x.dtype)
         return soft_log_probs(self.model, x, noise)

@@ -50,6 +50,15 @@ def model_dtype(model) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def model_device(model) -> torch.device:
+    """The device of the model's parameters (cpu for a model without any): where sampling runs."""
+    if isinstance(model, Network):
+        return model.device
+    for p in chain(model.parameters(), model.buffers()):
+        return p.device
+    return torch.device("cpu")
+
+
 class _PushForward:
     """The first Linear layer of ``net`` folded into the noise (see the module docstring). Built
     once from the weights at construction time (build a new ``Smooth`` after changing them)."""
@@ -141,8 +150,8 @@ def pushforward_plan(net, input_shape) -> _PushForward | None:
     k = find_pushforward(simple)
     if k is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    z = torch.rand((16, *input_shape), generator=g, dtype=torch.float64) * 2 - 0.5
+    g = torch.Generator(device="cpu").manual_seed(0)
+    z = torch.rand((16, *input_shape), generator=g, dtype=torch.float64, device="cpu").to(net.device) * 2 - 0.5
     with torch.inference_mode():
         a, b = net.to(torch.float64)(z), simple.to(torch.float64)(z)
     if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-12):
@@ -179,7 +188,7 @@ class NoiseCounter:
 
     def _plan(self) -> None:
         """(Re)build the pushforward plan and the noise buffers from the model's current weights."""
-        self.dtype = model_dtype(self.model)
+        self.dtype, self.device = model_dtype(self.model), model_device(self.model)
         self.push, self._snapshot = None, None
         if self.family.name == "gaussian" and self.pushforward in ("auto", True):
             self.push = pushforward_plan(self.model, self.input_shape)
@@ -198,17 +207,17 @@ class NoiseCounter:
         return self.push is not None
 
     def uses_prefetch(self) -> bool:
-        if self.prefetch == "auto":
-            return torch.get_num_threads() < (os.cpu_count() or 1)
+        if self.prefetch == "auto":      # an accelerator fills its buffers asynchronously already
+            return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
         return bool(self.prefetch)
 
     def _buffers(self, k: int) -> list[torch.Tensor]:
         """``k`` noise buffers (batch, *noise shape), allocated once."""
         shape = (self.batch, *self.input_shape) if self.push is None else (self.batch, self.push.width)
         while len(self._bufs) < k:
-            self._bufs.append(torch.empty(shape, dtype=self.dtype))
+            self._bufs.append(torch.empty(shape, dtype=self.dtype, device=self.device))
         if self.push is not None and self._hbuf is None:
-            self._hbuf = torch.empty((self.batch, self.push.width), dtype=self.dtype)
+            self._hbuf = torch.empty((self.batch, self.push.width), dtype=self.dtype, device=self.device)
         return self._bufs[:k]
 
     def _noise_batches(self, x1: torch.Tensor | None, sizes: list[int], generator):
@@ -238,16 +247,17 @@ class NoiseCounter:
 
     def counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Class counts (K,) int64 over ``num`` fresh noise samples around one input ``x``."""
+        """Class counts (K,) int64 over ``num`` fresh noise samples around one input ``x`` (moved
+        to the model's device; ``generator`` must live there too)."""
         if self._snapshot is not None and not _same_state(self.model, self._snapshot):
             self._plan()
-        x = torch.as_tensor(x).to(self.dtype)
+        x = torch.as_tensor(x).to(device=self.device, dtype=self.dtype)
         if tuple(x.shape) != self.input_shape:
             raise CertifyError(f"input of shape {tuple(x.shape)} does not match the model's input "
                                f"shape {self.input_shape} (pass one input, without a batch dimension)")
         num = int(num)
         sizes = [self.batch] * (num // self.batch) + ([num % self.batch] if num % self.batch else [])
-        acc = torch.zeros(self.num_classes, dtype=torch.int64)
+        acc = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             if self.push is not None:
                 h0 = self.push.first_layer(x)
@@ -266,7 +276,7 @@ class NoiseCounter:
                 acc += torch.bincount(logits.argmax(1), minlength=self.num_classes)
                 if on_batch is not None:
                     on_batch(b)
-        return acc.numpy()
+        return acc.cpu().numpy()
 
 
 def soft_log_probs(model, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import add_cluster_args, add_data_args, add_model_arg
+    from certify.cli.common import add_cluster_args, add_data_args, add_device_arg, add_model_arg
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +80,7 @@ def register(sub) -> None:
     o.add_argument("--format", default="jsonl", choices=["jsonl", "cohen"],
                    help="cohen: also write Cohen et al.'s tab-separated file (idx label predict radius correct "
                         "time) next to --out, with extension .tsv (default: jsonl only)")
+    add_device_arg(p)
     add_cluster_args(p)
     p.set_defaults(func=run_smooth)
 
