@@ -102,7 +102,8 @@ class Smooth:
         noise: "gaussian" (L2), "laplace" (L1) or "uniform" (L1); see ``smoothing.noise``.
         sigma: the family's scale.
         seed: seeds the generator (None: nondeterministic).
-        batch: default samples per forward pass.
+        batch: default samples per forward pass; None: chosen from the device
+            (``smoothing.sampling.auto_batch``: 1000 on a CPU, from free memory on a GPU).
         pushforward: "auto" | True | False, see ``smoothing.sampling`` (a torch module is traced to the
             IR for it when the front end can; otherwise the module runs as is).
         prefetch: "auto" | True | False: fill the next noise batch in a helper thread while the
@@ -113,7 +114,7 @@ class Smooth:
     ABSTAIN = -1
 
     def __init__(self, model, num_classes: int, noise: str = "gaussian", sigma: float = 0.25,
-                 seed: int | None = None, batch: int = 1000, pushforward="auto", prefetch="auto",
+                 seed: int | None = None, batch: int | None = 1000, pushforward="auto", prefetch="auto",
                  input_shape=None):
         if int(num_classes) < 2:
             raise CertifyError(f"num_classes must be >= 2, got {num_classes}")
@@ -123,7 +124,7 @@ class Smooth:
         self.num_classes = int(num_classes)
         self.family = get_noise(noise)
         self.sigma = check_sigma(sigma)
-        self.batch = int(batch)
+        self.batch = None if batch is None else int(batch)
         self.pushforward = pushforward
         self.prefetch = prefetch
         self.generator = torch.Generator(device="cpu")
@@ -140,7 +141,8 @@ class Smooth:
         return self.family.norm
 
     def counter(self, shape, batch: int | None = None) -> NoiseCounter:
-        key = (tuple(shape), int(batch or self.batch))
+        b = batch or self.batch
+        key = (tuple(shape), None if b is None else int(b))
         if key not in self._counters:
             self._counters[key] = NoiseCounter(self.model, key[0], self.num_classes, self.family, self.sigma,
                                                key[1], self.pushforward, self.prefetch)

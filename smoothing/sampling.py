@@ -59,6 +59,25 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+CPU_BATCH = 1000           # samples per forward pass on a CPU: large enough to amortize the call
+
+
+def auto_batch(model, input_shape, device, fraction: float = 0.5) -> int:
+    """Samples per forward pass: ``CPU_BATCH`` on a CPU; on a GPU as many as ``fraction`` of its
+    free memory holds, counting every IR node's activation per sample (a torch module: 16 input
+    sizes), in multiples of 100 between 100 and 100,000."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH
+    item = torch.empty((), dtype=model_dtype(model)).element_size()
+    if isinstance(model, Network):
+        per = sum(math.prod(model.shape_of(n.name)) for n in model.nodes) + math.prod(input_shape)
+    else:
+        per = 16 * math.prod(input_shape)
+    free = torch.cuda.mem_get_info(device)[0]
+    return int(min(100_000, max(100, fraction * free / (per * item)) // 100 * 100))
+
+
 class _PushForward:
     """The first Linear layer of ``net`` folded into the noise (see the module docstring). Built
     once from the weights at construction time (build a new ``Smooth`` after changing them)."""
@@ -168,18 +187,21 @@ class NoiseCounter:
         input_shape: per-sample input shape.
         num_classes: number of classes K (the logits' width).
         family, sigma: the noise.
-        batch: samples per forward pass (memory: batch * prod(input_shape) floats).
+        batch: samples per forward pass (memory: batch * prod(input_shape) floats); None: ``auto_batch``
+            on the model's device.
         pushforward: "auto" (use the exact first-layer pushforward when it applies: Gaussian noise,
             first op Linear with out < in, for a module once traced), True (require it: error if it
             does not apply) or False.
     """
 
     def __init__(self, model, input_shape, num_classes: int, family: NoiseFamily, sigma: float,
-                 batch: int = 1000, pushforward="auto", prefetch="auto"):
-        if int(batch) < 1:
+                 batch: int | None = 1000, pushforward="auto", prefetch="auto"):
+        if batch is not None and int(batch) < 1:
             raise CertifyError(f"batch must be >= 1, got {batch}")
         self.model, self.family, self.sigma = model, family, float(sigma)
         self.input_shape = tuple(int(d) for d in input_shape)
+        if batch is None:
+            batch = auto_batch(model, self.input_shape, model_device(model))
         self.num_classes, self.batch = int(num_classes), int(batch)
         self.pushforward, self.prefetch = pushforward, prefetch
         self._snapshot: list[torch.Tensor] | None = None
