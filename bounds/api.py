@@ -58,25 +58,25 @@ def _input_set(net: Network, x, eps, norm, domain, input_set) -> InputSet:
         return input_set
     if x is None:
         raise CertifyError("give either x (with eps and norm) or input_set")
-    x = torch.as_tensor(x, dtype=net.dtype)
+    x = torch.as_tensor(x, dtype=net.dtype, device=x.device if isinstance(x, torch.Tensor) else net.device)
     if tuple(x.shape[1:]) != net.input_shape:
         raise CertifyError(f"x has shape {tuple(x.shape)}; {net.name} takes (batch, "
                            f"{', '.join(map(str, net.input_shape))})")
     return ball(x, eps, norm, domain)
 
 
-def _spec(net: Network, C, d, B: int, dtype):
+def _spec(net: Network, C, d, B: int, dtype, device=None):
     if C is None:
         if d is not None:
             raise CertifyError("d given without C")
         return None, None
-    C = torch.as_tensor(C, dtype=dtype)
+    C = torch.as_tensor(C, dtype=dtype, device=device)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     if C.dim() != 3 or C.shape[0] != B or C.shape[2] != net.output_size:
         raise CertifyError(f"C must have shape (batch={B}, rows, outputs={net.output_size}), got {tuple(C.shape)}")
     if d is not None:
-        d = torch.as_tensor(d, dtype=dtype)
+        d = torch.as_tensor(d, dtype=dtype, device=device)
         if d.dim() == 1:
             d = d.unsqueeze(0).expand(B, -1)
         if tuple(d.shape) != (B, C.shape[1]):
@@ -108,9 +108,11 @@ def _prepare(net_or_module, x, eps, norm, domain, input_set, C, d):
     if input_set is None:
         s = _Fixed(_input_set(net, x, eps, norm, domain, None))
     lo, _ = s.box()
+    if net.device != lo.device:            # the computation follows the inputs' device
+        net = net.to(device=lo.device)
     if tuple(lo.shape[1:]) != net.input_shape:
         raise CertifyError(f"input set of shape {tuple(lo.shape)} does not fit {net.name}'s input {net.input_shape}")
-    C, d = _spec(net, C, d, lo.shape[0], lo.dtype)
+    C, d = _spec(net, C, d, lo.shape[0], lo.dtype, lo.device)
     return net, s, C, d
 
 

@@ -42,7 +42,7 @@ def concretize_lower(A: torch.Tensor, input_set: InputSet) -> torch.Tensor:
     if input_set.norm in BOX_NORMS:
         return box
     center = input_set.center.to(A.dtype)
-    eps = torch.as_tensor(input_set.eps, dtype=A.dtype)
+    eps = torch.as_tensor(input_set.eps, dtype=A.dtype, device=A.device)
     eps = eps.expand(A.shape[0]) if eps.dim() == 0 else eps
     Af = A.flatten(2)
     nrm = DUAL_NORMS[input_set.norm](Af)

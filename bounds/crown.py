@@ -249,14 +249,14 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
                 return alpha_of((start, a), node, rows, window)
         if use_patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
             C_, H_, W_ = shape
-            t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype)
+            t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype, device=sub.device)
             t.scatter_(2, (sub // (H_ * W_)).reshape(sub.shape + (1, 1, 1)), 1.0)
             rem = sub % (H_ * W_)
             p = Patches(torch.cat([t, -t], 1), torch.cat([rem // W_] * 2, 1), torch.cat([rem % W_] * 2, 1), H_, W_)
             res = backward_lower(net, name, p, bounds, input_set, sub_alpha, relax_cache=relax_cache)
         elif start_rule is not None:    # first step without forming the one-hot rows
             Ain, b0 = start_rule(node.op, sub, net.shape_of(node.inputs[0]), shape)
-            b0 = torch.zeros(sub.shape, dtype=dtype) if b0 is None else b0
+            b0 = torch.zeros(sub.shape, dtype=dtype, device=sub.device) if b0 is None else b0
             res = backward_lower(net, node.inputs[0], torch.cat([Ain, -Ain], 1), bounds, input_set, sub_alpha,
                                  key=name, bias=torch.cat([b0, -b0], 1), relax_cache=relax_cache)
         else:
@@ -264,8 +264,8 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
                                  relax_cache=relax_cache)
         los.append(res[:, :b - a])
         his.append(-res[:, b - a:])
-    lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype)
-    hi = torch.cat(his, 1) if his else torch.zeros(B, 0, dtype=dtype)
+    lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype, device=valid.device)
+    hi = torch.cat(his, 1) if his else torch.zeros(B, 0, dtype=dtype, device=valid.device)
     inf = torch.full_like(lo, float("inf"))
     return torch.where(valid, lo, -inf), torch.where(valid, hi, inf)
 
@@ -399,11 +399,11 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
     return vals
 
 
-def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tensor:
-    """The spec matrix (B, rows, *output_shape); identity rows when C is None."""
+def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype, device=None) -> torch.Tensor:
+    """The spec matrix (B, rows, *output_shape); identity rows (on ``device``) when C is None."""
     K = net.output_size
     if C is None:
-        C = torch.eye(K, dtype=dtype).unsqueeze(0).expand(B, K, K)
+        C = torch.eye(K, dtype=dtype, device=device).unsqueeze(0).expand(B, K, K)
     return C.to(dtype).reshape((B, C.shape[1]) + tuple(net.output_shape))
 
 
@@ -413,14 +413,14 @@ def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C
     (B, rows, *input_shape) and lbias, ubias (B, rows), such that lA . x + lbias <= C @ f(x) + d
     <= uA . x + ubias for every x of the input set (given pre-activation bounds ``vals``)."""
     B = input_set.box()[0].shape[0]
-    dtype = input_set.box()[0].dtype
-    Cs = spec_rows(net, C, B, dtype)
+    dtype, device = input_set.box()[0].dtype, input_set.box()[0].device
+    Cs = spec_rows(net, C, B, dtype, device)
     rows = Cs.shape[1]
     Ax, bias = backward_linear(net, net.output, torch.cat([Cs, -Cs], 1), vals, relax_cache=relax_cache)
     shape = (B, 2 * rows) + tuple(net.input_shape)
-    Ax = torch.zeros(shape, dtype=dtype) if Ax is None else (to_dense(Ax) if isinstance(Ax, Patches) else Ax)
+    Ax = torch.zeros(shape, dtype=dtype, device=device) if Ax is None else (to_dense(Ax) if isinstance(Ax, Patches) else Ax)
     Ax = Ax.reshape(shape)
-    d = torch.zeros((B, rows), dtype=dtype) if d is None else d
+    d = torch.zeros((B, rows), dtype=dtype, device=device) if d is None else d
     return Ax[:, :rows], bias[:, :rows] + d, -Ax[:, rows:], -bias[:, rows:] + d
 
 
@@ -432,8 +432,8 @@ def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: 
     With ``upper=False`` only lower bounds are computed (upper is +inf); ``row_terms``, ``keep``:
     see ``backward_lower`` (rows: the lower rows, then the upper ones)."""
     B = input_set.box()[0].shape[0]
-    dtype = input_set.box()[0].dtype
-    Cs = spec_rows(net, C, B, dtype)
+    dtype, device = input_set.box()[0].dtype, input_set.box()[0].device
+    Cs = spec_rows(net, C, B, dtype, device)
     rows = Cs.shape[1]
     A = torch.cat([Cs, -Cs], 1) if upper else Cs
     res = backward_lower(net, net.output, A, vals, input_set, alpha_of, relax_cache=relax_cache, row_terms=row_terms,

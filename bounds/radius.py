@@ -30,6 +30,7 @@ def radius(net, x: torch.Tensor, label, norm="inf", method: str = "crown", lo: f
     x = torch.as_tensor(x)
     net = as_network(net, tuple(x.shape[1:]))
     x = x.to(net.dtype)
+    net = net if net.device == x.device else net.to(device=x.device)
     limit = hi
     if hi is None:
         hi = domain_extent(domain, norm, net.input_size) if domain is not None else 1.0
@@ -37,7 +38,7 @@ def radius(net, x: torch.Tensor, label, norm="inf", method: str = "crown", lo: f
     if not (0 <= lo < hi) or tol <= 0:
         raise CertifyError(f"radius search needs 0 <= lo < hi and tol > 0, got lo={lo}, hi={hi}, tol={tol}")
     K = net.output_size
-    C = robustness_matrix(torch.as_tensor(label), K, dtype=x.dtype)
+    C = robustness_matrix(torch.as_tensor(label, device=x.device), K, dtype=x.dtype)
 
     best: list[Bounds] = []       # the bounds at each input's certified radius (at lo until one is)
 
@@ -51,5 +52,5 @@ def radius(net, x: torch.Tensor, label, norm="inf", method: str = "crown", lo: f
             best[0].upper[sel] = torch.where(ok.unsqueeze(1), b.upper, best[0].upper[sel])
         return ok
 
-    r, _ = bisect_radius(check, x.shape[0], lo, hi, tol, x.dtype, limit=limit)
+    r, _ = bisect_radius(check, x.shape[0], lo, hi, tol, x.dtype, limit=limit, device=x.device)
     return r, best[0]

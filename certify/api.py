@@ -27,7 +27,8 @@ class Bounded:
     """``Bounded(model, input_shape=None, dtype=torch.float64)``: ``model`` is a ``torch.nn.Module``
     (traced by ``certify.frontends.torch``; ``input_shape`` per sample, required), a certify
     ``Network``, or a model path / bundled name as the CLI takes it (``.onnx``, ``.onnx.gz``,
-    certify ``.pt``, torch.export ``.pt2``, ``digits-mlp``)."""
+    certify ``.pt``, torch.export ``.pt2``, ``digits-mlp``). Every method computes on the device of
+    its inputs ``x`` (the network is copied there once, then kept) and returns results there."""
 
     def __init__(self, model, input_shape=None, dtype: torch.dtype = torch.float64):
         if isinstance(model, Network):
@@ -46,6 +47,13 @@ class Bounded:
         if input_shape is not None and tuple(input_shape) != tuple(net.input_shape):
             raise CertifyError(f"input_shape {tuple(input_shape)} does not match the model's {net.input_shape}")
         self.net = net.detach().to(dtype)
+        self._nets = {self.net.device: self.net}
+
+    def _at(self, x: torch.Tensor) -> Network:
+        """The network on ``x``'s device."""
+        if x.device not in self._nets:
+            self._nets[x.device] = self.net.to(device=x.device)
+        return self._nets[x.device]
 
     # ------------------------------------------------------------------ the network
     @property
@@ -54,14 +62,15 @@ class Bounded:
 
     def __call__(self, x) -> torch.Tensor:
         """The network's outputs at ``x`` (B, *input_shape)."""
-        return self.net(self._batch(x))
+        x = self._batch(x)
+        return self._at(x)(x)
 
     def node_names(self) -> list[str]:
         """Every node name ``intermediate`` takes (in order; the input's name first)."""
         return [self.net.input_name] + [n.name for n in self.net.nodes]
 
     def _batch(self, x) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=self.net.dtype)
+        x = torch.as_tensor(x, dtype=self.net.dtype, device=x.device if torch.is_tensor(x) else self.net.device)
         if tuple(x.shape) == self.input_shape:
             x = x.unsqueeze(0)
         if tuple(x.shape[1:]) != self.input_shape:
@@ -84,15 +93,16 @@ class Bounded:
         A dict for the input). ``opts``: alpha's ``iterations``, ``lr``; ``upper=False``."""
         import bounds
         s = self.input_set(x, eps, norm, domain)
-        C, d = self._spec(C, d, s.batch)
+        lo = s.box()[0]
+        C, d = self._spec(C, d, s.batch, lo.device)
         if return_A:
             opts["return_A"] = True
-        return bounds.compute_bounds(self.net, s, C, d, method=method, **opts).detach()
+        return bounds.compute_bounds(self._at(lo), s, C, d, method=method, **opts).detach()
 
-    def _spec(self, C, d, B: int):
+    def _spec(self, C, d, B: int, device):
         if C is None:
             return None, d
-        C = torch.as_tensor(C, dtype=self.net.dtype)
+        C = torch.as_tensor(C, dtype=self.net.dtype, device=device)
         if C.dim() == 2:
             C = C.unsqueeze(0).expand(B, -1, -1)
         return C, d
@@ -111,9 +121,10 @@ class Bounded:
         if unknown:
             raise CertifyError(f"no node {unknown[0]!r} in {self.net.name}; nodes: {', '.join(self.node_names())}")
         s = self.input_set(x, eps, norm, domain)
+        net = self._at(s.box()[0])
         m = bounds.method_name(method)
         if m == "alpha":
-            got = bounds.intermediate_bounds(self.net, s, method="alpha")
+            got = bounds.intermediate_bounds(net, s, method="alpha")
             missing = [n for n in names if n not in got]
             if missing:
                 raise CertifyError(f"alpha-CROWN optimizes the inputs of activations only; {missing[0]!r} is none "
@@ -121,13 +132,13 @@ class Bounded:
             return {n: got[n] for n in names}
         if m not in ("ibp", "crown"):
             raise CertifyError(f"intermediate bounds by ibp, crown or alpha, not {method!r}")
-        vals = propagate(self.net, s, "crown" if m == "crown" else "ibp")
+        vals = propagate(net, s, "crown" if m == "crown" else "ibp")
         out = {}
         for n in names:
             lo, hi = vals[n]
             if m == "crown" and n != self.net.input_name:
                 idx, valid = pack_rows(torch.ones_like(lo, dtype=torch.bool).flatten(1))
-                new_lo, new_hi = crown_node(self.net, n, idx, valid, vals, s)
+                new_lo, new_hi = crown_node(net, n, idx, valid, vals, s)
                 lo, hi = scatter_tighten(lo, hi, idx, new_lo, new_hi)
             out[n] = Bounds(lo.detach(), hi.detach())
         return out
@@ -138,7 +149,8 @@ class Bounded:
         """(radius (B,), Bounds of the margins at it): each input's largest certified ``norm`` radius
         for its label (``bounds.radius``: bisection to ``tol``; misclassified inputs get 0)."""
         import bounds
-        return bounds.radius(self.net, self._batch(x), torch.as_tensor(labels).reshape(-1), norm=norm,
+        x = self._batch(x)
+        return bounds.radius(self._at(x), x, torch.as_tensor(labels, device=x.device).reshape(-1), norm=norm,
                              method=bounds.method_name(method), hi=hi, tol=tol, domain=domain, **opts)
 
     def verify(self, x, eps, labels=None, C=None, d=None, norm="inf", domain=None, timeout: float = 60.0,
@@ -159,11 +171,13 @@ class Bounded:
         if C is None:
             if labels is None:
                 raise CertifyError("verify needs labels (the margins of each label) or C")
-            C = margins(torch.as_tensor(labels).reshape(-1), self.net.output_size, self.net.dtype)
-        C, _ = self._spec(C, None, B)
-        d = torch.zeros(C.shape[:2], dtype=self.net.dtype) if d is None else torch.as_tensor(d, dtype=self.net.dtype)
+            C = margins(torch.as_tensor(labels, device="cpu").reshape(-1), self.net.output_size, self.net.dtype)
+        C, _ = self._spec(C, None, B, "cpu")
+        d = (torch.zeros(C.shape[:2], dtype=self.net.dtype, device="cpu") if d is None
+             else torch.as_tensor(d, dtype=self.net.dtype).cpu())
         d = d.expand(B, -1) if d.dim() == 1 else d
-        lo, hi = s.box()
+        lo, hi = (t.cpu() for t in s.box())
+        net = self._at(s.box()[0])
         out = []
         for b in range(B):
             Cb, db = C[b].double().numpy(), d[b].double().numpy()
@@ -171,5 +185,5 @@ class Bounded:
             region = Region(lo[b].flatten().double().numpy(), hi[b].flatten().double().numpy(),
                             [(Cb[r:r + 1], -db[r:r + 1]) for r in range(Cb.shape[0])])
             prop = VnnlibProperty(f"margins of input {b}", self.net.input_size, self.net.output_size, [region])
-            out.append(verify(self.net, prop, timeout=timeout, seed=seed))
+            out.append(verify(net, prop, timeout=timeout, seed=seed))
         return out

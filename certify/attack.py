@@ -35,7 +35,7 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     width = (hi - lo)
     normalized = input_set.norm in ("2", "1")
     if normalized:
-        eps = torch.as_tensor(input_set.eps, dtype=lo.dtype).expand(lo.shape[0])
+        eps = torch.as_tensor(input_set.eps, dtype=lo.dtype, device=lo.device).expand(lo.shape[0])
         alpha = (2.5 * eps / max(steps, 1)).reshape((-1,) + (1,) * (lo.dim() - 1))
     else:
         alpha = 2.5 * (width / 2) / max(steps, 1)

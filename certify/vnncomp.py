@@ -216,28 +216,28 @@ INSTANCE_GRACE = 60.0   # seconds past its own timeout after which a cluster tas
 _NETS: dict[tuple, object] = {}
 
 
-def _network(path: str):
-    """The network of ``path``, loaded once while consecutive instances share it (per process)."""
+def _network(path: str, device: str = "cpu"):
+    """The network of ``path`` on ``device``, loaded once while consecutive instances share it (per process)."""
     from certify.models import load_model
     st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size)
+    key = (path, st.st_mtime_ns, st.st_size, device)
     if key not in _NETS:
         _NETS.clear()
-        _NETS[key] = load_model(path)
+        _NETS[key] = load_model(path).to(device=device)
     return _NETS[key]
 
 
-def decide_instance(bench_dir: str, method: str, unit: tuple[int, str, str, float]) -> dict:
+def decide_instance(bench_dir: str, method: str, unit: tuple[int, str, str, float], device: str = "cpu") -> dict:
     """Decide one instance ``unit`` = (position, onnx, vnnlib, timeout) of the benchmark folder
     ``bench_dir``: {verdict, seconds, domains, method, ce_valid, error}. The clock of the timeout
     starts here (loading the model counts, as in the competition); a ``CertifyError`` (a file that
-    does not load) is verdict ``error`` with its message."""
+    does not load) is verdict ``error`` with its message. The network runs on ``device``."""
     _, onnx, vnn, timeout = unit
     t0 = time.monotonic()
     onnx_path, vnn_path = str(Path(bench_dir) / onnx), str(Path(bench_dir) / vnn)
     out = {"verdict": "error", "domains": 0, "method": "", "ce_valid": "-", "error": ""}
     try:
-        res, prop = run_instance(_network(onnx_path), onnx_path, vnn_path, timeout, method, t0)
+        res, prop = run_instance(_network(onnx_path, device), onnx_path, vnn_path, timeout, method, t0)
         out.update(verdict=res.status, domains=res.stats["domains"], method=res.stats.get("method") or "")
         if res.status == "sat":
             out["ce_valid"] = "yes" if check_counterexample_ort(onnx_path, prop, res.counterexample[0]) else "no"
@@ -249,7 +249,7 @@ def decide_instance(bench_dir: str, method: str, unit: tuple[int, str, str, floa
 
 def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, ground_truth: Path | None = None,
                   timeout_scale: float = 1.0, method: str = "auto", overwrite: bool = False,
-                  select=None, log=print, client=None, threads: int = 1) -> dict:
+                  select=None, log=print, client=None, threads: int = 1, device: str = "cpu") -> dict:
     """Run every instance (resuming this benchmark's rows already in ``out``, retrying those that
     ended in ``error``); returns the summary dict of the instances selected. ``out`` is locked
     while the run lasts and written by this process only.
@@ -257,7 +257,7 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
     ``select(index, onnx, vnnlib) -> bool`` picks a subset. ``client`` (a ``distributed.Client``)
     runs each instance as a task on its cluster, torch at ``threads`` threads (``bounds.bab`` runs
     its own threads beside); a task that fails there (twice, or ``INSTANCE_GRACE`` s past its
-    timeout) is an ``error`` row, run again by the next rerun."""
+    timeout) is an ``error`` row, run again by the next rerun. ``device``: where the networks run."""
     from certify.cluster import run_units
     bench_dir = Path(bench_dir)
     if not bench_dir.is_dir():
@@ -304,8 +304,8 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
                 results.append(row)
                 continue
             units.append((k, onnx, vnn, timeout))
-        run_units(units, partial(decide_instance, str(bench_dir.resolve()), method), client, on_result, on_failure,
-                  threads=threads, timeout=lambda u: u[3] + INSTANCE_GRACE, name=f"certify-vnncomp-{bench}")
+        run_units(units, partial(decide_instance, str(bench_dir.resolve()), method, device=device), client, on_result,
+                  on_failure, threads=threads, timeout=lambda u: u[3] + INSTANCE_GRACE, name=f"certify-vnncomp-{bench}")
     finally:
         os.close(fd)
     return summarize(results)

@@ -102,7 +102,8 @@ class Smooth:
         noise: "gaussian" (L2), "laplace" (L1) or "uniform" (L1); see ``smoothing.noise``.
         sigma: the family's scale.
         seed: seeds the generator (None: nondeterministic).
-        batch: default samples per forward pass.
+        batch: default samples per forward pass; None: chosen from the device
+            (``smoothing.sampling.auto_batch``: 1000 on a CPU, from free memory on a GPU).
         pushforward: "auto" | True | False, see ``smoothing.sampling`` (a torch module is traced to the
             IR for it when the front end can; otherwise the module runs as is).
         prefetch: "auto" | True | False: fill the next noise batch in a helper thread while the
@@ -113,7 +114,7 @@ class Smooth:
     ABSTAIN = -1
 
     def __init__(self, model, num_classes: int, noise: str = "gaussian", sigma: float = 0.25,
-                 seed: int | None = None, batch: int = 1000, pushforward="auto", prefetch="auto",
+                 seed: int | None = None, batch: int | None = 1000, pushforward="auto", prefetch="auto",
                  input_shape=None):
         if int(num_classes) < 2:
             raise CertifyError(f"num_classes must be >= 2, got {num_classes}")
@@ -123,10 +124,11 @@ class Smooth:
         self.num_classes = int(num_classes)
         self.family = get_noise(noise)
         self.sigma = check_sigma(sigma)
-        self.batch = int(batch)
+        self.batch = None if batch is None else int(batch)
         self.pushforward = pushforward
         self.prefetch = prefetch
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device="cpu")
+        self._device_generators: dict[torch.device, torch.Generator] = {}
         if seed is None:
             self.generator.seed()
         else:
@@ -139,7 +141,8 @@ class Smooth:
         return self.family.norm
 
     def counter(self, shape, batch: int | None = None) -> NoiseCounter:
-        key = (tuple(shape), int(batch or self.batch))
+        b = batch or self.batch
+        key = (tuple(shape), None if b is None else int(b))
         if key not in self._counters:
             self._counters[key] = NoiseCounter(self.model, key[0], self.num_classes, self.family, self.sigma,
                                                key[1], self.pushforward, self.prefetch)
@@ -148,12 +151,25 @@ class Smooth:
     def _reseed(self, seed):
         if seed is not None:
             self.generator.manual_seed(int(seed))
+            self._device_generators.clear()
+
+    def generator_on(self, device) -> torch.Generator:
+        """This classifier's generator on ``device``: ``generator`` itself on the CPU, elsewhere
+        one seeded from it (reproducible for a given seed, another stream than the CPU's)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.generator
+        if device not in self._device_generators:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.generator, device="cpu"))
+            self._device_generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return self._device_generators[device]
 
     def counts(self, x: torch.Tensor, num: int, batch: int | None = None, on_batch=None) -> np.ndarray:
         """Class counts (K,) of the base classifier over ``num`` fresh noise samples around ``x``."""
         x = torch.as_tensor(x)
         shape = self._shape or tuple(x.shape)
-        return self.counter(shape, batch).counts(x, num, self.generator, on_batch)
+        counter = self.counter(shape, batch)
+        return counter.counts(x, num, self.generator_on(counter.device), on_batch)
 
     def certify(self, x: torch.Tensor, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
                 batch: int | None = None, seed: int | None = None, on_batch=None) -> CertifyResult:
@@ -223,15 +239,18 @@ class Smooth:
             return self.ABSTAIN
         return int(order[0])
 
-    def sample_noise(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A tensor of ``shape`` of this classifier's noise (default generator: this one's)."""
-        buf = torch.empty(tuple(shape), dtype=torch.get_default_dtype())
-        return self.family.fill(buf, self.sigma, generator if generator is not None else self.generator)
+    def sample_noise(self, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """A tensor of ``shape`` of this classifier's noise on ``device`` (default: the generator's,
+        else the CPU; default generator: this one's on that device)."""
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        buf = torch.empty(tuple(shape), dtype=torch.get_default_dtype(), device=device)
+        return self.family.fill(buf, self.sigma, generator if generator is not None else self.generator_on(device))
 
     def soft_log_probs(self, x: torch.Tensor, m: int = 8, noise: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Soft smoothed classifier's log-probabilities (B, K) for a batch ``x`` (B, *shape), with
         ``m`` fresh noise samples per input or the given ``noise`` (m, B, *shape); differentiable."""
         if noise is None:
-            noise = self.sample_noise((int(m), *x.shape), generator).to(x.dtype)
+            noise = self.sample_noise((int(m), *x.shape), generator, x.device).to(x.dtype)
         return soft_log_probs(self.model, x, noise)

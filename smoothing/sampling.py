@@ -50,6 +50,34 @@ def model_dtype(model) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def model_device(model) -> torch.device:
+    """The device of the model's parameters (cpu for a model without any): where sampling runs."""
+    if isinstance(model, Network):
+        return model.device
+    for p in chain(model.parameters(), model.buffers()):
+        return p.device
+    return torch.device("cpu")
+
+
+CPU_BATCH = 1000           # samples per forward pass on a CPU: large enough to amortize the call
+
+
+def auto_batch(model, input_shape, device, fraction: float = 0.5) -> int:
+    """Samples per forward pass: ``CPU_BATCH`` on a CPU; on a GPU as many as ``fraction`` of its
+    free memory holds, counting every IR node's activation per sample (a torch module: 16 input
+    sizes), in multiples of 100 between 100 and 100,000."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH
+    item = torch.empty((), dtype=model_dtype(model)).element_size()
+    if isinstance(model, Network):
+        per = sum(math.prod(model.shape_of(n.name)) for n in model.nodes) + math.prod(input_shape)
+    else:
+        per = 16 * math.prod(input_shape)
+    free = torch.cuda.mem_get_info(device)[0]
+    return int(min(100_000, max(100, fraction * free / (per * item)) // 100 * 100))
+
+
 class _PushForward:
     """The first Linear layer of ``net`` folded into the noise (see the module docstring). Built
     once from the weights at construction time (build a new ``Smooth`` after changing them)."""
@@ -141,8 +169,8 @@ def pushforward_plan(net, input_shape) -> _PushForward | None:
     k = find_pushforward(simple)
     if k is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    z = torch.rand((16, *input_shape), generator=g, dtype=torch.float64) * 2 - 0.5
+    g = torch.Generator(device="cpu").manual_seed(0)
+    z = torch.rand((16, *input_shape), generator=g, dtype=torch.float64, device="cpu").to(net.device) * 2 - 0.5
     with torch.inference_mode():
         a, b = net.to(torch.float64)(z), simple.to(torch.float64)(z)
     if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-12):
@@ -159,18 +187,21 @@ class NoiseCounter:
         input_shape: per-sample input shape.
         num_classes: number of classes K (the logits' width).
         family, sigma: the noise.
-        batch: samples per forward pass (memory: batch * prod(input_shape) floats).
+        batch: samples per forward pass (memory: batch * prod(input_shape) floats); None: ``auto_batch``
+            on the model's device.
         pushforward: "auto" (use the exact first-layer pushforward when it applies: Gaussian noise,
             first op Linear with out < in, for a module once traced), True (require it: error if it
             does not apply) or False.
     """
 
     def __init__(self, model, input_shape, num_classes: int, family: NoiseFamily, sigma: float,
-                 batch: int = 1000, pushforward="auto", prefetch="auto"):
-        if int(batch) < 1:
+                 batch: int | None = 1000, pushforward="auto", prefetch="auto"):
+        if batch is not None and int(batch) < 1:
             raise CertifyError(f"batch must be >= 1, got {batch}")
         self.model, self.family, self.sigma = model, family, float(sigma)
         self.input_shape = tuple(int(d) for d in input_shape)
+        if batch is None:
+            batch = auto_batch(model, self.input_shape, model_device(model))
         self.num_classes, self.batch = int(num_classes), int(batch)
         self.pushforward, self.prefetch = pushforward, prefetch
         self._snapshot: list[torch.Tensor] | None = None
@@ -179,7 +210,7 @@ class NoiseCounter:
 
     def _plan(self) -> None:
         """(Re)build the pushforward plan and the noise buffers from the model's current weights."""
-        self.dtype = model_dtype(self.model)
+        self.dtype, self.device = model_dtype(self.model), model_device(self.model)
         self.push, self._snapshot = None, None
         if self.family.name == "gaussian" and self.pushforward in ("auto", True):
             self.push = pushforward_plan(self.model, self.input_shape)
@@ -198,17 +229,17 @@ class NoiseCounter:
         return self.push is not None
 
     def uses_prefetch(self) -> bool:
-        if self.prefetch == "auto":
-            return torch.get_num_threads() < (os.cpu_count() or 1)
+        if self.prefetch == "auto":      # an accelerator fills its buffers asynchronously already
+            return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
         return bool(self.prefetch)
 
     def _buffers(self, k: int) -> list[torch.Tensor]:
         """``k`` noise buffers (batch, *noise shape), allocated once."""
         shape = (self.batch, *self.input_shape) if self.push is None else (self.batch, self.push.width)
         while len(self._bufs) < k:
-            self._bufs.append(torch.empty(shape, dtype=self.dtype))
+            self._bufs.append(torch.empty(shape, dtype=self.dtype, device=self.device))
         if self.push is not None and self._hbuf is None:
-            self._hbuf = torch.empty((self.batch, self.push.width), dtype=self.dtype)
+            self._hbuf = torch.empty((self.batch, self.push.width), dtype=self.dtype, device=self.device)
         return self._bufs[:k]
 
     def _noise_batches(self, x1: torch.Tensor | None, sizes: list[int], generator):
@@ -238,16 +269,17 @@ class NoiseCounter:
 
     def counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Class counts (K,) int64 over ``num`` fresh noise samples around one input ``x``."""
+        """Class counts (K,) int64 over ``num`` fresh noise samples around one input ``x`` (moved
+        to the model's device; ``generator`` must live there too)."""
         if self._snapshot is not None and not _same_state(self.model, self._snapshot):
             self._plan()
-        x = torch.as_tensor(x).to(self.dtype)
+        x = torch.as_tensor(x).to(device=self.device, dtype=self.dtype)
         if tuple(x.shape) != self.input_shape:
             raise CertifyError(f"input of shape {tuple(x.shape)} does not match the model's input "
                                f"shape {self.input_shape} (pass one input, without a batch dimension)")
         num = int(num)
         sizes = [self.batch] * (num // self.batch) + ([num % self.batch] if num % self.batch else [])
-        acc = torch.zeros(self.num_classes, dtype=torch.int64)
+        acc = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             if self.push is not None:
                 h0 = self.push.first_layer(x)
@@ -266,7 +298,7 @@ class NoiseCounter:
                 acc += torch.bincount(logits.argmax(1), minlength=self.num_classes)
                 if on_batch is not None:
                     on_batch(b)
-        return acc.numpy()
+        return acc.cpu().numpy()
 
 
 def soft_log_probs(model, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

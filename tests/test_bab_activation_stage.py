@@ -152,3 +152,23 @@ def test_crown_root_when_the_optimized_root_would_not_end_in_time(monkeypatch, t
             res = verify(net, prop, timeout=8, method="activation-split", falsify_first=False, use_milp=False)
             assert res.status in (("unsat",) if tau > 0 else ("sat", "timeout")), (kind, tau, res.status)
             assert res.stats.get("time_root", 0.0) == 0.0
+
+
+def test_activation_split_creates_its_tensors_on_the_inputs_device():
+    """Under the device trap (a tensor the library makes without ``device=`` breaks the run) the
+    activation-split stage proves a margin of the helpers' residual CNN by branching."""
+    from helpers.device_trap import device_trap
+    from helpers.networks import resnet
+    g = resnet(0)
+    torch.manual_seed(0)
+    xg = torch.rand((1,) + g.input_shape, dtype=torch.float64)
+    y = g(xg)[0]
+    top, other = int(y.argmax()), int(y.argmin())
+    A = np.zeros((1, 3))
+    A[0, top], A[0, other] = 1.0, -1.0                      # violation: the top class below the last
+    lo, hi = (xg - 0.05).flatten(), (xg + 0.05).flatten()
+    prop = VnnlibProperty("device", g.input_size, 3, [Region(lo.numpy(), hi.numpy(), [(A, np.array([0.0]))])])
+    with device_trap() as found:
+        res = verify(g, prop, timeout=10, method="activation-split", use_milp=False, workers=1, falsify_first=False)
+    assert not found, found
+    assert res.status == "unsat" and res.stats["domains"] > 1

@@ -1,7 +1,7 @@
-"""README.md runs as written: its Python API blocks execute verbatim, and every `certify ...`
-command of its command-line section runs (exit 0) with the sizes made small (--count at most 3,
+"""README.md and docs/cli.md run as written: README's Python API blocks execute verbatim, and every
+`certify ...` command of README's command-line section and of docs/cli.md runs (exit 0) with the sizes made small (--count at most 3,
 --samples 200, --epochs 1, --timeout 10, --time-limit 0.3; the SDP on one input, the VNN-COMP
-folder limited to one instance) in a folder holding the files the commands name: the README's own
+folder limited to one instance) in a folder holding the files the commands name: the docs' own
 run.yaml and my_models.py, net.pt for that class, net.onnx + prop.vnnlib and model.pt2 made from
 the bundled digits model."""
 from __future__ import annotations
@@ -17,18 +17,19 @@ from certify.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
 SHARED = ROOT.parent / "shared"
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+def _blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 def _files() -> dict[str, str]:
     """Blocks whose first line is a file name comment ('# run.yaml'): files the commands use."""
     out = {}
     for lang in ("python", "yaml"):
-        for b in _blocks(lang):
+        for b in _blocks(lang) + _blocks(lang, CLI_DOC):
             first = b.splitlines()[0]
             if re.fullmatch(r"# [\w.]+\.(py|yaml|toml)", first):
                 out[first[2:]] = b
@@ -38,7 +39,7 @@ def _files() -> dict[str, str]:
 def _commands() -> list[str]:
     section = README.split("## Command line", 1)[1].split("\n## ", 1)[0]
     cmds = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+    for block in _blocks("bash", section) + _blocks("bash", CLI_DOC):
         for line in block.splitlines():
             if line.startswith("certify "):
                 cmds.append(line)

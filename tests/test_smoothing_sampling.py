@@ -69,3 +69,29 @@ def test_counts_match_exact_probability_linear_net(pushforward):
     sm = Smooth(net, 2, "gaussian", sigma=sigma, seed=5, pushforward=pushforward, prefetch=False)
     c = sm.counts(x, n)
     assert abs(c[0] / n - p0) < 4.5 * math.sqrt(p0 * (1 - p0) / n)
+
+
+def test_auto_batch_cpu_default_and_gpu_from_free_memory(monkeypatch):
+    """batch=None is 1000 on a CPU (the same counts as batch=1000); on a GPU it is the number of
+    samples whose activations fill half the free memory, in multiples of 100, capped at 100,000."""
+    import math
+
+    from certify.models import load_bundled
+    from smoothing import Smooth
+    from smoothing.sampling import CPU_BATCH, auto_batch
+
+    net = load_bundled("digits-mlp")
+    assert auto_batch(net, (1, 8, 8), "cpu") == CPU_BATCH == 1000
+    x = torch.rand(1, 8, 8)
+    a = Smooth(net, 10, sigma=0.25, seed=3, batch=None).counts(x, 2500)
+    b = Smooth(net, 10, sigma=0.25, seed=3, batch=1000).counts(x, 2500)
+    assert (a == b).all() and a.sum() == 2500
+    per = sum(math.prod(net.shape_of(n.name)) for n in net.nodes) + 64
+    free = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 4 * free))
+    got = auto_batch(net, (1, 8, 8), "cuda")
+    item = torch.empty((), dtype=net.dtype).element_size()
+    want = min(100_000, int(0.5 * free / (per * item)) // 100 * 100)
+    assert got == want and got % 100 == 0 and 100 <= got <= 100_000
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 ** 6, 4 * 10 ** 6))
+    assert auto_batch(net, (1, 8, 8), "cuda") == max(100, int(0.5e6 / (per * item)) // 100 * 100)

@@ -108,11 +108,11 @@ class _Store:
 
     FIELDS = ("lower", "row", "choice_node", "choice_neuron", "choice_point", "score")
 
-    def __init__(self):
+    def __init__(self, device=None):
         self.n = 0
-        self.lower = torch.zeros(0, dtype=torch.float64)
-        self.row = self.choice_node = self.choice_neuron = torch.zeros(0, dtype=torch.long)
-        self.choice_point = self.score = torch.zeros(0, dtype=torch.float64)
+        self.lower = torch.zeros(0, dtype=torch.float64, device=device)
+        self.row = self.choice_node = self.choice_neuron = torch.zeros(0, dtype=torch.long, device=device)
+        self.choice_point = self.score = torch.zeros(0, dtype=torch.float64, device=device)
         self.pre: dict | None = None
         self.splits: Splits | None = None
         self.alpha: dict | None = None
@@ -152,7 +152,7 @@ class _Store:
 
     def take(self, idx: Tensor) -> dict:
         """Remove the domains ``idx`` and return them (bounds as float64)."""
-        keep = torch.ones(self.n, dtype=torch.bool)
+        keep = torch.ones(self.n, dtype=torch.bool, device=self.lower.device)
         keep[idx] = False
         out = dict(lower=self.lower[idx], row=self.row[idx], node=self.choice_node[idx],
                    neuron=self.choice_neuron[idx], point=self.choice_point[idx], score=self.score[idx],
@@ -230,7 +230,7 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
             stats["time_root"] += time.monotonic() - t
         g, pre, root_alpha = root.graph, root.pre, root.alpha
         t = time.monotonic()
-        res = bound_domains(g, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), pre, Splits.none(1), alpha=root_alpha,
+        res = bound_domains(g, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), pre, Splits.none(1, lo1.device), alpha=root_alpha,
                             iterations=opt.root_spec_iterations, lr_alpha=opt.lr_alpha, opt_dtype=opt.opt_dtype,
                             deadline=deadline)
         stats["time_bound"] += time.monotonic() - t
@@ -244,9 +244,9 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
         if ce is not None:
             return "sat", ce
         root_alpha = res.alpha
-        store, undecided, last_call = _Store(), [], 0.0
+        store, undecided, last_call = _Store(lo1.device), [], 0.0
         choice = split_scores(g, pre, res.lam, res.alpha, row)
-        store.add(best, row, (choice[1], choice[2], choice[3], choice[0]), pre, Splits.none(1), res.alpha, res.beta)
+        store.add(best, row, (choice[1], choice[2], choice[3], choice[0]), pre, Splits.none(1, lo1.device), res.alpha, res.beta)
     per_domain = _rows_per_domain(g, R) * 8 * 4        # float64 rows, a few copies alive at once
     batch = max(2, min(opt.batch, opt.row_memory // max(per_domain, 1)))
     while store.n:
@@ -279,8 +279,8 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
         sel = torch.nonzero(br).flatten()
         node, neuron, point = P["node"][sel], P["neuron"][sel], P["point"][sel]
         par_splits = P["splits"][sel]
-        ch_splits = par_splits.add(node, neuron, point, torch.ones(m)).cat(
-            par_splits.add(node, neuron, point, -torch.ones(m)))
+        ch_splits = par_splits.add(node, neuron, point, torch.ones(m, device=node.device)).cat(
+            par_splits.add(node, neuron, point, -torch.ones(m, device=node.device)))
         ch_pre = {kk: (torch.cat([l[sel], l[sel]]), torch.cat([u[sel], u[sel]])) for kk, (l, u) in P["pre"].items()}
         ch_pre = _clamp_new(g, ch_pre, ch_splits)
         n2 = 2 * m
@@ -334,7 +334,7 @@ def _try_minimizers(lam_in, row, best, lo1, hi1, try_points, stats, n: int):
     """The minimizers over the box of the ``n`` worst domains' linear bounds, tried."""
     if lam_in is None or lam_in.shape[0] == 0:
         return None
-    lam = lam_in[torch.arange(lam_in.shape[0]), row]
+    lam = lam_in[torch.arange(lam_in.shape[0], device=lam_in.device), row]
     xs = torch.where(lam > 0, lo1.expand_as(lam), hi1.expand_as(lam))
     order = torch.argsort(best)[:n]
     t = time.monotonic()

@@ -22,7 +22,7 @@ Tensor = torch.Tensor
 
 def babsr_scores(lam_hidden: list[Tensor], pre, splits, rows: Tensor) -> Tensor:
     """(B, sum n_k) float32 scores; ``lam_hidden[k]`` (B, r, n_k), ``rows`` (B,) the row to follow."""
-    idx = torch.arange(rows.shape[0])
+    idx = torch.arange(rows.shape[0], device=rows.device)
     out = []
     for (l, u), lam, s in zip(pre, lam_hidden, splits):
         lam = lam[idx, rows]
@@ -48,7 +48,7 @@ def split_children(chain: Chain, splits: list[Tensor], neuron: Tensor) -> tuple[
     """The two children of each of m domains split at flat neuron index ``neuron[b]``: their splits
     (first the m active (+1) copies, then the m inactive (-1) ones) and, per child (2 m,), the
     hidden layer of the split (only later layers' bounds can change: ``refine_from``)."""
-    layer = torch.bucketize(neuron, torch.as_tensor(np.cumsum(chain.hidden_sizes)), right=True)
+    layer = torch.bucketize(neuron, torch.as_tensor(np.cumsum(chain.hidden_sizes), device=neuron.device), right=True)
     children = [torch.cat([a, b]) for a, b in zip(set_split(chain, splits, neuron, 1),
                                                   set_split(chain, splits, neuron, -1))]
     return children, torch.cat([layer, layer])

@@ -63,9 +63,10 @@ class Chain:
         return x
 
 
-def _densify(ops, in_shape, max_entries: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _densify(ops, in_shape, max_entries: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     n = math.prod(in_shape)
-    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64), torch.eye(n, dtype=torch.float64)])
+    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64, device=device),
+                       torch.eye(n, dtype=torch.float64, device=device)])
     x = basis.reshape((n + 1,) + tuple(in_shape))
     with torch.no_grad():
         for op in ops:
@@ -106,7 +107,7 @@ def to_chain(net: Network, max_entries: int = 40_000_000) -> Chain | None:
         nonlocal run, run_shape
         if math.prod(run_shape) * math.prod(cur_shape) > max_entries:
             return False
-        wb = _densify(run, run_shape, max_entries)
+        wb = _densify(run, run_shape, max_entries, net64.device)
         if wb is None:
             return False
         weights.append(wb[0])

@@ -120,7 +120,7 @@ def _forward_pre(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None, in
     w, b = chain.weights[0], chain.biases[0]
     n = w.shape[0]
     # F (2, n, B, n_in + 1): [lower; upper] forms, equal at layer 0
-    F = torch.empty(2, n, B, n_in + 1, dtype=lo.dtype)
+    F = torch.empty(2, n, B, n_in + 1, dtype=lo.dtype, device=lo.device)
     F[:, :, :, :n_in] = w.unsqueeze(1)
     F[:, :, :, n_in] = b.unsqueeze(1)
     out = []
@@ -217,15 +217,15 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
     # per domain, the (padded) indices of its k differing neurons
     J = torch.argsort(diff.to(torch.int8), dim=1, descending=True, stable=True)[:, :max(k, 1)]   # (B, k)
     valid = torch.gather(diff, 1, J)
-    low = torch.full((dom.numel(), 2), -float("inf"), dtype=l0.dtype)
+    low = torch.full((dom.numel(), 2), -float("inf"), dtype=l0.dtype, device=l0.device)
     # the domains with pairs, in groups of G: a group's rows are laid out (G, U, 2, n_in), one slot
     # per needed neuron (a slot without a pair is computed and discarded: typically most needed
     # neurons are unstable in most domains), so the base rows are added by broadcasting
     doms, dloc = torch.unique(dom, return_inverse=True)
-    starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1))
+    starts = torch.searchsorted(dloc, torch.arange(doms.numel() + 1, device=dloc.device))
     G = max(1, pairs // U)
     base_rows = base_lam.reshape(1, 2 * U, -1)
-    signs = torch.tensor([1.0, -1.0], dtype=w1.dtype).view(1, 2, 1)   # a neuron's lower and -upper rows
+    signs = torch.tensor([1.0, -1.0], dtype=w1.dtype, device=w1.device).view(1, 2, 1)   # a neuron's lower and -upper rows
     for g0 in range(0, doms.numel(), G):
         if deadline is not None and g0 and time.monotonic() > deadline:
             break
@@ -243,7 +243,7 @@ def _refine_first(chain: Chain, c_all: Tensor, r_all: Tensor, shared: bool, l0: 
         const = (base_const[ui] + (lam_k.clamp(max=0) * (tu_d - tu_b) * m).sum(-1)
                  + (coef * b0[Jp].unsqueeze(1)).sum(-1))
         D = g1 - g0
-        Q = torch.zeros(D, U, 2, coef.shape[-1], dtype=coef.dtype)
+        Q = torch.zeros(D, U, 2, coef.shape[-1], dtype=coef.dtype, device=coef.device)
         Q[gi, ui] = coef
         Q = Q.reshape(D, 2 * U, -1)
         W = w0[J[doms[g0:g1]]]                                            # (D, k, n_in)
@@ -266,7 +266,7 @@ def _refine_plain(chain: Chain, t: int, relax, c_all: Tensor, r_all: Tensor, sha
     domain), ``chunk`` pairs at a time. Returns (lower, -upper) (P, 2): -inf for the pairs left
     when ``deadline`` passed (the caller keeps their bounds)."""
     wt, bt = chain.weights[t], chain.biases[t]
-    low = torch.full((dom.numel(), 2), -float("inf"), dtype=c_all.dtype)
+    low = torch.full((dom.numel(), 2), -float("inf"), dtype=c_all.dtype, device=c_all.device)
     for s0 in range(0, dom.numel(), chunk):
         if deadline is not None and s0 and time.monotonic() > deadline:
             break
@@ -337,9 +337,9 @@ def _crown_layer(chain: Chain, t: int, lo: Tensor, hi: Tensor, out) -> tuple[Ten
     """CROWN bounds (l, u) (B, n_t) of layer t's pre-activation over the bounds ``out`` of the
     layers before it (no gradient needed)."""
     B, n = lo.shape[0], chain.weights[t].shape[0]
-    eye = torch.eye(n, dtype=lo.dtype)
+    eye = torch.eye(n, dtype=lo.dtype, device=lo.device)
     low, _, _ = _backsub(chain, t, torch.cat([eye, -eye]).unsqueeze(0).expand(B, 2 * n, n),
-                         torch.zeros(B, 2 * n, dtype=lo.dtype), lo, hi, out)
+                         torch.zeros(B, 2 * n, dtype=lo.dtype, device=lo.device), lo, hi, out)
     return low[:, :n], -low[:, n:]
 
 
@@ -425,14 +425,14 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
         idx = torch.nonzero(((l < 0) & (u > 0)).any(0)).flatten()
         m = idx.numel()
         if m and iterations > 0:
-            C = torch.zeros(B, 2 * m, n, dtype=lo.dtype)
-            C[:, torch.arange(m), idx] = 1.0
-            C[:, m + torch.arange(m), idx] = -1.0
-            d = torch.zeros(B, 2 * m, dtype=lo.dtype)
+            C = torch.zeros(B, 2 * m, n, dtype=lo.dtype, device=lo.device)
+            C[:, torch.arange(m, device=lo.device), idx] = 1.0
+            C[:, m + torch.arange(m, device=lo.device), idx] = -1.0
+            d = torch.zeros(B, 2 * m, dtype=lo.dtype, device=lo.device)
             alpha = [_relax(*out[j])[2].unsqueeze(1).expand(-1, 2 * m, -1).clone().requires_grad_(True)
                      for j in range(t)]
             opt = torch.optim.Adam(alpha, lr=lr)
-            best = torch.full((B, 2 * m), -float("inf"), dtype=lo.dtype)
+            best = torch.full((B, 2 * m), -float("inf"), dtype=lo.dtype, device=lo.device)
             best_alpha = [a.detach().clone() for a in alpha] if keep_alpha else []
             for _ in range(iterations):
                 low, _, _ = _backsub(chain, t, C, d, lo, hi, out, alpha)
@@ -443,8 +443,8 @@ def optimized_pre_bounds(chain: Chain, lo: Tensor, hi: Tensor, pre=None, iterati
                     best = torch.maximum(best, low)
                 _ascent_step(opt, low, alpha)
             if keep_alpha:
-                rows = torch.zeros((n, 2), dtype=torch.long)     # neurons not optimized: any row is sound
-                rows[idx] = torch.stack([torch.arange(m), m + torch.arange(m)], 1)
+                rows = torch.zeros((n, 2), dtype=torch.long, device=lo.device)     # neurons not optimized: any row is sound
+                rows[idx] = torch.stack([torch.arange(m, device=lo.device), m + torch.arange(m, device=lo.device)], 1)
                 kept[t] = (rows, [a[0].clamp(0, 1) for a in best_alpha])
             l, u = l.clone(), u.clone()
             l[:, idx] = torch.maximum(l[:, idx], best[:, :m])
@@ -483,7 +483,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     with torch.no_grad():
         pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha, deadline,
                                       inst)
-        empty = torch.zeros(lo.shape[0], dtype=torch.bool)
+        empty = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can
             # only be rounding, so the crossed pair is used as the interval (never "empty")
@@ -521,7 +521,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                 elif beta_init is not None and beta_init[k] is not None:
                     beta.append(beta_init[k].to(dt).clamp(min=0).expand(-1, r, -1).clone().requires_grad_(True))
                 else:
-                    beta.append(torch.zeros(lo.shape[0], r, s.shape[1], dtype=dt, requires_grad=True))
+                    beta.append(torch.zeros(lo.shape[0], r, s.shape[1], dtype=dt, requires_grad=True, device=lo.device))
             params += [b for b in beta if b is not None]
         opt = torch.optim.Adam(params, lr=lr)
         seen = torch.full_like(best, -float("inf"), dtype=dt)     # best step value per row

@@ -18,7 +18,7 @@ from certify.spec.sets import Box
 def violation_value(y: torch.Tensor, disjuncts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """(N,) min over conjunctions (A, b) of max_r (A y - b)_r, for outputs y (N, n_out)."""
     vals = [(y @ A.T.to(y.dtype) - b.to(y.dtype)).max(dim=1).values if A.shape[0] else
-            torch.full((y.shape[0],), -float("inf"), dtype=y.dtype) for A, b in disjuncts]
+            torch.full((y.shape[0],), -float("inf"), dtype=y.dtype, device=y.device) for A, b in disjuncts]
     return torch.stack(vals, 1).min(1).values
 
 
@@ -29,18 +29,25 @@ class Falsifier:
         self.net = network.detach().to(torch.float32)
         self.net64 = network.detach().to(torch.float64)
         self.prop = prop
-        self.gen = torch.Generator().manual_seed(seed)
+        self.device = network.device
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.shape = network.input_shape
+
+    def _disjuncts(self, disjuncts, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``disjuncts`` as (A, b) tensors of ``dtype`` on the network's device."""
+        put = lambda v: torch.as_tensor(v, dtype=dtype, device=self.device)  # noqa: E731
+        return [(put(A), put(b)) for A, b in disjuncts]
 
     def _flat_forward(self, net, x: torch.Tensor) -> torch.Tensor:
         return net(x.reshape((x.shape[0],) + tuple(self.shape))).reshape(x.shape[0], -1)
 
     def confirm(self, x) -> tuple[np.ndarray, np.ndarray] | None:
         """(x, y) in float64 if x lies in a region and its exact output violates it, else None."""
-        x = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, -1)
+        x = torch.as_tensor(np.asarray(x.cpu() if torch.is_tensor(x) else x, dtype=np.float64),
+                            device=self.device).reshape(1, -1)
         with torch.no_grad():
-            y = self._flat_forward(self.net64, x)[0].numpy()
-        xn = x[0].numpy()
+            y = self._flat_forward(self.net64, x)[0].cpu().numpy()
+        xn = x[0].cpu().numpy()
         if self.prop.violated_by(xn, y, tol=0.0):
             return xn.copy(), y.copy()
         return None
@@ -52,7 +59,7 @@ class Falsifier:
         with torch.no_grad():
             y = self._flat_forward(self.net64, xs.to(torch.float64))
         if disjuncts is None:
-            v = torch.stack([violation_value(y, [(torch.as_tensor(A), torch.as_tensor(b)) for A, b in r.disjuncts])
+            v = torch.stack([violation_value(y, self._disjuncts(r.disjuncts, y.dtype))
                              for r in self.prop.regions], 1).min(1).values
         else:
             v = violation_value(y, disjuncts)
@@ -75,17 +82,15 @@ class Falsifier:
         where uniform sampling seldom lands and PGD stalls."""
         lo, hi = lo.reshape(-1).double(), hi.reshape(-1).double()
         shape = (n, lo.numel())
-        x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
-        pin = torch.rand(shape, generator=self.gen) < face
-        upper = torch.rand(shape, generator=self.gen) < 0.5
+        x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64, device=lo.device) * (hi - lo)
+        pin = torch.rand(shape, generator=self.gen, device=lo.device) < face
+        upper = torch.rand(shape, generator=self.gen, device=lo.device) < 0.5
         x = torch.where(pin, torch.where(upper, hi, lo), x)
-        dis32 = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
-                 for A, b in disjuncts]
+        dis32 = self._disjuncts(disjuncts, torch.float32)
         with torch.no_grad():
             v = violation_value(self._flat_forward(self.net, x.to(torch.float32)), dis32)
         best = x[torch.argsort(v)[:keep]]
-        return self.check_points(best, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
-                                        for A, b in disjuncts])
+        return self.check_points(best, self._disjuncts(disjuncts, torch.float64))
 
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
             restarts: int = 5, parallel: int = 1,
@@ -97,15 +102,14 @@ class Falsifier:
         ``starts`` (S, n_in): instead, one attack from each of these points in the single box
         (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains. ``deadline``: no
         PGD step is begun past it."""
-        dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
-               for A, b in disjuncts]
+        dis = self._disjuncts(disjuncts, torch.float32)
         N0 = lo.shape[0]
         if starts is not None:
             starts = torch.minimum(torch.maximum(starts.double(), lo.double()), hi.double()).unsqueeze(1)
             parallel = starts.shape[0] - 1
             lo, hi = lo.repeat(parallel + 1, 1), hi.repeat(parallel + 1, 1)
         elif parallel > 1:
-            u = torch.rand((parallel,) + tuple(lo.shape), generator=self.gen, dtype=torch.float64)
+            u = torch.rand((parallel,) + tuple(lo.shape), generator=self.gen, dtype=torch.float64, device=lo.device)
             starts = torch.cat([((lo + hi) / 2).unsqueeze(0).double(), lo.double() + u * (hi - lo).double()])
             lo, hi = lo.repeat(parallel + 1, 1), hi.repeat(parallel + 1, 1)
         N, K = lo.shape[0], len(dis)
@@ -113,7 +117,7 @@ class Falsifier:
         lo_k, hi_k = lo.repeat_interleave(K, 0), hi.repeat_interleave(K, 0)
         lo32, hi32 = lo_k.to(torch.float32), hi_k.to(torch.float32)
         box = Box(lo32.reshape((-1,) + tuple(self.shape)), hi32.reshape((-1,) + tuple(self.shape)))
-        which = torch.arange(K).repeat(N)
+        which = torch.arange(K, device=lo.device).repeat(N)
 
         def objective(x):
             y = self.net(x).reshape(x.shape[0], -1)
@@ -128,6 +132,5 @@ class Falsifier:
         v = v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
         xs = x.reshape(x.shape[0], -1).to(torch.float64)
         xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))
-        ce = self.check_points(xs, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
-                                    for A, b in disjuncts])
+        ce = self.check_points(xs, self._disjuncts(disjuncts, torch.float64))
         return ce, v

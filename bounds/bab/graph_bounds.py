@@ -53,9 +53,10 @@ class Splits:
     side: Tensor
 
     @staticmethod
-    def none(B: int) -> "Splits":
-        z = torch.zeros(B, 0, dtype=torch.long)
-        return Splits(z, z.clone(), torch.zeros(B, 0, dtype=torch.float64), torch.zeros(B, 0, dtype=torch.int8))
+    def none(B: int, device=None) -> "Splits":
+        z = torch.zeros(B, 0, dtype=torch.long, device=device)
+        return Splits(z, z.clone(), torch.zeros(B, 0, dtype=torch.float64, device=device),
+                      torch.zeros(B, 0, dtype=torch.int8, device=device))
 
     @property
     def depth(self) -> int:
@@ -75,7 +76,7 @@ class Splits:
         if k <= 0:
             return self
         B = self.node.shape[0]
-        return Splits(*(torch.cat([x, torch.zeros(B, k, dtype=x.dtype)], 1) for x in self.fields()))
+        return Splits(*(torch.cat([x, torch.zeros(B, k, dtype=x.dtype, device=x.device)], 1) for x in self.fields()))
 
     def fields(self):
         return self.node, self.neuron, self.point, self.side
@@ -313,9 +314,9 @@ def bound_domains(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, pre: d
     S = splits.depth
     b0 = None
     if use_beta and S:
-        b0 = torch.zeros(B, R, S, dtype=torch.float64) if beta is None else beta.double().clamp(min=0)
+        b0 = torch.zeros(B, R, S, dtype=torch.float64, device=lo.device) if beta is None else beta.double().clamp(min=0)
         if b0.shape[2] < S:
-            b0 = torch.cat([b0, torch.zeros(B, R, S - b0.shape[2], dtype=b0.dtype)], 2)
+            b0 = torch.cat([b0, torch.zeros(B, R, S - b0.shape[2], dtype=b0.dtype, device=b0.device)], 2)
     best_a, best_b = a0, b0
     last_a, last_b = a0, b0
     if iterations > 0 and (a0 or b0 is not None):
@@ -329,7 +330,7 @@ def bound_domains(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, pre: d
         if beta_p is not None:
             groups.append({"params": [beta_p], "lr": lr_beta})
         opt = torch.optim.Adam([gr for gr in groups if gr["params"]])
-        seen = torch.full((B, R), -float("inf"), dtype=dt)
+        seen = torch.full((B, R), -float("inf"), dtype=dt, device=lo.device)
         best_a = {k: v.detach().clone() for k, v in alpha_p.items()}
         best_b = None if beta_p is None else beta_p.detach().clone()
         cache: dict = {}

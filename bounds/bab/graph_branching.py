@@ -40,10 +40,11 @@ def split_scores(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tenso
     neuron can be split. ``lam`` {activation node: (B, R, *shape)}; ``alpha`` the lines' alpha
     variables {activation node: (B, R, ...)} or None (CROWN's lines); ``rows`` (B,) long."""
     B = rows.shape[0]
-    best = torch.full((B,), -float("inf"), dtype=torch.float64)
-    node = torch.zeros(B, dtype=torch.long)
-    neuron = torch.zeros(B, dtype=torch.long)
-    point = torch.zeros(B, dtype=torch.float64)
+    dev = rows.device
+    best = torch.full((B,), -float("inf"), dtype=torch.float64, device=dev)
+    node = torch.zeros(B, dtype=torch.long, device=dev)
+    neuron = torch.zeros(B, dtype=torch.long, device=dev)
+    point = torch.zeros(B, dtype=torch.float64, device=dev)
     for j, sc, p in _node_table(g, pre, lam, alpha, rows):
         v, i = sc.flatten(1).max(1)
         take = v > best
@@ -58,13 +59,13 @@ def neuron_scores(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tens
     """The scores (n,) of every neuron of the first domain that can be split (``split_scores``'
     arguments): what the choice between input and activation splitting weighs."""
     per = [sc[0].flatten() for _, sc, _ in _node_table(g, pre, lam, alpha, rows)]
-    s = torch.cat(per) if per else torch.zeros(0, dtype=torch.float64)
+    s = torch.cat(per) if per else torch.zeros(0, dtype=torch.float64, device=rows.device)
     return s[torch.isfinite(s)].double()
 
 
 def _node_table(g: Graph, pre: dict, lam: dict, alpha: dict | None, rows: Tensor):
     """(split node index, scores (B, *shape), points (B, *shape)) per split node the rows reach."""
-    ar = torch.arange(rows.shape[0])
+    ar = torch.arange(rows.shape[0], device=rows.device)
     for j, name in enumerate(g.split_nodes):
         a_node, op = g.split_act[j], g.split_op[j]
         c = lam.get(a_node)
@@ -143,12 +144,12 @@ def _pool_scores(op, lo: Tensor, hi: Tensor, c: Tensor) -> tuple[Tensor, Tensor]
     others = hw.scatter(2, k.unsqueeze(2), ninf).max(2).values
     gap = torch.where(lmax >= others, torch.zeros_like(lmax), hw.max(2).values - lmax)
     wsc = c.reshape(B, c.shape[1], -1).abs() * torch.nan_to_num(gap, nan=0.0, posinf=1e300)   # (B, C, L)
-    grid = torch.arange(n, dtype=lo.dtype).reshape((1,) + tuple(lo.shape[1:]))
+    grid = torch.arange(n, dtype=lo.dtype, device=lo.device).reshape((1,) + tuple(lo.shape[1:]))
     iw = pool_windows(grid, op, -1.0).long().expand_as(lw)                        # input index per entry
     width = torch.where((hw > lmax.unsqueeze(2)) & (iw >= 0), hw - lw, torch.full_like(hw, ninf))
     pick = width.argmax(2, keepdim=True)                                          # the widest open input
     who = iw.gather(2, pick).squeeze(2).clamp(min=0)
-    sc = torch.full((B, n), ninf, dtype=lo.dtype)
+    sc = torch.full((B, n), ninf, dtype=lo.dtype, device=lo.device)
     sc = sc.scatter_reduce(1, who.reshape(B, -1), torch.where(gap > 0, wsc, torch.full_like(wsc, ninf)).reshape(B, -1),
                            "amax", include_self=True)
     l, u = lo.reshape(B, -1), hi.reshape(B, -1)

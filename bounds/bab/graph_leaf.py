@@ -42,18 +42,19 @@ def exact(g: Graph, pre: dict) -> bool:
 
 def _affine_rows(g: Graph, pre: dict, lo, hi, name: str, neurons: torch.Tensor):
     """(coefficients (m, n_in), constants (m,)) of the neurons of node ``name`` as functions of x."""
-    net = g.net64
+    net, dev = g.net64, lo.device
+    m = neurons.numel()
     if name == net.input_name:
-        E = torch.zeros(neurons.numel(), net.input_size, dtype=torch.float64)
-        E[torch.arange(neurons.numel()), neurons] = 1.0
-        return E, torch.zeros(neurons.numel(), dtype=torch.float64)
+        E = torch.zeros(m, net.input_size, dtype=torch.float64, device=dev)
+        E[torch.arange(m, device=dev), neurons] = 1.0
+        return E, torch.zeros(m, dtype=torch.float64, device=dev)
     shape = net.shape_of(name)
-    E = torch.zeros(1, neurons.numel(), int(np.prod(shape)), dtype=torch.float64)
-    E[0, torch.arange(neurons.numel()), neurons] = 1.0
+    E = torch.zeros(1, m, int(np.prod(shape)), dtype=torch.float64, device=dev)
+    E[0, torch.arange(m, device=dev), neurons] = 1.0
     keep: dict = {}
     backward_lower(net, name, E.reshape((1, neurons.numel()) + tuple(shape)), pre, _box(net, lo, hi), keep=keep)
     A = keep["input"]
-    A = torch.zeros(1, neurons.numel(), net.input_size, dtype=torch.float64) if A is None else A
+    A = torch.zeros(1, m, net.input_size, dtype=torch.float64, device=dev) if A is None else A
     return A.reshape(neurons.numel(), -1), keep["bias"].reshape(-1)
 
 
@@ -69,7 +70,7 @@ def leaf_lp(g: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: to
                    keep=keep)
         Ain = keep["input"]
         R = C.shape[0]
-        Mo = torch.zeros(R, net.input_size, dtype=torch.float64) if Ain is None else Ain.reshape(R, -1)
+        Mo = torch.zeros(R, net.input_size, dtype=torch.float64, device=lo.device) if Ain is None else Ain.reshape(R, -1)
         co = keep["bias"].reshape(-1) + d.reshape(-1)
         A_ub, b_ub = [], []
         sel = splits.side[0] != 0
@@ -90,17 +91,17 @@ def minmax_lp(A_ub: list, b_ub: list, M: torch.Tensor, c: torch.Tensor, lo: torc
     by HiGHS: ("unsat", None) when it exceeds ``LP_MARGIN`` or nothing is feasible, else
     ("candidate", the minimizer x), or ("unknown", None) on solver trouble."""
     n = M.shape[1]
-    A = torch.cat(list(A_ub) + [M]).numpy()
+    A = torch.cat(list(A_ub) + [M]).cpu().numpy()
     A = np.hstack([A, np.zeros((A.shape[0], 1))])
     A[-M.shape[0]:, -1] = -1.0
     obj = np.zeros(n + 1)
     obj[-1] = 1.0
     bnds = [(float(a), float(b)) for a, b in zip(lo.tolist(), hi.tolist())] + [(None, None)]
-    r = linprog(obj, A_ub=A, b_ub=torch.cat(list(b_ub) + [-c]).numpy(), bounds=bnds, method="highs")
+    r = linprog(obj, A_ub=A, b_ub=torch.cat(list(b_ub) + [-c]).cpu().numpy(), bounds=bnds, method="highs")
     if r.status == 2:
         return "unsat", None
     if r.status != 0:
         return "unknown", None
     if r.fun > LP_MARGIN:
         return "unsat", None
-    return "candidate", torch.as_tensor(r.x[:n])
+    return "candidate", torch.as_tensor(r.x[:n], device=lo.device)

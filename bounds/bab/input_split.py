@@ -96,7 +96,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             back, found, pending = milp.collect()
             stack.extend(back)
             if found:
-                ce = try_points(torch.as_tensor(np.stack(found)))
+                ce = try_points(torch.as_tensor(np.stack(found), device=lo.device))
                 if ce is not None:
                     return "sat", ce
         if not stack and (milp is None or pending == 0):
@@ -129,17 +129,17 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             new = ~(dims == e).any(1, keepdim=True) & (inst.gather(1, e) >= 0)
             dims, valid = torch.cat([dims, e], 1), torch.cat([valid, new], 1)
             k += 1
-        idx = torch.arange(N).unsqueeze(1).expand(N, k)
+        idx = torch.arange(N, device=dims.device).unsqueeze(1).expand(N, k)
         mid = ((l + h) / 2)[idx, dims]                       # (N, k)
         Lc = l.unsqueeze(1).expand(N, k, n_in).clone()
         Hc = h.unsqueeze(1).expand(N, k, n_in).clone()
         H_left, L_right = Hc.clone(), Lc.clone()
-        i0, i1 = idx.reshape(-1), torch.arange(k).repeat(N)
+        i0, i1 = idx.reshape(-1), torch.arange(k, device=idx.device).repeat(N)
         H_left[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
         L_right[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
         cl = torch.cat([Lc.reshape(-1, n_in), L_right.reshape(-1, n_in)])
         ch = torch.cat([H_left.reshape(-1, n_in), Hc.reshape(-1, n_in)])
-        parent = torch.arange(N).repeat_interleave(k).repeat(2)
+        parent = torch.arange(N, device=idx.device).repeat_interleave(k).repeat(2)
         # a child box lies in its parent's, so the parent's pre-activation bounds hold on it and
         # are intersected with the child's (``reuse_parent``): more neurons stable, a cheaper
         # refinement and tighter bounds
@@ -147,7 +147,8 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
         best = res.lower.max(1).values.reshape(2, N, k)
         worse = torch.minimum(best[0], best[1]).masked_fill(~valid, -float("inf"))
         pick = worse.argmax(1)                               # (N,)
-        sel = torch.cat([torch.arange(N) * k + pick, N * k + torch.arange(N) * k + pick])
+        first = torch.arange(N, device=pick.device) * k + pick
+        sel = torch.cat([first, N * k + first])
         cl, ch = cl[sel], ch[sel]
         open_ = ~(res.lower.max(1).values[sel] > PROOF_TOL)
         if not bool(open_.any()):
@@ -285,8 +286,8 @@ def _pack(pre) -> torch.Tensor:
     lo = torch.cat([l for l, _ in pre], 1)
     up = torch.cat([u for _, u in pre], 1)
     lo32, up32 = lo.float(), up.float()
-    lo32 = torch.where(lo32.double() > lo, torch.nextafter(lo32, torch.tensor(-float("inf"))), lo32)
-    up32 = torch.where(up32.double() < up, torch.nextafter(up32, torch.tensor(float("inf"))), up32)
+    lo32 = torch.where(lo32.double() > lo, torch.nextafter(lo32, torch.tensor(-float("inf"), device=lo32.device)), lo32)
+    up32 = torch.where(up32.double() < up, torch.nextafter(up32, torch.tensor(float("inf"), device=up32.device)), up32)
     return torch.cat([lo32, up32], 1)
 
 
@@ -344,7 +345,7 @@ class _Sub:
 def _minimizers(res, l, h, rows):
     """(N, n_in) the corner of each box minimizing the linear lower bound of its best row (of the
     first ``rows``)."""
-    lam = res.lam_in[torch.arange(l.shape[0]), res.lower[:, :rows].max(1).indices]
+    lam = res.lam_in[torch.arange(l.shape[0], device=l.device), res.lower[:, :rows].max(1).indices]
     return torch.where(lam > 0, l, h)
 
 
@@ -353,7 +354,7 @@ def _scores(res, l, h, min_width, rows):
     carry it, by the box's ``instability`` per dimension (N, 2 n_in); -1 where the box is too thin."""
     row = res.lower[:, :rows].max(1).indices
     width = h - l
-    parts = [res.lam_in[torch.arange(l.shape[0]), row].abs() * width]
+    parts = [res.lam_in[torch.arange(l.shape[0], device=l.device), row].abs() * width]
     if res.instability is not None:
         parts.append(res.instability)
     thin = width <= min_width

@@ -109,7 +109,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         else:
             row, lam = row[open_], lam[open_]
             if clip:   # the followed row's half-space: a violation needs that row <= 0 as well
-                ridx = torch.arange(l.shape[0])
+                ridx = torch.arange(l.shape[0], device=l.device)
                 l, h, empty = clip_boxes(l, h, lam.unsqueeze(1), low[ridx, row].unsqueeze(1))
                 if bool(empty.any()):
                     stats["clipped_empty"] = stats.get("clipped_empty", 0) + int(empty.sum())
@@ -129,7 +129,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         top, dim = score.max(1)
         if bool((top < 0).any()):       # a box too thin to split and still open
             return "unknown", None
-        idx = torch.arange(l.shape[0])
+        idx = torch.arange(l.shape[0], device=l.device)
         mid = ((l + h) / 2)[idx, dim]
         h_left, l_right = h.clone(), l.clone()
         h_left[idx, dim] = mid

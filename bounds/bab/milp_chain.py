@@ -32,11 +32,11 @@ MARGIN = 1e-5   # a dual bound must exceed this (relative, plus absolute) to cou
 
 def chain_to_pl(chain: Chain) -> PiecewiseLinear:
     """The chain as the convex engine's ``PiecewiseLinear`` (one ReLU layer per hidden layer)."""
-    layers = [ReluLayer(f"relu{k}", f"pre{k}", Affine({k: sp.csr_matrix(w.numpy())}, b.numpy().copy()),
+    layers = [ReluLayer(f"relu{k}", f"pre{k}", Affine({k: sp.csr_matrix(w.cpu().numpy())}, b.cpu().numpy().copy()),
                         (w.shape[0],))
               for k, (w, b) in enumerate(zip(chain.weights[:-1], chain.biases[:-1]))]
     L = len(chain.weights) - 1
-    out = Affine({L: sp.csr_matrix(chain.weights[-1].numpy())}, chain.biases[-1].numpy().copy())
+    out = Affine({L: sp.csr_matrix(chain.weights[-1].cpu().numpy())}, chain.biases[-1].cpu().numpy().copy())
     return PiecewiseLinear((chain.n_in,), layers, out)
 
 
@@ -55,8 +55,8 @@ def box_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> Chain
     """The big-M encoding of the hidden layers over the box ``lo``, ``hi`` (n_in,) and the bounds
     ``pre`` (list of (l, u), (1, n_k) or (n_k,)): shared by every obligation of one box. One
     column per ReLU output: the weight matrices stay sparse in it (many inputs)."""
-    enc = encode(chain_to_pl(chain), lo.double().numpy().ravel(), hi.double().numpy().ravel(),
-                 [(l.double().numpy().ravel(), u.double().numpy().ravel()) for l, u in pre], binary=True)
+    enc = encode(chain_to_pl(chain), lo.double().cpu().numpy().ravel(), hi.double().cpu().numpy().ravel(),
+                 [(l.double().cpu().numpy().ravel(), u.double().cpu().numpy().ravel()) for l, u in pre], binary=True)
     n, off, N = chain.hidden_sizes[-1], enc.offsets[-1], enc.A.shape[1]
     last = sp.csr_matrix((np.ones(n), (np.arange(n), off + np.arange(n))), shape=(n, N))
     return ChainEncoding(enc, last, np.zeros(n))
@@ -73,15 +73,15 @@ def compact_encoding(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, pre) -> C
     Dense rows over few columns: for a small box of a few-input network with few unstable ReLUs
     it is several times faster to build and to solve than ``box_encoding``, and presolve has no
     stable neurons left to remove (it runs with presolve off)."""
-    x_lo, x_hi = lo.double().numpy().ravel(), hi.double().numpy().ravel()
+    x_lo, x_hi = lo.double().cpu().numpy().ravel(), hi.double().cpu().numpy().ravel()
     n_in = x_lo.size
     col_lo, col_hi, integer = [x_lo], [x_hi], [np.zeros(n_in, dtype=bool)]
     rows, r_lo, r_hi = [], [], []                 # rows over the columns so far (padded at the end)
     Z, zc = np.eye(n_in), np.zeros(n_in)          # the previous layer's outputs: Z v + zc
     for k, (w, b) in enumerate(zip(chain.weights[:-1], chain.biases[:-1])):
-        w = w.double().numpy()
-        P, p = w @ Z, w @ zc + b.double().numpy()
-        l, u = (t.double().numpy().ravel() for t in pre[k])
+        w = w.double().cpu().numpy()
+        P, p = w @ Z, w @ zc + b.double().cpu().numpy()
+        l, u = (t.double().cpu().numpy().ravel() for t in pre[k])
         act, uns = l >= 0, (l < 0) & (u > 0)
         iu = np.flatnonzero(uns)
         m, nv = iu.size, P.shape[1]
@@ -124,8 +124,8 @@ class ChainMilp:
     def __init__(self, chain: Chain, box: ChainEncoding, C: torch.Tensor, d: torch.Tensor):
         enc = box.enc
         r, N = C.shape[0], enc.A.shape[1]
-        W, b = chain.weights[-1].double().numpy(), chain.biases[-1].double().numpy()
-        Cn, dn = C.double().numpy(), d.double().numpy()
+        W, b = chain.weights[-1].double().cpu().numpy(), chain.biases[-1].double().cpu().numpy()
+        Cn, dn = C.double().cpu().numpy(), d.double().cpu().numpy()
         CW = sp.csr_matrix(Cn @ W)
         rows = sp.hstack([CW @ box.last, sp.csr_matrix(-np.ones((r, 1)))])   # row_r(z) - t <= -const_r
         const = Cn @ (W @ box.last_const + b) + dn

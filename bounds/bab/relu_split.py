@@ -29,7 +29,7 @@ def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
 
     Returns ("unsat", None), ("candidate", x) or ("unknown", None) (solver trouble)."""
     n = chain.n_in
-    M, c = torch.eye(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    M, c = torch.eye(n, dtype=torch.float64, device=lo.device), torch.zeros(n, dtype=torch.float64, device=lo.device)
     A_ub, b_ub = [], []
     for k, (w, b) in enumerate(zip(chain.weights, chain.biases)):
         M, c = w @ M, w @ c + b
@@ -81,7 +81,8 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
             return None
         al = [a[rows].float() for a in res.alpha]
         be = [(b[rows].float() if b is not None else torch.zeros(int(rows.sum()) if rows.dtype == torch.bool
-                                                                   else rows.numel(), r_rows, n, dtype=torch.float32))
+                                                                   else rows.numel(), r_rows, n, dtype=torch.float32,
+                                                                   device=rows.device))
               for b, n in zip(res.beta or [None] * len(al), chain.hidden_sizes)]
         return al, be
 
@@ -92,7 +93,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     else:
         if root_pre is None:
             root_pre, pre_alpha = optimized_pre_bounds(chain, lo1, hi1, iterations=pre_iterations, keep_alpha=True)
-        splits = [torch.zeros(1, n, dtype=torch.int8) for n in chain.hidden_sizes]
+        splits = [torch.zeros(1, n, dtype=torch.int8, device=lo1.device) for n in chain.hidden_sizes]
         res = bound_domains(chain, lo1, hi1, C.unsqueeze(0), d.unsqueeze(0), splits=splits, pre=root_pre,
                             recompute=False, iterations=root_iterations, opt_dtype=opt_dtype)
         stats["bound_calls"] += 1
@@ -107,7 +108,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         D_lower = best
         D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
         D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
-        D_ab = _store(res, torch.ones(1, dtype=torch.bool))
+        D_ab = _store(res, torch.ones(1, dtype=torch.bool, device=lo1.device))
     while D_lower.shape[0]:
         if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
@@ -120,7 +121,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
             return "unknown", None
         k = min(batch // 2, D_lower.shape[0])
         pick = torch.topk(-D_lower, k).indices
-        keep = torch.ones(D_lower.shape[0], dtype=torch.bool)
+        keep = torch.ones(D_lower.shape[0], dtype=torch.bool, device=D_lower.device)
         keep[pick] = False
         P_split = [s[pick] for s in D_split]
         P_score, P_lower = D_score[pick], D_lower[pick]
@@ -184,7 +185,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         if not bool(open_.any()):
             continue
         # candidates: minimizers of each open child's linear bound over the box
-        lam = res.lam_in[torch.arange(n2), row][open_]
+        lam = res.lam_in[torch.arange(n2, device=row.device), row][open_]
         xs = torch.where(lam > 0, lo1.expand_as(lam), hi1.expand_as(lam))
         order = torch.argsort(best[open_])[:16]
         t = time.monotonic()

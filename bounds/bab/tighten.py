@@ -38,7 +38,7 @@ Tensor = torch.Tensor
 
 def _bounds_per_obligation(n_ob: int, ob: Tensor, low: Tensor) -> Tensor:
     """min over each obligation's open domains (+inf for an obligation without one)."""
-    out = torch.full((n_ob,), float("inf"), dtype=torch.float64)
+    out = torch.full((n_ob,), float("inf"), dtype=torch.float64, device=low.device)
     return out.scatter_reduce(0, ob, low, "amin") if ob.numel() else out
 
 
@@ -60,16 +60,17 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
     if m == 0 or time.monotonic() >= deadline:
         return l, u
     n_ob, sizes = 2 * m, sub.hidden_sizes
-    C = torch.zeros(n_ob, 1, l.numel(), dtype=torch.float64)
-    C[torch.arange(m), 0, idx] = 1.0                 # obligation k < m: z_idx[k] > 0
-    C[m + torch.arange(m), 0, idx] = -1.0            # obligation m + k: -z_idx[k] > 0
+    C = torch.zeros(n_ob, 1, l.numel(), dtype=torch.float64, device=lo.device)
+    C[torch.arange(m, device=lo.device), 0, idx] = 1.0                 # obligation k < m: z_idx[k] > 0
+    C[m + torch.arange(m, device=lo.device), 0, idx] = -1.0            # obligation m + k: -z_idx[k] > 0
     scale = (u - l)[idx].repeat(2)
     root = [(a.reshape(1, -1).double(), b.reshape(1, -1).double()) for a, b in pre[:t]]
     stats = {} if stats is None else stats
 
     def bound(ob, splits, dpre, refine_from):
         B = ob.numel()
-        res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob], torch.zeros(B, 1, dtype=torch.float64),
+        res = bound_domains(sub, lo1.expand(B, -1), hi1.expand(B, -1), C[ob],
+                            torch.zeros(B, 1, dtype=torch.float64, device=lo.device),
                             splits=splits, pre=root if dpre is None else dpre, recompute=dpre is not None and t > 1,
                             mode="refine", refine_from=refine_from, pre_alpha=pre_alpha, iterations=iterations,
                             deadline=deadline, opt_dtype=opt_dtype)
@@ -77,7 +78,7 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
         # the minimizer of each domain's linear bound, through the network
         x = torch.where(res.lam_in[:, 0] > 0, lo1, hi1)
         seen = (sub.forward(x) * C[ob, 0]).sum(1)
-        scores = babsr_scores(res.lam_hidden, res.pre, splits, torch.zeros(B, dtype=torch.long))
+        scores = babsr_scores(res.lam_hidden, res.pre, splits, torch.zeros(B, dtype=torch.long, device=lo.device))
         stats["tighten_domains"] = stats.get("tighten_domains", 0) + B
         # the bounded domains (obligation, bound, branching scores, splits, clamped bounds), and
         # the value each one's bound minimizer attains
@@ -93,11 +94,11 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
                     split=[torch.cat([a, b]) for a, b in zip(D["split"], E["split"])],
                     pre=[(torch.cat([a0, a1]), torch.cat([b0, b1])) for (a0, b0), (a1, b1) in zip(D["pre"], E["pre"])])
 
-    ob = torch.arange(n_ob)
-    D, attained = bound(ob, [torch.zeros(n_ob, n, dtype=torch.int8) for n in sizes], None, None)
+    ob = torch.arange(n_ob, device=lo.device)
+    D, attained = bound(ob, [torch.zeros(n_ob, n, dtype=torch.int8, device=lo.device) for n in sizes], None, None)
     D = take(D, D["low"] <= PROOF_TOL)               # attained: the least value seen per obligation
-    used = torch.ones(n_ob, dtype=torch.long)
-    frozen = torch.zeros(n_ob, dtype=torch.bool)
+    used = torch.ones(n_ob, dtype=torch.long, device=lo.device)
+    frozen = torch.zeros(n_ob, dtype=torch.bool, device=lo.device)
 
     while D["ob"].numel() and time.monotonic() < deadline:
         cur = _bounds_per_obligation(n_ob, D["ob"], D["low"])
@@ -108,7 +109,7 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
             break
         per = max(1, (batch // 2) // int(active.sum()))
         rank = torch.where(active, cur / scale, torch.full_like(cur, -float("inf")))
-        chosen = torch.zeros(n_ob, dtype=torch.bool)
+        chosen = torch.zeros(n_ob, dtype=torch.bool, device=lo.device)
         chosen[torch.argsort(rank, descending=True)[:max(1, (batch // 2) // per)]] = True
         chosen &= active
         # each chosen obligation's ``per`` lowest domains
@@ -116,14 +117,14 @@ def tighten_layer(chain: Chain, lo: Tensor, hi: Tensor, pre, t: int, deadline: f
         cand = cand[torch.argsort(D["low"][cand])]
         cand = cand[torch.sort(D["ob"][cand], stable=True).indices]
         obs = D["ob"][cand]
-        pick = cand[(torch.arange(obs.numel()) - torch.searchsorted(obs, obs)) < per]
+        pick = cand[(torch.arange(obs.numel(), device=lo.device) - torch.searchsorted(obs, obs)) < per]
         top, neuron = D["score"][pick].max(1)
         leaf = torch.isinf(top)            # nothing left to split: that obligation's bound is final
         frozen[D["ob"][pick[leaf]]] = True
         pick, neuron = pick[~leaf], neuron[~leaf]
         if pick.numel() == 0:
             continue
-        rest = torch.ones(D["ob"].numel(), dtype=torch.bool)
+        rest = torch.ones(D["ob"].numel(), dtype=torch.bool, device=lo.device)
         rest[pick] = False
         P, D = take(D, pick), take(D, rest)
         ch_split, refine_from = split_children(sub, P["split"], neuron)

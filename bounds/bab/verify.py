@@ -101,7 +101,8 @@ def _schedule(search: Search) -> tuple[str, Outcome | None]:
     prop, opts, stats = search.prop, search.opts, search.stats
     if not prop.regions:
         return "unsat", None
-    regions = [Obligation(k, torch.as_tensor(r.lower), torch.as_tensor(r.upper), r.disjuncts)
+    dev = search.network.device
+    regions = [Obligation(k, torch.as_tensor(r.lower, device=dev), torch.as_tensor(r.upper, device=dev), r.disjuncts)
                for k, r in enumerate(prop.regions)]
     if opts.falsify_first:
         t, opening = time.monotonic(), OpeningAttack(search)
@@ -119,7 +120,7 @@ def _schedule(search: Search) -> tuple[str, Outcome | None]:
             if A.shape[0] == 0:   # no output condition: every input of the region violates
                 ce = search.falsifier.check_points(((ob.lo + ob.hi) / 2).unsqueeze(0))
                 return ("sat", Outcome("sat", ce, "falsify", "centre")) if ce is not None else ("unknown", None)
-            C, d = (torch.as_tensor(v) for v in conjunction_margins(A, b))
+            C, d = (torch.as_tensor(v, device=dev) for v in conjunction_margins(A, b))
             search.obligations.append(Obligation(ob.region, ob.lo, ob.hi, [(C, -d)], len(search.obligations)))
     split, pending = _choose_split(search, search.obligations)
     stats["method"] = split.name if pending else "root"

@@ -28,6 +28,11 @@ def positive_int(text: str) -> int:
     return v
 
 
+def positive_int_or_auto(text: str) -> int | None:
+    """An integer >= 1, or ``auto`` (None: the program chooses)."""
+    return None if text.strip().lower() == "auto" else positive_int(text)
+
+
 def nonneg_int(text: str) -> int:
     """An integer >= 0."""
     v = _int(text)

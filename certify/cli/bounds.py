@@ -42,8 +42,8 @@ examples:
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
     from bounds import METHODS
-    from certify.cli.common import add_cluster_args, add_data_args, add_domain_args, add_model_arg, add_output_args, \
-        add_radius_args
+    from certify.cli.common import add_cluster_args, add_data_args, add_device_arg, add_domain_args, add_model_arg, \
+        add_output_args, add_radius_args
 
     p = sub.add_parser("bounds", help="bound propagation certificates (IBP / CROWN / alpha-CROWN) for a data set",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +64,7 @@ def register(sub) -> None:
     g.add_argument("--precision", default="float64", choices=["float64", "float32"],
                    help="arithmetic of the bound computation (default: float64, so that rounding cannot flip a "
                         "margin bound that is barely above 0; float32 is about 2x faster)")
+    add_device_arg(g)
     add_output_args(p)
     add_cluster_args(p)
     p.add_argument("--quiet", action="store_true", help="print only the summary, not one line per input")
@@ -121,7 +122,7 @@ def setup(args) -> SimpleNamespace:
     idx, X, y = load_data(args)
     X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
-    return SimpleNamespace(args=args, net=net, idx=idx, X=X, y=y, domain=domain_from(args))
+    return SimpleNamespace(args=args, net=net, idx=idx, X=X, y=y.to(net.device), domain=domain_from(args))
 
 
 def bounds_chunk(ctx: SimpleNamespace, sel: list[int]) -> list:
@@ -134,8 +135,8 @@ def bounds_chunk(ctx: SimpleNamespace, sel: list[int]) -> list:
     with torch.no_grad():
         pred = net(xb).argmax(1)
     ok = pred == yb
-    cert = torch.zeros(len(sel), dtype=torch.bool)
-    rad = torch.zeros(len(sel), dtype=ctx.X.dtype)
+    cert = torch.zeros(len(sel), dtype=torch.bool, device=xb.device)
+    rad = torch.zeros(len(sel), dtype=ctx.X.dtype, device=xb.device)
     low = [None] * len(sel)
     if bool(ok.any()):
         c, r, lower = certify_batch(net, xb[ok], yb[ok], args.method, args.eps, args.norm, ctx.domain,

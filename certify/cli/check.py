@@ -87,7 +87,9 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
     from certify.spec.sets import ball
 
     net = net.to(torch.float64)
-    X = X.to(torch.float64)
+    X = X.to(device=net.device, dtype=torch.float64)
+    y = y.to(net.device)
+    dev = net.device
     K = net.output_size
     C = robustness_matrix(y, K, dtype=torch.float64)
     s = ball(X, eps, norm, domain)
@@ -102,7 +104,7 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
 
     with torch.no_grad():
         clean = margin_values(net(X), C)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
     _, attacked = pgd_margin(net, s, C, per_row=True, steps=40, restarts=3, generator=gen)
     attack = torch.minimum(attacked, clean)
 
@@ -118,7 +120,7 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
     lp_ok = None
     try:
         lp = convex.lp(net, X, eps=eps, norm=norm, C=C, domain=domain)
-        lp_ok = torch.tensor([[st == "optimal" for st in row] for row in lp.status])
+        lp_ok = torch.tensor([[st == "optimal" for st in row] for row in lp.status], device=dev)
         low["lp"] = lp.lower
         check("LP lower <= PGD margin", _leq(lp.lower[lp_ok], attack[lp_ok]))
         check("LP >= CROWN", _leq(low["crown"][lp_ok], lp.lower[lp_ok], LP_TOL))
@@ -129,7 +131,8 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
     if norm == "inf":
         try:
             mi = convex.milp(net, X, eps=eps, C=C, domain=domain, mode="full", time_limit=milp_time)
-            ok = torch.tensor([[st == "optimal" for st in row] for row in mi.status]) & torch.isfinite(mi.upper)
+            ok = torch.tensor([[st == "optimal" for st in row] for row in mi.status], device=dev)
+            ok &= torch.isfinite(mi.upper)
             check("MILP lower <= PGD margin", _leq(mi.lower[ok], attack[ok]))
             check("MILP point's margin - lower <= gap", _leq(mi.upper[ok] - mi.lower[ok],
                                                              GAP_TOL * (1 + mi.upper[ok].abs()), 0.0))
@@ -194,7 +197,7 @@ def format_checks(checks: list[Check]) -> str:
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, positive_float, positive_int
-    from certify.cli.common import add_data_args, add_domain_args, add_model_arg
+    from certify.cli.common import add_data_args, add_device_arg, add_domain_args, add_model_arg
 
     p = sub.add_parser("check", help="cross-engine self-check of a model on a few inputs (pass/fail table)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,6 +212,7 @@ def register(sub) -> None:
     g.add_argument("--sigma", type=positive_float, default=0.25, help="smoothing noise level (default: 0.25)")
     g.add_argument("--samples", type=positive_int, default=2000, help="smoothing samples n (default: 2000)")
     g.add_argument("--seed", type=int, default=0, help="seed of PGD and the smoothing noise (default: 0)")
+    add_device_arg(g)
     p.set_defaults(func=run)
 
 

@@ -37,12 +37,14 @@ def add_model_arg(p: argparse.ArgumentParser, help: str = MODEL_HELP) -> None:
 
 def model_from(args):
     """The IR network of the model flags of ``add_model_arg`` (a class takes the data set's
-    sample shape unless --input-shape is given)."""
+    sample shape unless --input-shape is given), on the device of ``--device`` (if the command has it)."""
     from certify.models import is_class_spec
+    device = device_from(args)
     shape = args.input_shape
     if shape is None and is_class_spec(args.model) and getattr(args, "data", None):
         shape = data_shape(args.data, getattr(args, "data_dir", None))
-    return load_model(args.model, args.weights, args.model_args, shape)
+    net = load_model(args.model, args.weights, args.model_args, shape)
+    return net if net.device == device else net.to(device=device)
 
 
 def data_shape(name: str, data_dir: str | None) -> tuple[int, ...]:
@@ -92,9 +94,45 @@ def check_labels(net, y: torch.Tensor, data_name: str) -> None:
 
 
 def check_input_shape(net, x: torch.Tensor, data_name: str) -> torch.Tensor:
-    """Reshape data (N, C, H, W) to the network's input shape when the sizes agree, else a clear error."""
+    """Reshape data (N, C, H, W) to the network's input shape when the sizes agree (else a clear
+    error), on the network's device."""
     from certify.data import fit_input_shape
-    return fit_input_shape(x, net.input_shape, data_name, net.name)
+    return fit_input_shape(x, net.input_shape, data_name, net.name).to(net.device)
+
+
+DEVICE_HELP = ("where the computation runs: cpu, cuda, cuda:N, or auto (cuda when a GPU is available, else cpu) "
+               "(default: cpu). Solvers that live on the CPU (HiGHS, SCS, Clarabel) get CPU copies")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|cuda:N|auto`` (see ``resolve_device``)."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def resolve_device(text: str) -> torch.device:
+    """The torch device ``--device text`` asks for; a ``CertifyError`` naming the flag and the
+    available devices when it is malformed or absent here."""
+    text = str(text).strip().lower()
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = "cpu" + (f", cuda:0..cuda:{n_gpu - 1}" if n_gpu else "")
+    if text == "auto":
+        return torch.device("cuda" if n_gpu else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise CertifyError(f"--device must be cpu, cuda, cuda:N or auto, got {text!r}")
+    if not n_gpu:
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise CertifyError(f"--device {text}: {why}; available: {available} (or --device auto)")
+    if index and int(index) >= n_gpu:
+        raise CertifyError(f"--device {text}: there are {n_gpu} CUDA device(s); available: {available}")
+    return torch.device(text)
+
+
+def device_from(args) -> torch.device:
+    """The device of a command line's ``--device`` (cpu when the command has no such flag)."""
+    return resolve_device(getattr(args, "device", "cpu"))
 
 
 def add_domain_args(g) -> None:

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import torch
 
 from certify.cli.argtypes import nonneg_float, positive_float, positive_int
-from certify.cli.common import (add_cluster_args, add_data_args, add_domain_args, add_model_arg, add_output_args,
+from certify.cli.common import (add_cluster_args, add_data_args, add_device_arg, add_domain_args, add_model_arg,
+                                add_output_args,
                                 add_radius_args, check_cluster_args, check_input_shape, check_labels, cluster_client,
                                 domain_from, failed_records, load_data, model_from, open_results, run_chunks,
                                 summary_lines)
@@ -92,6 +93,7 @@ def register(sub) -> None:
             g.add_argument("--mode", default="decision", choices=["decision", "full"],
                            help="decision: stop at the first proof or counterexample (default); "
                                 "full: exact minimum of every margin")
+        add_device_arg(g)
         add_output_args(p)
         add_cluster_args(p)
         p.add_argument("--quiet", action="store_true", help="print only the summary, not one line per input")

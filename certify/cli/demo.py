@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from certify.cli.common import load_model
+from certify.cli.common import add_device_arg, load_model, resolve_device
 from certify.data import load_dataset
 
 # Each engine contributes one function (net, X, y) -> list[str].
@@ -30,12 +30,14 @@ def register(sub) -> None:
                    help="bundled model to use (default: digits-mlp)")
     p.add_argument("--count", dest="n", type=positive_int, default=20, help="test inputs per engine (default: 20)")
     add_renamed(p, "--n", COUNT_HINT)
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    net = load_model(args.model)
-    x, y = load_dataset("digits", "test")
+    device = resolve_device(args.device)
+    net = load_model(args.model).to(device=device)
+    x, y = (t.to(device) for t in load_dataset("digits", "test"))
     print(net.summary())
     acc = (net(x).argmax(1) == y).float().mean().item()
     print(f"\nclean accuracy on the digits test split: {acc:.4f} ({len(y)} images)")

@@ -40,8 +40,8 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 
 def register(sub) -> None:
-    from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import add_cluster_args, add_data_args, add_model_arg
+    from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int, positive_int_or_auto
+    from certify.cli.common import add_cluster_args, add_data_args, add_device_arg, add_model_arg
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +58,8 @@ def register(sub) -> None:
     s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,
                    help="failure probability of each certificate (default: 0.001)")
-    s.add_argument("--batch", type=positive_int, default=1000, help="noise samples per forward pass (default: 1000)")
+    s.add_argument("--batch", type=positive_int_or_auto, default=None, metavar="N|auto",
+                   help="noise samples per forward pass; auto (default): 1000 on a CPU, from the free memory on a GPU")
     s.add_argument("--seed", type=int, default=0, help="random seed; input i uses seed*1000003+i (default: 0)")
     s.add_argument("--adaptive", action="store_true",
                    help="sequential sampling: draw the estimation samples in growing rounds (100, 200, 400, ... up to "
@@ -80,6 +81,7 @@ def register(sub) -> None:
     o.add_argument("--format", default="jsonl", choices=["jsonl", "cohen"],
                    help="cohen: also write Cohen et al.'s tab-separated file (idx label predict radius correct "
                         "time) next to --out, with extension .tsv (default: jsonl only)")
+    add_device_arg(p)
     add_cluster_args(p)
     p.set_defaults(func=run_smooth)
 

@@ -84,8 +84,9 @@ def _cmd_vnnlib(args) -> int:
 
 # ------------------------------------------------------------------------------ certify vnncomp
 def _cmd_vnncomp(args) -> int:
-    from certify.cli.common import check_cluster_args, cluster_client
+    from certify.cli.common import check_cluster_args, cluster_client, resolve_device
     limit = args.limit
+    device = str(resolve_device(args.device))
 
     def select(k, onnx, vnn):
         return k % args.every == 0 and (limit is None or k // args.every < limit)
@@ -96,7 +97,7 @@ def _cmd_vnncomp(args) -> int:
     with cluster_client(args) as client:
         s = run_benchmark(Path(args.dir), Path(args.out), Path(args.instances) if args.instances else None,
                           Path(args.ground_truth) if args.ground_truth else None, args.timeout_scale, args.method,
-                          args.overwrite, select, client=client, threads=args.threads or 1)
+                          args.overwrite, select, client=client, threads=args.threads or 1, device=device)
     print(format_summary(Path(args.dir).name, s))
     return 0
 
@@ -104,7 +105,7 @@ def _cmd_vnncomp(args) -> int:
 # ------------------------------------------------------------------------------ registration
 def register(sub) -> None:
     from certify.cli.argtypes import positive_float, positive_int
-    from certify.cli.common import add_cluster_args, add_model_arg
+    from certify.cli.common import add_cluster_args, add_device_arg, add_model_arg
     p = sub.add_parser("vnnlib", help="verify one VNN-LIB property (VNN-COMP result file)",
                        description="Decide a VNN-LIB property on an ONNX network by branch and bound with "
                                    "falsification: 'sat' (a counterexample exists, checked in float64), 'unsat' "
@@ -121,6 +122,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the PGD falsifier (default 0)")
     p.add_argument("--parse-only", action="store_true", help="only check that the network loads and the property "
                                                              "parses for it (exit 0), no verification")
+    add_device_arg(p)
     p.set_defaults(func=_cmd_vnnlib)
 
     q = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark folder and score it",
@@ -139,5 +141,6 @@ def register(sub) -> None:
     q.add_argument("--method", choices=["auto", "input", "relu"], default="auto", help="branching (default auto)")
     q.add_argument("--every", type=positive_int, default=1, help="run every EVERY-th instance only (default 1)")
     q.add_argument("--limit", type=positive_int, default=None, help="run at most LIMIT instances")
+    add_device_arg(q)
     add_cluster_args(q, task_timeout=False)
     q.set_defaults(func=_cmd_vnncomp)

@@ -105,8 +105,8 @@ def sample_rows(prob: Problem, b: int, solver: str = "highs", time_limit: float 
         return solve_rows(enc, objective_rows(obj, enc), obj.const, solver, time_limit, options)
     from certify.convex.lp_l2 import solve_rows_l2
     cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
-    x0 = prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy()
-    eps = float(torch.as_tensor(prob.input_set.eps, dtype=torch.float64).reshape(-1).expand(prob.batch)[b])
+    x0 = prob.input_set.center[b].detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+    eps = float(torch.as_tensor(prob.input_set.eps, dtype=torch.float64, device="cpu").reshape(-1).expand(prob.batch)[b])
     return solve_rows_l2(enc, objective_rows(obj, enc), obj.const, x0, eps, cone, time_limit)
 
 
@@ -135,7 +135,7 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
         cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
     elif solver not in ("highs", "scipy"):
         raise CertifyError(f"LP solver must be 'highs' or 'scipy', got {solver!r}")
-    lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
+    lower = torch.full((B, rows), -np.inf, dtype=torch.float64, device="cpu")
     status, secs = [], []
     for b in range(B):
         t0 = time.perf_counter()
@@ -146,5 +146,5 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
         status.append(st)
         secs.append(time.perf_counter() - t0)
     name = f"cvxpy-{cone}" if l2 else ("highspy" if solver == "highs" else "scipy-linprog")
-    return ConvexResult("lp-all" if refine == "all" else "lp", name,
-                        lower, torch.full((B, rows), np.inf, dtype=torch.float64), status, secs)
+    return ConvexResult("lp-all" if refine == "all" else "lp", name, lower,
+                        torch.full((B, rows), np.inf, dtype=torch.float64, device="cpu"), status, secs).to(prob.device)

@@ -74,8 +74,8 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
         raise CertifyError(f"milp takes L-inf balls and boxes only, not an L{prob.input_set.norm} ball: "
                            + NOT_POLYHEDRAL.get(prob.input_set.norm, ""))
     B, rows = prob.C.shape[:2]
-    lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
-    upper = torch.full((B, rows), np.inf, dtype=torch.float64)
+    lower = torch.full((B, rows), -np.inf, dtype=torch.float64, device="cpu")
+    upper = torch.full((B, rows), np.inf, dtype=torch.float64, device="cpu")
     status, secs, cex = [], [], []
     n0 = prob.lower0.shape[1]
     for b in range(B):
@@ -111,4 +111,4 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
         status.append(st_b)
         cex.append(found)
         secs.append(time.perf_counter() - t0)
-    return ConvexResult("milp", "highspy-mip", lower, upper, status, secs, cex)
+    return ConvexResult("milp", "highspy-mip", lower, upper, status, secs, cex).to(prob.device)

@@ -39,7 +39,7 @@ def as_network(net_or_module, input_shape) -> Network:
 class Problem:
     """Everything a solver needs, for B samples."""
 
-    net: Network                       # float64 copy
+    net: Network                       # the network, on the CPU (the solvers' side)
     pl: PiecewiseLinear
     input_set: InputSet
     lower0: np.ndarray                 # (B, n0) input box
@@ -47,6 +47,7 @@ class Problem:
     C: torch.Tensor                    # (B, rows, K) float64
     d: torch.Tensor                    # (B, rows) float64
     pre: list[tuple[np.ndarray, np.ndarray]]   # per ReLU layer (B, n_k) lower, upper
+    device: torch.device = torch.device("cpu")  # the inputs' device: where the results go
 
     @property
     def batch(self) -> int:
@@ -91,8 +92,8 @@ def pre_activation_bounds(net: Network, pl: PiecewiseLinear, input_set: InputSet
             v = given[layer.pre_node]
             lo, hi = (v.lower, v.upper) if hasattr(v, "lower") else v
         B = lo0.shape[0]
-        lo = lo.detach().to(torch.float64).reshape(B, -1).numpy()
-        hi = hi.detach().to(torch.float64).reshape(B, -1).numpy()
+        lo = lo.detach().to(device="cpu", dtype=torch.float64).reshape(B, -1).numpy()
+        hi = hi.detach().to(device="cpu", dtype=torch.float64).reshape(B, -1).numpy()
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             raise CertifyError(f"pre-activation bounds of {layer.pre_node!r} are not finite")
         pad = PAD * (1.0 + np.maximum(np.abs(lo), np.abs(hi)))
@@ -103,24 +104,30 @@ def pre_activation_bounds(net: Network, pl: PiecewiseLinear, input_set: InputSet
 def prepare(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
             input_set: InputSet | None = None, bounds_method: str = "crown", pre_bounds: dict | None = None,
             need_bounds: bool = True) -> Problem:
-    """Build the ``Problem`` (see module doc). ``pre_bounds`` overrides the bound engine."""
+    """Build the ``Problem`` (see module doc). ``pre_bounds`` overrides the bound engine.
+
+    The pre-activation bounds are computed on the inputs' device; everything the solvers read
+    (network, boxes, bounds, C, d) is a CPU copy."""
     x = torch.as_tensor(x)
     net = as_network(net_or_module, x.shape[1:])
     if tuple(x.shape[1:]) != tuple(net.input_shape):
         raise CertifyError(f"input batch has per-sample shape {tuple(x.shape[1:])}, network expects {net.input_shape}")
-    pl = linearize(net)
+    cpu_net = net if net.device.type == "cpu" else net.to(device="cpu")
+    pl = linearize(cpu_net)
     s = make_input_set(x, eps, norm, domain, input_set)
-    lo0, hi0 = (t.detach().to(torch.float64).reshape(x.shape[0], -1).numpy() for t in s.box())
+    lo0, hi0 = (t.detach().to(device="cpu", dtype=torch.float64).reshape(x.shape[0], -1).numpy() for t in s.box())
     K = int(np.prod(net.output_shape))
     B = x.shape[0]
-    C = torch.eye(K, dtype=torch.float64).expand(B, K, K) if C is None else torch.as_tensor(C).to(torch.float64)
+    C = (torch.eye(K, dtype=torch.float64, device="cpu").expand(B, K, K) if C is None
+         else torch.as_tensor(C).to(device="cpu", dtype=torch.float64))
     if C.dim() != 3 or C.shape[0] != B or C.shape[2] != K:
         raise CertifyError(f"C must have shape ({B}, rows, {K}), got {tuple(C.shape)}")
-    d = torch.zeros(C.shape[:2], dtype=torch.float64) if d is None else torch.as_tensor(d).to(torch.float64)
+    d = (torch.zeros(C.shape[:2], dtype=torch.float64, device="cpu") if d is None
+         else torch.as_tensor(d).to(device="cpu", dtype=torch.float64))
     if tuple(d.shape) != tuple(C.shape[:2]):
         raise CertifyError(f"d must have shape {tuple(C.shape[:2])}, got {tuple(d.shape)}")
     pre = pre_activation_bounds(net, pl, s, bounds_method, pre_bounds) if need_bounds else []
-    return Problem(net, pl, s, lo0, hi0, C.contiguous(), d.contiguous(), pre)
+    return Problem(cpu_net, pl, s, lo0, hi0, C.contiguous(), d.contiguous(), pre, s.box()[0].device)
 
 
 def is_box_set(s: InputSet) -> bool:

@@ -27,14 +27,15 @@ def certified_radius(method, net, x: torch.Tensor, label: torch.Tensor, norm="in
     x = torch.as_tensor(x)
     net = as_network(net, x.shape[1:])
     K = num_classes or int(math.prod(net.output_shape))
-    labels = torch.as_tensor(label).reshape(-1)
+    labels = torch.as_tensor(label, device=x.device).reshape(-1)
 
     def check(sel: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return torch.tensor([method(net, x[b: b + 1], eps=float(e), norm=norm, C=robustness_matrix(labels[b: b + 1], K),
                                     domain=domain, **kw).verdict[0] == "certified" for b, e in zip(sel.tolist(), eps)],
-                            dtype=torch.bool)
+                            dtype=torch.bool, device=x.device)
 
     if limit is None:
         limit = domain_extent(domain, norm, net.input_size) if domain is not None else math.inf
-    r, ok_lo = bisect_radius(check, x.shape[0], lo, min(hi, limit), tol, torch.float64, check_lo=lo > 0, limit=limit)
+    r, ok_lo = bisect_radius(check, x.shape[0], lo, min(hi, limit), tol, torch.float64, check_lo=lo > 0, limit=limit,
+                             device=x.device)
     return torch.where(ok_lo, r, torch.zeros_like(r))

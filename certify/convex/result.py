@@ -8,7 +8,7 @@ decides it (a checked counterexample: ``falsified``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,6 +30,13 @@ class ConvexResult:
     status: list[list[str]]
     seconds: list[float]
     counterexample: list[torch.Tensor | None] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "ConvexResult":
+        """This result with its tensors on ``device`` (the solvers produce them on the CPU)."""
+        def move(t):
+            return t if t is None else t.to(device)
+        return replace(self, lower=move(self.lower), upper=move(self.upper),
+                       counterexample=[move(c) for c in self.counterexample])
 
     @property
     def verdict(self) -> list[str]:

@@ -151,7 +151,7 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
         raise CertifyError(f"sdp takes L-inf balls, boxes and L2 balls, not an L{prob.input_set.norm} ball "
                            "(certify L1 balls with bounds --norm 1)")
     B, rows = prob.C.shape[:2]
-    lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
+    lower = torch.full((B, rows), -np.inf, dtype=torch.float64, device="cpu")
     status, secs = [], []
     if str(solver).lower() == "auto":
         solver = choose_solver(sum(prob.pl.sizes) + 1)
@@ -181,4 +181,5 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
         status.append(st)
         secs.append(time.perf_counter() - t0)
     name = "first-order" if fo else f"cvxpy-{solver.upper()}"
-    return ConvexResult("sdp", name, lower, torch.full((B, rows), np.inf, dtype=torch.float64), status, secs)
+    return ConvexResult("sdp", name, lower, torch.full((B, rows), np.inf, dtype=torch.float64, device="cpu"), status,
+                        secs).to(prob.device)

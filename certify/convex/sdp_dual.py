@@ -66,8 +66,8 @@ def families(prob: Problem, b: int, row: int) -> Families:
         Fvec[pl.offsets[L]: pl.offsets[L] + sizes[L]] = np.asarray(T[row].todense()).ravel()
     l2 = None
     if prob.input_set.norm == "2":
-        eps = float(torch.as_tensor(prob.input_set.eps, dtype=torch.float64).reshape(-1).expand(prob.batch)[b])
-        l2 = (prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy(), eps)
+        eps = float(torch.as_tensor(prob.input_set.eps, dtype=torch.float64, device="cpu").reshape(-1).expand(prob.batch)[b])
+        l2 = (prob.input_set.center[b].detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy(), eps)
     tri = []
     for lo, hi in prob.pre:
         l, u = lo[b], hi[b]

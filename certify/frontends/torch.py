@@ -112,8 +112,8 @@ def from_module(module: nn.Module, input_shape: Sequence[int], name: str | None 
 def _check_against_module(net: Network, module: nn.Module) -> None:
     p = next(iter(module.parameters()), None)
     dtype = net.dtype if p is None else p.dtype
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((2,) + net.input_shape, generator=gen, dtype=torch.float64).to(dtype)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.rand((2,) + net.input_shape, generator=gen, dtype=torch.float64, device="cpu").to(dtype)
     if p is not None:
         x = x.to(p.device)
     modes = [(m, m.training) for m in module.modules()]
@@ -398,8 +398,9 @@ def _m_batchnorm(t: _Tracer, node, mod, args, kwargs, origin):
         raise t.fail(origin, "BatchNorm without running statistics (track_running_stats=False) depends on "
                              "the batch; not supported")
     c = mod.num_features
-    w = mod.weight if mod.weight is not None else torch.ones(c, dtype=mod.running_mean.dtype)
-    b = mod.bias if mod.bias is not None else torch.zeros(c, dtype=mod.running_mean.dtype)
+    like = dict(dtype=mod.running_mean.dtype, device=mod.running_mean.device)
+    w = mod.weight if mod.weight is not None else torch.ones(c, **like)
+    b = mod.bias if mod.bias is not None else torch.zeros(c, **like)
     return t.emit(BatchNorm(mod.running_mean, mod.running_var, w, b, float(mod.eps)), [x], node, origin)
 
 

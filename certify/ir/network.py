@@ -156,9 +156,32 @@ class Network:
         nodes = [Node(n.name, n.op.map_tensors(fn), n.inputs) for n in self.nodes]
         return Network(self.input_shape, nodes, self.output, self.input_name, self.name)
 
-    def to(self, dtype: torch.dtype) -> "Network":
-        """A copy whose parameters have ``dtype`` (e.g. float64 for exact re-evaluation)."""
-        return self.map_tensors(lambda t: t.detach().to(dtype))
+    def to(self, dtype: torch.dtype | torch.device | str | None = None, *,
+           device: torch.device | str | None = None) -> "Network":
+        """A copy whose parameters have ``dtype`` and live on ``device`` (either may be omitted).
+
+        ``net.to(torch.float64)``, ``net.to("cuda")`` and ``net.to(device=d, dtype=t)`` all work;
+        only floating-point parameters change dtype.
+        """
+        if isinstance(dtype, (torch.device, str)):
+            if device is not None:
+                raise TypeError("Network.to: device given twice")
+            dtype, device = None, dtype
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            return t if device is None else t.to(device)
+        return self.map_tensors(move)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (cpu for a network without any)."""
+        for n in self.nodes:
+            for t in n.op.tensors().values():
+                return t.device
+        return torch.device("cpu")
 
     def detach(self) -> "Network":
         """A copy whose parameters are detached from any autograd graph."""

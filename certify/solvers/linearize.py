@@ -112,8 +112,8 @@ def _push_units(fn, in_shape, chunk: int = 512) -> sp.csr_matrix:
     cols = []
     with torch.no_grad():
         for s in range(0, n, chunk):
-            e = torch.zeros((min(chunk, n - s), n), dtype=torch.float64)
-            e[torch.arange(e.shape[0]), torch.arange(s, s + e.shape[0])] = 1.0
+            e = torch.zeros((min(chunk, n - s), n), dtype=torch.float64, device="cpu")
+            e[torch.arange(e.shape[0], device="cpu"), torch.arange(s, s + e.shape[0], device="cpu")] = 1.0
             out = fn(e.reshape((-1,) + tuple(in_shape))).reshape(e.shape[0], -1)
             cols.append(sp.csr_matrix(out.numpy()))
     return sp.csr_matrix(sp.vstack(cols).T)
@@ -159,7 +159,7 @@ def _const_mul(op, ins, in_shapes, shape):
 def _concat(op, ins, in_shapes, shape):
     # Row r of the output takes row perm[r] of the stacked inputs (row-major order).
     offs = np.cumsum([0] + [int(math.prod(s)) for s in in_shapes])
-    idx = [torch.arange(int(math.prod(s))).reshape(s) + int(o) for s, o in zip(in_shapes, offs)]
+    idx = [torch.arange(int(math.prod(s)), device="cpu").reshape(s) + int(o) for s, o in zip(in_shapes, offs)]
     perm = torch.cat(idx, dim=op.axis).flatten().numpy()
     stacked = ins[0]
     for a in ins[1:]:
@@ -180,9 +180,9 @@ def _vstack(a: Affine, b: Affine) -> Affine:
 
 def _linear_map(op: LinearMap, ins, in_shapes, shape):
     """``y = L(x) + forward(0)``: L by pushing unit vectors through the op's forward (float64)."""
-    op64 = op.map_tensors(lambda t: t.detach().to(torch.float64))
+    op64 = op.map_tensors(lambda t: t.detach().to(device="cpu", dtype=torch.float64))
     with torch.no_grad():
-        c = op64.forward(torch.zeros((1,) + tuple(in_shapes[0]), dtype=torch.float64))
+        c = op64.forward(torch.zeros((1,) + tuple(in_shapes[0]), dtype=torch.float64, device="cpu"))
     out = ins[0].left(_push_units(lambda e: op64.forward(e) - c, in_shapes[0]))
     return out.shift(c.reshape(-1).numpy()) if op.has_offset else out
 

@@ -10,23 +10,24 @@ import torch
 from certify.errors import CertifyError
 
 
-def robustness_matrix(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
-    """C of shape (B, K-1, K) with rows e_y - e_j for every j != y (true-class margin)."""
-    labels = torch.as_tensor(labels).long().reshape(-1)
+def robustness_matrix(labels: torch.Tensor, num_classes: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """C of shape (B, K-1, K) with rows e_y - e_j for every j != y (true-class margin), on
+    ``device`` (default: the labels' device)."""
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
     if bool(((labels < 0) | (labels >= num_classes)).any()):
         raise CertifyError(f"labels must lie in [0, {num_classes}), got {labels.tolist()}")
-    eye = torch.eye(num_classes, dtype=dtype)
+    eye = torch.eye(num_classes, dtype=dtype, device=labels.device)
     B = labels.shape[0]
     C = eye[labels].unsqueeze(1) - eye.unsqueeze(0).expand(B, -1, -1)   # (B, K, K), row j = e_y - e_j
-    keep = torch.ones(B, num_classes, dtype=torch.bool)
-    keep[torch.arange(B), labels] = False
+    keep = torch.ones(B, num_classes, dtype=torch.bool, device=labels.device)
+    keep[torch.arange(B, device=labels.device), labels] = False
     return C[keep].reshape(B, num_classes - 1, num_classes)
 
 
-def margins(labels, n_classes: int, dtype=torch.float32) -> torch.Tensor:
+def margins(labels, n_classes: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """The robustness spec of ``labels`` (B,): C (B, K-1, K), row j = e_label - e_j (j != label),
     so ``C @ y > 0`` says the label's logit beats every other (``robustness_matrix``)."""
-    return robustness_matrix(labels, n_classes, dtype)
+    return robustness_matrix(labels, n_classes, dtype, device)
 
 
 def margin_values(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:

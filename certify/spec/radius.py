@@ -24,16 +24,18 @@ MAX_DOUBLINGS = 60
 
 def bisect_radius(check: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, lo: float, hi: float,
                   tol: float, dtype: torch.dtype = torch.float64,
-                  check_lo: bool = True, limit: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  check_lo: bool = True, limit: float | None = None,
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(radius (n,), certified at ``lo`` (n,) bool). Inputs not certified at ``lo`` get ``lo``;
     ``check_lo=False`` takes ``lo`` as certified without checking it (e.g. lo = 0); ``limit``:
-    the largest radius searched (default ``hi``: no growth, see module doc)."""
+    the largest radius searched (default ``hi``: no growth, see module doc); ``device``: where the
+    radii live."""
     limit = float(hi) if limit is None else float(limit)
     hi = min(float(hi), limit)
-    all_ = torch.arange(n)
-    r_lo = torch.full((n,), float(lo), dtype=dtype)
-    r_hi = torch.full((n,), hi, dtype=dtype)
-    ok_lo = check(all_, r_lo) if check_lo else torch.ones(n, dtype=torch.bool)
+    all_ = torch.arange(n, device=device)
+    r_lo = torch.full((n,), float(lo), dtype=dtype, device=device)
+    r_hi = torch.full((n,), hi, dtype=dtype, device=device)
+    ok_lo = check(all_, r_lo) if check_lo else torch.ones(n, dtype=torch.bool, device=device)
     ok_hi = check(all_, r_hi)
     grow = ok_hi.clone()          # certified at its r_hi: try twice as far, up to the limit
     for _ in range(MAX_DOUBLINGS):

@@ -104,7 +104,8 @@ class Box(InputSet):
         return ok.flatten(1).all(1)
 
     def sample(self, n, generator=None):
-        u = torch.rand((n,) + tuple(self.lower.shape), generator=generator, dtype=self.lower.dtype)
+        u = torch.rand((n,) + tuple(self.lower.shape), generator=generator, dtype=self.lower.dtype,
+                       device=self.lower.device)
         return self.lower + u * (self.upper - self.lower)
 
 
@@ -182,7 +183,7 @@ class _NormBall(InputSet):
     def sample(self, n, generator=None):
         """Uniform in the ball, then projected into the domain when one is given."""
         shape = (n,) + tuple(self.center.shape)
-        u = self._unit_sample(shape, generator, self.center.dtype)
+        u = self._unit_sample(shape, generator, self.center.dtype, self.center.device)
         e = _eps_view(self.eps, self.center).unsqueeze(0)
         pts = self.center.unsqueeze(0) + u * e
         if self.domain is not None:
@@ -207,12 +208,12 @@ class L2Ball(_NormBall):
         return d * torch.clamp(e / n, max=1.0)
 
     @staticmethod
-    def _unit_sample(shape, generator, dtype) -> torch.Tensor:
+    def _unit_sample(shape, generator, dtype, device) -> torch.Tensor:
         """Gaussian directions, radii r^(1/d)."""
-        g = torch.randn(shape, generator=generator, dtype=dtype)
+        g = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         g = g / g.flatten(2).norm(dim=2).reshape(shape[:2] + (1,) * (len(shape) - 2)).clamp(min=1e-12)
         d = math.prod(shape[2:])
-        r = torch.rand(shape[:2], generator=generator, dtype=g.dtype) ** (1.0 / d)
+        r = torch.rand(shape[:2], generator=generator, dtype=g.dtype, device=device) ** (1.0 / d)
         return g * r.reshape(shape[:2] + (1,) * (len(shape) - 2))
 
 
@@ -248,11 +249,11 @@ class L1Ball(_NormBall):
         return _project_l1(d, e)
 
     @staticmethod
-    def _unit_sample(shape, generator, dtype) -> torch.Tensor:
+    def _unit_sample(shape, generator, dtype, device) -> torch.Tensor:
         """Signed exponentials over the sum of d + 1 exponentials: uniform in the unit L1 ball."""
         d = math.prod(shape[2:])
-        ex = -torch.log1p(-torch.rand(shape[:2] + (d + 1,), generator=generator, dtype=dtype))
-        sign = torch.randint(0, 2, shape[:2] + (d,), generator=generator).to(ex.dtype) * 2 - 1
+        ex = -torch.log1p(-torch.rand(shape[:2] + (d + 1,), generator=generator, dtype=dtype, device=device))
+        sign = torch.randint(0, 2, shape[:2] + (d,), generator=generator, device=device).to(ex.dtype) * 2 - 1
         return (sign * ex[..., :d] / ex.sum(-1, keepdim=True)).reshape(shape)
 
 

@@ -31,7 +31,7 @@ def _pgd20(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm:
     """PGD-20 (one random restart besides the start at x) on the smallest margin: (points, margins (B,))."""
     C = robustness_matrix(y, K, dtype=x.dtype)
     s = ball(x, eps, norm, DOMAIN)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=x.device).manual_seed(0)
     return pgd_margin(model, s, C, steps=20, restarts=2, generator=g)
 
 
@@ -148,8 +148,9 @@ def evaluate_model(model: nn.Module, args, cfg, net) -> dict:
     from certify.train.objectives import FAMILY, NORM
     X, y = load_dataset(args.data, "test", args.data_dir)
     idx = list(range(0, len(X), args.eval_skip))[: args.eval_n]
-    sel = torch.tensor(idx)
-    X, y = X[sel], y[sel]
+    sel = torch.tensor(idx, dtype=torch.long, device=X.device)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    X, y = X[sel].to(device), y[sel].to(device)
     eps = args.eval_eps if args.eval_eps is not None else args.eps
     model.eval()
     with ResultWriter(os.path.join(args.out, "certify.jsonl"), resume=True) as w:

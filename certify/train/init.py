@@ -22,7 +22,7 @@ def ibp_init(model: nn.Module, generator: torch.Generator | None = None) -> int:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             fan_in = m.weight[0].numel()
             std = math.sqrt(2 * math.pi) / fan_in
-            m.weight.copy_(torch.randn(m.weight.shape, generator=generator, dtype=m.weight.dtype) * std)
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator, dtype=m.weight.dtype, device="cpu") * std)
             if m.bias is not None:
                 m.bias.zero_()
             n += 1

@@ -5,7 +5,11 @@ gives the loss, then backward, optional gradient-norm clipping, and the optimize
 epoch: a JSON line of metrics appended to ``metrics.jsonl`` and a checkpoint (``checkpoint.pt``,
 see ``certify.train.checkpoint``) in the run directory. ``resume=True`` continues from the last
 checkpoint and reproduces the uninterrupted run bit for bit (same data order, same attack
-starts and noise: all randomness comes from one generator whose state is checkpointed).
+starts and noise: all randomness comes from one generator whose state is checkpointed; on
+an accelerator the draws made there come from a generator on it, seeded per epoch from the run's
+seed). The model and each batch live on ``device``; ``amp`` runs the forward passes of the
+standard / PGD / Gaussian objectives under ``torch.autocast`` (float16 with gradient scaling on
+CUDA, bfloat16 on the CPU), never those of the certified objectives, whose bounds must be exact.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from certify.train.schedule import Schedule
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BOUND_OBJECTIVES = ("ibp", "crown-ibp")
+AMP_OBJECTIVES = ("standard", "pgd", "gaussian")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class TrainConfig:
     sigma: float = 0.25
     noise_samples: int = 1
     num_classes: int = 10
+    amp: bool = False
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -73,6 +79,9 @@ class TrainConfig:
             raise CertifyError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise CertifyError("batch size, epochs and learning rate must be positive")
+        if self.amp and self.objective not in AMP_OBJECTIVES:
+            raise CertifyError(f"mixed precision (amp) is offered for the {', '.join(AMP_OBJECTIVES)} objectives "
+                               f"only, not {self.objective!r}: its bounds and attacks must run in full precision")
         self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
         self.kappa = tuple(float(v) for v in self.kappa)
         self.beta = tuple(float(v) for v in self.beta)
@@ -110,6 +119,13 @@ def ir_network(model: nn.Module, input_shape: tuple[int, ...]):
     return from_module(model, tuple(input_shape))
 
 
+def _mixed_precision(amp: bool, device: torch.device):
+    """(a context-manager factory for the forward passes, a gradient scaler) for ``amp`` on ``device``."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=amp)), scaler
+
+
 def _read_metrics(path: str, upto_epoch: int) -> list[dict]:
     rows = []
     if os.path.exists(path):
@@ -126,24 +142,30 @@ def _read_metrics(path: str, upto_epoch: int) -> list[dict]:
 
 def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, run_dir: str | None = None,
           resume: bool = False, progress: bool = False, max_batches: int | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+          on_epoch: Callable[[dict], None] | None = None, device: torch.device | str | None = None) -> list[dict]:
     """Train ``model`` in place on images ``X`` (N, C, H, W) in [0, 1] and labels ``y`` (N,).
 
     Returns the per-epoch metrics (also appended to ``run_dir/metrics.jsonl`` when ``run_dir``
     is given, together with a checkpoint after every epoch). ``max_batches`` cuts every epoch
     short (benchmarks and tests). ``on_epoch(row)`` is called after each epoch's checkpoint.
     With ``resume=True`` the run continues after the last checkpointed epoch of ``run_dir``
-    (the config must equal the checkpoint's).
+    (the config must equal the checkpoint's). ``device``: where the model (moved there in place)
+    and its batches live (default: the model's parameters' device); ``X`` and ``y`` may stay on
+    the CPU.
     """
     if X.dim() < 2 or len(X) != len(y) or len(X) == 0:
         raise CertifyError(f"training data must be (N, ...) images with N labels; got {tuple(X.shape)} "
                            f"and {tuple(y.shape)}")
     objective = OBJECTIVES[cfg.objective]
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     if cfg.shi_init:
         ibp_init(model, gen)
+    device = torch.device(device) if device is not None else next(
+        (p.device for p in model.parameters()), torch.device("cpu"))
+    model.to(device)
     model.train()
+    autocast, scaler = _mixed_precision(cfg.amp, device)
     optimizer = make_optimizer(model, cfg)
     n = len(X)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -175,7 +197,8 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, 
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen, device="cpu")
+        draws = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed * 100003 + epoch)
         sums: dict[str, float] = {}
         seen = 0
         bar = range(steps_per_epoch)
@@ -188,15 +211,19 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, 
             knobs = schedule.knobs(step)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.learning_rate(step)
-            loss, stats = objective(Step(model, net, X[idx], y[idx], knobs, hyper, gen))
+            xb, yb = X[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            with autocast():
+                loss, stats = objective(Step(model, net, xb, yb, knobs, hyper, draws))
             if not torch.isfinite(loss):
                 raise CertifyError(f"epoch {epoch}, step {step}: the {cfg.objective} loss is {loss.item()}; "
                                    "lower the learning rate or lengthen the eps ramp")
             optimizer.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.clip_grad:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             seen += len(idx)
             for k, v in stats.items():

@@ -95,17 +95,17 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, steps: int, ste
     s = LinfBall(x.detach(), eps, DOMAIN)
     with torch.no_grad():
         p_log = F.log_softmax(model(x), 1)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     start = s.project(x.detach() + 0.001 * noise)
     xa, _ = pgd_minimize(lambda z: -_kl(p_log, F.log_softmax(model(z), 1)), s, steps=steps,
                          step_size=step_size, start=start)
     return xa
 
 
-def _noise(shape: tuple[int, ...], sigma: float, generator: torch.Generator | None, dtype) -> torch.Tensor:
+def _noise(shape: tuple[int, ...], sigma: float, generator: torch.Generator | None, dtype, device) -> torch.Tensor:
     """Gaussian noise of standard deviation ``sigma`` from the smoothing engine's sampler."""
     from smoothing.noise import sample_noise
-    return sample_noise(shape, generator, "gaussian", sigma, dtype=dtype)
+    return sample_noise(shape, generator, "gaussian", sigma, dtype=dtype, device=device)
 
 
 def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, noise: torch.Tensor,
@@ -191,7 +191,7 @@ def crown_ibp(st: Step) -> tuple[torch.Tensor, Stats]:
 
 
 def gaussian(st: Step) -> tuple[torch.Tensor, Stats]:
-    xn = st.x + _noise(tuple(st.x.shape), st.hyper.sigma, st.generator, st.x.dtype)
+    xn = st.x + _noise(tuple(st.x.shape), st.hyper.sigma, st.generator, st.x.dtype, st.x.device)
     logits = st.model(xn)
     loss = F.cross_entropy(logits, st.y)
     return loss, {"loss": loss.item(), "noisy_acc": _accuracy(logits, st.y)}
@@ -199,7 +199,7 @@ def gaussian(st: Step) -> tuple[torch.Tensor, Stats]:
 
 def smoothadv(st: Step) -> tuple[torch.Tensor, Stats]:
     m = max(1, st.hyper.noise_samples)
-    noise = _noise((m,) + tuple(st.x.shape), st.hyper.sigma, st.generator, st.x.dtype)
+    noise = _noise((m,) + tuple(st.x.shape), st.hyper.sigma, st.generator, st.x.dtype, st.x.device)
     xa = st.x
     if st.knobs.eps > 0:
         xa = smoothadv_attack(st.model, st.x, st.y, st.knobs.eps, noise, st.hyper.attack_steps,

@@ -64,7 +64,7 @@ class Obligation:
     @property
     def key(self) -> tuple[bytes, bytes]:
         """Equal for the obligations of one box (they share its root bounds)."""
-        return self.lo.numpy().tobytes(), self.hi.numpy().tobytes()
+        return self.lo.cpu().numpy().tobytes(), self.hi.cpu().numpy().tobytes()
 
 
 @dataclass

@@ -41,6 +41,6 @@ def input_scores(res: DomainBounds, ob: Obligation) -> torch.Tensor:
 def relu_scores(res: DomainBounds, sizes: list[int]) -> torch.Tensor:
     """(n_unstable,) the intercept scores (``branching.babsr_scores``) of the unstable neurons."""
     row = res.lower.max(1).indices
-    splits = [torch.zeros(1, n, dtype=torch.int8) for n in sizes]
+    splits = [torch.zeros(1, n, dtype=torch.int8, device=row.device) for n in sizes]
     sc = babsr_scores(res.lam_hidden, res.pre, splits, row)[0]
     return sc[torch.isfinite(sc)].double()

@@ -65,7 +65,7 @@ def graph_root(search: Search, ob: Obligation):
             root["graph-crown-seconds"] = time.monotonic() - t
         pre = root["graph-crown"]
         res = search.timed("time_bound", bound_domains, g, lo, hi, ob.C.double().unsqueeze(0),
-                           ob.d.double().unsqueeze(0), pre, Splits.none(1))
+                           ob.d.double().unsqueeze(0), pre, Splits.none(1, lo.device))
         search.counters["bound_calls"] += 1
         ob.state[_ROOT] = res, pre
     return ob.state[_ROOT]
@@ -91,7 +91,7 @@ class GraphActivationSplit(SplitStage):
         try:
             res, pre = graph_root(self.search, ob)
         except CertifyError:   # no bound here: every neuron counts alike (the most directions)
-            return torch.ones(sum(self.graph.sizes), dtype=torch.float64)
+            return torch.ones(sum(self.graph.sizes), dtype=torch.float64, device=ob.lo.device)
         best, row = res.lower.max(1)
         if bool(best[0] > PROOF_TOL):
             return None

@@ -48,7 +48,8 @@ class MilpBeside(Helper):
         while q.candidates:
             k, x = q.candidates.popitem()
             other = self._by_index[k]
-            ce = fal.check_points(torch.as_tensor(x, dtype=torch.float64).reshape(1, -1), other.disjuncts)
+            ce = fal.check_points(torch.as_tensor(x, dtype=torch.float64, device=fal.device).reshape(1, -1),
+                                  other.disjuncts)
             if ce is not None:
                 return Outcome("sat", ce, self.name, "milp")
         if ob.index in q.proved:
