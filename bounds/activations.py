@@ -15,7 +15,9 @@
   sound lines; ReLU's is the lower slope, LeakyReLU's a + alpha (1 - a), the smooth ops'
   (lower line, upper line) fractions of the range of f' on [lo, hi];
 * ``split_point``: a split of a neuron cuts its pre-activation there (+1: x >= p, -1: x <= p);
-  None: the op is not split;
+  None: the op is not split at a fixed point;
+* ``split_mid``: branch and bound may split a neuron at the midpoint of its interval (the smooth
+  ops and Floor, whose lines tighten on every sub-interval); ``split_at`` gives either point;
 * ``lower_bias_zero``: the lower lines pass through 0 (CROWN skips their intercepts);
   ``alpha_is_lower_slope``: alpha is the lower slope of the unstable neurons and no other line
   depends on it (the lines can be computed once on a conv grid and gathered per window);
@@ -48,6 +50,7 @@ class Activation:
     alpha_init: Callable | None = None
     n_alpha: int = 0
     split_point: float | None = None
+    split_mid: bool = False
     lower_bias_zero: bool = False
     alpha_is_lower_slope: bool = False
     ibp_forward: bool = False
@@ -77,7 +80,8 @@ def _smooth(fn: S.Smooth, bounded: bool) -> Activation:
     return Activation(interval=lambda op, lo, hi: S.interval(fn, op, lo, hi),
                       relax=lambda op, lo, hi, alpha=None: S.relax(fn, op, lo, hi, alpha),
                       unstable=_everywhere,
-                      alpha_init=lambda op, lo, hi: S.alpha_init(fn, op, lo, hi), n_alpha=2, bounded=bounded)
+                      alpha_init=lambda op, lo, hi: S.alpha_init(fn, op, lo, hi), n_alpha=2, bounded=bounded,
+                      split_mid=True)
 
 
 def _s_shaped(default: Callable, fn: S.Smooth) -> Activation:
@@ -89,7 +93,7 @@ def _s_shaped(default: Callable, fn: S.Smooth) -> Activation:
     def alpha_init(op, lo, hi):
         r = default(lo, hi)
         return S.alpha_init(fn, op, lo, hi, (r.lower_slope, r.upper_slope))
-    return Activation(_forward, relax, _everywhere, alpha_init=alpha_init, n_alpha=2, ibp_forward=True)
+    return Activation(_forward, relax, _everywhere, alpha_init=alpha_init, n_alpha=2, ibp_forward=True, split_mid=True)
 
 
 ACTIVATIONS: dict[type, Activation] = {
@@ -115,7 +119,8 @@ ACTIVATIONS: dict[type, Activation] = {
                        ibp_forward=True),
     O.Floor: Activation(_forward, lambda op, lo, hi, alpha=None: R.floor_relax(lo, hi, alpha),
                         lambda op, lo, hi: torch.floor(lo) != torch.floor(hi),
-                        alpha_init=lambda op, lo, hi: R.floor_alpha_init(lo, hi), n_alpha=2, ibp_forward=True),
+                        alpha_init=lambda op, lo, hi: R.floor_alpha_init(lo, hi), n_alpha=2, ibp_forward=True,
+                        split_mid=True),
 }
 
 NEEDS_BOUNDS: tuple[type, ...] = tuple(ACTIVATIONS) + (O.MaxPool2d, O.Mul, O.MatMul, O.Softmax)
@@ -161,6 +166,17 @@ def node_alpha_init(node, ins: list) -> Tensor | None:
 def record(op) -> Activation | None:
     """The record of ``op``'s class, or None (not an elementwise nonlinear op)."""
     return ACTIVATIONS.get(type(op))
+
+
+def split_at(op, lo: Tensor, hi: Tensor) -> Tensor | None:
+    """Where branch and bound splits the neurons of ``op`` with pre-activation bounds [lo, hi]: the
+    record's ``split_point``, or the intervals' midpoints (``split_mid``); None: not split."""
+    rec = ACTIVATIONS.get(type(op))
+    if rec is None:
+        return None
+    if rec.split_point is not None:
+        return torch.full_like(lo, rec.split_point)
+    return (lo + hi) / 2 if rec.split_mid else None
 
 
 def split_alpha(op, alpha: Tensor | None, dim: int = 2):
@@ -224,5 +240,5 @@ def needs_bounds(op) -> bool:
 
 
 __all__ = ["Activation", "ACTIVATIONS", "NEEDS_BOUNDS", "UNBOUNDED", "SQUARE", "elementwise_op", "node_alpha_init",
-           "record", "split_alpha", "interval", "relax",
+           "record", "split_at", "split_alpha", "interval", "relax",
            "intercept_sum", "needs_bounds"]

@@ -25,6 +25,9 @@ network parameters (the optimization runs on a detached copy of the network).
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 
 from certify.ir.network import Network
@@ -76,14 +79,33 @@ class _Slopes:
         return p
 
 
-def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
-                splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
-                optimize_intermediate: bool = False, decay: float = 0.98):
-    """Optimized bounds of ``C @ y + d``: (lower (B, rows), upper (B, rows), intermediate dict).
+@dataclass
+class AlphaResult:
+    """``lower``, ``upper`` (B, rows): the best bounds of the spec seen (sound); ``pre``: the best
+    bounds of every pre-activation node; ``slopes``: the alpha variables after the last step,
+    ``slopes.params`` {(key, node): tensor} (key: the bounded node and chunk of rows, or the
+    output node for the spec's rows); ``rows``: the neurons bounded per pre-activation node
+    ({node: (idx, valid)}, what ``propagate(rows=...)`` takes to reuse the slopes); ``steps``: the
+    Adam steps taken."""
 
-    ``optimize_intermediate=True`` adds the widths of every pre-activation bound to the
-    objective (used by ``intermediate_bounds(method='alpha')``); otherwise only the final
-    bound is optimized (the intermediate slopes still follow its gradient)."""
+    lower: torch.Tensor
+    upper: torch.Tensor
+    pre: dict
+    slopes: "_Slopes"
+    rows: dict
+    steps: int
+
+
+def optimize(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
+             splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
+             optimize_intermediate: bool = False, decay: float = 0.98, patience: int | None = None,
+             rel_tol: float = 1e-3, stop=None, deadline: float | None = None) -> AlphaResult:
+    """alpha-CROWN (see the module docstring), returning the slopes as well as the bounds.
+
+    ``patience``: stop once the objective (the sum of the spec's lower bounds minus its upper
+    ones) has not improved by more than ``rel_tol`` of its magnitude (at least 1e-6) for that
+    many steps; ``stop(best_lower)``: a callable, True to stop (e.g. every row proved);
+    ``deadline`` (time.monotonic()): no step begins after it. The first pass always runs."""
     net = net.detach()
     rows: dict = {}
     vals0 = propagate(net, input_set, "crown", splits, record_rows=rows)
@@ -93,9 +115,10 @@ def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None
     pre = preactivation_nodes(net)
     best_pre = {k: vals0[k] for k in pre}
     slopes = _Slopes(net, vals0)
+    steps = 0
     if not slopes.init or iterations <= 0:
-        return best_lo, best_hi, best_pre
-    adam = None
+        return AlphaResult(best_lo, best_hi, best_pre, slopes, rows, steps)
+    adam, best_obj, since = None, -float("inf"), 0
     for it in range(iterations):
         vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=rows, reference=dict(best_pre))
         lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes)
@@ -105,14 +128,40 @@ def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None
             best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
             for k in pre:
                 best_pre[k] = (torch.maximum(best_pre[k][0], vals[k][0]), torch.minimum(best_pre[k][1], vals[k][1]))
+            obj = float(best_lo.sum() - (best_hi.sum() if upper else 0.0))
+        if obj > best_obj + max(rel_tol * abs(obj), 1e-6):
+            best_obj, since = obj, 0
+        else:
+            since += 1
         if optimize_intermediate:
             loss = loss + sum((vals[k][1] - vals[k][0]).sum() for k in pre)
         params = list(slopes.params.values())
         if it == iterations - 1 or not params or not loss.requires_grad:
             break
+        if (patience is not None and since >= patience) or (stop is not None and stop(best_lo)) or (
+                deadline is not None and time.monotonic() > deadline):
+            break
         adam = adam or torch.optim.Adam(params, lr=lr)
         _adam_step(adam, params, torch.autograd.grad(loss, params, allow_unused=True), decay)
+        steps += 1
+    return AlphaResult(best_lo, best_hi, best_pre, slopes, rows, steps)
+
+
+def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
+                splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
+                optimize_intermediate: bool = False, decay: float = 0.98, patience: int | None = None):
+    """Optimized bounds of ``C @ y + d``: (lower (B, rows), upper (B, rows), intermediate dict).
+
+    ``optimize_intermediate=True`` adds the widths of every pre-activation bound to the
+    objective (used by ``intermediate_bounds(method='alpha')``); otherwise only the final
+    bound is optimized (the intermediate slopes still follow its gradient). ``patience``: see
+    ``optimize``."""
+    net = net.detach()
+    res = optimize(net, input_set, C, d, splits, iterations, lr, upper, optimize_intermediate, decay, patience)
+    best_lo, best_hi, best_pre = res.lower, res.upper, res.pre
+    if not res.slopes.init or iterations <= 0:
+        return best_lo, best_hi, best_pre
     with torch.no_grad():       # one more pass: the last slopes on the best bounds of every layer
-        lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, slopes)
+        lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, res.slopes)
         best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
     return best_lo, best_hi, best_pre

@@ -175,7 +175,7 @@ def _maxpool(op: O.MaxPool2d, A, node, ctx):
     B, R, C, Ho, Wo = A.shape
     H, W = lo.shape[2:]
     ph, pw = op.padding
-    pr = maxpool_relax(op, lo, hi)                               # (B, C, L) each
+    pr = ctx.relaxation((node.name, "pool"), lambda lo, hi: maxpool_relax(op, lo, hi), lo, hi)   # (B, C, L) each
     Af = A.reshape(B, R, C, Ho * Wo)
     Ap, An = Af.clamp(min=0), Af.clamp(max=0)
     exact = pr.exact.unsqueeze(1).to(A.dtype)

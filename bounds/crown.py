@@ -103,14 +103,24 @@ class _Ctx:
 
 def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval], input_set: InputSet,
                    alpha_of: Callable | None = None, key: str | None = None,
-                   bias: torch.Tensor | None = None, relax_cache: dict | None = None) -> torch.Tensor:
+                   bias: torch.Tensor | None = None, relax_cache: dict | None = None,
+                   row_terms: dict | None = None, keep: dict | None = None) -> torch.Tensor:
     """Lower bounds (B, R) of ``A . y_start + bias`` (A: (B, R, *shape(start))) over the input set.
 
     ``bounds`` must hold (lo, hi) of every pre-activation node below ``start``;
     ``alpha_of(key, relu_node)`` may return ReLU lower slopes (B, R, *shape) to use (``key``:
     the node whose bound is computed, default ``start``); ``relax_cache``: a dict that keeps
-    the activations' relaxations for later passes over the same bounds."""
-    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache)
+    the activations' relaxations for later passes over the same bounds.
+    ``row_terms``: {node name: fn(A) -> (A', bias' or None)} applied to the rows when they reach
+    that node (all contributions summed, before its rule; the input's rows too); the caller
+    answers for ``A' . y + bias' <= A . y`` on the set (e.g. beta-CROWN's split terms, which are
+    <= 0 on a split domain; a term that returns A unchanged and no bias just reads the rows).
+    ``keep``: a dict that receives the input's coefficients ("input", dense (B, R, *input shape),
+    None when the bound does not depend on the input) and the constant ("bias", (B, R))."""
+    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache, row_terms)
+    if keep is not None:
+        keep["input"] = to_dense(Ax) if isinstance(Ax, Patches) else Ax
+        keep["bias"] = bias
     if Ax is None:      # the quantity does not depend on the input
         return bias
     if isinstance(Ax, Patches):
@@ -123,11 +133,11 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
 
 def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval],
                     alpha_of: Callable | None = None, key: str | None = None, bias: torch.Tensor | None = None,
-                    relax_cache: dict | None = None):
+                    relax_cache: dict | None = None, row_terms: dict | None = None):
     """The backward pass of ``backward_lower`` without its concretization: (Ax, bias) with
     ``Ax . x + bias <= A . y_start + bias0`` for every input x whose pre-activations lie in
     ``bounds``; Ax (B, R, *input shape), dense or ``Patches``, or None where the quantity does
-    not depend on the input."""
+    not depend on the input. ``row_terms``: see ``backward_lower``."""
     ctx = _Ctx(net, bounds, alpha_of, key or start, relax_cache)
     pending = {start: A}
     B, R = A.shape[:2]
@@ -138,6 +148,8 @@ def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str,
         Acur = pending.pop(node.name, None)
         if Acur is None:
             continue
+        if row_terms is not None and node.name in row_terms:
+            Acur, bias = _row_term(row_terms[node.name], Acur, bias)
         ctx.in_shapes = [net.shape_of(i) for i in node.inputs]
         out = None
         if isinstance(Acur, Patches):
@@ -155,7 +167,16 @@ def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str,
             bias = bias + b
         for i, Ai in zip(node.inputs, As):
             pending[i] = Ai if i not in pending else _accumulate(pending[i], Ai)
-    return pending.pop(net.input_name, None), bias
+    Ax = pending.pop(net.input_name, None)
+    if Ax is not None and row_terms is not None and net.input_name in row_terms:
+        Ax, bias = _row_term(row_terms[net.input_name], Ax, bias)
+    return Ax, bias
+
+
+def _row_term(term, A, bias):
+    A = to_dense(A) if isinstance(A, Patches) else A
+    A, b = term(A)
+    return A, bias if b is None else bias + b
 
 
 def _accumulate(a, b):
@@ -405,16 +426,18 @@ def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
                d: torch.Tensor | None, upper: bool = True, alpha_of: Callable | None = None,
-               relax_cache: dict | None = None):
+               relax_cache: dict | None = None, row_terms: dict | None = None, keep: dict | None = None):
     """Lower and upper CROWN bounds (B, rows) of ``C @ y + d`` given pre-activation bounds ``vals``.
 
-    With ``upper=False`` only lower bounds are computed (upper is +inf)."""
+    With ``upper=False`` only lower bounds are computed (upper is +inf); ``row_terms``, ``keep``:
+    see ``backward_lower`` (rows: the lower rows, then the upper ones)."""
     B = input_set.box()[0].shape[0]
     dtype, device = input_set.box()[0].dtype, input_set.box()[0].device
     Cs = spec_rows(net, C, B, dtype, device)
     rows = Cs.shape[1]
     A = torch.cat([Cs, -Cs], 1) if upper else Cs
-    res = backward_lower(net, net.output, A, vals, input_set, alpha_of, relax_cache=relax_cache)
+    res = backward_lower(net, net.output, A, vals, input_set, alpha_of, relax_cache=relax_cache, row_terms=row_terms,
+                         keep=keep)
     lo = res[:, :rows]
     hi = -res[:, rows:] if upper else torch.full_like(lo, float("inf"))
     if d is not None:

@@ -140,20 +140,22 @@ def _activation(op, p: Patches, node, ctx):
         r, finite = ctx.relaxation((node.name, "grid"), lambda l, h: _grid_relax(op, l, h, ctx.finite), lo, hi)
         if not finite:
             return None
-        parts = [r.upper_slope, r.upper_bias, r.lower_slope] + ([] if zero_lb else [r.lower_bias])
-        if a is not None:
-            parts.append(rec.unstable(op, lo, hi).to(lo.dtype))
+        ls = r.lower_slope
+        if a is not None:                           # unstable neurons marked NaN: they take alpha
+            ls = ctx.relaxation((node.name, "marked"), lambda l, h: torch.where(rec.unstable(op, l, h), float("nan"),
+                                                                               r.lower_slope), lo, hi)
+        parts = [r.upper_slope, r.upper_bias, ls] + ([] if zero_lb else [r.lower_bias])
         w = window(torch.cat(parts, 1), p).split(lo.shape[1], dim=2)
         us, ub, ls = w[0], w[1], w[2]
         lb = None if zero_lb else w[3]
         if a is not None:                           # the optimized lower slopes of unstable neurons
-            ls = torch.where(w[-1] > 0, a, ls)
+            ls = torch.where(torch.isnan(ls), a, ls)
     A = p.t
-    Ap = A.clamp(min=0)
-    As = A * us + Ap * (ls - us)
-    bias = ((A - Ap) * ub).sum((2, 3, 4))
+    pos = A >= 0
+    As = A * torch.where(pos, ls, us)
+    bias = (A.clamp(max=0) * ub).sum((2, 3, 4))
     if lb is not None:
-        bias = bias + (Ap * lb).sum((2, 3, 4))
+        bias = bias + (A.clamp(min=0) * lb).sum((2, 3, 4))
     return [p.with_t(As)], bias
 
 

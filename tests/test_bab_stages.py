@@ -82,15 +82,15 @@ def _check_sat(net, prop, res, tmp_path, name):
 
 @pytest.mark.parametrize("k", range(3))
 def test_non_chain_networks_decided_against_the_grid(k, tmp_path):
-    """Residual, max-pool and Tanh/Sigmoid networks (not chains: the general input split): a
-    threshold 0.05 below the grid minimum is proved (the grid's Lipschitz slack is far below
-    that), one 0.01 above it is found violated by a point onnxruntime confirms; with and
-    without the opening attack."""
+    """Residual, max-pool and Tanh/Sigmoid networks (not chains; 2 inputs: the general input
+    split, or the root bound): a threshold 0.05 below the grid minimum is proved (the grid's
+    Lipschitz slack is far below that), one 0.01 above it is found violated by a point
+    onnxruntime confirms; with and without the opening attack."""
     net = _small_graphs()[k]
     lo, hi, row, m = _box_case(net, k, width=0.6)
     for ff in (False, True):
         res = verify(net, _prop(net, lo, hi, row, m - 0.05), timeout=20, falsify_first=ff)
-        assert res.status == "unsat" and res.stats["method"] == "generic-input"
+        assert res.status == "unsat" and res.stats["method"] in ("generic-input", "root")
         prop = _prop(net, lo, hi, row, m + 0.01)
         res = verify(net, prop, timeout=20, falsify_first=ff)
         assert res.status == "sat"
@@ -104,10 +104,10 @@ def test_image_networks_with_two_free_pixels(build, tmp_path):
     the violation above it."""
     net = build(0)
     lo, hi, row, m = _box_case(net, 1, width=0.4, free=(3, net.input_size - 5))
-    res = verify(net, _prop(net, lo, hi, row, m - 0.05), timeout=30, falsify_first=False)
+    res = verify(net, _prop(net, lo, hi, row, m - 0.05), timeout=30, falsify_first=False, method="generic-input")
     assert res.status == "unsat" and res.stats["decided_by"] == "generic-input"
     prop = _prop(net, lo, hi, row, m + 0.01)
-    res = verify(net, prop, timeout=30, falsify_first=False)
+    res = verify(net, prop, timeout=30, falsify_first=False, method="generic-input")
     assert res.status == "sat" and res.stats["found_by"] == "bab"
     _check_sat(net, prop, res, tmp_path, build.__name__)
 

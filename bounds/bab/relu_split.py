@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
-from scipy.optimize import linprog
 
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
 from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
+from bounds.bab.graph_leaf import minmax_lp
 
-LP_MARGIN = 1e-7   # an LP optimum must exceed this to count as a proof (solver tolerance)
 
 
 def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
@@ -47,23 +45,7 @@ def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
             A_ub.append(M[ina]); b_ub.append(-c[ina])
         on = l >= 0
         M, c = M * on.unsqueeze(1).to(M.dtype), c * on.to(c.dtype)
-    Mo, co = C @ M, C @ c + d
-    A_ub.append(Mo); b_ub.append(-co)
-    A = torch.cat(A_ub).cpu().numpy()
-    A = np.hstack([A, np.zeros((A.shape[0], 1))])
-    A[-Mo.shape[0]:, -1] = -1.0
-    bub = torch.cat(b_ub).cpu().numpy()
-    obj = np.zeros(n + 1)
-    obj[-1] = 1.0
-    bnds = [(float(a), float(b)) for a, b in zip(lo.tolist(), hi.tolist())] + [(None, None)]
-    r = linprog(obj, A_ub=A, b_ub=bub, bounds=bnds, method="highs")
-    if r.status == 2:
-        return "unsat", None
-    if r.status != 0:
-        return "unknown", None
-    if r.fun > LP_MARGIN:
-        return "unsat", None
-    return "candidate", torch.as_tensor(r.x[:n], device=lo.device)
+    return minmax_lp(A_ub, b_ub, C @ M, C @ c + d, lo, hi)
 
 
 def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,

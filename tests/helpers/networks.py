@@ -118,6 +118,43 @@ def mixed(seed=0) -> Network:
     return Network((2, 6, 6), nodes, name="mixed")
 
 
+def _lin(g, a, b, gain=1.5, bias=0.3):
+    return Linear(torch.randn(b, a, generator=g, dtype=DT) * gain / a ** 0.5, torch.randn(b, generator=g, dtype=DT) * bias)
+
+
+def residual_mlp(seed=0, n_in=2, width=8) -> Network:
+    """``n_in`` inputs -> Linear, ReLU -> Linear, + the first ReLU's output (residual Add), ReLU -> 3 outputs."""
+    g = torch.Generator().manual_seed(seed)
+    nodes = [Node("l0", _lin(g, n_in, width), ("input",)), Node("r0", ReLU(), ("l0",)),
+             Node("l1", _lin(g, width, width), ("r0",)), Node("add", Add(), ("l1", "r0")),
+             Node("r1", ReLU(), ("add",)), Node("out", _lin(g, width, 3), ("r1",))]
+    return Network((n_in,), nodes, name="residual_mlp")
+
+
+def maxpool_2d(seed=0) -> Network:
+    """2 inputs -> Linear to a 1x4x4 image, Conv 2x2 (2 channels), ReLU, MaxPool 2 (stride 1),
+    then a residual branch (Add of the pooled image and a conv of it), Flatten -> 3 outputs."""
+    g = torch.Generator().manual_seed(seed)
+    conv = Conv2d(torch.randn(2, 1, 2, 2, generator=g, dtype=DT) * 0.8, torch.randn(2, generator=g, dtype=DT) * 0.2)
+    conv2 = Conv2d(torch.randn(2, 2, 1, 1, generator=g, dtype=DT) * 0.7, None)
+    nodes = [Node("l0", _lin(g, 2, 16), ("input",)), Node("img", Reshape((1, 4, 4)), ("l0",)),
+             Node("c0", conv, ("img",)), Node("r0", ReLU(), ("c0",)), Node("mp", MaxPool2d(2, 1), ("r0",)),
+             Node("c1", conv2, ("mp",)), Node("add", Add(), ("c1", "mp")), Node("f", Flatten(), ("add",)),
+             Node("out", _lin(g, 8, 3), ("f",))]
+    return Network((2,), nodes, name="maxpool_2d")
+
+
+def smooth_2d(seed=0, act=Sigmoid, widths=(2, 6, 6, 3), gain=1.5) -> Network:
+    """A 2-input MLP with the activation ``act`` (Sigmoid or Tanh) between layers."""
+    g = torch.Generator().manual_seed(seed)
+    ops = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        ops.append(_lin(g, a, b, gain, 0.5))
+        if k < len(widths) - 2:
+            ops.append(act())
+    return sequential((widths[0],), ops, name=f"{act.__name__.lower()}_2d")
+
+
 ALL = {"mlp": mlp, "cnn_bn": cnn_bn, "resnet": resnet, "mixed": mixed}
 
 

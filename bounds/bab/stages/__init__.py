@@ -9,6 +9,7 @@ from bounds.bab.stages.base import COUNTERS, Helper, Obligation, Outcome, Search
 from bounds.bab.stages.chain_input import ChainInputSplit
 from bounds.bab.stages.chain_relu import ChainReluSplit
 from bounds.bab.stages.falsify import ClosingAttack, OpeningAttack
+from bounds.bab.stages.graph_activation import GraphActivationSplit
 from bounds.bab.stages.graph_input import GraphInputSplit
 from bounds.bab.stages.milp import MilpBeside
 from bounds.bab.stages.tighten import TightenBounds
@@ -17,8 +18,9 @@ SPLIT_STAGES: list[type[SplitStage]] = [
     ChainInputSplit,
     ChainReluSplit,
     GraphInputSplit,
+    GraphActivationSplit,
 ]
 
 __all__ = ["SPLIT_STAGES", "COUNTERS", "Stage", "SplitStage", "Helper", "Obligation", "Outcome", "Search",
-           "ChainInputSplit", "ChainReluSplit", "GraphInputSplit", "OpeningAttack", "ClosingAttack",
+           "ChainInputSplit", "ChainReluSplit", "GraphInputSplit", "GraphActivationSplit", "OpeningAttack", "ClosingAttack",
            "MilpBeside", "TightenBounds"]

@@ -1,12 +1,16 @@
 """``GraphInputSplit``: input splitting over the general bound engine
 (``bounds.bab.input_split_crown``): every network the engine bounds, chain or not. Resumable: a
 run goes on with the open boxes of the last one (``ob.state``). Its root scores are those it
-branches on: |coefficient| x width per input dimension of the root's CROWN bound."""
+branches on: |coefficient| x width per input dimension of the root's CROWN bound (the one
+``graph_activation.graph_root`` keeps per obligation, where the engine has every CROWN rule)."""
 from __future__ import annotations
+
+import torch
 
 from bounds.bab.chain_bounds import PROOF_TOL
 from bounds.bab.input_split_crown import graph_bounds, input_split_graph
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
+from bounds.bab.stages.graph_activation import graph_root, search_graph
 from certify.errors import CertifyError
 
 
@@ -20,6 +24,13 @@ class GraphInputSplit(SplitStage):
 
     def root_scores(self, ob: Obligation):
         l, h = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
+        if search_graph(self.search) is not None:   # the root the activation split shares (one CROWN per box)
+            res, _ = graph_root(self.search, ob)
+            best, row = res.lower.max(1)
+            if bool(best[0] > PROOF_TOL):
+                return None
+            lam = torch.zeros_like(l) if res.lam_in is None else res.lam_in[:, int(row[0])]
+            return lam[0].abs() * (h - l)[0]
         try:
             low, row, lam = self.search.timed("time_bound", graph_bounds, self.search.net64, l, h, ob.C.double(),
                                               ob.d.double(), ob.C.shape[0])
