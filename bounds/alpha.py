@@ -7,7 +7,8 @@ and for the output spec, one tensor per ReLU below S, of shape (B, rows of S, *r
 rows of S run in patches mode (as auto_LiRPA's patches alphas). The slopes start at CROWN's adaptive choice (so the
 first iterate is exactly CROWN) and are optimized with Adam (learning rate decayed by 0.98
 per step) on the gradient of the bound; intermediate bounds are recomputed with their own
-slopes at every iteration, so the final bound benefits from tighter intermediate layers.
+slopes at every iteration, so the final bound benefits from tighter intermediate layers (those
+whose graphs and slopes fit the memory budget, ``bounds/memory.py``; the others keep CROWN's).
 Each recomputed intermediate bound takes the tightest value of its CROWN bound, its IBP
 bound and the best bound of earlier iterations (all sound), but always the gradient of its
 CROWN bound (straight-through, as auto_LiRPA's reference bounds): a plain minimum would send
@@ -29,9 +30,10 @@ import torch
 
 from certify.ir.network import Network
 from certify.spec.sets import InputSet
-from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds.crown import BoundTimeout, crown_spec, preactivation_nodes, propagate
 from bounds import activations as act
 from bounds.ibp import Interval
+from bounds.memory import alpha_rows
 
 
 def _adam_step(opt: torch.optim.Adam, params: list, grads, decay: float) -> None:
@@ -78,27 +80,34 @@ class _Slopes:
 
 def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
                 splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
-                optimize_intermediate: bool = False, decay: float = 0.98):
+                optimize_intermediate: bool = False, decay: float = 0.98, deadline: float | None = None):
     """Optimized bounds of ``C @ y + d``: (lower (B, rows), upper (B, rows), intermediate dict).
 
     ``optimize_intermediate=True`` adds the widths of every pre-activation bound to the
     objective (used by ``intermediate_bounds(method='alpha')``); otherwise only the final
-    bound is optimized (the intermediate slopes still follow its gradient)."""
+    bound is optimized (the intermediate slopes still follow its gradient). ``deadline``: the
+    first (CROWN) pass raises ``BoundTimeout`` past it; later, the best bounds so far are returned."""
     net = net.detach()
-    rows: dict = {}
-    vals0 = propagate(net, input_set, "crown", splits, record_rows=rows)
+    rows, volume = {}, {}
+    vals0 = propagate(net, input_set, "crown", splits, record_rows=rows, deadline=deadline, record_volume=volume)
     vals0 = {k: (v[0].detach(), v[1].detach()) for k, v in vals0.items()}
-    lo0, hi0 = crown_spec(net, vals0, input_set, C, d, upper)
+    lo0, hi0 = crown_spec(net, vals0, input_set, C, d, upper, deadline=deadline)
     best_lo, best_hi = lo0.detach(), hi0.detach()
     pre = preactivation_nodes(net)
     best_pre = {k: vals0[k] for k in pre}
     slopes = _Slopes(net, vals0)
-    if not slopes.init or iterations <= 0:
+    # the intermediate bounds whose graphs and slopes fit the memory budget (bounds/memory.py)
+    rows = alpha_rows(net, rows, volume, lo0.shape[0], lo0.shape[1], upper, lo0.dtype)
+    if not slopes.init or iterations <= 0 or rows is None:
         return best_lo, best_hi, best_pre
     adam = None
     for it in range(iterations):
-        vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=rows, reference=dict(best_pre))
-        lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes)
+        try:
+            vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=rows, reference=dict(best_pre),
+                             deadline=deadline)
+            lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes, deadline=deadline)
+        except BoundTimeout:        # every earlier iterate is sound: the best so far stands
+            return best_lo, best_hi, best_pre
         slopes.creating = False
         loss = -lo.sum() + (hi.sum() if upper else 0.0)
         with torch.no_grad():
@@ -113,6 +122,9 @@ def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None
         adam = adam or torch.optim.Adam(params, lr=lr)
         _adam_step(adam, params, torch.autograd.grad(loss, params, allow_unused=True), decay)
     with torch.no_grad():       # one more pass: the last slopes on the best bounds of every layer
-        lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, slopes)
+        try:
+            lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, slopes, deadline=deadline)
+        except BoundTimeout:
+            return best_lo, best_hi, best_pre
         best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
     return best_lo, best_hi, best_pre
