@@ -4,15 +4,27 @@ The violation value of a conjunction ``A y <= b`` at y is ``max_r (A y - b)_r``:
 violates the property. For a disjunction it is the minimum over the conjunctions. Candidates
 from PGD, box centres, box corners or LP optima become a ``sat`` only through ``confirm``,
 which re-evaluates the IR network in float64 and checks the VNN-LIB condition exactly (tol 0).
+PGD follows ``certify.attack.search_forward``'s gradients (straight-through surrogates for
+Sign, Floor and saturated Softmax, whose own gradients are 0); its points are still judged by
+the real network.
+
+Memory: inputs are evaluated in batches whose activations stay within ``MEMORY_BUDGET`` bytes
+(every node's output per input with the gradient kept, the largest few without).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
-from certify.attack import pgd_minimize
+from certify.attack import pgd_minimize, search_forward
 from certify.ir import Network
+from certify.ir import ops as O
 from certify.spec.sets import Box
+from bounds.ibp import ibp_forward
+
+MEMORY_BUDGET = 2 ** 30     # bytes of activations of one batch of inputs
 
 
 def violation_value(y: torch.Tensor, disjuncts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -28,12 +40,38 @@ class Falsifier:
     def __init__(self, network: Network, prop, seed: int = 0):
         self.net = network.detach().to(torch.float32)
         self.net64 = network.detach().to(torch.float64)
+        self.search = search_forward(self.net)
         self.prop = prop
         self.gen = torch.Generator().manual_seed(seed)
         self.shape = network.input_shape
+        sizes = [math.prod(network.shape_of(n.name)) for n in network.nodes] + [network.input_size]
+        self._sum, self._max = sum(sizes), max(sizes)
+
+    def batch_size(self, dtype: torch.dtype, grad: bool) -> int:
+        """Inputs per batch within ``MEMORY_BUDGET``: with ``grad`` every node's output is kept
+        (3 tensors each: value, surrogate, gradient), without it about 3 of the largest."""
+        per = torch.empty((), dtype=dtype).element_size() * 3 * (self._sum if grad else self._max)
+        return max(1, MEMORY_BUDGET // per)
+
+    def _gates(self, lo: torch.Tensor, hi: torch.Tensor) -> dict:
+        """Per box (N, n_in), the neurons of each Sign / Floor node whose value can change in the
+        box (by interval bounds): only those pass a surrogate gradient (``search_forward``)."""
+        steps = {n.name: n for n in self.net.nodes if isinstance(n.op, (O.Sign, O.Floor))}
+        if not steps:
+            return {}
+        shape = (lo.shape[0],) + tuple(self.shape)
+        box = (lo.reshape(shape).float(), hi.reshape(shape).float())
+        out = {}
+        for name, n in steps.items():
+            with torch.no_grad():
+                l, h = ibp_forward(self.net, box, stop=name)[n.inputs[0]]
+            out[name] = (torch.floor(l) != torch.floor(h)) if isinstance(n.op, O.Floor) else (l <= 0) & (h >= 0)
+        return out
 
     def _flat_forward(self, net, x: torch.Tensor) -> torch.Tensor:
-        return net(x.reshape((x.shape[0],) + tuple(self.shape))).reshape(x.shape[0], -1)
+        n = self.batch_size(x.dtype, False)
+        return torch.cat([net(c.reshape((c.shape[0],) + tuple(self.shape))).reshape(c.shape[0], -1)
+                          for c in x.split(n)]) if x.shape[0] else x.new_zeros((0, self.net.output_size))
 
     def confirm(self, x) -> tuple[np.ndarray, np.ndarray] | None:
         """(x, y) in float64 if x lies in a region and its exact output violates it, else None."""
@@ -74,18 +112,23 @@ class Falsifier:
         Why the faces: violations of low-dimensional properties often lie on the box's boundary,
         where uniform sampling seldom lands and PGD stalls."""
         lo, hi = lo.reshape(-1).double(), hi.reshape(-1).double()
-        shape = (n, lo.numel())
-        x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
-        pin = torch.rand(shape, generator=self.gen) < face
-        upper = torch.rand(shape, generator=self.gen) < 0.5
-        x = torch.where(pin, torch.where(upper, hi, lo), x)
         dis32 = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
                  for A, b in disjuncts]
-        with torch.no_grad():
-            v = violation_value(self._flat_forward(self.net, x.to(torch.float32)), dis32)
-        best = x[torch.argsort(v)[:keep]]
-        return self.check_points(best, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
-                                        for A, b in disjuncts])
+        m = max(1, min(n, self.batch_size(torch.float32, False), MEMORY_BUDGET // (24 * lo.numel())))
+        best_x, best_v = lo.new_zeros((0, lo.numel())), lo.new_zeros(0, dtype=torch.float32)
+        for a in range(0, n, m):            # batches within the memory budget, the best ``keep`` kept
+            shape = (min(m, n - a), lo.numel())
+            x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
+            pin = torch.rand(shape, generator=self.gen) < face
+            upper = torch.rand(shape, generator=self.gen) < 0.5
+            x = torch.where(pin, torch.where(upper, hi, lo), x)
+            with torch.no_grad():
+                v = violation_value(self._flat_forward(self.net, x.to(torch.float32)), dis32)
+            best_x, best_v = torch.cat([best_x, x]), torch.cat([best_v, v])
+            order = torch.argsort(best_v)[:keep]
+            best_x, best_v = best_x[order], best_v[order]
+        return self.check_points(best_x, [(torch.as_tensor(A, dtype=torch.float64),
+                                           torch.as_tensor(b, dtype=torch.float64)) for A, b in disjuncts])
 
     def pgd(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, steps: int = 50,
             restarts: int = 5, parallel: int = 1,
@@ -115,16 +158,29 @@ class Falsifier:
         box = Box(lo32.reshape((-1,) + tuple(self.shape)), hi32.reshape((-1,) + tuple(self.shape)))
         which = torch.arange(K).repeat(N)
 
-        def objective(x):
-            y = self.net(x).reshape(x.shape[0], -1)
+        gates = self._gates(lo[:N0], hi[:N0])      # (N0 boxes) -> rows of the N * K attacks
+        rep = torch.arange(N0).repeat(N // N0).repeat_interleave(K)
+
+        def objective(x, which, rows):
+            search = self.search if not gates else search_forward(self.net, {k: g[rows] for k, g in gates.items()})
+            y = search(x).reshape(x.shape[0], -1)
             per = torch.stack([violation_value(y, [dk]) for dk in dis], 1)
             return per.gather(1, which.unsqueeze(1)).squeeze(1)
 
         start = None
         if starts is not None:
             start = starts.reshape(N, -1).repeat_interleave(K, 0).to(torch.float32).reshape(box.lower.shape)
-        x, v = pgd_minimize(objective, box, steps=steps, restarts=restarts, generator=self.gen, start=start,
-                            decay=parallel > 1, deadline=deadline)
+        xs, vs = [], []
+        n = self.batch_size(torch.float32, True)
+        for a in range(0, N * K, n):        # batches of attacks within the memory budget
+            b = min(N * K, a + n)
+            x, v = pgd_minimize(lambda x, w=which[a:b], r=rep[a:b]: objective(x, w, r),
+                                Box(box.lower[a:b], box.upper[a:b]),
+                                steps=steps, restarts=restarts, generator=self.gen,
+                                start=None if start is None else start[a:b], decay=parallel > 1, deadline=deadline)
+            xs.append(x)
+            vs.append(v)
+        x, v = torch.cat(xs), torch.cat(vs)
         v = v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
         xs = x.reshape(x.shape[0], -1).to(torch.float64)
         xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))
