@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import bounds  # noqa: E402
 from certify import convex  # noqa: E402
+from certify.cluster import connect, run_units  # noqa: E402
 from certify.data import load_dataset  # noqa: E402
 from certify.ir import Linear, ReLU, sequential  # noqa: E402
 from certify.models import load_bundled  # noqa: E402
@@ -118,14 +120,14 @@ def run_method(method: str, net, x, C, eps: float, time_limit: float):
         return float(low.min()), v, time.perf_counter() - t0
     if method in ("lp", "lp-all"):
         r = convex.lp(net, x, eps=eps, C=C, refine="all" if method == "lp-all" else None, time_limit=time_limit,
-                      bounds_method=BOUNDS)
+                      bounds_method=BOUNDS, domain=(0.0, 1.0))
     elif method.startswith("sdp-"):
         solver = {"sdp-scs": "SCS", "sdp-clarabel": "Clarabel", "sdp-fo": "first-order"}[method]
         r = convex.sdp(net, x, eps=eps, C=C, solver=solver, iters=300, time_limit=time_limit / C.shape[1],
-                       bounds_method=BOUNDS)
+                       bounds_method=BOUNDS, domain=(0.0, 1.0))
     else:
         r = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=time_limit / C.shape[1],
-                        bounds_method=BOUNDS)
+                        bounds_method=BOUNDS, domain=(0.0, 1.0))
     if r.verdict[0] == "falsified":           # milp: the checked counterexample's margin
         return float(r.upper.min()), "falsified", time.perf_counter() - t0
     return float(r.lower.min()), r.verdict[0], time.perf_counter() - t0
@@ -142,7 +144,7 @@ def lp_solver_comparison(quick: bool) -> list[dict]:
         row = {"net": name, "eps": eps}
         for solver in ("highs", "scipy"):
             t0 = time.perf_counter()
-            r = convex.lp(net, x, eps=eps, C=C, solver=solver)
+            r = convex.lp(net, x, eps=eps, C=C, solver=solver, domain=(0.0, 1.0))
             row[solver] = time.perf_counter() - t0
             row[f"{solver}_lower"] = float(r.lower.min())
         out.append(row)
@@ -240,6 +242,60 @@ def train_pgd_mlp(data_dir: Path, eps: float = 0.1, hidden=(100, 100), epochs: i
     return from_module(model, (1, 28, 28)), log
 
 
+REPRODUCE_ORDER = ["crown", "alpha", "lp", "lp-all", "milp"]
+
+
+def reproduce_input(net, eps: float, restarts: int, milp_limit: float, unit) -> dict:
+    """One input ``unit`` = (index, x (1, ...), label (1,)) of ``reproduce``: PGD-40, then the
+    methods of ``REPRODUCE_ORDER`` in the sound cascade described there."""
+    from certify.attack import pgd_margin
+    from certify.spec.sets import ball
+    i, x, lab = unit
+    C = robustness_matrix(lab, 10)
+    rec = {"idx": i, "label": int(lab), "verdict": {}, "inferred": {}, "seconds": {}}
+    with torch.no_grad():
+        pred = int(net(x).argmax(1))
+    if pred != int(lab):
+        rec["misclassified"] = True
+        for m in ["pgd"] + REPRODUCE_ORDER:
+            rec["verdict"][m] = "error"
+        return rec
+    t0 = time.perf_counter()
+    _, v = pgd_margin(net, ball(x, eps, domain=(0.0, 1.0)), C, steps=40, restarts=restarts,
+                      generator=torch.Generator().manual_seed(i))
+    rec["seconds"]["pgd"] = time.perf_counter() - t0
+    rec["pgd_margin"] = float(v)
+    broken = float(v) <= 0
+    rec["verdict"]["pgd"] = "error" if broken else "robust"
+    certified_by = None
+    for m in REPRODUCE_ORDER:
+        if broken:
+            rec["verdict"][m], rec["inferred"][m] = "falsified", "pgd"
+            continue
+        if certified_by is not None:
+            rec["verdict"][m], rec["inferred"][m] = "certified", certified_by
+            continue
+        t0 = time.perf_counter()
+        if m in ("crown", "alpha"):
+            low = getattr(bounds, m)(net, x, eps=eps, C=C).lower.detach()
+            verdict, lower = ("certified" if bool((low > 0).all()) else "not_certified"), float(low.min())
+        elif m in ("lp", "lp-all"):
+            r = convex.lp(net, x, eps=eps, C=C, refine="all" if m == "lp-all" else None, bounds_method=BOUNDS,
+                          domain=(0.0, 1.0))
+            verdict, lower = r.verdict[0], float(r.lower.min())
+        else:
+            r = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=milp_limit / C.shape[1],
+                            bounds_method=BOUNDS, domain=(0.0, 1.0))
+            verdict, lower = r.verdict[0], float(r.lower.min())
+            rec["milp_status"] = r.status[0]
+        rec["seconds"][m] = time.perf_counter() - t0
+        rec["verdict"][m] = verdict
+        rec.setdefault("lower", {})[m] = lower
+        if verdict == "certified":
+            certified_by = m
+    return rec
+
+
 def reproduce(args) -> int:
     """Our PGD-trained MNIST MLP at eps 0.1 on every ``--stride``-th test image: PGD-40 error,
     MILP error range (decision mode: falsified = lower end, + unknown = upper end), LP-ALL, LP,
@@ -256,58 +312,21 @@ def reproduce(args) -> int:
         clean_ok = (net(X).argmax(1) == y).float().mean().item()
     print(f"network {trainlog['arch']} PGD-trained at eps {eps} ({trainlog.get('epochs', '?')} epochs); "
           f"clean test accuracy {clean_ok:.4f}; {len(idx)} test inputs (every {args.stride}th)")
-    from certify.attack import pgd_margin
-    from certify.spec.sets import ball
-    order = ["crown", "alpha", "lp", "lp-all", "milp"]
+    order = REPRODUCE_ORDER
     per = []
     t_all = time.perf_counter()
-    for i in idx:
-        x, lab = X[i: i + 1], y[i: i + 1]
-        C = robustness_matrix(lab, 10)
-        rec = {"idx": i, "label": int(lab), "verdict": {}, "inferred": {}, "seconds": {}}
-        with torch.no_grad():
-            pred = int(net(x).argmax(1))
-        if pred != int(lab):
-            rec["misclassified"] = True
-            for m in ["pgd"] + order:
-                rec["verdict"][m] = "error"
-            per.append(rec)
-            continue
-        t0 = time.perf_counter()
-        _, v = pgd_margin(net, ball(x, eps), C, steps=40, restarts=args.restarts,
-                          generator=torch.Generator().manual_seed(i))
-        rec["seconds"]["pgd"] = time.perf_counter() - t0
-        rec["pgd_margin"] = float(v)
-        broken = float(v) <= 0
-        rec["verdict"]["pgd"] = "error" if broken else "robust"
-        certified_by = None
-        for m in order:
-            if broken:
-                rec["verdict"][m], rec["inferred"][m] = "falsified", "pgd"
-                continue
-            if certified_by is not None:
-                rec["verdict"][m], rec["inferred"][m] = "certified", certified_by
-                continue
-            t0 = time.perf_counter()
-            if m in ("crown", "alpha"):
-                low = getattr(bounds, m)(net, x, eps=eps, C=C).lower.detach()
-                verdict, lower = ("certified" if bool((low > 0).all()) else "not_certified"), float(low.min())
-            elif m in ("lp", "lp-all"):
-                r = convex.lp(net, x, eps=eps, C=C, refine="all" if m == "lp-all" else None, bounds_method=BOUNDS)
-                verdict, lower = r.verdict[0], float(r.lower.min())
-            else:
-                r = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=args.milp_limit / C.shape[1],
-                                bounds_method=BOUNDS)
-                verdict, lower = r.verdict[0], float(r.lower.min())
-                rec["milp_status"] = r.status[0]
-            rec["seconds"][m] = time.perf_counter() - t0
-            rec["verdict"][m] = verdict
-            rec.setdefault("lower", {})[m] = lower
-            if verdict == "certified":
-                certified_by = m
+
+    def done(unit, rec: dict) -> None:
         per.append(rec)
-        print(f"  #{i:<5} pgd {rec['verdict']['pgd']:<7} " + " ".join(f"{m}={rec['verdict'][m][:5]}" for m in order)
-              + f"  ({sum(rec['seconds'].values()):.1f} s)", flush=True)
+        if not rec.get("misclassified"):
+            print(f"  #{rec['idx']:<5} pgd {rec['verdict']['pgd']:<7} "
+                  + " ".join(f"{m}={rec['verdict'][m][:5]}" for m in order)
+                  + f"  ({sum(rec['seconds'].values()):.1f} s)", flush=True)
+
+    with connect(args.cluster) as client:
+        run_units([(i, X[i: i + 1].clone(), y[i: i + 1].clone()) for i in idx],     # a view would carry all of X
+                  partial(reproduce_input, net, eps, args.restarts, args.milp_limit), client, done)
+    per.sort(key=lambda r: r["idx"])
     # first-order SDP on a handful of inputs PGD does not break and LP-ALL does not certify (where it can matter)
     sdp_rows = []
     cand = [r for r in per if r["verdict"].get("pgd") == "robust" and r["verdict"]["lp-all"] != "certified"]
@@ -317,7 +336,7 @@ def reproduce(args) -> int:
         x, C = X[i: i + 1], robustness_matrix(y[i: i + 1], 10)
         t0 = time.perf_counter()
         s = convex.sdp(net, x, eps=eps, C=C, solver="first-order", iters=args.sdp_iters,
-                       time_limit=args.sdp_limit / C.shape[1], bounds_method=BOUNDS)
+                       time_limit=args.sdp_limit / C.shape[1], bounds_method=BOUNDS, domain=(0.0, 1.0))
         sdp_rows.append({"idx": i, "verdict": s.verdict[0], "lower": float(s.lower.min()),
                          "lp_all_verdict": r["verdict"]["lp-all"], "lp_all_lower": r.get("lower", {}).get("lp-all"),
                          "milp_verdict": r["verdict"]["milp"], "seconds": time.perf_counter() - t0})
@@ -384,6 +403,8 @@ def main(argv=None) -> int:
     r.add_argument("--sdp-n", type=int, default=3, help="inputs for the first-order SDP (default 3)")
     r.add_argument("--sdp-iters", type=int, default=300, help="SDP-FO Adam steps per margin row")
     r.add_argument("--sdp-limit", type=float, default=90.0, help="SDP-FO seconds per input (default 90)")
+    r.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the inputs on a Dask cluster: local:N or tcp://HOST:PORT (docs/cluster.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.reproduce:

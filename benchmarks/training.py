@@ -64,9 +64,9 @@ REPRODUCTIONS = [
      "command": "certify --threads 1 train --data mnist --data-dir ../shared/data --model dm-small --objective ibp "
                 "--eps 0.1 --epochs 20 --batch-size 100 --lr 1e-3 --shi-init --warmup-epochs 1 --ramp-epochs 6 "
                 "--kappa 1 0.5 --lr-schedule step --lr-milestones 14 17 --lr-gamma 0.2 --clip-grad 10 "
-                "--eval-n 2000 --eval-skip 5 --out runs/ibp-dm-small-eps0.1-20ep; "
+                "--eval-count 2000 --eval-skip 5 --out runs/ibp-dm-small-eps0.1-20ep; "
                 "certify --threads 1 bounds runs/ibp-dm-small-eps0.1-20ep/model.pt --data mnist "
-                "--data-dir ../shared/data --n 2000 --skip 5 --eps 0.1 --method alpha --quiet "
+                "--data-dir ../shared/data --count 2000 --skip 5 --eps 0.1 --method alpha --quiet "
                 "--out runs/ibp-dm-small-eps0.1-20ep/certify_alpha.jsonl",
      "published": "IBP DM-medium 97.1% verified (Gowal 2018); CROWN-IBP DM-large 97.8% (Zhang 2020); "
                   "target >= 95% verified (CROWN or alpha-CROWN) with >= 98.5% clean",
@@ -76,9 +76,9 @@ REPRODUCTIONS = [
      "command": "certify --threads 1 train --data mnist --data-dir ../shared/data --model dm-small --objective ibp "
                 "--eps 0.4 --eval-eps 0.3 --epochs 30 --batch-size 100 --lr 1e-3 --shi-init --warmup-epochs 1 "
                 "--ramp-epochs 12 --kappa 1 0.5 --lr-schedule step --lr-milestones 22 27 --lr-gamma 0.2 "
-                "--clip-grad 10 --eval-n 2000 --eval-skip 5 --out runs/ibp-dm-small-eps0.3; "
+                "--clip-grad 10 --eval-count 2000 --eval-skip 5 --out runs/ibp-dm-small-eps0.3; "
                 "certify --threads 1 bounds runs/ibp-dm-small-eps0.3/model.pt --data mnist --data-dir ../shared/data "
-                "--n 500 --skip 20 --eps 0.3 --method alpha --quiet --out runs/ibp-dm-small-eps0.3/certify_alpha.jsonl",
+                "--count 500 --skip 20 --eps 0.3 --method alpha --quiet --out runs/ibp-dm-small-eps0.3/certify_alpha.jsonl",
      "published": "CROWN-IBP DM-large 93.3% verified at eps 0.3 (Zhang 2020); IBP DM-large 91.95% (Gowal 2018)",
      "note": "trained at eps 0.4 and tested at 0.3 (Gowal et al.'s practice); certified = each margin row "
              "bounded by the better of CROWN and IBP (CROWN alone: 75.5%, IBP alone 87.45% on the same 2000 "
@@ -86,21 +86,21 @@ REPRODUCTIONS = [
      "runs": ["ibp-dm-small-eps0.3"]},
     {"name": "Gaussian augmentation, lenet, sigma 0.25",
      "command": "certify train --data mnist --data-dir ../shared/data --model lenet --objective gaussian --sigma 0.25 "
-                "--epochs 30 --eps 0.5 --eval-n 500 --eval-skip 20 --n-smooth 100000 --out runs/gaussian-lenet-sigma0.25",
+                "--epochs 30 --eps 0.5 --eval-count 500 --eval-skip 20 --samples 100000 --out runs/gaussian-lenet-sigma0.25",
      "published": "99.2% at r=0, 96.7% at r=0.5 (certified accuracy, L2)",
      "note": "ours: 8 epochs (about 4 min) and N=100k on every 100th test image (100 images): N=100k costs "
              "13-23 s per image on one core of this CPU, so the 500-image protocol is 2-3 h per model",
      "runs": ["gaussian-lenet-sigma0.25-8ep"]},
     {"name": "Gaussian augmentation, lenet, sigma 0.5",
      "command": "certify train --data mnist --data-dir ../shared/data --model lenet --objective gaussian --sigma 0.5 "
-                "--epochs 30 --eps 0.5 --eval-n 500 --eval-skip 20 --n-smooth 100000 --out runs/gaussian-lenet-sigma0.5",
+                "--epochs 30 --eps 0.5 --eval-count 500 --eval-skip 20 --samples 100000 --out runs/gaussian-lenet-sigma0.5",
      "published": "99.2 / 96.9 / 89.8 / 67.8% at r = 0 / 0.5 / 1.0 / 1.5",
      "note": "ours: 8 epochs and N=100k on every 100th test image (100 images), as for sigma 0.25",
      "runs": ["gaussian-lenet-sigma0.5-8ep"]},
     {"name": "SmoothAdv, lenet, sigma 0.5",
      "command": "certify train --data mnist --data-dir ../shared/data --model lenet --objective smoothadv --sigma 0.5 "
-                "--eps 1.0 --attack-steps 2 --noise-samples 2 --epochs 30 --eval-eps 0.5 --eval-n 500 --eval-skip 20 "
-                "--n-smooth 100000 --out runs/smoothadv-lenet-sigma0.5",
+                "--eps 1.0 --attack-steps 2 --noise-samples 2 --epochs 30 --eval-eps 0.5 --eval-count 500 --eval-skip 20 "
+                "--samples 100000 --out runs/smoothadv-lenet-sigma0.5",
      "published": "99.0 / 97.4 / 92.9 / 81.1% at r = 0 / 0.5 / 1.0 / 1.5",
      "note": "ours: 4 epochs from scratch (2 PGD steps, m=2 noise draws, eps 1.0 ramped over 1 epoch) and "
              "N=100k on every 100th test image (100 images)",

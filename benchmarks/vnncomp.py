@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from certify.report.results_folder import (command_line, commands_with, machine_info, read_csv_rows,  # noqa: E402
                                            write_results_folder)
+from certify.cluster import connect  # noqa: E402
 from certify.vnncomp import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
 
 
@@ -47,40 +48,8 @@ def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
     return s
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "vnncomp"), help="VNN-COMP folder")
-    ap.add_argument("--benchmarks", default="test,acasxu,mnistfc", help="comma-separated benchmark names")
-    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout")
-    ap.add_argument("--every", type=int, default=1, help="run every K-th instance of each benchmark")
-    ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
-    ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
-    ap.add_argument("--unsolved-in", default=None, metavar="DIR",
-                    help="only the instances without a sat/unsat verdict in DIR/rows.csv (an earlier run, e.g. "
-                         "at scaled timeouts)")
-    truth = ap.add_mutually_exclusive_group()
-    truth.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
-    truth.add_argument("--unknown-truth", action="store_true",
-                       help="only the instances whose truth is unknown (no tool has decided them)")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads (default 2; verify itself runs torch on one and uses the other core "
-                         "through its own MILP or search threads)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
-    ap.add_argument("--fresh", action="store_true", help="start the output folder afresh (drop its rows and commands)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.timeout_scale, args.every = 0.1, 12
-    torch.set_num_threads(args.threads)
-    shared = Path(args.shared)
-    gt_path = shared / "ground_truth.csv"
-    gt = read_ground_truth(gt_path)
-    gt_rows = list(gt.values())
-    out = Path(args.out)
-    rows_path = out / "rows.csv"
-    if args.fresh:
-        for f in (rows_path, out / "command.txt"):
-            f.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+def run_all(args, shared: Path, gt: dict, gt_path: Path, rows_path: Path, client) -> int:
+    """Run the selected instances of every benchmark of ``--benchmarks`` into ``rows_path``."""
     for name in args.benchmarks.split(","):
         bdir = shared / name
         unsolved = None
@@ -103,7 +72,50 @@ def main(argv=None) -> int:
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
         run_benchmark(bdir, rows_path, ground_truth=gt_path, timeout_scale=args.timeout_scale, select=select,
-                      log=lambda m: print(m, flush=True))
+                      log=lambda m: print(m, flush=True), client=client, threads=args.threads)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "vnncomp"), help="VNN-COMP folder")
+    ap.add_argument("--benchmarks", default="test,acasxu,mnistfc", help="comma-separated benchmark names")
+    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout")
+    ap.add_argument("--every", type=int, default=1, help="run every K-th instance of each benchmark")
+    ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
+    ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
+    ap.add_argument("--unsolved-in", default=None, metavar="DIR",
+                    help="only the instances without a sat/unsat verdict in DIR/rows.csv (an earlier run, e.g. "
+                         "at scaled timeouts)")
+    truth = ap.add_mutually_exclusive_group()
+    truth.add_argument("--known-truth", action="store_true", help="only the instances whose truth is known")
+    truth.add_argument("--unknown-truth", action="store_true",
+                       help="only the instances whose truth is unknown (no tool has decided them)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (default 2; verify itself runs torch on one and uses the other core "
+                         "through its own MILP or search threads)")
+    ap.add_argument("--cluster", default=None, metavar="ADDRESS",
+                    help="run the instances on a Dask cluster: local:N or tcp://HOST:PORT (docs/cluster.md)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "vnncomp"), help="output folder")
+    ap.add_argument("--fresh", action="store_true", help="start the output folder afresh (drop its rows and commands)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.timeout_scale, args.every = 0.1, 12
+    torch.set_num_threads(args.threads)
+    shared = Path(args.shared)
+    gt_path = shared / "ground_truth.csv"
+    gt = read_ground_truth(gt_path)
+    gt_rows = list(gt.values())
+    out = Path(args.out)
+    rows_path = out / "rows.csv"
+    if args.fresh:
+        for f in (rows_path, out / "command.txt"):
+            f.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with connect(args.cluster) as client:
+        status = run_all(args, shared, gt, gt_path, rows_path, client)
+    if status:
+        return status
     rows = read_csv_rows(rows_path)
     table = {}
     for name in dict.fromkeys(r["benchmark"] for r in rows):

@@ -22,11 +22,25 @@ from certify.ir import ops as O
 from certify.ir.network import Network
 from certify.spec.sets import InputSet, ball
 from bounds.alpha import alpha_crown
-from bounds.crown import apply_splits, check_splits, crown_spec, preactivation_nodes, propagate
+from bounds.crown import apply_splits, check_splits, crown_linear, crown_spec, preactivation_nodes, propagate
 from bounds.ibp import ibp_forward, ibp_spec, interval_spec
-from bounds.result import Bounds
+from bounds.result import Bounds, LinearBounds
 
 METHODS = ("ibp", "crown", "crown-ibp", "alpha")
+# auto_LiRPA's method names (compared in lower case) -> ours
+ALIASES = {"alpha-crown": "alpha", "crown-optimized": "alpha", "optimized": "alpha", "backward": "crown",
+           "ibp+backward": "crown-ibp"}
+
+
+def method_name(method: str) -> str:
+    """Our name of a bound method given in any case, ours or auto_LiRPA's ("CROWN", "alpha-CROWN",
+    "CROWN-Optimized", "IBP", "CROWN-IBP", "IBP+backward"); a ``CertifyError`` for anything else."""
+    m = str(method).strip().lower()
+    m = ALIASES.get(m, m)
+    if m not in METHODS:
+        raise CertifyError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)} "
+                           "(or auto_LiRPA's CROWN, alpha-CROWN, CROWN-Optimized, IBP, CROWN-IBP)")
+    return m
 
 
 def as_network(net_or_module, input_shape) -> Network:
@@ -121,15 +135,19 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
     """Bounds of ``C @ y + d`` (or of the outputs) over ``input_set`` (B sets) by ``method``.
 
     Options: ``upper`` (default True; False skips the upper bounds of CROWN/alpha, left +inf),
-    alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp').
-    ``deadline`` (a ``time.monotonic()`` value): a CROWN pass still running then raises
-    ``bounds.BoundTimeout``; alpha-CROWN returns its best bounds so far (raising only when
-    its first CROWN pass is not done)."""
-    method = method.lower()
-    if method not in METHODS:
-        raise CertifyError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+    alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp');
+    crown, crown-ibp: ``return_A`` (the bounds' linear functions of the input as ``.A``,
+    ``LinearBounds``). ``deadline`` (a ``time.monotonic()`` value): a CROWN pass still running
+    then raises ``bounds.BoundTimeout``; alpha-CROWN returns its best bounds so far (raising
+    only when its first CROWN pass is not done)."""
+    method = method_name(method)
     net, s, C, d = _prepare(net, None, None, None, None, input_set, C, d)
     upper = bool(opts.pop("upper", True))
+    if opts.pop("return_A", False):
+        if method not in ("crown", "crown-ibp"):
+            raise CertifyError(f"return_A gives the linear bounds of CROWN; method {method!r} has none "
+                               "(use crown or crown-ibp)")
+        return _with_A(net, s, C, d, "ibp" if method == "crown-ibp" else opts.pop("intermediate", "crown"), splits)
     if method == "ibp":
         _no_opts(opts, method)
         return _ibp_bounds(net, s, C, d, splits)
@@ -145,19 +163,27 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
     return Bounds(lo, hi)
 
 
+def _with_A(net: Network, s: InputSet, C, d, intermediate: str, splits) -> Bounds:
+    cache: dict = {}
+    vals = propagate(net, s, intermediate, splits, relax_cache=cache)
+    b = Bounds(*crown_spec(net, vals, s, C, d, True, relax_cache=cache))
+    b.A = LinearBounds(*crown_linear(net, vals, s, C, d, relax_cache=cache))
+    return b
+
+
 def _no_opts(opts: dict, method: str) -> None:
     if opts:
         raise CertifyError(f"method {method!r} takes no option(s) {', '.join(sorted(opts))}")
 
 
-def ibp(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+def ibp(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=None, input_set=None,
         intermediate="ibp", splits=None) -> Bounds:
     """Interval bounds of ``C @ y + d`` over the ``norm`` ball of radius ``eps`` around ``x``."""
     net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
     return _ibp_bounds(net, s, C, d, splits)
 
 
-def crown(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+def crown(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=None, input_set=None,
           intermediate="crown", splits=None, upper: bool = True) -> Bounds:
     """CROWN bounds; ``intermediate='ibp'`` takes the pre-activation bounds from IBP (CROWN-IBP)."""
     net, s, C, d = _prepare(net_or_module, x, eps, norm, domain, input_set, C, d)
@@ -166,7 +192,7 @@ def crown(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0
     return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache))
 
 
-def alpha(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=(0.0, 1.0), input_set=None,
+def alpha(net_or_module, x=None, eps=0.01, norm="inf", C=None, d=None, domain=None, input_set=None,
           intermediate="crown", iterations: int = 20, lr: float = 0.5, splits=None, upper: bool = True) -> Bounds:
     """alpha-CROWN bounds (never looser than CROWN's); detached from the network parameters."""
     if intermediate != "crown":
@@ -183,7 +209,8 @@ def intermediate_bounds(net: Network, input_set: InputSet, method: str = "crown"
 
     ``method='alpha'`` optimizes the slopes to shrink the sum of these bounds' widths
     (``iterations``, ``lr`` options) and returns the best bound of each neuron seen."""
-    method = method.lower()
+    method = str(method).lower()
+    method = ALIASES.get(method, method)
     net, s, _, _ = _prepare(net, None, None, None, None, input_set, None, None)
     pre = preactivation_nodes(net)
     if method in ("crown", "ibp"):

@@ -2,7 +2,7 @@
 
 ``backward_lower(net, start, A, ...)`` returns, for every row of ``A`` (B, R, *shape(start)),
 a lower bound of ``A . y_start`` over the input set: the rows are pushed backward through
-the rule table of ``bounds/linear.py`` (summing contributions at nodes used more than once)
+the rule table of ``bounds/backward_rules.py`` (summing contributions at nodes used more than once)
 down to the input, then concretized (``bounds/concretize.py``). Upper bounds are lower
 bounds of negated rows, so one code path serves both (rows [A; -A]).
 
@@ -39,11 +39,11 @@ import torch
 from certify.errors import CertifyError
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.sets import InputSet
+from certify.spec.sets import BOX_NORMS, InputSet
 from bounds import activations as act
 from bounds.concretize import concretize_lower
 from bounds.ibp import Interval, ibp_node, may_be_unbounded
-from bounds.linear import BACKWARD_RULES, START_RULES
+from bounds.backward_rules import BACKWARD_RULES, START_RULES
 from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_dense
 from bounds.patches import add as patch_add
 
@@ -127,6 +127,24 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
     the activations' relaxations for later passes over the same bounds; ``meter``: a dict whose
     "peak" receives the most elements of the rows at any node, "volume" their sum over the
     nodes (added to what is there); ``deadline``: see ``propagate``."""
+    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache, meter, deadline)
+    if Ax is None:      # the quantity does not depend on the input
+        return bias
+    if isinstance(Ax, Patches):
+        if input_set.norm in BOX_NORMS:
+            lo, hi = input_set.box()
+            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
+        Ax = to_dense(Ax)
+    return concretize_lower(Ax, input_set) + bias
+
+
+def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval],
+                    alpha_of: Callable | None = None, key: str | None = None, bias: torch.Tensor | None = None,
+                    relax_cache: dict | None = None, meter: dict | None = None, deadline: float | None = None):
+    """The backward pass of ``backward_lower`` without its concretization: (Ax, bias) with
+    ``Ax . x + bias <= A . y_start + bias0`` for every input x whose pre-activations lie in
+    ``bounds``; Ax (B, R, *input shape), dense or ``Patches``, or None where the quantity does
+    not depend on the input."""
     ctx = _Ctx(net, bounds, alpha_of, key or start, relax_cache)
     pending = {start: A}
     B, R = A.shape[:2]
@@ -158,16 +176,9 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
         for i, Ai in zip(node.inputs, As):
             pending[i] = Ai if i not in pending else _accumulate(pending[i], Ai)
     Ax = pending.pop(net.input_name, None)
-    if Ax is None:      # the quantity does not depend on the input
-        return bias
-    if meter is not None:
+    if meter is not None and Ax is not None:
         _measure(meter, Ax)
-    if isinstance(Ax, Patches):
-        if input_set.norm != "2":
-            lo, hi = input_set.box()
-            return concretize_lower_patches(Ax, lo.to(Ax.t.dtype), hi.to(Ax.t.dtype)) + bias
-        Ax = to_dense(Ax)
-    return concretize_lower(Ax, input_set) + bias
+    return Ax, bias
 
 
 def _measure(meter: dict, A) -> None:
@@ -430,7 +441,8 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
         iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
-            use_crown = intermediate == "crown" and not (input_set.norm != "2" and _affine_of_input(net, node.name))
+            use_crown = intermediate == "crown" and not (input_set.norm in BOX_NORMS
+                                                         and _affine_of_input(net, node.name))
             if use_crown:
                 if rows is not None and node.name in rows:
                     idx, valid = rows[node.name]
@@ -463,6 +475,23 @@ def spec_rows(net: Network, C: torch.Tensor | None, B: int, dtype) -> torch.Tens
     if C is None:
         C = torch.eye(K, dtype=dtype).unsqueeze(0).expand(B, K, K)
     return C.to(dtype).reshape((B, C.shape[1]) + tuple(net.output_shape))
+
+
+def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
+                 d: torch.Tensor | None, relax_cache: dict | None = None):
+    """CROWN's linear bounds of ``C @ y + d`` in the input: (lA, lbias, uA, ubias) with lA, uA
+    (B, rows, *input_shape) and lbias, ubias (B, rows), such that lA . x + lbias <= C @ f(x) + d
+    <= uA . x + ubias for every x of the input set (given pre-activation bounds ``vals``)."""
+    B = input_set.box()[0].shape[0]
+    dtype = input_set.box()[0].dtype
+    Cs = spec_rows(net, C, B, dtype)
+    rows = Cs.shape[1]
+    Ax, bias = backward_linear(net, net.output, torch.cat([Cs, -Cs], 1), vals, relax_cache=relax_cache)
+    shape = (B, 2 * rows) + tuple(net.input_shape)
+    Ax = torch.zeros(shape, dtype=dtype) if Ax is None else (to_dense(Ax) if isinstance(Ax, Patches) else Ax)
+    Ax = Ax.reshape(shape)
+    d = torch.zeros((B, rows), dtype=dtype) if d is None else d
+    return Ax[:, :rows], bias[:, :rows] + d, -Ax[:, rows:], -bias[:, rows:] + d
 
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,

@@ -13,24 +13,27 @@ import torch
 
 from certify.errors import CertifyError
 from certify.spec.output import robustness_matrix
-from certify.spec.radius import bisect_radius
+from certify.spec.radius import bisect_radius, domain_extent
 from certify.spec.sets import ball
 from bounds.api import as_network, compute_bounds
 from bounds.result import Bounds
 
 
 def radius(net, x: torch.Tensor, label, norm="inf", method: str = "crown", lo: float = 0.0,
-           hi: float | None = None, tol: float = 1e-4, domain=(0.0, 1.0), **opts) -> tuple[torch.Tensor, Bounds]:
+           hi: float | None = None, tol: float = 1e-4, domain=None, **opts) -> tuple[torch.Tensor, Bounds]:
     """(radius (B,), Bounds of the margins (B, K-1) at that radius).
 
-    ``hi`` defaults to the domain's width (L-inf) or width * sqrt(input size) (L2): the
-    whole domain. ``opts`` go to ``compute_bounds`` (e.g. iterations for alpha)."""
+    ``hi`` (the largest radius searched) defaults to the domain's extent (``certify.spec.radius.domain_extent``:
+    a ball containing the whole domain); without a domain the search starts at 1 and doubles
+    its upper end while the input stays certified (``certify.spec.radius``). ``opts`` go to
+    ``compute_bounds`` (e.g. iterations for alpha)."""
     x = torch.as_tensor(x)
     net = as_network(net, tuple(x.shape[1:]))
     x = x.to(net.dtype)
-    width = (domain[1] - domain[0]) if domain is not None else 1.0
+    limit = hi
     if hi is None:
-        hi = width if str(norm) in ("inf", "linf") else width * math.sqrt(net.input_size)
+        hi = domain_extent(domain, norm, net.input_size) if domain is not None else 1.0
+        limit = hi if domain is not None else math.inf
     if not (0 <= lo < hi) or tol <= 0:
         raise CertifyError(f"radius search needs 0 <= lo < hi and tol > 0, got lo={lo}, hi={hi}, tol={tol}")
     K = net.output_size
@@ -48,5 +51,5 @@ def radius(net, x: torch.Tensor, label, norm="inf", method: str = "crown", lo: f
             best[0].upper[sel] = torch.where(ok.unsqueeze(1), b.upper, best[0].upper[sel])
         return ok
 
-    r, _ = bisect_radius(check, x.shape[0], lo, hi, tol, x.dtype)
+    r, _ = bisect_radius(check, x.shape[0], lo, hi, tol, x.dtype, limit=limit)
     return r, best[0]

@@ -2,7 +2,8 @@
 branch-and-bound and adversarial training.
 
 ``pgd_minimize`` minimizes ``objective(x) -> (B,)`` over each set of a batched ``InputSet``
-with signed-gradient steps (L-inf / box) or normalized-gradient steps (L2), random starts,
+with signed-gradient steps (L-inf / box) or normalized-gradient steps (L2, and L1 with its
+projection), random starts,
 and keeps the best point seen. The returned points always lie in the set (projected).
 
 ``search_forward(net)`` evaluates a network for such a search: every value is the network's
@@ -22,7 +23,7 @@ import torch
 
 from certify.ir import ops as O
 from certify.ir.network import Network
-from certify.spec.output import margins
+from certify.spec.output import margin_values
 from certify.spec.sets import InputSet
 
 
@@ -84,8 +85,8 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     lo, hi = input_set.box()
     lo, hi = lo.detach(), hi.detach()
     width = (hi - lo)
-    l2 = input_set.norm == "2"
-    if l2:
+    normalized = input_set.norm in ("2", "1")
+    if normalized:
         eps = torch.as_tensor(input_set.eps, dtype=lo.dtype).expand(lo.shape[0])
         alpha = (2.5 * eps / max(steps, 1)).reshape((-1,) + (1,) * (lo.dim() - 1))
     else:
@@ -113,7 +114,7 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
                 better = v.detach() < best_v
                 best_v = torch.where(better, v.detach(), best_v)
                 best_x[better] = x.detach()[better]
-                if l2:
+                if normalized:
                     gn = g.flatten(1).norm(dim=1).clamp(min=1e-12).reshape((-1,) + (1,) * (g.dim() - 1))
                     x = x - a_it * g / gn
                 else:
@@ -136,12 +137,12 @@ def pgd_margin(forward: Callable[[torch.Tensor], torch.Tensor], input_set: Input
     (the best attack value of each row: an upper bound on its true minimum).
     """
     if not per_row:
-        return pgd_minimize(lambda x: margins(forward(x), C, d).min(dim=1).values, input_set, **kw)
+        return pgd_minimize(lambda x: margin_values(forward(x), C, d).min(dim=1).values, input_set, **kw)
     xs, vs = [], []
     for r in range(C.shape[1]):
         Cr = C[:, r:r + 1]
         dr = None if d is None else d[:, r:r + 1]
-        x, v = pgd_minimize(lambda x: margins(forward(x), Cr, dr)[:, 0], input_set, **kw)
+        x, v = pgd_minimize(lambda x: margin_values(forward(x), Cr, dr)[:, 0], input_set, **kw)
         xs.append(x)
         vs.append(v)
     return torch.stack(xs, 1), torch.stack(vs, 1)

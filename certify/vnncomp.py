@@ -14,6 +14,7 @@ import io
 import os
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +72,16 @@ def check_counterexample_ort(onnx_path: str, prop, x: np.ndarray, tol: float = 1
 
 
 def run_instance(net, onnx_path: str, vnnlib_path: str, timeout: float, method: str = "auto",
-                 started: float | None = None, seed: int = 0):
+                 started: float | None = None, seed: int = 0, progress=None):
     """Load the property for ``net`` and verify it; returns (VerifyResult, prop). ``started`` is
-    when the clock for ``timeout`` began (model loading counts, as in the competition)."""
+    when the clock for ``timeout`` began (model loading counts, as in the competition);
+    ``progress``: passed to ``bounds.bab.verify``."""
     from bounds.bab import verify
     from certify.spec import vnnlib
     started = time.monotonic() if started is None else started
     prop = vnnlib.load(vnnlib_path, net.input_size, net.output_size)
     left = max(0.5, timeout - (time.monotonic() - started) - 1.0)
-    return verify(net, prop, timeout=left, method=method, seed=seed), prop
+    return verify(net, prop, timeout=left, method=method, seed=seed, progress=progress), prop
 
 
 def read_instances(path: Path) -> list[tuple[str, str, float]]:
@@ -208,15 +210,55 @@ def _open_results_csv(out: Path, overwrite: bool, bench: str) -> tuple[int, dict
     return fd, {k[1:]: r for k, r in kept.items() if k[0] == bench}, len(retry)
 
 
+INSTANCE_GRACE = 60.0   # seconds past its own timeout after which a cluster task of an instance is given up
+
+
+_NETS: dict[tuple, object] = {}
+
+
+def _network(path: str):
+    """The network of ``path``, loaded once while consecutive instances share it (per process)."""
+    from certify.models import load_model
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _NETS:
+        _NETS.clear()
+        _NETS[key] = load_model(path)
+    return _NETS[key]
+
+
+def decide_instance(bench_dir: str, method: str, unit: tuple[int, str, str, float]) -> dict:
+    """Decide one instance ``unit`` = (position, onnx, vnnlib, timeout) of the benchmark folder
+    ``bench_dir``: {verdict, seconds, domains, method, ce_valid, error}. The clock of the timeout
+    starts here (loading the model counts, as in the competition); a ``CertifyError`` (a file that
+    does not load) is verdict ``error`` with its message."""
+    _, onnx, vnn, timeout = unit
+    t0 = time.monotonic()
+    onnx_path, vnn_path = str(Path(bench_dir) / onnx), str(Path(bench_dir) / vnn)
+    out = {"verdict": "error", "domains": 0, "method": "", "ce_valid": "-", "error": ""}
+    try:
+        res, prop = run_instance(_network(onnx_path), onnx_path, vnn_path, timeout, method, t0)
+        out.update(verdict=res.status, domains=res.stats["domains"], method=res.stats.get("method") or "")
+        if res.status == "sat":
+            out["ce_valid"] = "yes" if check_counterexample_ort(onnx_path, prop, res.counterexample[0]) else "no"
+    except CertifyError as e:
+        out["error"] = str(e)
+    out["seconds"] = time.monotonic() - t0
+    return out
+
+
 def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, ground_truth: Path | None = None,
                   timeout_scale: float = 1.0, method: str = "auto", overwrite: bool = False,
-                  select=None, log=print) -> dict:
+                  select=None, log=print, client=None, threads: int = 1) -> dict:
     """Run every instance (resuming this benchmark's rows already in ``out``, retrying those that
     ended in ``error``); returns the summary dict of the instances selected. ``out`` is locked
-    while the run lasts.
+    while the run lasts and written by this process only.
 
-    ``select(index, onnx, vnnlib) -> bool`` picks a subset."""
-    from certify.models import load_model
+    ``select(index, onnx, vnnlib) -> bool`` picks a subset. ``client`` (a ``distributed.Client``)
+    runs each instance as a task on its cluster, torch at ``threads`` threads (``bounds.bab`` runs
+    its own threads beside); a task that fails there (twice, or ``INSTANCE_GRACE`` s past its
+    timeout) is an ``error`` row, run again by the next rerun."""
+    from certify.cluster import run_units
     bench_dir = Path(bench_dir)
     if not bench_dir.is_dir():
         raise CertifyError(f"benchmark folder {bench_dir} does not exist")
@@ -225,8 +267,27 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
     bench = bench_dir.name
     out = Path(out)
     fd, done, n_retry = _open_results_csv(out, overwrite, bench)
-    results = []
-    cache: dict[str, object] = {}
+    results, units = [], []
+
+    def on_result(unit, r: dict) -> None:
+        k, onnx, vnn, timeout = unit
+        if r["error"]:
+            log(f"  {onnx} {vnn}: error: {r['error']}")
+        g = truth_for(gt, bench, onnx, vnn)
+        truth = g["truth"] if g else ""
+        correct, _ = score_row(r["verdict"], truth or None, r["ce_valid"])
+        row = {"benchmark": bench, "onnx": onnx, "vnnlib": vnn, "timeout_s": f"{timeout:.1f}",
+               "verdict": r["verdict"], "seconds": f"{r['seconds']:.2f}", "domains": r["domains"],
+               "method": r["method"], "truth": truth, "correct": correct, "ce_valid": r["ce_valid"]}
+        _write_all(fd, out, _csv_line(row))
+        results.append(row)
+        log(f"  [{k + 1}/{len(rows_in)}] {onnx} {vnn}: {r['verdict']} ({r['seconds']:.1f} s, {r['domains']} domains)"
+            + (f" truth={truth}" if truth else "") + (" WRONG" if correct == "no" else ""))
+
+    def on_failure(unit, message: str) -> None:
+        on_result(unit, {"verdict": "error", "seconds": 0.0, "domains": 0, "method": "", "ce_valid": "-",
+                         "error": f"task failed: {message}"})
+
     try:
         if n_retry:
             log(f"retrying {n_retry} instance(s) whose last result in {out} was 'error'")
@@ -242,31 +303,9 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
                                        "with the same --timeout-scale, or use --overwrite or another --out")
                 results.append(row)
                 continue
-            t0 = time.monotonic()
-            onnx_path, vnn_path = str(bench_dir / onnx), str(bench_dir / vnn)
-            ce_valid, domains, meth = "-", 0, ""
-            try:
-                if onnx_path not in cache:
-                    cache.clear()
-                    cache[onnx_path] = load_model(onnx_path)
-                res, prop = run_instance(cache[onnx_path], onnx_path, vnn_path, timeout, method, t0)
-                verdict, domains, meth = res.status, res.stats["domains"], res.stats.get("method") or ""
-                if verdict == "sat":
-                    ce_valid = "yes" if check_counterexample_ort(onnx_path, prop, res.counterexample[0]) else "no"
-            except CertifyError as e:
-                log(f"  {onnx} {vnn}: error: {e}")
-                verdict = "error"
-            secs = time.monotonic() - t0
-            g = truth_for(gt, bench, onnx, vnn)
-            truth = g["truth"] if g else ""
-            correct, _ = score_row(verdict, truth or None, ce_valid)
-            row = {"benchmark": bench, "onnx": onnx, "vnnlib": vnn, "timeout_s": f"{timeout:.1f}",
-                   "verdict": verdict, "seconds": f"{secs:.2f}", "domains": domains, "method": meth,
-                   "truth": truth, "correct": correct, "ce_valid": ce_valid}
-            _write_all(fd, out, _csv_line(row))
-            results.append(row)
-            log(f"  [{k + 1}/{len(rows_in)}] {onnx} {vnn}: {verdict} ({secs:.1f} s, {domains} domains)"
-                + (f" truth={truth}" if truth else "") + (" WRONG" if correct == "no" else ""))
+            units.append((k, onnx, vnn, timeout))
+        run_units(units, partial(decide_instance, str(bench_dir.resolve()), method), client, on_result, on_failure,
+                  threads=threads, timeout=lambda u: u[3] + INSTANCE_GRACE, name=f"certify-vnncomp-{bench}")
     finally:
         os.close(fd)
     return summarize(results)

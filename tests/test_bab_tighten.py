@@ -75,11 +75,10 @@ def test_tightening_stopped_at_any_time_is_sound():
             assert bool((z >= l - 1e-9).all() and (z <= u + 1e-9).all()), (budget, t)
 
 
-def test_verify_with_the_tightening_stage_agrees_with_milp(monkeypatch):
-    """No quick pass (QUICK = 0): every obligation not proved at its root goes through the
+def test_verify_with_the_tightening_stage_agrees_with_milp():
+    """No quick pass (quick=0): every obligation not proved at its root goes through the
     tightening stage, then branch and bound over the tightened bounds; the verdicts agree with
     the exact minimum and the stage ran."""
-    monkeypatch.setattr(verify_mod, "QUICK", 0.0)
     tightened, decided = 0, 0
     for seed in range(8):
         net, prop, lo, hi, A, b = random_case(500 + seed, [3, 8, 8, 8, 2])
@@ -89,7 +88,7 @@ def test_verify_with_the_tightening_stage_agrees_with_milp(monkeypatch):
         t_star = exact_min(net, lo, hi, A, b)        # = -tau: sat iff negative
         assert t_star == pytest.approx(-tau, abs=1e-6)
         res = verify_mod.verify(net, prop, timeout=10, method="relu", pgd_restarts=1, falsify_first=False,
-                                use_milp=False, tighten=0.5)
+                                use_milp=False, tighten=0.5, quick=0.0)
         tightened += "time_tighten" in res.stats
         if res.status == "sat":
             assert t_star < 0 and prop.violated_by(*res.counterexample)

@@ -171,11 +171,31 @@ def bad(tmp_path_factory):
     (d / "afile").write_text("a file, not a folder")
     (d / "outdir").mkdir()
 
+    # ---- configuration files and exported programs
+    (d / "unknown_key.yaml").write_text("model: digits-mlp\nepss: 0.1\n")
+    (d / "bad_value.yaml").write_text("eps: nan\n")
+    (d / "old_key.yaml").write_text("n: 3\n")
+    (d / "other_command.yaml").write_text("command: train\n")
+    (d / "not_mapping.yaml").write_text("[1, 2]\n")
+    (d / "bad.toml").write_text("eps = \n")
+    (d / "run.ini").write_text("eps=1\n")
+    (d / "garbage.pt2").write_bytes(b"PK\x03\x04garbage")
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.export.save(torch.export.export(lin, (torch.rand(1, 1, 8, 8),)), str(d / "ok.pt2"))
+    import zipfile
+    with zipfile.ZipFile(d / "ok.pt2") as zin, zipfile.ZipFile(d / "evil.pt2", "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if "/data/sample_inputs/" in name:
+                data = pickle.dumps(_Evil(marker), protocol=2)
+            zout.writestr(name, data)
+    (d / "ok.pt2").unlink()
+
     # ---- finished runs to resume
-    assert main(["bounds", "digits-mlp", "--n", "3", "--eps", "0.01", "--quiet", "--out", str(d / "b.jsonl")]) == 0
-    assert main(["smooth", "digits-mlp", "--max", "2", "--n", "200", "--n0", "20", "--out", str(d / "s.jsonl")]) == 0
-    assert main(["lp", "digits-mlp", "--n", "1", "--eps", "0.01", "--quiet", "--out", str(d / "lp.jsonl")]) == 0
-    assert main(["bounds", "digits-mlp", "--n", "2", "--norm", "2", "--eps", "0.1", "--quiet",
+    assert main(["bounds", "digits-mlp", "--count", "3", "--eps", "0.01", "--quiet", "--out", str(d / "b.jsonl")]) == 0
+    assert main(["smooth", "digits-mlp", "--max", "2", "--samples", "200", "--n0", "20", "--out", str(d / "s.jsonl")]) == 0
+    assert main(["lp", "digits-mlp", "--count", "1", "--eps", "0.01", "--quiet", "--out", str(d / "lp.jsonl")]) == 0
+    assert main(["bounds", "digits-mlp", "--count", "2", "--norm", "2", "--eps", "0.1", "--quiet",
                  "--out", str(d / "b2.jsonl")]) == 0
     from certify.report.records import ResultWriter
     from certify.report.records import lock_file
@@ -192,9 +212,9 @@ def _d(argv, d: Path) -> list[str]:
 
 
 M = "digits-mlp"
-B = ["bounds", M, "--n", "2"]
-LP = ["lp", M, "--n", "1"]
-SM = ["smooth", M, "--max", "2", "--n", "100", "--n0", "10"]
+B = ["bounds", M, "--count", "2"]
+LP = ["lp", M, "--count", "1"]
+SM = ["smooth", M, "--max", "2", "--samples", "100", "--n0", "10"]
 # (case id, argv with {d} for the fixture folder, text the error line must contain, exit status)
 CASES = [
     # ---------------------------------------------------------------- global flags
@@ -203,7 +223,7 @@ CASES = [
     ("threads-text", ["--threads", "two", "info", M], "expected an integer", 2),
     ("unknown-command", ["frobnicate"], "invalid choice", 2),
     ("demo-bad-model", ["demo", "--model", "nope"], "invalid choice", 2),
-    ("demo-n-0", ["demo", "--n", "0"], "--n: must be at least 1", 2),
+    ("demo-n-0", ["demo", "--count", "0"], "--count: must be at least 1", 2),
     # ---------------------------------------------------------------- models (certify info)
     ("model-missing", ["info", "{d}/nope.onnx"], "does not exist", 2),
     ("model-empty-onnx", ["info", "{d}/empty.onnx"], "empty file", 2),
@@ -219,13 +239,13 @@ CASES = [
     ("model-pickled-module", ["info", "{d}/module.pt"], "export the model to ONNX", 2),
     ("model-malicious-pt", ["info", "{d}/evil.pt"], "never loads", 2),
     ("model-malicious-raw-pt", ["info", "{d}/evil_raw.pt"], "never loads", 2),
-    ("model-train-state", ["info", "{d}/checkpoint.pt"], "model.pt or model.onnx", 2),
+    ("model-train-state", ["info", "{d}/checkpoint.pt"], "holds no config.json naming the architecture", 2),
     ("model-custom-arch", ["info", "{d}/custom.pt"], "'custom' is not in the zoo", 2),
     ("model-misfit-weights", ["info", "{d}/misfit.pt"], "do not fit architecture", 2),
     ("model-damaged-ckpt", ["info", "{d}/damaged.pt"], "damaged certify checkpoint", 2),
     ("model-plain-state-dict", ["info", "{d}/plain_state.pt"], "not a certify checkpoint", 2),
-    ("model-bounds-one-output", B[:1] + ["{d}/one.onnx", "--n", "2"], "K >= 2", 2),
-    ("model-bounds-wrong-shape", B[:1] + ["{d}/five.onnx", "--n", "2"], "expects input shape", 2),
+    ("model-bounds-one-output", B[:1] + ["{d}/one.onnx", "--count", "2"], "K >= 2", 2),
+    ("model-bounds-wrong-shape", B[:1] + ["{d}/five.onnx", "--count", "2"], "expects input shape", 2),
     ("model-smooth-garbage", ["smooth", "{d}/garbage.onnx"], "garbage.onnx", 2),
     ("model-lp-missing", ["lp", "{d}/missing.onnx"], "does not exist", 2),
     ("model-milp-malicious", ["milp", "{d}/evil.pt"], "never loads", 2),
@@ -236,8 +256,8 @@ CASES = [
     ("bounds-eps-neg", B + ["--eps", "-1"], "--eps: must be >= 0", 2),
     ("bounds-eps-nan", B + ["--eps", "nan"], "--eps: must be >= 0, got nan", 2),
     ("bounds-eps-text", B + ["--eps", "small"], "expected a number", 2),
-    ("bounds-n-0", ["bounds", M, "--n", "0"], "--n/--max: must be at least 1", 2),
-    ("bounds-n-neg", ["bounds", M, "--n", "-3"], "--n/--max: must be at least 1", 2),
+    ("bounds-n-0", ["bounds", M, "--count", "0"], "--count/--max: must be at least 1", 2),
+    ("bounds-n-neg", ["bounds", M, "--count", "-3"], "--count/--max: must be at least 1", 2),
     ("bounds-skip-0", B + ["--skip", "0"], "--skip: must be at least 1", 2),
     ("bounds-start-neg", B + ["--start", "-1"], "--start: must be >= 0", 2),
     ("bounds-start-past-end", B + ["--start", "100000"], "no inputs selected", 2),
@@ -273,7 +293,7 @@ CASES = [
     ("data-npz-keys", B + ["--data", "{d}/keys.npz"], "npz needs arrays 'images' and 'labels'", 2),
     ("data-npy-as-npz", B + ["--data", "{d}/single.npz"], "not an .npz archive", 2),
     ("data-wrong-shape", B + ["--data", "{d}/cifarlike.npz"], "expects input shape (1, 8, 8)", 2),
-    ("data-label-too-big", B + ["--data", "{d}/labels_big.npz", "--n", "4"], "label 42", 2),
+    ("data-label-too-big", B + ["--data", "{d}/labels_big.npz", "--count", "4"], "label 42", 2),
     ("data-label-negative", B + ["--data", "{d}/labels_neg.npz"], "non-negative integers", 2),
     ("data-label-float", B + ["--data", "{d}/labels_float.npz"], "labels integers", 2),
     ("data-nan-pixels", B + ["--data", "{d}/nan.npz"], "outside [0, 1]", 2),
@@ -306,36 +326,36 @@ CASES = [
     ("out-smooth-cohen-no-out", SM + ["--format", "cohen"], "give --out FILE.jsonl", 2),
     ("out-smooth-cohen-same", SM + ["--format", "cohen", "--out", "{d}/x.tsv"], "which is --out itself", 2),
     # ---------------------------------------------------------------- resume mismatches
-    ("resume-eps", ["bounds", M, "--n", "3", "--eps", "0.02", "--out", "{d}/b.jsonl", "--resume"],
+    ("resume-eps", ["bounds", M, "--count", "3", "--eps", "0.02", "--out", "{d}/b.jsonl", "--resume"],
      "--eps 0.02 != 0.01 in", 2),
-    ("resume-method", ["bounds", M, "--n", "3", "--eps", "0.01", "--method", "ibp", "--out", "{d}/b.jsonl",
+    ("resume-method", ["bounds", M, "--count", "3", "--eps", "0.01", "--method", "ibp", "--out", "{d}/b.jsonl",
                        "--resume"], "--method ibp != crown in", 2),
-    ("resume-norm", ["bounds", M, "--n", "3", "--eps", "0.01", "--norm", "2", "--out", "{d}/b.jsonl", "--resume"],
+    ("resume-norm", ["bounds", M, "--count", "3", "--eps", "0.01", "--norm", "2", "--out", "{d}/b.jsonl", "--resume"],
      "--norm 2 != inf in", 2),
-    ("resume-radius", ["bounds", M, "--n", "3", "--eps", "0.01", "--radius", "--out", "{d}/b.jsonl", "--resume"],
+    ("resume-radius", ["bounds", M, "--count", "3", "--eps", "0.01", "--radius", "--out", "{d}/b.jsonl", "--resume"],
      "--radius on != off", 2),
-    ("resume-model", ["bounds", "digits-cnn", "--n", "3", "--eps", "0.01", "--out", "{d}/b.jsonl", "--resume"],
+    ("resume-model", ["bounds", "digits-cnn", "--count", "3", "--eps", "0.01", "--out", "{d}/b.jsonl", "--resume"],
      "model digits-cnn", 2),
-    ("resume-split", ["bounds", M, "--n", "3", "--eps", "0.01", "--split", "train", "--out", "{d}/b.jsonl",
+    ("resume-split", ["bounds", M, "--count", "3", "--eps", "0.01", "--split", "train", "--out", "{d}/b.jsonl",
                       "--resume"], "--split train != test", 2),
-    ("resume-data", ["bounds", M, "--n", "3", "--eps", "0.01", "--data", "{d}/zeros.npz", "--out", "{d}/b.jsonl",
+    ("resume-data", ["bounds", M, "--count", "3", "--eps", "0.01", "--data", "{d}/zeros.npz", "--out", "{d}/b.jsonl",
                      "--resume"], "--data {d}/zeros.npz != digits in", 2),
-    ("resume-bounds-on-smooth", ["bounds", M, "--n", "2", "--out", "{d}/s.jsonl", "--resume"],
+    ("resume-bounds-on-smooth", ["bounds", M, "--count", "2", "--out", "{d}/s.jsonl", "--resume"],
      "command bounds != smooth in", 2),
     ("resume-smooth-on-bounds", SM + ["--out", "{d}/b.jsonl", "--resume"], "command smooth != bounds in", 2),
-    ("resume-smooth-sigma", ["smooth", M, "--max", "2", "--n", "200", "--n0", "20", "--sigma", "0.5",
+    ("resume-smooth-sigma", ["smooth", M, "--max", "2", "--samples", "200", "--n0", "20", "--sigma", "0.5",
                              "--out", "{d}/s.jsonl", "--resume"], "--sigma 0.5 != 0.25", 2),
-    ("resume-smooth-n", ["smooth", M, "--max", "2", "--n", "300", "--n0", "20", "--out", "{d}/s.jsonl", "--resume"],
-     "--n 300 != 200", 2),
-    ("resume-smooth-seed", ["smooth", M, "--max", "2", "--n", "200", "--n0", "20", "--seed", "3",
+    ("resume-smooth-n", ["smooth", M, "--max", "2", "--samples", "300", "--n0", "20", "--out", "{d}/s.jsonl", "--resume"],
+     "--samples 300 != 200", 2),
+    ("resume-smooth-seed", ["smooth", M, "--max", "2", "--samples", "200", "--n0", "20", "--seed", "3",
                             "--out", "{d}/s.jsonl", "--resume"], "--seed 3 != 0", 2),
-    ("resume-smooth-noise", ["smooth", M, "--max", "2", "--n", "200", "--n0", "20", "--noise", "laplace",
+    ("resume-smooth-noise", ["smooth", M, "--max", "2", "--samples", "200", "--n0", "20", "--noise", "laplace",
                              "--out", "{d}/s.jsonl", "--resume"], "--noise laplace != gaussian", 2),
-    ("resume-lp-on-milp", ["milp", M, "--n", "1", "--eps", "0.01", "--out", "{d}/lp.jsonl", "--resume"],
+    ("resume-lp-on-milp", ["milp", M, "--count", "1", "--eps", "0.01", "--out", "{d}/lp.jsonl", "--resume"],
      "command milp != lp", 2),
-    ("resume-lp-time-limit", ["lp", M, "--n", "1", "--eps", "0.01", "--time-limit", "5", "--out", "{d}/lp.jsonl",
+    ("resume-lp-time-limit", ["lp", M, "--count", "1", "--eps", "0.01", "--time-limit", "5", "--out", "{d}/lp.jsonl",
                               "--resume"], "--time-limit 5 != unset", 2),
-    ("resume-l2-eps", ["bounds", M, "--n", "2", "--norm", "2", "--eps", "0.2", "--out", "{d}/b2.jsonl", "--resume"],
+    ("resume-l2-eps", ["bounds", M, "--count", "2", "--norm", "2", "--eps", "0.2", "--out", "{d}/b2.jsonl", "--resume"],
      "--eps 0.2 != 0.1", 2),
     # ---------------------------------------------------------------- lp / sdp / milp numbers
     ("lp-eps-nan", LP + ["--eps", "nan"], "--eps: must be >= 0, got nan", 2),
@@ -344,16 +364,16 @@ CASES = [
     ("lp-max-radius-0", LP + ["--radius", "--max-radius", "0"], "--max-radius", 2),
     ("lp-solver", LP + ["--solver", "gurobi"], "invalid choice: 'gurobi'", 2),
     ("lp-domain", LP + ["--domain", "0.5", "0.5"], "--domain needs LO < HI", 2),
-    ("sdp-iters-0", ["sdp", M, "--n", "1", "--iters", "0"], "--iters: must be at least 1", 2),
-    ("sdp-max-iters-neg", ["sdp", M, "--n", "1", "--max-iters", "-5"], "--max-iters: must be at least 1", 2),
-    ("milp-norm", ["milp", M, "--n", "1", "--norm", "2"], "unrecognized arguments: --norm", 2),
-    ("milp-mode", ["milp", M, "--n", "1", "--mode", "fast"], "invalid choice: 'fast'", 2),
-    ("milp-time-nan", ["milp", M, "--n", "1", "--time-limit", "nan"], "--time-limit", 2),
+    ("sdp-iters-0", ["sdp", M, "--count", "1", "--iters", "0"], "--iters: must be at least 1", 2),
+    ("sdp-max-iters-neg", ["sdp", M, "--count", "1", "--max-iters", "-5"], "--max-iters: must be at least 1", 2),
+    ("milp-norm", ["milp", M, "--count", "1", "--norm", "2"], "an L2 ball is a second-order-cone constraint", 2),
+    ("milp-mode", ["milp", M, "--count", "1", "--mode", "fast"], "invalid choice: 'fast'", 2),
+    ("milp-time-nan", ["milp", M, "--count", "1", "--time-limit", "nan"], "--time-limit", 2),
     # ---------------------------------------------------------------- smooth numbers
     ("smooth-sigma-0", SM + ["--sigma", "0"], "--sigma: must be a finite number > 0", 2),
     ("smooth-sigma-neg", SM + ["--sigma", "-0.5"], "--sigma: must be a finite number > 0", 2),
     ("smooth-sigma-nan", SM + ["--sigma", "nan"], "--sigma: must be a finite number > 0", 2),
-    ("smooth-n-0", ["smooth", M, "--n", "0"], "--n: must be at least 1", 2),
+    ("smooth-n-0", ["smooth", M, "--samples", "0"], "--samples: must be at least 1", 2),
     ("smooth-n0-0", ["smooth", M, "--n0", "0"], "--n0: must be at least 1", 2),
     ("smooth-alpha-big", SM + ["--alpha", "0.7"], "--alpha must be in (0, 0.5)", 2),
     ("smooth-alpha-nan", SM + ["--alpha", "nan"], "--alpha must be in (0, 0.5)", 2),
@@ -454,11 +474,53 @@ CASES = [
     ("train-warmup-neg", ["train", "--warmup-epochs", "-1", "--out", "{d}/run11"], "--warmup-epochs must be >= 0", 2),
     # ---------------------------------------------------------------- check
     ("check-eps-nan", ["check", M, "--eps", "nan"], "--eps: must be >= 0", 2),
-    ("check-n-0", ["check", M, "--n", "0"], "--n/--max: must be at least 1", 2),
+    ("check-n-0", ["check", M, "--count", "0"], "--count/--max: must be at least 1", 2),
     ("check-samples-0", ["check", M, "--samples", "0"], "--samples: must be at least 1", 2),
     ("check-milp-time", ["check", M, "--milp-time", "0"], "--milp-time", 2),
     ("check-wrong-shape", ["check", M, "--data", "{d}/cifarlike.npz"], "expects input shape", 2),
-    ("check-labels", ["check", M, "--data", "{d}/labels_big.npz", "--n", "4"], "label 42", 2),
+    ("check-labels", ["check", M, "--data", "{d}/labels_big.npz", "--count", "4"], "label 42", 2),
+    # ---------------------------------------------------------------- renamed flags
+    ("renamed-bounds-n", ["bounds", M, "--n", "3"], "--n is not an option of certify bounds: use --count", 2),
+    ("renamed-lp-n", ["lp", M, "--n", "3"], "use --count for the number of inputs", 2),
+    ("renamed-smooth-n", ["smooth", M, "--n", "1000"], "use --samples for the Monte-Carlo sample count", 2),
+    ("renamed-train-eval-n", ["train", "--eval-n", "5", "--out", "{d}/run12"], "use --eval-count", 2),
+    ("renamed-train-n-smooth", ["train", "--n-smooth", "5", "--out", "{d}/run13"], "use --samples", 2),
+    # ---------------------------------------------------------------- configuration files
+    ("config-unknown-key", ["bounds", "--config", "{d}/unknown_key.yaml"], "unknown key 'epss' for certify bounds", 2),
+    ("config-bad-value", ["bounds", M, "--config", "{d}/bad_value.yaml"], "key 'eps': must be >= 0, got nan", 2),
+    ("config-old-key", ["bounds", M, "--config", "{d}/old_key.yaml"], "key 'n': use --count", 2),
+    ("config-other-command", ["bounds", M, "--config", "{d}/other_command.yaml"], "is for certify train", 2),
+    ("config-not-mapping", ["lp", M, "--config", "{d}/not_mapping.yaml"], "expected a mapping", 2),
+    ("config-bad-toml", ["smooth", M, "--config", "{d}/bad.toml"], "not valid TOML", 2),
+    ("config-unknown-format", ["check", M, "--config", "{d}/run.ini"], "unknown format", 2),
+    ("config-missing", ["info", M, "--config", "{d}/none.yaml"], "does not exist", 2),
+    ("config-directory", ["info", M, "--config", "{d}/outdir.yaml"], "does not exist", 2),
+    ("config-print-unknown", ["bounds", "--config", "{d}/unknown_key.yaml", "--print-config"], "unknown key", 2),
+    # ---------------------------------------------------------------- torch models
+    ("class-missing-module", ["bounds", "no_such_module_here:Net", "--count", "1"], "cannot import module", 2),
+    ("class-no-class", ["bounds", "torch.nn:NoSuchLayer", "--count", "1"], "has no torch.nn.Module subclass", 2),
+    ("class-bad-json", ["bounds", "torch.nn:Linear", "--model-args", "[64,", "--count", "1"], "is not JSON", 2),
+    ("class-bad-args", ["bounds", "torch.nn:Linear", "--model-args", '{{"width": 3}}', "--count", "1"],
+     "unexpected keyword argument 'width'", 2),
+    ("class-malicious-weights", ["bounds", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/evil.pt",
+                                 "--count", "1"], "never loads", 2),
+    ("class-weights-missing", ["bounds", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/no.pt",
+                               "--count", "1"], "does not exist", 2),
+    ("class-weights-misfit", ["info", "torch.nn:Linear", "--model-args", "[64, 10]", "--weights", "{d}/plain_state.pt",
+                              "--input-shape", "64"], "does not fit model torch.nn:Linear", 2),
+    ("class-no-shape", ["info", "torch.nn:Linear", "--model-args", "[64, 10]"], "needs the input shape", 2),
+    ("class-shape-wrong", ["info", "torch.nn:Linear", "--model-args", "[64, 10]", "--input-shape", "3"],
+     "weight of shape (10, 64) does not fit input shape (3,)", 2),
+    ("weights-not-class", ["bounds", M, "--weights", "{d}/plain_state.pt"], "apply to a torch class model", 2),
+    ("input-shape-zero", ["info", M, "--input-shape", "0"], "--input-shape: must be at least 1", 2),
+    ("pt2-garbage", ["info", "{d}/garbage.pt2"], "not a torch.export archive", 2),
+    ("pt2-malicious", ["bounds", "{d}/evil.pt2", "--count", "1"], "are not plain tensors", 2),
+    # ---------------------------------------------------------------- norms and domains
+    ("milp-norm-1", ["milp", M, "--count", "1", "--norm", "1"], "milp takes L-inf balls only, not --norm 1", 2),
+    ("lp-norm-1", LP + ["--norm", "1"], "invalid choice: '1'", 2),
+    ("bounds-norm-3", B + ["--norm", "3"], "invalid choice: '3'", 2),
+    ("domain-and-no-domain", B + ["--domain", "0", "1", "--no-domain"], "exclude each other", 2),
+    ("sdp-solver", ["sdp", M, "--count", "1", "--solver", "mosek"], "invalid choice: 'mosek'", 2),
 ]
 
 

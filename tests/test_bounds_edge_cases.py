@@ -11,7 +11,7 @@ import bounds
 from certify.attack import pgd_margin
 from certify.ir import (Add, AvgPool2d, Concat, Conv2d, Flatten, Linear, MaxPool2d, Network, Node, ReLU,
                         Sigmoid, Sub, Tanh, sequential)
-from certify.spec.output import margins
+from certify.spec.output import margin_values
 from certify.spec.sets import Box, ball
 from helpers.networks import DT, mlp
 
@@ -59,7 +59,9 @@ def _sets(net):
     x[1].fill_(1.0)                     # centres at the domain's corners: clipping
     hi = (x + 0.3 * torch.rand(x.shape, generator=g, dtype=DT)).clamp(max=1.0)
     hi.reshape(3, -1)[:, 0] = x.reshape(3, -1)[:, 0]     # a zero-width dimension
-    return [ball(x, 0.0, "inf"), ball(x, 0.06, "inf"), ball(x, 0.3, "2"), ball(x, 0.0, "2"), Box(x, hi)]
+    unit = (0.0, 1.0)
+    return [ball(x, 0.0, "inf", unit), ball(x, 0.06, "inf", unit), ball(x, 0.3, "2", unit), ball(x, 0.0, "2", unit),
+            Box(x, hi)]
 
 
 def _spec(net, g):
@@ -78,7 +80,7 @@ def _observed(net, s, C, d):
         pts = torch.cat([pts, lo[None], hi[None]])
     with torch.no_grad():
         y = net(pts.reshape((-1,) + net.input_shape)).reshape(pts.shape[0], pts.shape[1], -1)
-    m = torch.stack([margins(y[k], C, d) for k in range(y.shape[0])])
+    m = torch.stack([margin_values(y[k], C, d) for k in range(y.shape[0])])
     kw = dict(per_row=True, steps=15, restarts=1)
     _, vmin = pgd_margin(net, s, C, d, generator=torch.Generator().manual_seed(4), **kw)
     _, vmax = pgd_margin(net, s, -C, -d, generator=torch.Generator().manual_seed(5), **kw)
@@ -106,8 +108,8 @@ def test_eps_zero_is_the_point(method):
     x = torch.rand(4, 3, dtype=DT, generator=torch.Generator().manual_seed(2))
     C, d = _spec(net, torch.Generator().manual_seed(3))
     C, d = torch.cat([C, C[:1]]), torch.cat([d, d[:1]])
-    b = bounds.compute_bounds(net, ball(x, 0.0, "inf"), C, d, method=method)
-    m = margins(net(x), C, d)
+    b = bounds.compute_bounds(net, ball(x, 0.0, "inf", domain=(0.0, 1.0)), C, d, method=method)
+    m = margin_values(net(x), C, d)
     assert torch.allclose(b.lower, m, atol=1e-9) and torch.allclose(b.upper, m, atol=1e-9)
 
 
@@ -117,9 +119,9 @@ def test_batch_one_equals_batch_many(method):
     x = torch.rand((5,) + net.input_shape, dtype=DT, generator=torch.Generator().manual_seed(2))
     C = _r(torch.Generator().manual_seed(3), 5, 2, 3)
     eps = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2], dtype=DT)
-    full = bounds.compute_bounds(net, ball(x, eps, "inf"), C, method=method)
+    full = bounds.compute_bounds(net, ball(x, eps, "inf", domain=(0.0, 1.0)), C, method=method)
     for i in range(5):
-        one = bounds.compute_bounds(net, ball(x[i:i + 1], float(eps[i]), "inf"), C[i:i + 1], method=method)
+        one = bounds.compute_bounds(net, ball(x[i:i + 1], float(eps[i]), "inf", domain=(0.0, 1.0)), C[i:i + 1], method=method)
         assert torch.allclose(one.lower, full.lower[i:i + 1], atol=1e-10, rtol=1e-10)
         assert torch.allclose(one.upper, full.upper[i:i + 1], atol=1e-10, rtol=1e-10)
 
@@ -131,7 +133,7 @@ def test_random_splits_sound_on_their_subdomain(seed):
     net = mlp(seed, widths=(2, 8, 8, 3))
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 2, generator=g, dtype=DT)
-    s = ball(x, 0.3, "inf")
+    s = ball(x, 0.3, "inf", (0.0, 1.0))
     pre = {n.name: n.inputs[0] for n in net.nodes if isinstance(n.op, ReLU)}
     ib = bounds.intermediate_bounds(net, s, method="crown")
     splits = {}
@@ -148,7 +150,7 @@ def test_random_splits_sound_on_their_subdomain(seed):
         ok &= ~(((splits[r] > 0) & (z < 0)) | ((splits[r] < 0) & (z > 0))).any(-1)
     assert bool(ok.any())
     y = vals[net.output].reshape(pts.shape[0], 2, -1)
-    m = torch.stack([margins(y[k], C, d) for k in range(y.shape[0])])
+    m = torch.stack([margin_values(y[k], C, d) for k in range(y.shape[0])])
     for method in METHODS:
         b = bounds.compute_bounds(net, s, C, d, method=method, splits=splits)
         for i in range(2):

@@ -33,7 +33,7 @@ def _chain(seed=0):
 def test_stacked_chain_equals_rule_table(B):
     net = _chain()
     assert plan(net).chain is not None
-    s = ball(centers(net, B=B), 0.05)
+    s = ball(centers(net, B=B), 0.05, domain=(0.0, 1.0))
     lo, hi = s.box()
     want = _node_by_node(net, lo, hi)
     got = ibp_forward(net, (lo, hi))[net.output]
@@ -71,7 +71,7 @@ def test_non_chain_networks_use_the_rule_table():
     for name in ("resnet", "mixed"):
         net = ALL[name]()
         assert plan(net).chain is None, name
-        s = ball(centers(net), 0.05)
+        s = ball(centers(net), 0.05, domain=(0.0, 1.0))
         b = bounds.ibp(net, input_set=s)
         want = _node_by_node(net, *s.box())
         assert torch.allclose(b.lower, want[0].flatten(1)) and torch.allclose(b.upper, want[1].flatten(1))
@@ -82,7 +82,7 @@ def test_spec_folded_into_last_layer_is_sound_and_tighter(name):
     net = ALL[name]()
     x = centers(net, B=3)
     C = robustness_matrix(net(x).argmax(1), net.output_size, dtype=DT)
-    s = ball(x, 0.08)
+    s = ball(x, 0.08, domain=(0.0, 1.0))
     folded = bounds.ibp(net, input_set=s, C=C)
     unfolded = interval_spec(_node_by_node(net, *s.box()), C, None)
     assert (folded.lower >= unfolded[0] - 1e-10).all() and (folded.upper <= unfolded[1] + 1e-10).all()
@@ -96,19 +96,19 @@ def test_spec_folded_into_last_layer_is_sound_and_tighter(name):
 def test_cached_weights_follow_in_place_updates():
     net = mlp(seed=3)
     x = centers(net, B=2)
-    before = bounds.ibp(net, x, eps=0.1)
+    before = bounds.ibp(net, x, eps=0.1, domain=(0.0, 1.0))
     with torch.no_grad():
         for n in net.nodes:
             if isinstance(n.op, Linear):
                 n.op.weight.mul_(-1.5)
-    after = bounds.ibp(net, x, eps=0.1)
-    fresh = bounds.ibp(net.to(DT), x, eps=0.1)           # new tensors: nothing cached
+    after = bounds.ibp(net, x, eps=0.1, domain=(0.0, 1.0))
+    fresh = bounds.ibp(net.to(DT), x, eps=0.1, domain=(0.0, 1.0))           # new tensors: nothing cached
     assert torch.allclose(after.lower, fresh.lower) and torch.allclose(after.upper, fresh.upper)
     assert not torch.allclose(after.lower, before.lower)
     first = net.nodes[0].op
     first.weight = first.weight.clone() * 0.25                  # a new tensor on the same op
-    replaced = bounds.ibp(net, x, eps=0.1)
-    fresh = bounds.ibp(net.to(DT), x, eps=0.1)
+    replaced = bounds.ibp(net, x, eps=0.1, domain=(0.0, 1.0))
+    fresh = bounds.ibp(net.to(DT), x, eps=0.1, domain=(0.0, 1.0))
     assert torch.allclose(replaced.lower, fresh.lower) and torch.allclose(replaced.upper, fresh.upper)
 
 
@@ -119,14 +119,14 @@ def test_gradients_flow_through_ibp_with_the_fast_paths():
         w.requires_grad_(True)
     x = centers(net, B=2)
     C = robustness_matrix(torch.tensor([0, 1]), net.output_size, dtype=DT)
-    lb = bounds.ibp(net, x, eps=0.1, C=C).lower
+    lb = bounds.ibp(net, x, eps=0.1, C=C, domain=(0.0, 1.0)).lower
     grads = torch.autograd.grad(lb.sum(), ws)
     assert all(g is not None and float(g.abs().sum()) > 0 for g in grads)
     # finite difference on one weight of the first layer
     w0 = ws[0]
     with torch.no_grad():
         w0[0, 0] += 1e-6
-        lb2 = bounds.ibp(net, x, eps=0.1, C=C).lower
+        lb2 = bounds.ibp(net, x, eps=0.1, C=C, domain=(0.0, 1.0)).lower
         w0[0, 0] -= 1e-6
     assert abs(float(lb2.sum() - lb.detach().sum()) / 1e-6 - float(grads[0][0, 0])) < 1e-4
 

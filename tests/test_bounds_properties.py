@@ -54,8 +54,8 @@ def test_ibp_gap_is_at_least_crowns():
     for name, eps in (("mlp", 0.03), ("cnn_bn", 0.01), ("resnet", 0.01)):
         net = ALL[name]()
         x = centers(net, B=3)
-        g_ibp = bounds.ibp(net, x, eps=eps).gap
-        g_crown = bounds.crown(net, x, eps=eps).gap
+        g_ibp = bounds.ibp(net, x, eps=eps, domain=(0.0, 1.0)).gap
+        g_crown = bounds.crown(net, x, eps=eps, domain=(0.0, 1.0)).gap
         assert (g_ibp >= g_crown - 1e-9).all(), name
         assert float(g_ibp.mean()) > 1.2 * float(g_crown.mean()), name
 
@@ -64,11 +64,11 @@ def test_alpha_improves_on_crown_and_keeps_the_best():
     net = ALL["resnet"]()
     x = centers(net)
     C = robustness_matrix(net(x).argmax(1), 3, dtype=DT)
-    c = bounds.crown(net, x, eps=0.06, C=C)
-    a = bounds.alpha(net, x, eps=0.06, C=C, iterations=15)
+    c = bounds.crown(net, x, eps=0.06, C=C, domain=(0.0, 1.0))
+    a = bounds.alpha(net, x, eps=0.06, C=C, iterations=15, domain=(0.0, 1.0))
     assert (a.lower >= c.lower - 1e-12).all() and (a.upper <= c.upper + 1e-12).all()
     assert float((a.lower - c.lower).max()) > 1e-3
-    a0 = bounds.alpha(net, x, eps=0.06, C=C, iterations=1)          # no step taken: exactly CROWN
+    a0 = bounds.alpha(net, x, eps=0.06, C=C, iterations=1, domain=(0.0, 1.0))          # no step taken: exactly CROWN
     assert torch.allclose(a0.lower, c.lower, atol=1e-12)
 
 
@@ -115,9 +115,9 @@ def test_batch_is_the_same_as_one_by_one():
         x = centers(net, B=4)
         eps = torch.tensor([0.01, 0.03, 0.02, 0.04], dtype=DT)
         C = robustness_matrix(torch.tensor([0, 1, 2, 0]), 3, dtype=DT)
-        b = bounds.crown(net, x, eps=eps, C=C)
+        b = bounds.crown(net, x, eps=eps, C=C, domain=(0.0, 1.0))
         for k in range(4):
-            bk = bounds.crown(net, x[k:k + 1], eps=float(eps[k]), C=C[k:k + 1])
+            bk = bounds.crown(net, x[k:k + 1], eps=float(eps[k]), C=C[k:k + 1], domain=(0.0, 1.0))
             assert torch.allclose(b.lower[k], bk.lower[0], atol=1e-10) and torch.allclose(b.upper[k], bk.upper[0], atol=1e-10)
 
 
@@ -129,18 +129,18 @@ def test_bounds_are_differentiable_wrt_parameters(name):
         p.requires_grad_(True)
     x = centers(net)
     for method in ("ibp", "crown", "crown-ibp"):
-        b = bounds.compute_bounds(net, ball(x, 0.05), method=method)
+        b = bounds.compute_bounds(net, ball(x, 0.05, domain=(0.0, 1.0)), method=method)
         grads = torch.autograd.grad(b.lower.sum() - b.upper.sum(), params, allow_unused=True)
         grads = [g for g in grads if g is not None]
         assert all(torch.isfinite(g).all() for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0
     # The gradient is the bound's: a finite difference of one weight agrees.
     W = net.node(net.output).op.weight
-    b = bounds.crown(net, x, eps=0.05)
+    b = bounds.crown(net, x, eps=0.05, domain=(0.0, 1.0))
     (g,) = torch.autograd.grad(b.lower[0, 0], W)
     with torch.no_grad():
         W[0, 0] += 1e-6
-    b2 = bounds.crown(net, x, eps=0.05).detach()
+    b2 = bounds.crown(net, x, eps=0.05, domain=(0.0, 1.0)).detach()
     with torch.no_grad():
         W[0, 0] -= 1e-6
     assert abs((b2.lower[0, 0] - b.lower[0, 0]).item() / 1e-6 - g[0, 0].item()) < 1e-4
@@ -149,7 +149,7 @@ def test_bounds_are_differentiable_wrt_parameters(name):
 def test_alpha_intermediate_bounds_are_tighter_and_sound():
     net = ALL["resnet"]()
     x = centers(net, B=1)
-    s = ball(x, 0.06)
+    s = ball(x, 0.06, domain=(0.0, 1.0))
     ic = bounds.intermediate_bounds(net, s, "crown")
     ia = bounds.intermediate_bounds(net, s, "alpha", iterations=10)
     assert set(ic) == set(ia) == {"c0", "b1", "add", "c3"}
@@ -170,17 +170,17 @@ def test_radius_is_certified_and_tol_above_is_not():
     label = net(x).argmax(1)
     for method, norm in (("crown", "inf"), ("ibp", "inf"), ("crown", 2)):
         tol = 1e-4
-        r, b = bounds.radius(net, x, label, norm=norm, method=method, tol=tol)
+        r, b = bounds.radius(net, x, label, norm=norm, method=method, tol=tol, domain=(0.0, 1.0))
         assert (r > 0).all()
         assert (b.lower.min(1).values > 0).all()
         C = robustness_matrix(label, 4, dtype=DT)
-        again = bounds.compute_bounds(net, ball(x, r, norm), C, method=method)
+        again = bounds.compute_bounds(net, ball(x, r, norm, domain=(0.0, 1.0)), C, method=method)
         assert torch.allclose(again.lower, b.lower, atol=1e-10)
-        above = bounds.compute_bounds(net, ball(x, r + tol, norm), C, method=method)
+        above = bounds.compute_bounds(net, ball(x, r + tol, norm, domain=(0.0, 1.0)), C, method=method)
         assert not bool(above.verified().any())
     # A misclassified input gets radius 0.
     wrong = (label + 1) % 3
-    r, b = bounds.radius(net, x, wrong, method="crown")
+    r, b = bounds.radius(net, x, wrong, method="crown", domain=(0.0, 1.0))
     assert (r == 0).all() and not bool(b.verified().any())
 
 
@@ -188,17 +188,17 @@ def test_user_mistakes_are_certify_errors():
     net = mlp()
     x = centers(net)
     with pytest.raises(CertifyError, match="C must have shape"):
-        bounds.crown(net, x, C=torch.zeros(2, 3, 7, dtype=DT))
+        bounds.crown(net, x, C=torch.zeros(2, 3, 7, dtype=DT), domain=(0.0, 1.0))
     with pytest.raises(CertifyError, match="unknown bound method"):
-        bounds.compute_bounds(net, ball(x, 0.1), method="crown++")
+        bounds.compute_bounds(net, ball(x, 0.1, domain=(0.0, 1.0)), method="crown++")
     with pytest.raises(CertifyError, match="not ReLU nodes"):
-        bounds.crown(net, x, splits={"n0": torch.zeros(2, 12, dtype=torch.int8)})
+        bounds.crown(net, x, splits={"n0": torch.zeros(2, 12, dtype=torch.int8)}, domain=(0.0, 1.0))
     with pytest.raises(CertifyError, match="splits"):
-        bounds.crown(net, x, splits={"n1": torch.zeros(2, 5, dtype=torch.int8)})
+        bounds.crown(net, x, splits={"n1": torch.zeros(2, 5, dtype=torch.int8)}, domain=(0.0, 1.0))
     with pytest.raises(CertifyError, match="x has shape"):
-        bounds.ibp(net, torch.zeros(2, 5, dtype=DT))
+        bounds.ibp(net, torch.zeros(2, 5, dtype=DT), domain=(0.0, 1.0))
     with pytest.raises(CertifyError, match="norm"):
-        bounds.crown(net, x, norm=1)
+        bounds.crown(net, x, norm=3, domain=(0.0, 1.0))
 
 
 def test_box_input_set_and_torch_module():
@@ -213,10 +213,10 @@ def test_box_input_set_and_torch_module():
         ir = from_module(module, (6,))
     except Exception as e:   # the torch front end is another engineer's; this checks only our dispatch
         pytest.skip(f"torch front end unavailable: {e}")
-    bm = bounds.crown(module, x, eps=0.05)
-    bi = bounds.crown(ir, x, eps=0.05)
+    bm = bounds.crown(module, x, eps=0.05, domain=(0.0, 1.0))
+    bi = bounds.crown(ir, x, eps=0.05, domain=(0.0, 1.0))
     assert torch.allclose(bm.lower, bi.lower) and torch.allclose(bm.upper, bi.upper)
-    pts = ball(x, 0.05).sample(2000, torch.Generator().manual_seed(0))
+    pts = ball(x, 0.05, domain=(0.0, 1.0)).sample(2000, torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = module(pts)
     assert (y >= bm.lower - 1e-9).all() and (y <= bm.upper + 1e-9).all()
@@ -255,7 +255,7 @@ def test_crown_equals_auto_lirpa_when_installed():
     xp = auto_LiRPA.BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), x_L=(x - 0.02).clamp(0, 1),
                                                         x_U=(x + 0.02).clamp(0, 1)))
     lb, ub = lirpa.compute_bounds(x=(xp,), C=C, method="CROWN")
-    ours = bounds.crown(module, x, eps=0.02, C=C)
+    ours = bounds.crown(module, x, eps=0.02, C=C, domain=(0.0, 1.0))
     assert torch.allclose(ours.lower, lb, atol=1e-4) and torch.allclose(ours.upper, ub, atol=1e-4)
 
 
@@ -268,11 +268,11 @@ def test_patches_equal_dense_backward(monkeypatch):
         x = centers(net, B=3)
         for norm in ("inf", 2):
             monkeypatch.setattr(crown_mod, "use_patches", True)
-            a = bounds.crown(net, x, eps=0.03, norm=norm)
-            ia = bounds.intermediate_bounds(net, ball(x, 0.03, norm), "crown")
+            a = bounds.crown(net, x, eps=0.03, norm=norm, domain=(0.0, 1.0))
+            ia = bounds.intermediate_bounds(net, ball(x, 0.03, norm, domain=(0.0, 1.0)), "crown")
             monkeypatch.setattr(crown_mod, "use_patches", False)
-            b = bounds.crown(net, x, eps=0.03, norm=norm)
-            ib = bounds.intermediate_bounds(net, ball(x, 0.03, norm), "crown")
+            b = bounds.crown(net, x, eps=0.03, norm=norm, domain=(0.0, 1.0))
+            ib = bounds.intermediate_bounds(net, ball(x, 0.03, norm, domain=(0.0, 1.0)), "crown")
             assert torch.allclose(a.lower, b.lower, atol=1e-10) and torch.allclose(a.upper, b.upper, atol=1e-10)
             for k in ia:
                 assert torch.allclose(ia[k].lower, ib[k].lower, atol=1e-10), (name, k)

@@ -11,7 +11,7 @@ import torch
 
 import bounds
 from certify.attack import pgd_margin
-from certify.spec.output import margins
+from certify.spec.output import margin_values
 from certify.spec.sets import ball
 from helpers.networks import ALL, centers
 
@@ -45,7 +45,7 @@ def _extremes(net, s, C, d):
     assert bool(torch.stack([s.contains(p, 1e-9) for p in pts]).all())
     with torch.no_grad():
         y = net(pts.reshape((-1,) + net.input_shape)).reshape(pts.shape[0], pts.shape[1], -1)
-    m = torch.stack([margins(y[k], C, d) for k in range(y.shape[0])])   # (n, B, rows)
+    m = torch.stack([margin_values(y[k], C, d) for k in range(y.shape[0])])   # (n, B, rows)
     _, vmin = pgd_margin(net, s, C, d, per_row=True, steps=20, restarts=2, generator=torch.Generator().manual_seed(4))
     _, vmax = pgd_margin(net, s, -C, -d, per_row=True, steps=20, restarts=2, generator=torch.Generator().manual_seed(5))
     return m, vmin, -vmax
@@ -105,7 +105,7 @@ def test_float32_bounds_hold_with_documented_tolerance():
     pts = s64.sample(5000, torch.Generator().manual_seed(3))
     with torch.no_grad():
         y = net64(pts.reshape((-1,) + net.input_shape)).reshape(5000, 2, -1)
-    m = torch.stack([margins(y[k], C.double(), d.double()) for k in range(5000)])
+    m = torch.stack([margin_values(y[k], C.double(), d.double()) for k in range(5000)])
     tol = 1e-5 * scale
     assert (m >= b.lower.double() - tol).all() and (m <= b.upper.double() + tol).all()
 
@@ -130,7 +130,7 @@ def test_splits_are_sound_on_their_subdomain():
             b = bounds.compute_bounds(net, s, C, d, method=method, splits={"n1": split})
             inside = (vals["n0"][:, j] >= 0) if sign > 0 else (vals["n0"][:, j] <= 0)
             assert int(inside.sum()) > 100
-            m = margins(vals[net.output][inside], C.expand(int(inside.sum()), -1, -1), d.expand(int(inside.sum()), -1))
+            m = margin_values(vals[net.output][inside], C.expand(int(inside.sum()), -1, -1), d.expand(int(inside.sum()), -1))
             assert (m >= b.lower - 1e-9).all() and (m <= b.upper + 1e-9).all()
         # The split pre-activation bound itself is clamped.
         ib = bounds.intermediate_bounds(net, s, "crown", splits={"n1": split})["n0"]

@@ -48,7 +48,7 @@ def test_garbage_files_give_clear_errors(tmp_path, capsys):
 
 
 def test_demo_runs_as_a_console_command():
-    r = subprocess.run([sys.executable, "-m", "certify", "demo", "--n", "5"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "certify", "demo", "--count", "5"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "clean accuracy on the digits test split: 0.9" in r.stdout
@@ -57,8 +57,8 @@ def test_demo_runs_as_a_console_command():
 def test_bounds_precision_float64_default_matches_float32(tmp_path):
     from certify.report import read_records
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    assert main(["bounds", "digits-cnn", "--n", "30", "--eps", "0.03", "--quiet", "--out", str(a)]) == 0
-    assert main(["bounds", "digits-cnn", "--n", "30", "--eps", "0.03", "--quiet", "--precision", "float32",
+    assert main(["bounds", "digits-cnn", "--count", "30", "--eps", "0.03", "--quiet", "--out", str(a)]) == 0
+    assert main(["bounds", "digits-cnn", "--count", "30", "--eps", "0.03", "--quiet", "--precision", "float32",
                  "--out", str(b)]) == 0
     ra, rb = read_records(str(a)), read_records(str(b))
     assert [r.verdict for r in ra] == [r.verdict for r in rb]

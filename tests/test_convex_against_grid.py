@@ -11,6 +11,8 @@ from certify.convex import lp, milp, sdp
 from helpers.networks import DT, unscaled_mlp
 from helpers.oracles import grid_min
 
+DOMAIN = (0.0, 1.0)      # every grid below is over the ball clipped to [0, 1]^2
+
 
 def _case(seed, eps):
     net = unscaled_mlp(seed, (2, 6, 5, 3))
@@ -27,8 +29,8 @@ def _case(seed, eps):
 @pytest.mark.parametrize("eps", [0.0, 0.05, 0.3])
 def test_lp_milp_below_grid(seed, eps):
     net, x, C, d, gmin = _case(seed, eps)
-    for res in (lp(net, x, eps=eps, C=C, d=d), lp(net, x, eps=eps, C=C, d=d, refine="all"),
-                milp(net, x, eps=eps, C=C, d=d, mode="full"), milp(net, x, eps=eps, C=C, d=d)):
+    for res in (lp(net, x, domain=DOMAIN, eps=eps, C=C, d=d), lp(net, x, domain=DOMAIN, eps=eps, C=C, d=d, refine="all"),
+                milp(net, x, domain=DOMAIN, eps=eps, C=C, d=d, mode="full"), milp(net, x, domain=DOMAIN, eps=eps, C=C, d=d)):
         ok = torch.tensor([s in ("optimal", "dual_feasible") for s in res.status[0]])
         assert bool((res.lower[0][ok] <= gmin[ok] + 1e-6).all()), (res.method, res.lower, gmin)
         if res.verdict[0] == "certified":
@@ -39,7 +41,7 @@ def test_lp_milp_below_grid(seed, eps):
             # within float32 rounding of the set (see test_milp_counterexample_exactly_in_set)
             assert bool(((ce - x).abs() <= eps + 1e-6).all() and (ce >= 0).all() and (ce <= 1).all())
             assert bool(((net(ce) @ C[0].T + d[0]) < 0).any())
-    m = milp(net, x, eps=eps, C=C, d=d, mode="full")
+    m = milp(net, x, domain=DOMAIN, eps=eps, C=C, d=d, mode="full")
     if all(s == "optimal" for s in m.status[0]):
         # exact: the grid can only be above the true minimum, and a fine grid is close to it
         assert bool((m.lower[0] <= gmin + 1e-6).all())
@@ -49,7 +51,7 @@ def test_lp_milp_below_grid(seed, eps):
 @pytest.mark.parametrize("seed", range(3))
 def test_sdp_below_grid(seed):
     net, x, C, d, gmin = _case(seed, 0.1)
-    res = sdp(net, x, eps=0.1, C=C, d=d)
+    res = sdp(net, x, domain=DOMAIN, eps=0.1, C=C, d=d)
     ok = torch.tensor([s in ("optimal", "dual_feasible") for s in res.status[0]])
     assert bool((res.lower[0][ok] <= gmin[ok] + 1e-6).all()), (res.lower, gmin, res.status)
 
@@ -57,7 +59,7 @@ def test_sdp_below_grid(seed):
 def test_lp_solver_failure_is_not_certified():
     """An iteration cap that stops HiGHS early must not yield 'certified' from a non-optimal row."""
     net, x, C, d, gmin = _case(0, 0.3)
-    res = lp(net, x, eps=0.3, C=C, d=d, options={"simplex_iteration_limit": 0})
+    res = lp(net, x, domain=DOMAIN, eps=0.3, C=C, d=d, options={"simplex_iteration_limit": 0})
     for b, st in enumerate(res.status):
         if any(s not in ("optimal", "dual_feasible") for s in st):
             assert res.verdict[b] != "certified"
@@ -79,7 +81,7 @@ def test_lp_l2_below_grid(seed, eps):
     pts = pts[((pts >= 0) & (pts <= 1)).all(1)]
     with torch.no_grad():
         gmin = (net(pts) @ C[0].T + d[0]).min(0).values
-    res = lp(net, x, eps=eps, norm=2, C=C, d=d)
+    res = lp(net, x, domain=DOMAIN, eps=eps, norm=2, C=C, d=d)
     ok = torch.tensor([s in ("optimal", "dual_feasible") for s in res.status[0]])
     assert bool((res.lower[0][ok] <= gmin[ok] + 1e-6).all()), (res.lower, gmin, res.status)
     if res.verdict[0] == "certified":
@@ -90,7 +92,7 @@ def test_milp_counterexample_exactly_in_set():
     bad = []
     for seed in range(6):
         net, x, C, d, _ = _case(seed, 0.0)
-        res = milp(net, x, eps=0.0, C=C, d=d)
+        res = milp(net, x, domain=DOMAIN, eps=0.0, C=C, d=d)
         if res.verdict[0] == "falsified":
             ce = res.counterexample[0].reshape(1, 2)
             if not torch.equal(ce.to(DT), x):

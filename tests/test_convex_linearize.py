@@ -66,7 +66,7 @@ def test_mlp_is_a_chain():
 def test_lp_runs_on_the_residual_conv_net_and_stays_below_samples():
     net = conv_net()
     x = torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    r = lp(net, x, eps=0.01, bounds_method="crown")
+    r = lp(net, x, eps=0.01, bounds_method="crown", domain=(0.0, 1.0))
     assert all(s == "optimal" for s in r.status[0])
     pts = torch.rand(2000, 2, 8, 8, dtype=torch.float64) * 0.02 - 0.01 + x.double()
     vals = net.to(torch.float64)(pts.clamp(0, 1))

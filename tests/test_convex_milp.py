@@ -40,11 +40,11 @@ def test_decision_mode_agrees_with_full_mode_and_counterexamples_are_real():
     lab = net(x).argmax(1)
     C = robustness_matrix(lab, 3)
     for eps in (0.05, 0.3):
-        full = milp(net, x, eps=eps, C=C, mode="full")
-        dec = milp(net, x, eps=eps, C=C, mode="decision")
+        full = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0))
+        dec = milp(net, x, eps=eps, C=C, mode="decision", domain=(0.0, 1.0))
         want = ["certified" if float(full.lower[b].min()) > 0 else "falsified" for b in range(6)]
         assert full.verdict == want and dec.verdict == want
-        s = ball(x, eps)
+        s = ball(x, eps, domain=(0.0, 1.0))
         for res in (full, dec):
             for b, cx in enumerate(res.counterexample):
                 if cx is None:
@@ -59,7 +59,7 @@ def test_time_limit_gives_unknown_never_certified():
     net = mlp((10, 40, 40, 40, 3), 3)
     x = torch.rand(1, 10, generator=torch.Generator().manual_seed(0))
     C = robustness_matrix(net(x).argmax(1), 3)
-    r = milp(net, x, eps=0.4, C=C, mode="full", time_limit=1e-3)
+    r = milp(net, x, eps=0.4, C=C, mode="full", time_limit=1e-3, domain=(0.0, 1.0))
     assert r.verdict == ["unknown"]
     assert any("time" in s for s in r.status[0])
 
@@ -89,11 +89,11 @@ def test_certified_radius_lp_below_milp_and_bracketed():
     net = mlp((3, 8, 8, 3), 21)
     x = torch.rand(2, 3, generator=torch.Generator().manual_seed(2))
     lab = net(x).argmax(1)
-    r_lp = certified_radius(lp, net, x, lab, hi=0.5, tol=1e-3)
-    r_milp = certified_radius(milp, net, x, lab, hi=0.5, tol=1e-3, mode="decision")
+    r_lp = certified_radius(lp, net, x, lab, hi=0.5, tol=1e-3, domain=(0.0, 1.0))
+    r_milp = certified_radius(milp, net, x, lab, hi=0.5, tol=1e-3, mode="decision", domain=(0.0, 1.0))
     assert bool((r_lp <= r_milp + 1e-3).all()) and bool((r_milp > 0).all())
     for b in range(2):
         C = robustness_matrix(lab[b: b + 1], 3)
         if r_milp[b] < 0.5:      # just above the radius a counterexample exists
-            assert milp(net, x[b: b + 1], eps=float(r_milp[b]) + 2e-3, C=C).verdict == ["falsified"]
-        assert milp(net, x[b: b + 1], eps=float(r_milp[b]), C=C).verdict == ["certified"]
+            assert milp(net, x[b: b + 1], eps=float(r_milp[b]) + 2e-3, C=C, domain=(0.0, 1.0)).verdict == ["falsified"]
+        assert milp(net, x[b: b + 1], eps=float(r_milp[b]), C=C, domain=(0.0, 1.0)).verdict == ["certified"]

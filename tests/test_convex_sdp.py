@@ -25,12 +25,12 @@ def case(seed=0, sizes=(3, 6, 6, 3), eps=0.2):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sdp_below_milp_and_pgd(seed):
     net, x, C, eps = case(seed)
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper   # margin at a real point
-    r = sdp(net, x, eps=eps, C=C, solver="Clarabel")
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper   # margin at a real point
+    r = sdp(net, x, eps=eps, C=C, solver="Clarabel", domain=(0.0, 1.0))
     assert all(s in ("optimal", "dual_feasible") for s in r.status[0])
     assert bool((r.lower <= exact + 1e-9).all())
     assert bool(torch.isfinite(r.lower).all())
-    _, v = pgd_margin(net, ball(x, eps), C, per_row=True, steps=40)
+    _, v = pgd_margin(net, ball(x, eps, domain=(0.0, 1.0)), C, per_row=True, steps=40)
     assert bool((r.lower <= v.double() + 1e-6).all())
     # the relaxation is not vacuous: within 50% of the exact margin range on these nets
     assert bool((r.lower >= exact - 0.5 * (1 + exact.abs())).all()), (r.lower, exact)
@@ -38,20 +38,20 @@ def test_sdp_below_milp_and_pgd(seed):
 
 def test_scs_stopped_early_still_gives_a_valid_bound():
     net, x, C, eps = case(2)
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper[0]   # margin at a real point
-    prob = prepare(net, x, eps=eps, C=C)
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper[0]   # margin at a real point
+    prob = prepare(net, x, eps=eps, C=C, domain=(0.0, 1.0))
     for r in range(C.shape[1]):                # SCS's own dual point, capped at 15 iterations
         val, status = solve_cvxpy(families(prob, 0, r), "SCS", max_iters=15)
         assert status == "dual_feasible" and np.isfinite(val) and val <= float(exact[r]) + 1e-9
-    res = sdp(net, x, eps=eps, C=C, solver="SCS", max_iters=15)
+    res = sdp(net, x, eps=eps, C=C, solver="SCS", max_iters=15, domain=(0.0, 1.0))
     assert all(s == "dual_feasible" for s in res.status[0])
     assert bool((res.lower[0] <= exact + 1e-9).all())
 
 
 def test_any_multipliers_give_a_valid_bound():
     net, x, C, eps = case(3)
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper[0]
-    prob = prepare(net, x, eps=eps, C=C)
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper[0]
+    prob = prepare(net, x, eps=eps, C=C, domain=(0.0, 1.0))
     rng = np.random.default_rng(0)
     for r in range(C.shape[1]):
         f = families(prob, 0, r)
@@ -65,20 +65,20 @@ def test_any_multipliers_give_a_valid_bound():
 
 def test_first_order_solver_is_valid_and_useful():
     net, x, C, eps = case(4, eps=0.1)
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper   # margin at a real point
-    r = sdp(net, x, eps=eps, C=C, solver="first-order", iters=150)
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper   # margin at a real point
+    r = sdp(net, x, eps=eps, C=C, solver="first-order", iters=150, domain=(0.0, 1.0))
     assert bool((r.lower <= exact + 1e-9).all())
     assert bool(torch.isfinite(r.lower).all())
 
 
 def test_l2_ball():
     net, x, C, eps = case(5, eps=0.3)
-    r = sdp(net, x, eps=eps, norm=2, C=C, solver="Clarabel")
-    s = ball(x, eps, norm=2)
+    r = sdp(net, x, eps=eps, norm=2, C=C, solver="Clarabel", domain=(0.0, 1.0))
+    s = ball(x, eps, norm=2, domain=(0.0, 1.0))
     pts = s.sample(5000, generator=torch.Generator().manual_seed(0))[:, 0]
     vals = net.to(torch.float64)(pts.double()) @ C[0].double().T
     assert bool((vals.min(0).values >= r.lower[0] - 1e-9).all())
-    linf = sdp(net, x, eps=eps, norm="inf", C=C, solver="Clarabel")
+    linf = sdp(net, x, eps=eps, norm="inf", C=C, solver="Clarabel", domain=(0.0, 1.0))
     assert bool((r.lower >= linf.lower - 1e-6).all())      # the L2 ball lies inside the L-inf ball
 
 

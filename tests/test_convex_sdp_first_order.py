@@ -36,7 +36,7 @@ def random_lam(f, rng):
 
 def test_operator_matches_dense_matrix_and_lanczos_finds_lambda_min():
     net, x, C = wide(1)
-    prob = prepare(net, x, eps=0.1, C=C)
+    prob = prepare(net, x, eps=0.1, C=C, domain=(0.0, 1.0))
     f = families(prob, 0, 0)
     op = Scaled(f, random_lam(f, np.random.default_rng(0)), kappa=0.7)
     assert op.n > 64                                   # the Lanczos path, not the tiny dense one
@@ -51,8 +51,8 @@ def test_operator_matches_dense_matrix_and_lanczos_finds_lambda_min():
 def test_any_dual_point_is_below_the_exact_minimum():
     net, x, C = wide(2, (4, 12, 12, 3))
     eps = 0.15
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper[0]       # margin at a real point
-    prob = prepare(net, x, eps=eps, C=C)
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper[0]       # margin at a real point
+    prob = prepare(net, x, eps=eps, C=C, domain=(0.0, 1.0))
     rng = np.random.default_rng(1)
     for r in range(C.shape[1]):
         f = families(prob, 0, r)
@@ -78,13 +78,13 @@ def test_first_order_approaches_clarabel_and_beats_lp():
 
 def test_first_order_iterates_climb_from_the_lp_start():
     net, x, C = wide(3)
-    prob = prepare(net, x, eps=0.08, C=C)
+    prob = prepare(net, x, eps=0.08, C=C, domain=(0.0, 1.0))
     f = families(prob, 0, 0)
     init, lp_val = from_lp(prob, 0, 0, f)
     val, st, info = solve_first_order(f, init, iters=150)
     assert st == "dual_feasible" and np.isfinite(val)
     assert info["best"] >= info["start"] and len(info["trace"]) == info["iters"] == 150
-    exact = milp(net, x, eps=0.08, C=C, mode="full").upper[0, 0]
+    exact = milp(net, x, eps=0.08, C=C, mode="full", domain=(0.0, 1.0)).upper[0, 0]
     assert val <= float(exact) + 1e-9
     assert val >= lp_val - 1e-3 * (1 + abs(lp_val))
 
@@ -99,10 +99,10 @@ def test_first_order_on_mnist_256x2_is_valid_and_beats_lp(shared_dir):
     net = load(str(path))
     X, y = load_dataset("mnist", "test", str(shared_dir / "data"))
     x, C, eps = X[:1].reshape((1,) + tuple(net.input_shape)), robustness_matrix(y[:1], 10)[:, 2:3], 0.02  # hardest row
-    a = lp(net, x, eps=eps, C=C, bounds_method="alpha")
-    r = sdp(net, x, eps=eps, C=C, solver="first-order", iters=300, bounds_method="alpha")
+    a = lp(net, x, eps=eps, C=C, bounds_method="alpha", domain=(0.0, 1.0))
+    r = sdp(net, x, eps=eps, C=C, solver="first-order", iters=300, bounds_method="alpha", domain=(0.0, 1.0))
     assert r.status[0] == ["dual_feasible"] and r.seconds[0] < 180
-    _, v = pgd_margin(net, ball(x, eps), C, per_row=True, steps=50, restarts=2)
+    _, v = pgd_margin(net, ball(x, eps, domain=(0.0, 1.0)), C, per_row=True, steps=50, restarts=2)
     assert float(r.lower[0, 0]) <= float(v[0, 0]) + 1e-6
     assert float(r.lower[0, 0]) > float(a.lower[0, 0]) + 0.03      # -0.422 vs LP -0.470 (exact -0.333)
 
@@ -110,10 +110,10 @@ def test_first_order_on_mnist_256x2_is_valid_and_beats_lp(shared_dir):
 def test_sdp_with_lp_all_bounds_is_tighter_and_still_valid():
     net, x, C = wide(5, (3, 10, 10, 10, 4))
     eps = 0.2
-    plain = sdp(net, x, eps=eps, C=C, solver="Clarabel")
-    ref = sdp(net, x, eps=eps, C=C, solver="Clarabel", refine="all")
-    fo = sdp(net, x, eps=eps, C=C, solver="first-order", iters=100, refine="all")
-    exact = milp(net, x, eps=eps, C=C, mode="full").upper
+    plain = sdp(net, x, eps=eps, C=C, solver="Clarabel", domain=(0.0, 1.0))
+    ref = sdp(net, x, eps=eps, C=C, solver="Clarabel", refine="all", domain=(0.0, 1.0))
+    fo = sdp(net, x, eps=eps, C=C, solver="first-order", iters=100, refine="all", domain=(0.0, 1.0))
+    exact = milp(net, x, eps=eps, C=C, mode="full", domain=(0.0, 1.0)).upper
     assert bool((ref.lower >= plain.lower - 1e-4).all())                  # smaller feasible set
     assert bool((ref.lower <= exact + 1e-9).all()) and bool((fo.lower <= exact + 1e-9).all())
-    assert bool((fo.lower >= lp(net, x, eps=eps, C=C, refine="all").lower - 1e-4).all())
+    assert bool((fo.lower >= lp(net, x, eps=eps, C=C, refine="all", domain=(0.0, 1.0)).lower - 1e-4).all())

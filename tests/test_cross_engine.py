@@ -30,14 +30,14 @@ def test_bound_chain_ibp_crown_alpha_lp_milp_pgd(seed):
     y = net(x).argmax(1)
     C = robustness_matrix(y, 3)
     eps = 0.15
-    ib = bounds.ibp(net, x, eps=eps, C=C).lower
-    cr = bounds.crown(net, x, eps=eps, C=C).lower
-    al = bounds.alpha(net, x, eps=eps, C=C).lower
-    lp = convex.lp(net, x, eps=eps, C=C)
-    mi = convex.milp(net, x, eps=eps, C=C, mode="full", time_limit=30)
+    ib = bounds.ibp(net, x, eps=eps, C=C, domain=(0.0, 1.0)).lower
+    cr = bounds.crown(net, x, eps=eps, C=C, domain=(0.0, 1.0)).lower
+    al = bounds.alpha(net, x, eps=eps, C=C, domain=(0.0, 1.0)).lower
+    lp = convex.lp(net, x, eps=eps, C=C, domain=(0.0, 1.0))
+    mi = convex.milp(net, x, eps=eps, C=C, mode="full", time_limit=30, domain=(0.0, 1.0))
     assert all(s == "optimal" for st in lp.status for s in st)
     assert all(s == "optimal" for st in mi.status for s in st)
-    _, pgd = pgd_margin(net, ball(x, eps, "inf"), C, per_row=True, steps=40, restarts=3)
+    _, pgd = pgd_margin(net, ball(x, eps, "inf", domain=(0.0, 1.0)), C, per_row=True, steps=40, restarts=3)
     lpl, mil = lp.lower.float(), mi.lower.float()
     assert bool((ib <= cr + TOL).all())
     assert bool((cr <= al + TOL).all())
@@ -57,10 +57,10 @@ def test_bab_verdict_agrees_with_exact_milp(seed):
     sgn = 1.0 if float(net(x)[0, 0] - net(x)[0, 1]) > 0 else -1.0  # the property holds at the centre
     C = torch.tensor([[[sgn, -sgn]]])
     eps = (0.05, 0.15, 0.3)[seed % 3]
-    exact = float(convex.milp(net, x, eps=eps, C=C, mode="full", time_limit=30).lower[0, 0])
+    exact = float(convex.milp(net, x, eps=eps, C=C, mode="full", time_limit=30, domain=(0.0, 1.0)).lower[0, 0])
     if abs(exact) < 1e-3:
         pytest.skip("property too close to the boundary for a clear verdict")
-    lo, hi = ball(x, eps, "inf").box()
+    lo, hi = ball(x, eps, "inf", domain=(0.0, 1.0)).box()
     # VNN-LIB semantics: the region describes the violation sgn * (y0 - y1) <= 0
     region = Region(lo[0].double().numpy(), hi[0].double().numpy(), [(np.array([[sgn, -sgn]]), np.array([0.0]))])
     prop = VnnlibProperty("cross-engine", 3, 2, [region])
@@ -83,10 +83,10 @@ def test_engines_agree_on_the_bundled_digits_model():
     x, y = x[keep], y[keep]
     C = robustness_matrix(y, 10)
     eps = 0.06
-    cr = bounds.crown(net, x, eps=eps, C=C).lower.min(1).values > 0
-    al = bounds.alpha(net, x, eps=eps, C=C).lower.min(1).values > 0
-    lp = convex.lp(net, x, eps=eps, C=C)
-    mi = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=30)
+    cr = bounds.crown(net, x, eps=eps, C=C, domain=(0.0, 1.0)).lower.min(1).values > 0
+    al = bounds.alpha(net, x, eps=eps, C=C, domain=(0.0, 1.0)).lower.min(1).values > 0
+    lp = convex.lp(net, x, eps=eps, C=C, domain=(0.0, 1.0))
+    mi = convex.milp(net, x, eps=eps, C=C, mode="decision", time_limit=30, domain=(0.0, 1.0))
     lpv = [v == "certified" for v in lp.verdict]
     miv = mi.verdict
     assert "unknown" not in miv
@@ -104,8 +104,8 @@ def test_milp_with_every_relu_stable_is_the_exact_lp():
     net = random_mlp((3, 8, 8, 2), 0, bias_scale=0.1, name="mlp0")
     x = torch.rand(1, 3, generator=torch.Generator().manual_seed(200))
     C = torch.tensor([[[1.0, -1.0]]]) * (1 if float(net(x)[0, 0] - net(x)[0, 1]) > 0 else -1)
-    cr = bounds.crown(net, x, eps=0.05, C=C).lower
+    cr = bounds.crown(net, x, eps=0.05, C=C, domain=(0.0, 1.0)).lower
     for mode in ("full", "decision"):
-        r = convex.milp(net, x, eps=0.05, C=C, mode=mode)
+        r = convex.milp(net, x, eps=0.05, C=C, mode=mode, domain=(0.0, 1.0))
         assert r.status == [["optimal"]] and r.verdict == ["certified"]
         assert abs(float(r.lower[0, 0]) - float(cr[0, 0])) < 1e-4  # CROWN is exact with all ReLUs stable

@@ -19,7 +19,7 @@ from certify.frontends.onnx import from_model
 from certify.frontends.torch import from_module
 from certify.ir import (ConvTranspose2d, Gather, Pad, ReduceMean, ReduceSum, Slice, Transpose, sequential)
 from certify.ir.export import to_model, to_torch
-from certify.spec.output import margins
+from certify.spec.output import margin_values
 from certify.spec.sets import Box, ball
 from data_ops_nets import NETS
 from test_bounds_soundness import _check, _extremes, _spec

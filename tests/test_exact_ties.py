@@ -10,7 +10,7 @@ import torch
 import bounds
 from bounds.bab import verify
 from certify.convex import lp, milp, sdp
-from certify.spec.output import margins
+from certify.spec.output import margin_values
 from certify.spec.sets import Box
 from certify.spec.vnnlib import parse
 from helpers.networks import DT, tie_net
@@ -45,7 +45,7 @@ def test_bound_at_exact_tie_not_above_the_minimum(method):
     lo = torch.tensor([[0.6, 0.0]], dtype=DT)
     s = Box(lo, torch.tensor([[0.75, 1.0]], dtype=DT))
     C, d = torch.tensor([[[1.0, 0.0, 0.0]]], dtype=DT), torch.tensor([[-0.6]], dtype=DT)
-    assert float(margins(net(lo), C, d)) == 0.0
+    assert float(margin_values(net(lo), C, d)) == 0.0
     b = bounds.compute_bounds(net, s, C, d, method=method)
     assert float(b.lower) <= 0.0
 

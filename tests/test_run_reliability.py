@@ -46,7 +46,7 @@ def test_malicious_data_pickle_runs_no_code_in_a_real_run(tmp_path):
     evil = tmp_path / "evil.pkl"
     with open(evil, "wb") as f:
         pickle.dump({b"data": _Evil(marker), b"labels": [0, 1, 2]}, f, protocol=2)
-    r = _cli("bounds", "digits-mlp", "--data", str(evil), "--n", "3")
+    r = _cli("bounds", "digits-mlp", "--data", str(evil), "--count", "3")
     assert r.returncode == 2 and not marker.exists()
     assert r.stderr.strip().splitlines() == [f"certify bounds: error: {evil}: not a CIFAR-10 python batch "
                                              "(refusing global posix.system (a data file must not run code))"]
@@ -77,7 +77,7 @@ def test_cifar_batches_in_their_real_layout_still_load(tmp_path):
 # ------------------------------------------------------------------------------ provenance
 def test_provenance_header_and_resume_checks(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    argv = ["bounds", "digits-mlp", "--n", "3", "--eps", "0.01", "--quiet", "--out", str(out)]
+    argv = ["bounds", "digits-mlp", "--count", "3", "--eps", "0.01", "--quiet", "--out", str(out)]
     assert main(argv) == 0
     head = json.loads(out.read_text().splitlines()[0])["provenance"]
     from certify import __version__
@@ -87,7 +87,7 @@ def test_provenance_header_and_resume_checks(tmp_path, capsys):
     assert head["model"] == "digits-mlp" and head["model_sha256"] == file_sha256(str(BUNDLED["digits-mlp"]))
     assert (head["data"], head["split"], head["engine"], head["method"], head["norm"], head["eps"]) == \
         ("digits", "test", "bounds", "crown", "inf", 0.01)
-    assert head["config"]["--eps"] == 0.01 and "--out" not in head["config"] and "--n" not in head["config"]
+    assert head["config"]["--eps"] == 0.01 and "--out" not in head["config"] and "--count" not in head["config"]
     assert read_provenance(str(out)) == head and len(read_records(str(out))) == 3
     # more inputs, other output verbosity: same configuration, resumed
     assert main(argv[:3] + ["5"] + argv[4:7] + ["--out", str(out), "--resume"]) == 0
@@ -95,11 +95,11 @@ def test_provenance_header_and_resume_checks(tmp_path, capsys):
     # a changed flag is refused by name, and the file is left as it was
     before = out.read_bytes()
     capsys.readouterr()
-    assert main(["bounds", "digits-mlp", "--n", "5", "--eps", "0.02", "--out", str(out), "--resume"]) == 2
+    assert main(["bounds", "digits-mlp", "--count", "5", "--eps", "0.02", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert f"--eps 0.02 != 0.01 in {out}" in err and out.read_bytes() == before
     # smoothing records never go into a bounds file
-    assert main(["smooth", "digits-mlp", "--max", "2", "--n", "50", "--n0", "10", "--out", str(out), "--resume"]) == 2
+    assert main(["smooth", "digits-mlp", "--max", "2", "--samples", "50", "--n0", "10", "--out", str(out), "--resume"]) == 2
     assert f"command smooth != bounds in {out}" in capsys.readouterr().err and out.read_bytes() == before
 
 
@@ -109,17 +109,17 @@ def test_files_without_a_header_still_read_and_resume(tmp_path, capsys):
                  eps=0.01, seconds=0.1)
     out.write_text(rec.to_json() + "\n")
     assert [r.idx for r in read_records(str(out))] == [0] and read_provenance(str(out)) is None
-    assert main(["bounds", "digits-mlp", "--n", "2", "--eps", "0.01", "--quiet", "--out", str(out), "--resume"]) == 0
+    assert main(["bounds", "digits-mlp", "--count", "2", "--eps", "0.01", "--quiet", "--out", str(out), "--resume"]) == 0
     assert "no provenance header" in capsys.readouterr().err
     assert [r.idx for r in read_records(str(out))] == [0, 1]
 
 
 def test_curve_labels_norms_and_formats(tmp_path, capsys):
     a, b, s = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "s.jsonl"
-    assert main(["bounds", "digits-mlp", "--n", "4", "--eps", "0.02", "--quiet", "--out", str(a)]) == 0
-    assert main(["bounds", "digits-mlp", "--n", "4", "--eps", "0.02", "--method", "ibp", "--quiet",
+    assert main(["bounds", "digits-mlp", "--count", "4", "--eps", "0.02", "--quiet", "--out", str(a)]) == 0
+    assert main(["bounds", "digits-mlp", "--count", "4", "--eps", "0.02", "--method", "ibp", "--quiet",
                  "--out", str(b)]) == 0
-    assert main(["smooth", "digits-mlp", "--max", "4", "--n", "200", "--n0", "20", "--out", str(s)]) == 0
+    assert main(["smooth", "digits-mlp", "--max", "4", "--samples", "200", "--n0", "20", "--out", str(s)]) == 0
     capsys.readouterr()
     png = tmp_path / "c.png"
     assert main(["curve", str(a), str(b), "--out", str(png)]) == 0
@@ -151,7 +151,7 @@ def _records_in(path: Path) -> int:
 
 def test_two_processes_on_one_file_and_resume_after_a_kill(tmp_path):
     out = tmp_path / "r.jsonl"
-    cmd = ["smooth", "digits-mlp", "--max", "12", "--n", "20000", "--n0", "50", "--out", str(out)]
+    cmd = ["smooth", "digits-mlp", "--max", "12", "--samples", "20000", "--n0", "50", "--out", str(out)]
     a = subprocess.Popen([sys.executable, "-m", "certify", *cmd], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, env=ENV)
     try:
@@ -196,7 +196,7 @@ def test_ctrl_c_keeps_finished_records_and_says_resume(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(cb, "certify_batch", interrupted)
     out = tmp_path / "r.jsonl"
-    argv = ["bounds", "digits-mlp", "--n", "8", "--batch", "4", "--quiet", "--out", str(out)]
+    argv = ["bounds", "digits-mlp", "--count", "8", "--batch", "4", "--quiet", "--out", str(out)]
     assert main(argv) == 130
     assert "rerun with --resume to continue" in capsys.readouterr().err
     assert len(read_records(str(out))) == 4
@@ -220,7 +220,7 @@ def test_non_finite_bounds_are_written_and_read_back(tmp_path):
     back = Record.from_dict(json.loads(rec.to_json()))
     assert back.eps == float("inf") and back.evidence["lower"] == ["-inf", 0.5] and back.evidence["t"] == ["nan"]
     out = tmp_path / "m.jsonl"           # decision-mode MILP stops at a counterexample: later rows stay at -inf
-    assert main(["milp", "digits-mlp", "--n", "3", "--eps", "0.3", "--quiet", "--out", str(out)]) == 0
+    assert main(["milp", "digits-mlp", "--count", "3", "--eps", "0.3", "--quiet", "--out", str(out)]) == 0
     recs = read_records(str(out))
     assert any(r.verdict == "falsified" and "-inf" in r.evidence["lower"] for r in recs)
 
@@ -286,7 +286,7 @@ def test_save_checkpoint_refuses_what_it_could_not_load(tmp_path):
 
 # ------------------------------------------------------------------------------ certify check
 def test_check_passes_on_the_bundled_model(capsys):
-    assert main(["check", "digits-mlp", "--n", "3", "--samples", "500"]) == 0
+    assert main(["check", "digits-mlp", "--count", "3", "--samples", "500"]) == 0
     out = capsys.readouterr().out
     rows = {ln.rsplit("  ", 2)[0].split("  ")[0]: ln for ln in out.splitlines()[2:]}
     for name in ("CROWN lower <= PGD margin", "alpha-CROWN >= CROWN", "LP >= CROWN",
@@ -305,7 +305,7 @@ def test_check_catches_an_unsound_engine(capsys, monkeypatch):
         return Bounds(b.lower + 1.0, b.upper) if method == "crown" else b
 
     monkeypatch.setattr(bounds, "compute_bounds", too_good)
-    assert main(["check", "digits-mlp", "--n", "3", "--samples", "500"]) == 1
+    assert main(["check", "digits-mlp", "--count", "3", "--samples", "500"]) == 1
     out, err = capsys.readouterr()
     assert "FAIL" in next(ln for ln in out.splitlines() if ln.startswith("CROWN lower <= PGD margin"))
     assert "FAILED" in err

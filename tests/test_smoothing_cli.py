@@ -7,7 +7,7 @@ from certify.cli.main import main
 from certify.cli.smooth import demo_section
 from certify.report import read_records
 
-ARGS = ["smooth", "digits-mlp", "--data", "digits", "--max", "6", "--skip", "3", "--n", "400", "--n0", "20",
+ARGS = ["smooth", "digits-mlp", "--data", "digits", "--max", "6", "--skip", "3", "--samples", "400", "--n0", "20",
         "--alpha", "0.01", "--sigma", "0.25", "--seed", "4"]
 
 
@@ -92,7 +92,7 @@ def test_demo_section_runs_fast():
 
 def test_adaptive_at_a_radius_records_samples_and_keeps_the_answers(tmp_path):
     fixed, adapt = tmp_path / "f.jsonl", tmp_path / "a.jsonl"
-    args = ["smooth", "digits-mlp", "--data", "digits", "--max", "4", "--n", "20000", "--n0", "50", "--sigma", "0.25"]
+    args = ["smooth", "digits-mlp", "--data", "digits", "--max", "4", "--samples", "20000", "--n0", "50", "--sigma", "0.25"]
     assert main(args + ["--out", str(fixed)]) == 0
     assert main(args + ["--adaptive", "--radius", "0.25", "--out", str(adapt)]) == 0
     for f, a in zip(read_records(str(fixed)), read_records(str(adapt))):

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from certify.errors import CertifyError
-from certify.spec import Box, L2Ball, LinfBall, ball, margins, robustness_matrix
+from certify.spec import Box, L2Ball, LinfBall, ball, margin_values, robustness_matrix
 
 
 def test_linf_ball_is_clipped_to_domain():
     x = torch.tensor([[0.0, 0.5, 1.0]])
-    lo, hi = ball(x, 0.1, "inf").box()
+    lo, hi = ball(x, 0.1, "inf", domain=(0.0, 1.0)).box()
     assert torch.allclose(lo, torch.tensor([[0.0, 0.4, 0.9]]))
     assert torch.allclose(hi, torch.tensor([[0.1, 0.6, 1.0]]))
     lo, hi = ball(x, 0.1, "inf", domain=None).box()
@@ -27,7 +27,7 @@ def test_per_row_eps():
 def test_samples_and_projections_stay_inside(norm):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(4, 1, 5, 5, generator=g)
-    s = ball(x, 0.3, norm)
+    s = ball(x, 0.3, norm, domain=(0.0, 1.0))
     pts = s.sample(200, g)
     assert pts.shape == (200, 4, 1, 5, 5)
     assert all(bool(s.contains(p).all()) for p in pts)
@@ -52,8 +52,8 @@ def test_robustness_matrix_and_margins():
     assert C.shape == (1, 2, 3)
     assert C[0].tolist() == [[-1.0, 1.0, 0.0], [0.0, 1.0, -1.0]]
     y = torch.tensor([[0.5, 2.0, 1.5]])
-    assert margins(y, C).tolist() == [[1.5, 0.5]]
+    assert margin_values(y, C).tolist() == [[1.5, 0.5]]
     with pytest.raises(CertifyError):
         robustness_matrix(torch.tensor([3]), 3)
     with pytest.raises(CertifyError, match="norm"):
-        ball(torch.zeros(1, 2), 0.1, "1")
+        ball(torch.zeros(1, 2), 0.1, "3", domain=(0.0, 1.0))

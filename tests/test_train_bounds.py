@@ -10,7 +10,7 @@ import bounds
 from certify.data import load_dataset
 from certify.frontends.torch import from_module
 from certify.models.zoo import build
-from certify.spec import LinfBall, margins, robustness_matrix
+from certify.spec import LinfBall, margin_values, robustness_matrix
 from certify.train import OBJECTIVES, Hyper, Step, TrainConfig, train, worst_case_ce
 from certify.train.objectives import margin_lower_bound
 from certify.train.schedule import Knobs
@@ -43,7 +43,7 @@ def test_loss_is_the_engines_bound(name, beta, batch):
     # the same quantity, computed here straight from the public bounds API on a fresh trace
     C = robustness_matrix(y, 10)
     ref_net = from_module(model, (1, 8, 8))
-    lb_ibp = bounds.ibp(ref_net, x, eps=EPS, C=C).lower
+    lb_ibp = bounds.ibp(ref_net, x, eps=EPS, C=C, domain=(0.0, 1.0)).lower
     lb_crown = bounds.compute_bounds(ref_net, LinfBall(x, EPS, (0.0, 1.0)), C=C, method="crown-ibp").lower
     lb = lb_ibp if name == "ibp" else beta * lb_crown + (1 - beta) * lb_ibp
     ref = kappa * torch.nn.functional.cross_entropy(model(x), y) + (1 - kappa) * worst_case_ce(lb).mean()
@@ -65,13 +65,13 @@ def test_training_bounds_are_sound(crown, batch):
         lb = margin_lower_bound(net, x, y, EPS, 0.5, 10, crown)
         pts = LinfBall(x, EPS, (0.0, 1.0)).sample(200, torch.Generator().manual_seed(0))
         C = robustness_matrix(y, 10)
-        sampled = torch.stack([margins(model(p), C) for p in pts]).min(0).values
+        sampled = torch.stack([margin_values(model(p), C) for p in pts]).min(0).values
     assert bool((lb <= sampled + 1e-5).all())
 
 
 def _certified(model, X, y, eps):
     with torch.no_grad():
-        lb = bounds.crown(from_module(model, (1, 8, 8)), X, eps=eps, C=robustness_matrix(y, 10)).lower
+        lb = bounds.crown(from_module(model, (1, 8, 8)), X, eps=eps, C=robustness_matrix(y, 10), domain=(0.0, 1.0)).lower
         ok = model(X).argmax(1) == y
     return int(((lb.min(1).values > 0) & ok).sum())
 

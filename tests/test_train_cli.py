@@ -14,7 +14,7 @@ from certify.report.records import read_records
 def test_train_ibp_then_evaluate_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--model", "digits-mlp", "--objective", "ibp", "--eps", "0.05", "--epochs", "2", "--lr", "5e-3",
-            "--out", str(out), "--eval-n", "40", "--eval-skip", "3"]
+            "--out", str(out), "--eval-count", "40", "--eval-skip", "3"]
     assert main(argv) == 0
     for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "model.onnx", "certify.jsonl", "eval.json"):
         assert (out / f).exists(), f
@@ -51,7 +51,7 @@ def test_train_ibp_then_evaluate_and_resume(tmp_path, capsys):
 def test_train_gaussian_is_certified_by_smoothing(tmp_path):
     out = tmp_path / "g"
     assert main(["train", "--model", "digits-cnn", "--objective", "gaussian", "--sigma", "0.25", "--eps", "0.1",
-                 "--epochs", "1", "--out", str(out), "--eval-n", "5", "--n0", "20", "--n-smooth", "200"]) == 0
+                 "--epochs", "1", "--out", str(out), "--eval-count", "5", "--n0", "20", "--samples", "200"]) == 0
     recs = read_records(str(out / "certify.jsonl"))
     assert len(recs) == 5 and {r.engine for r in recs} == {"smoothing"}
     for r in recs:

@@ -43,7 +43,7 @@ answers (every sound lower bound <= MILP exact minimum <= PGD-found margin; alph
 LP >= CROWN; no attacked point inside a certified ball; smoothing radius consistent with its
 own counts). Prints a pass/fail table; exits 1 if any check fails, 0 otherwise.
 
-example: certify check digits-mlp --n 5 --eps 0.05
+example: certify check digits-mlp --count 5 --eps 0.05
 """
 
 
@@ -77,13 +77,13 @@ def _leq(a: torch.Tensor, b: torch.Tensor, rel: float = TOL) -> tuple[torch.Tens
     return b - a, rel * (1 + torch.maximum(a.abs(), b.abs()).nan_to_num(posinf=0.0))
 
 
-def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf", domain=(0.0, 1.0),
+def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf", domain=None,
                milp_time: float = 10.0, sigma: float = 0.25, samples: int = 2000, seed: int = 0) -> list[Check]:
     """The checks of the module doc on inputs ``X`` (B, *input_shape) with labels ``y`` (B,)."""
     import bounds
     from certify import convex
     from certify.attack import pgd_margin
-    from certify.spec.output import margins, robustness_matrix
+    from certify.spec.output import margin_values, robustness_matrix
     from certify.spec.sets import ball
 
     net = net.to(torch.float64)
@@ -101,7 +101,7 @@ def self_check(net, X: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "i
         return c
 
     with torch.no_grad():
-        clean = margins(net(X), C)
+        clean = margin_values(net(X), C)
     gen = torch.Generator().manual_seed(seed)
     _, attacked = pgd_margin(net, s, C, per_row=True, steps=40, restarts=3, generator=gen)
     attack = torch.minimum(attacked, clean)
@@ -194,15 +194,15 @@ def format_checks(checks: list[Check]) -> str:
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, positive_float, positive_int
-    from certify.cli.common import MODEL_HELP, add_data_args, add_domain_args
+    from certify.cli.common import add_data_args, add_domain_args, add_model_arg
 
     p = sub.add_parser("check", help="cross-engine self-check of a model on a few inputs (pass/fail table)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    add_model_arg(p)
     add_data_args(p, default_n=5)
     g = p.add_argument_group("check")
     g.add_argument("--eps", type=nonneg_float, default=0.05, help="ball radius of the bound checks (default: 0.05)")
-    g.add_argument("--norm", default="inf", choices=["inf", "2"], help="ball norm (default: inf)")
+    g.add_argument("--norm", default="inf", choices=["inf", "2", "1"], help="ball norm: inf, 2 or 1 (default: inf)")
     add_domain_args(g)
     g.add_argument("--milp-time", type=positive_float, default=10.0,
                    help="MILP time limit per margin row in seconds; rows not solved are left out (default: 10)")
@@ -213,8 +213,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, domain_from, load_data, load_model
-    net = load_model(args.model)
+    from certify.cli.common import check_input_shape, check_labels, domain_from, load_data, model_from
+    net = model_from(args)
     if len(net.output_shape) != 1 or net.output_size < 2:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; certify check needs class "
                            "logits (K,) with K >= 2")

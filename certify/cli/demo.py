@@ -21,12 +21,15 @@ SECTIONS: list[str] = [
 
 def register(sub) -> None:
     from certify.cli.argtypes import positive_int
+    from certify.cli.common import COUNT_HINT
+    from certify.cli.config import add_renamed
     p = sub.add_parser("demo", help="run every engine on the bundled digits model (seconds)",
                        description="Load the bundled model trained on scikit-learn's 8x8 digits, print its IR summary "
                                    "and test accuracy, then the certificates each engine gives on a few test inputs.")
     p.add_argument("--model", default="digits-mlp", choices=["digits-mlp", "digits-cnn"],
                    help="bundled model to use (default: digits-mlp)")
-    p.add_argument("--n", type=positive_int, default=20, help="test inputs per engine (default: 20)")
+    p.add_argument("--count", dest="n", type=positive_int, default=20, help="test inputs per engine (default: 20)")
+    add_renamed(p, "--n", COUNT_HINT)
     p.set_defaults(func=run)
 
 

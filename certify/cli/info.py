@@ -1,12 +1,13 @@
 """``certify info MODEL``: the IR summary of a model (ops, shapes, parameters, ReLUs)."""
 from __future__ import annotations
 
-from certify.cli.common import add_model_arg, load_model
+from certify.cli.common import add_model_arg, model_from
 
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="show a model's IR summary",
-                       description="Load a model (.onnx, certify .pt checkpoint, or a bundled name) and print its "
+                       description="Load a model (.onnx, certify .pt checkpoint or train run, torch.export .pt2, "
+                                   "module:Class with --weights and --input-shape, or a bundled name) and print its "
                                    "nodes, shapes, parameter count and number of ReLUs.")
     add_model_arg(p)
     p.add_argument("--simplify", action="store_true", help="show the simplified network (BatchNorm/Normalize folded, "
@@ -15,7 +16,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    net = load_model(args.model)
+    net = model_from(args)
     if args.simplify:
         net = net.simplify()
     print(net.summary())

@@ -3,7 +3,9 @@ mistakes (``CertifyError``, OS errors on the user's files, bad flags) into one l
 exit status 2.
 
 A command module defines ``register(subparsers)``, which adds its sub-parser(s) and sets
-``func`` (called with the parsed args, returns an exit status).
+``func`` (called with the parsed args, returns an exit status). Every command also takes
+``--config FILE`` / ``--print-config`` (``certify.cli.config``) and ``--debug`` / ``--threads``
+after its name.
 """
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ DESCRIPTION = """\
 certify: prove that no perturbation inside a set changes a network's decision.
 
 Engines: bound propagation (IBP, CROWN, alpha-CROWN, branch-and-bound), convex certificates
-(LP, SDP, MILP) and randomized smoothing. Models are .onnx files or certify .pt checkpoints;
-data sets are 'digits' (built in), 'mnist', 'fashion-mnist', 'cifar10' (from $CERTIFY_DATA or
---data-dir) or a path to idx/npz files.
+(LP, SDP, MILP) and randomized smoothing. Models are .onnx files, certify .pt checkpoints or
+train runs, torch.export .pt2 files or a torch class module:Class with --weights; data sets are
+'digits' (built in), 'mnist', 'fashion-mnist', 'cifar10' (from $CERTIFY_DATA or --data-dir) or
+a path to idx/npz files. Every command takes --config FILE (YAML or TOML: keys are the long
+flags) and --print-config.
 """
 
 
@@ -52,8 +56,26 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
+    from certify.cli.config import add_shared_flags
+    for cmd in sub.choices.values():
+        add_shared_flags(cmd)
     p.commands = sub.choices
     return p
+
+
+def _command_index(argv: list[str], commands) -> int | None:
+    """Position of the command name in ``argv`` (after the global flags), or None."""
+    k = 0
+    while k < len(argv):
+        tok = argv[k]
+        if tok == "--threads":
+            k += 2
+            continue
+        if tok.startswith("-"):
+            k += 1
+            continue
+        return k if tok in commands else None
+    return None
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -91,8 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     user mistake, bad flags included). ``--help`` exits through ``SystemExit(0)`` as argparse does."""
     from certify.errors import CertifyError
 
+    from certify.cli.config import apply_config, dump_config, effective_config, find_config, relax_required
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    k = _command_index(argv, parser.commands)
+    if k is not None:
+        cmd, rest = argv[k], argv[k + 1:]
+        path = find_config(rest)
+        try:
+            if path is not None:
+                apply_config(parser.commands[cmd], cmd, path)
+        except CertifyError as e:
+            print(f"certify {cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        if "--print-config" in rest:
+            relax_required(parser.commands[cmd])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -104,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args._argv = argv
     args._flags = flag_names(parser.commands[args.command])
+    args._config = effective_config(parser.commands[args.command], args, args.command)
+    if args.print_config:
+        print(dump_config(args._config), end="")
+        return 0
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

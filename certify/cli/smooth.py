@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 from certify.errors import CertifyError
 from certify.report.smooth_records import input_seed, make_record
@@ -17,7 +18,8 @@ from certify.report.smooth_records import input_seed, make_record
 SMOOTH_HELP = """\
 Certify every selected input with randomized smoothing (Cohen, Rosenfeld & Kolter 2019):
 n0 noise samples select the top class, n fresh samples lower-bound its probability pA with a
-one-sided Clopper-Pearson bound at level 1 - alpha; the smoothed classifier abstains when that
+one-sided Clopper-Pearson bound at level 1 - alpha (n is --samples, the number of inputs
+--count, or --max as Cohen et al.'s script calls it); the smoothed classifier abstains when that
 bound is below 1/2, else the certified radius is the noise family's formula (Gaussian: L2 radius
 sigma * Phi^-1(pA); laplace/uniform: L1). Each answer is wrong with probability at most alpha.
 
@@ -26,7 +28,7 @@ certified / abstain / misclassified, evidence: pa_lower, counts, sigma, n, n0, a
 interrupted run resumes with --resume (inputs already in --out are skipped; each input's noise
 is seeded by --seed and its index, so resumed answers equal uninterrupted ones).
 
-example: certify smooth model.onnx --data mnist --sigma 0.25 --n 100000 --skip 20 --max 500 --out r.jsonl
+example: certify smooth model.onnx --data mnist --sigma 0.25 --samples 100000 --skip 20 --count 500 --out r.jsonl
 """
 
 CURVE_HELP = """\
@@ -39,19 +41,20 @@ An input counts at radius r when it is correctly classified with certified radiu
 
 def register(sub) -> None:
     from certify.cli.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
-    from certify.cli.common import MODEL_HELP, add_data_args
+    from certify.cli.common import add_cluster_args, add_data_args, add_model_arg
 
     p = sub.add_parser("smooth", help="randomized-smoothing certificates (Cohen et al.) for a data set",
                        description=SMOOTH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    add_data_args(p, default_n=500, count_flags=("--max",), dest="max_inputs")   # --n is the sample count here
+    add_model_arg(p)
+    add_data_args(p, default_n=500, dest="max_inputs",
+                  renamed_hint="use --samples for the Monte-Carlo sample count n, --count for the number of inputs")
     s = p.add_argument_group("smoothing")
     s.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"],
                    help="noise family: gaussian (L2 radius), laplace or uniform (L1 radius) (default: gaussian)")
     s.add_argument("--sigma", type=positive_float, default=0.25,
                    help="noise scale: Gaussian std, Laplace scale b, uniform half-width (default: 0.25)")
-    s.add_argument("--n", dest="n_samples", type=positive_int, default=100_000,
-                   help="Monte-Carlo samples for the estimate of pA (with --adaptive: the most) (default: 100000)")
+    s.add_argument("--samples", dest="n_samples", type=positive_int, default=100_000, metavar="N",
+                   help="Monte-Carlo samples n for the estimate of pA (with --adaptive: the most) (default: 100000)")
     s.add_argument("--n0", type=positive_int, default=100, help="samples to select the top class (default: 100)")
     s.add_argument("--alpha", type=float, default=0.001,
                    help="failure probability of each certificate (default: 0.001)")
@@ -77,6 +80,7 @@ def register(sub) -> None:
     o.add_argument("--format", default="jsonl", choices=["jsonl", "cohen"],
                    help="cohen: also write Cohen et al.'s tab-separated file (idx label predict radius correct "
                         "time) next to --out, with extension .tsv (default: jsonl only)")
+    add_cluster_args(p)
     p.set_defaults(func=run_smooth)
 
     c = sub.add_parser("curve", help="certified-accuracy table, ACR, CSV and PNG from result files",
@@ -105,10 +109,10 @@ def _check_free(path: str, overwrite: bool, what: str) -> None:
         raise CertifyError(f"{what} {path} exists; pass --overwrite to replace it")
 
 
-def run_smooth(args) -> int:
-    from certify.cli.common import check_input_shape, check_labels, load_data, load_model, open_results
-    from certify.report.progress import progress
-    from certify.report.curve import default_radii, format_table, from_records, write_cohen
+def setup(args) -> SimpleNamespace:
+    """The model, the selected inputs and the ``Smooth`` of a command line: what ``smooth_chunk``
+    needs, built alike by a local run and by every worker."""
+    from certify.cli.common import check_input_shape, check_labels, load_data, model_from
     from smoothing import Smooth
 
     if not 0 < args.alpha < 0.5:
@@ -118,53 +122,75 @@ def run_smooth(args) -> int:
     for flag, v in (("--radius", args.radius), ("--tol", args.tol)):
         if v is not None and not 0 <= v < float("inf"):
             raise CertifyError(f"{flag} must be a number >= 0, got {v}")
-    if args.format == "cohen" and not args.out:
-        raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
-    cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
-    if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
-        raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
-    net = load_model(args.model)
+    net = model_from(args)
     if len(net.output_shape) != 1:
         raise CertifyError(f"model {net.name} has output shape {net.output_shape}; smoothing needs class logits (K,)")
     data_args = argparse.Namespace(data=args.data, data_dir=args.data_dir, split=args.split, n=args.max_inputs,
                                    skip=args.skip, start=args.start)
     idx, X, y = load_data(data_args)
-    X = check_input_shape(net, X, args.data)
+    X = check_input_shape(net, X, args.data).to(net.dtype)
     check_labels(net, y, args.data)
     push = {"auto": "auto", "on": True, "off": False}[args.pushforward]
     smooth = Smooth(net, net.output_shape[0], noise=args.noise, sigma=args.sigma, seed=args.seed,
                     batch=args.batch, pushforward=push)
+    return SimpleNamespace(args=args, idx=idx, X=X, y=y, smooth=smooth)
+
+
+def smooth_chunk(ctx: SimpleNamespace, ks: list[int]) -> list:
+    """The records of the inputs ``ks`` (positions in ``ctx.idx``), each seeded by its index."""
+    args, records = ctx.args, []
+    for k in ks:
+        t0 = time.perf_counter()
+        seed = input_seed(args.seed, ctx.idx[k])
+        if args.adaptive:
+            res = ctx.smooth.certify_adaptive(ctx.X[k], radius=args.radius, n0=args.n0, n_max=args.n_samples,
+                                              alpha=args.alpha, tol=args.tol, seed=seed)
+        else:
+            res = ctx.smooth.certify(ctx.X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha, seed=seed)
+        records.append(make_record(ctx.idx[k], int(ctx.y[k]), res, time.perf_counter() - t0))
+    return records
+
+
+def run_smooth(args) -> int:
+    from certify.cli.common import check_cluster_args, cluster_client, failed_records, open_results, run_chunks
+    from certify.report.curve import default_radii, format_table, from_records, write_cohen
+
+    check_cluster_args(args)
+    if args.format == "cohen" and not args.out:
+        raise CertifyError("--format cohen writes next to --out: give --out FILE.jsonl")
+    cohen = os.path.splitext(args.out)[0] + ".tsv" if args.format == "cohen" else None
+    if cohen is not None and os.path.abspath(cohen) == os.path.abspath(args.out):
+        raise CertifyError(f"--format cohen writes {cohen}, which is --out itself: give --out FILE.jsonl")
+    ctx = setup(args)
+    idx, smooth = ctx.idx, ctx.smooth
     if cohen is not None and not args.resume:
         _check_free(cohen, args.overwrite, "Cohen-format file")
-    writer = open_results(args, "smoothing", args.noise, smooth.norm, sigma=args.sigma, n0=args.n0,
-                          n=args.n_samples, alpha=args.alpha, seed=args.seed)
-    records = list(writer.done.values()) if writer else []
-    todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
-    try:
-        if cohen is not None:
-            write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
-        if writer is not None and len(todo) < len(idx):
-            print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
-        for k in progress(todo, total=len(todo), desc="smooth"):
-            t0 = time.perf_counter()
-            if args.adaptive:
-                res = smooth.certify_adaptive(X[k], radius=args.radius, n0=args.n0, n_max=args.n_samples,
-                                              alpha=args.alpha, tol=args.tol, seed=input_seed(args.seed, idx[k]))
-            else:
-                res = smooth.certify(X[k], n0=args.n0, n=args.n_samples, alpha=args.alpha,
-                                     seed=input_seed(args.seed, idx[k]))
-            rec = make_record(idx[k], int(y[k]), res, time.perf_counter() - t0)
-            records.append(rec)
+
+    def show(rec) -> None:
+        if cohen:
+            write_cohen(cohen, [rec], append=True)
+        if writer is None:
+            print(f"{rec.idx}\tlabel {rec.label}\tpredict {rec.predict}\tradius {rec.radius:.3f}\t"
+                  f"pA>={rec.evidence.get('pa_lower', 0.0):.4f}\t{rec.seconds:.2f}s")
+
+    def failed(ks, message):
+        return failed_records(idx, ctx.y, ks, message, "smoothing", args.noise, smooth.norm, None, True)
+
+    with cluster_client(args) as client:
+        writer = open_results(args, "smoothing", args.noise, smooth.norm, sigma=args.sigma, n0=args.n0,
+                              n=args.n_samples, alpha=args.alpha, seed=args.seed)
+        records = list(writer.done.values()) if writer else []
+        todo = [k for k, i in enumerate(idx) if writer is None or i not in writer.done]
+        try:
+            if cohen is not None:
+                write_cohen(cohen, sorted(writer.done.values(), key=lambda r: r.idx))
+            if writer is not None and len(todo) < len(idx):
+                print(f"resuming {args.out}: {len(idx) - len(todo)} of {len(idx)} inputs already done")
+            records += run_chunks(args, client, ctx, setup, smooth_chunk, [[k] for k in todo], writer, show, failed,
+                                  "smooth")
+        finally:
             if writer is not None:
-                writer.write(rec)
-                if cohen:
-                    write_cohen(cohen, [rec], append=True)
-            else:
-                print(f"{rec.idx}\tlabel {rec.label}\tpredict {rec.predict}\tradius {rec.radius:.3f}\t"
-                      f"pA>={res.pa_lower:.4f}\t{rec.seconds:.2f}s")
-    finally:
-        if writer is not None:
-            writer.close()
+                writer.close()
     sel = set(idx)
     res = from_records([r for r in records if r.idx in sel], args.out or "smooth")
     print(f"\n{args.noise} sigma={args.sigma} n={args.n_samples} alpha={args.alpha}: {len(res)} inputs"

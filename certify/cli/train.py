@@ -2,7 +2,9 @@
 checkpointing every epoch into a run directory, then evaluate it (clean, PGD-20 and certified
 accuracy by the matching engine) in the common record format.
 
-Run directory contents: ``config.json`` (the options), ``metrics.jsonl`` (one line per epoch),
+Run directory contents: ``config.yaml`` (the command's options: ``certify train --config
+runs/NAME/config.yaml --out runs/OTHER`` runs it again), ``config.json`` (the architecture and
+the training configuration), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.pt`` (resumable training state), ``model.pt`` (certify checkpoint: usable by every
 other command), ``model.onnx``, ``certify.jsonl`` (one record per test input) and ``eval.json``
 (the summary).
@@ -16,7 +18,7 @@ import sys
 
 from certify.errors import CertifyError
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "model.pt", "model.onnx",
+RUN_FILES = ("config.yaml", "config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "model.pt", "model.onnx",
              "certify.jsonl", "eval.json")
 
 EPILOG = """\
@@ -42,6 +44,7 @@ def _objectives():
 
 def register(sub) -> None:
     from certify.cli.argtypes import finite_float, nonneg_float, positive_float
+    from certify.cli.config import add_renamed
     from certify.models.zoo import ZOO
     p = sub.add_parser("train", help="train a model with a certified-defense objective, then evaluate it",
                        description="Train a zoo architecture (IBP, CROWN-IBP, PGD, TRADES, Gaussian, SmoothAdv or "
@@ -90,12 +93,15 @@ def register(sub) -> None:
     g.add_argument("--clip-grad", type=positive_float, default=None, help="clip the gradient norm to this value")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-n", type=int, default=1000, help="test inputs to evaluate (default: 1000)")
+    g.add_argument("--eval-count", dest="eval_n", type=int, default=1000, help="test inputs to evaluate (default: 1000)")
+    add_renamed(p, "--eval-n", "use --eval-count for the number of test inputs evaluated")
     g.add_argument("--eval-skip", type=int, default=1, help="evaluate every SKIP-th test input (default: 1)")
     g.add_argument("--certify-method", default="crown", choices=["crown", "alpha"],
                    help="bound method for bound-trained models (default: crown)")
     g.add_argument("--n0", type=int, default=100, help="smoothing: selection samples (default: 100)")
-    g.add_argument("--n-smooth", type=int, default=10000, help="smoothing: estimation samples N (default: 10000)")
+    g.add_argument("--samples", dest="n_smooth", type=int, default=10000,
+                   help="smoothing: Monte-Carlo samples n of each certificate (default: 10000)")
+    add_renamed(p, "--n-smooth", "use --samples for the smoothing sample count n")
     g.add_argument("--alpha", type=finite_float, default=0.001, help="smoothing: failure probability (default: 0.001)")
     g.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     g = p.add_argument_group("output")
@@ -120,9 +126,11 @@ def config_from_args(args):
         ramp_epochs = args.epochs / 10
     else:
         ramp_epochs = 0.0
-    for flag in ("epochs", "batch_size", "attack_steps", "noise_samples", "eval_n", "eval_skip", "n0", "n_smooth"):
-        if getattr(args, flag) < 1:
-            raise CertifyError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    flags = getattr(args, "_flags", {})
+    for dest in ("epochs", "batch_size", "attack_steps", "noise_samples", "eval_n", "eval_skip", "n0", "n_smooth"):
+        if getattr(args, dest) < 1:
+            flag = flags.get(dest, "--" + dest.replace("_", "-"))
+            raise CertifyError(f"{flag} must be at least 1, got {getattr(args, dest)}")
     if args.eps < 0 or (args.eval_eps is not None and args.eval_eps < 0):
         raise CertifyError("--eps and --eval-eps must be non-negative")
     if obj in ("gaussian", "smoothadv") and args.sigma <= 0:
@@ -160,6 +168,16 @@ def _prepare_run_dir(out: str, resume: bool, overwrite: bool) -> None:
     os.makedirs(out, exist_ok=True)
 
 
+def _write_config(args) -> None:
+    """runs/NAME/config.yaml: this command line's options (``certify.cli.config``), without the
+    flags that only say how to treat an existing run folder."""
+    from certify.cli.config import dump_config
+    config = {k: v for k, v in getattr(args, "_config", {}).items() if k not in ("resume", "overwrite")}
+    if config:
+        with open(os.path.join(args.out, "config.yaml"), "w") as f:
+            f.write(dump_config(config))
+
+
 def run(args) -> int:
     import torch
 
@@ -180,6 +198,7 @@ def run(args) -> int:
     input_shape = tuple(X.shape[1:])
     torch.manual_seed(cfg.seed)
     model = build(args.model, input_shape, cfg.num_classes)
+    _write_config(args)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump({"model": args.model, "data": args.data, "subset": args.subset, "input_shape": list(input_shape),
                    "train": cfg.to_dict(), "argv": sys.argv[1:]}, f, indent=1)

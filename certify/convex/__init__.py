@@ -3,8 +3,9 @@ cvxpy or a first-order dual solver) and exact MILP (Tjeng et al. 2019, HiGHS), o
 ReLU networks of the certify IR. Pre-activation bounds come from ``bounds`` (CROWN or alpha).
 
 Each of ``lp``, ``sdp``, ``milp`` takes ``(net_or_module, x, eps=..., norm=..., C=None, d=None,
-domain=(0, 1))`` and returns a ``ConvexResult`` with ``.lower`` (B, rows) certified lower
-bounds of ``C @ y + d``, per-row ``.status``, ``.seconds`` and ``.verdict``.
+domain=None)`` (``domain=(lo, hi)`` clips the ball to that box; None: the whole ball) and returns
+a ``ConvexResult`` with ``.lower`` (B, rows) certified lower bounds of ``C @ y + d``, per-row
+``.status``, ``.seconds`` and ``.verdict``.
 """
 from certify.solvers.linearize import PiecewiseLinear, linearize
 from certify.convex.lp import lp

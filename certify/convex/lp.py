@@ -95,7 +95,22 @@ def refine_all(prob: Problem, b: int, solver: str = "highs", time_limit: float |
     return bad
 
 
-def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
+def sample_rows(prob: Problem, b: int, solver: str = "highs", time_limit: float | None = None,
+                options: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """The LP's certified lower bounds (rows,) and statuses of every margin row of sample ``b``
+    (over ``prob.pre`` as it is now; an L2 ball's rows as a cone program)."""
+    enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre])
+    obj = prob.objective(b)
+    if is_box_set(prob.input_set):
+        return solve_rows(enc, objective_rows(obj, enc), obj.const, solver, time_limit, options)
+    from certify.convex.lp_l2 import solve_rows_l2
+    cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
+    x0 = prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy()
+    eps = float(torch.as_tensor(prob.input_set.eps, dtype=torch.float64).reshape(-1).expand(prob.batch)[b])
+    return solve_rows_l2(enc, objective_rows(obj, enc), obj.const, x0, eps, cone, time_limit)
+
+
+def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
        input_set=None, bounds_method: str = "crown", refine: str | None = None, solver: str = "highs",
        time_limit: float | None = None, options: dict | None = None, pre_bounds: dict | None = None) -> ConvexResult:
     """Lower bounds of ``C @ net(x') + d`` over the perturbation set of each sample by the triangle LP.
@@ -114,11 +129,10 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
     B, rows = prob.C.shape[:2]
     l2 = not is_box_set(prob.input_set)
     if l2 and prob.input_set.norm != "2":
-        raise CertifyError(f"lp handles L-inf balls, boxes and L2 balls; got a {prob.input_set.norm}-norm set")
+        raise CertifyError(f"lp takes L-inf balls, boxes and L2 balls, not an L{prob.input_set.norm} ball "
+                           "(certify L1 balls with bounds --norm 1)")
     if l2:
-        from certify.convex.lp_l2 import solve_rows_l2
         cone = "CLARABEL" if solver in ("highs", "scipy") else solver.upper()
-        eps_b = torch.as_tensor(prob.input_set.eps, dtype=torch.float64).reshape(-1).expand(B)
     elif solver not in ("highs", "scipy"):
         raise CertifyError(f"LP solver must be 'highs' or 'scipy', got {solver!r}")
     lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
@@ -127,13 +141,7 @@ def lp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, dom
         t0 = time.perf_counter()
         if refine == "all":      # a refinement LP that fails leaves its bound as it was: still sound
             refine_all(prob, b, "highs" if l2 else solver, time_limit)
-        enc = encode(prob.pl, prob.lower0[b], prob.upper0[b], [(lo[b], hi[b]) for lo, hi in prob.pre])
-        obj = prob.objective(b)
-        if l2:
-            x0 = prob.input_set.center[b].detach().to(torch.float64).reshape(-1).numpy()
-            lows, st = solve_rows_l2(enc, objective_rows(obj, enc), obj.const, x0, float(eps_b[b]), cone, time_limit)
-        else:
-            lows, st = solve_rows(enc, objective_rows(obj, enc), obj.const, solver, time_limit, options)
+        lows, st = sample_rows(prob, b, solver, time_limit, options)
         lower[b] = torch.from_numpy(lows)
         status.append(st)
         secs.append(time.perf_counter() - t0)

@@ -28,6 +28,12 @@ from certify.convex.problem import is_box_set, prepare
 from certify.convex.result import ZERO_TOL, ConvexResult
 from certify.errors import CertifyError
 
+NOT_POLYHEDRAL = {
+    "2": "an L2 ball is a second-order-cone constraint, which HiGHS's mixed-integer solver does not take (certify "
+         "L2 balls with lp --norm 2, a cone program, or bounds --norm 2)",
+    "1": "certify L1 balls with bounds --norm 1",
+}
+
 
 def _solve_row(enc, cost, c0, decision: bool, time_limit, options):
     """(status, dual bound, incumbent columns or None) of one row, on a fresh HiGHS instance
@@ -52,7 +58,7 @@ def _solve_row(enc, cost, c0, decision: bool, time_limit, options):
     return st, dual, sol
 
 
-def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
+def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
          input_set=None, bounds_method: str = "crown", mode: str = "decision", time_limit: float = 60.0,
          options: dict | None = None, pre_bounds: dict | None = None) -> ConvexResult:
     """Exact lower bounds (``full``) or a decision (``decision``) for ``C @ net(x') + d > 0``.
@@ -65,7 +71,8 @@ def milp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, d
         raise CertifyError(f"milp mode must be 'decision' or 'full', got {mode!r}")
     prob = prepare(net_or_module, x, eps, norm, C, d, domain, input_set, bounds_method, pre_bounds)
     if not is_box_set(prob.input_set):
-        raise CertifyError(f"milp handles L-inf balls and boxes; got a {prob.input_set.norm}-norm set")
+        raise CertifyError(f"milp takes L-inf balls and boxes only, not an L{prob.input_set.norm} ball: "
+                           + NOT_POLYHEDRAL.get(prob.input_set.norm, ""))
     B, rows = prob.C.shape[:2]
     lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
     upper = torch.full((B, rows), np.inf, dtype=torch.float64)

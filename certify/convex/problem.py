@@ -100,7 +100,7 @@ def pre_activation_bounds(net: Network, pl: PiecewiseLinear, input_set: InputSet
     return out
 
 
-def prepare(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
+def prepare(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
             input_set: InputSet | None = None, bounds_method: str = "crown", pre_bounds: dict | None = None,
             need_bounds: bool = True) -> Problem:
     """Build the ``Problem`` (see module doc). ``pre_bounds`` overrides the bound engine."""

@@ -13,15 +13,17 @@ import torch
 
 from certify.convex.problem import as_network
 from certify.spec.output import robustness_matrix
-from certify.spec.radius import bisect_radius
+from certify.spec.radius import bisect_radius, domain_extent
 
 
 def certified_radius(method, net, x: torch.Tensor, label: torch.Tensor, norm="inf", lo: float = 0.0,
-                     hi: float = 0.5, tol: float = 1e-3, domain=(0.0, 1.0), num_classes: int | None = None,
-                     **kw) -> torch.Tensor:
+                     hi: float = 0.5, tol: float = 1e-3, domain=None, num_classes: int | None = None,
+                     limit: float | None = None, **kw) -> torch.Tensor:
     """(B,) radii: for each sample the largest eps found (to ``tol``) at which ``method`` (one of
     ``certify.convex.lp``/``sdp``/``milp``) certifies the robustness margin of ``label``; 0.0 when
-    even ``lo`` fails (or ``lo`` if it is the largest certified)."""
+    even ``lo`` fails (or ``lo`` if it is the largest certified). ``hi`` is the first upper end;
+    an input certified there is tried at doubled radii up to ``limit`` (default: the domain's
+    extent, ``certify.spec.radius.domain_extent``; unbounded without a domain)."""
     x = torch.as_tensor(x)
     net = as_network(net, x.shape[1:])
     K = num_classes or int(math.prod(net.output_shape))
@@ -32,5 +34,7 @@ def certified_radius(method, net, x: torch.Tensor, label: torch.Tensor, norm="in
                                     domain=domain, **kw).verdict[0] == "certified" for b, e in zip(sel.tolist(), eps)],
                             dtype=torch.bool)
 
-    r, ok_lo = bisect_radius(check, x.shape[0], lo, hi, tol, torch.float64, check_lo=lo > 0)
+    if limit is None:
+        limit = domain_extent(domain, norm, net.input_size) if domain is not None else math.inf
+    r, ok_lo = bisect_radius(check, x.shape[0], lo, min(hi, limit), tol, torch.float64, check_lo=lo > 0, limit=limit)
     return torch.where(ok_lo, r, torch.zeros_like(r))

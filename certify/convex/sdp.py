@@ -10,11 +10,17 @@ f(v) = c^T (W_out z_L + b_out) + d. Quadratic constraints g_i(v) = [1;v]^T G_i [
   (D) (v - l)(u - v) >= 0 for every entry of v, with l, u the input box and the post-ReLU
       bounds from the pre-activation bounds;  (E) eps^2 - ||x - x0||^2 >= 0 for an L2 ball.
 The lifted SDP  min <F, P>  s.t. <G_i, P> (>= or =) 0, P[0,0] = 1, P PSD  is solved with cvxpy
-(SCS by default, Clarabel for small problems), or matrix-free by the SDP-FO-style first-order
-dual solver of ``sdp_first_order`` (Lanczos + Adam, started from multipliers that reproduce the triangle
-LP's bound, for 784-input MLPs that SCS cannot load). Every row's reported bound is the better
-of the solver's dual point and the LP-derived one (both valid), so the SDP bound is never below
-the LP bound of the same pre-activation bounds (up to ~1e-5 slack).
+(SCS, or Clarabel for small problems), or matrix-free by the SDP-FO-style first-order dual
+solver of ``sdp_first_order`` (Lanczos + Adam, started from multipliers that reproduce the
+triangle LP's bound). ``solver='auto'`` (``choose_solver``) takes SCS while the PSD matrix has
+at most ``SCS_MAX_DIM`` rows (N + 1 = inputs + hidden units + 1) and the first-order solver
+above: each SCS iteration eigendecomposes the whole matrix and cvxpy's constraint matrix grows
+with the weights' entries, so a row of a 600-row problem already takes minutes and most of a
+GB, and a 784-input MLP does not finish; the first-order solver only multiplies by the weights.
+Every row's reported bound is the larger of the solver's and the triangle LP's certified bound
+(``certify.convex.lp``'s own solve of the row, L2 balls as its cone program): both are sound
+lower bounds, so their max is, and the SDP bound is never below the LP bound of the same
+pre-activation bounds.
 
 Certificate (weak duality, any multipliers lam (>= 0 on inequalities) and any kappa): with
 H(lam) = F - sum_i lam_i G_i, every feasible v satisfies
@@ -33,11 +39,27 @@ import warnings
 import numpy as np
 import torch
 
+from certify.convex.lp import refine_all, sample_rows
 from certify.convex.problem import prepare
 from certify.convex.result import ConvexResult
 from certify.convex.sdp_dual import Families, Multipliers, bound_from, families, from_lp
 from certify.convex.sdp_first_order import certify_point, solve_first_order, tune_kappa
+from certify.convex.result import CERTIFYING
 from certify.errors import CertifyError
+
+SCS_MAX_DIM = 400      # PSD matrix rows up to which solver='auto' takes SCS (module doc)
+SOLVERS = ("auto", "SCS", "Clarabel", "first-order")
+
+
+def matrix_dim(net) -> int:
+    """Rows of the SDP's PSD matrix for a ReLU network: inputs + hidden ReLU units + 1."""
+    from certify.solvers.linearize import linearize
+    return sum(linearize(net).sizes) + 1
+
+
+def choose_solver(dim: int) -> str:
+    """The solver ``solver='auto'`` runs on a PSD matrix of ``dim`` rows (see the module doc)."""
+    return "SCS" if dim <= SCS_MAX_DIM else "first-order"
 
 
 # ------------------------------------------------------------------ cvxpy primal (SCS / Clarabel)
@@ -107,15 +129,16 @@ def solve_cvxpy(f: Families, solver: str = "SCS", max_iters: int | None = None,
     return best, ("optimal" if prob.status == "optimal" else "dual_feasible") if np.isfinite(best) else prob.status
 
 
-def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=(0.0, 1.0),
-        input_set=None, bounds_method: str = "crown", solver: str = "SCS", max_iters: int | None = None,
+def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, domain=None,
+        input_set=None, bounds_method: str = "crown", solver: str = "auto", max_iters: int | None = None,
         time_limit: float | None = None, iters: int = 300, lr: float = 0.01,
-        pre_bounds: dict | None = None, refine: str | None = None) -> ConvexResult:
+        pre_bounds: dict | None = None, refine: str | None = None, progress=None) -> ConvexResult:
     """Lower bounds of ``C @ net(x') + d`` by the Raghunathan et al. SDP (see module doc).
 
-    ``solver``: 'SCS' (default), 'Clarabel' (small problems only) or 'first-order' (SDP-FO style,
-    matrix-free: ``iters`` Adam steps of relative size ``lr``, stopped after ``time_limit``
-    seconds per row). ``max_iters``/``time_limit`` cap the cvxpy solver per row; the bound stays
+    ``solver``: 'auto' (default: ``choose_solver`` by the matrix size), 'SCS', 'Clarabel' (small
+    problems only) or 'first-order' (SDP-FO style, matrix-free: ``iters`` Adam steps of relative
+    size ``lr``, stopped after ``time_limit`` seconds per row). ``progress(b, row, rows, bound)``
+    is called after each margin row. ``max_iters``/``time_limit`` cap the cvxpy solver per row; the bound stays
     valid when it stops early. Every row's bound is rebuilt from a dual point (status
     'optimal' or 'dual_feasible'); a solver returning no dual point gives ``-inf``.
     ``refine='all'`` first tightens every layer's pre-activation bounds by LP (LP-ALL, as in
@@ -124,31 +147,37 @@ def sdp(net_or_module, x: torch.Tensor, eps=None, norm="inf", C=None, d=None, do
     if refine not in (None, "all"):
         raise CertifyError(f"refine must be None or 'all', got {refine!r}")
     prob = prepare(net_or_module, x, eps, norm, C, d, domain, input_set, bounds_method, pre_bounds)
+    if prob.input_set.norm not in ("inf", "box", "2"):
+        raise CertifyError(f"sdp takes L-inf balls, boxes and L2 balls, not an L{prob.input_set.norm} ball "
+                           "(certify L1 balls with bounds --norm 1)")
     B, rows = prob.C.shape[:2]
     lower = torch.full((B, rows), -np.inf, dtype=torch.float64)
     status, secs = [], []
+    if str(solver).lower() == "auto":
+        solver = choose_solver(sum(prob.pl.sizes) + 1)
     fo = solver.lower().replace("_", "-") in ("first-order", "fo")
     for b in range(B):
         t0 = time.perf_counter()
         if refine == "all":      # a refinement LP that fails leaves its bound as it was: still sound
-            from certify.convex.lp import refine_all
             refine_all(prob, b)
+        lp_rows, lp_status = sample_rows(prob, b)       # the lp certificate's own bounds of these rows
         st = []
         for r in range(rows):
             f = families(prob, b, r)
             init, _ = from_lp(prob, b, r, f)
+            lp_val = lp_rows[r] if lp_status[r] == "optimal" else -np.inf
             if fo:
                 val, s, _ = solve_first_order(f, init, iters, lr, time_limit=time_limit)
             else:
                 val, s = solve_cvxpy(f, solver, max_iters, time_limit)
-            # both are valid: keep the better (the first-order solver already certifies its start,
-            # the LP point, when no iterate beats it: the dense check here is for small problems)
-            if s in ("optimal", "dual_feasible") or not np.isfinite(val):
-                lp_val = bound_from(f, init, []) if f.N < (600 if fo else 5000) else -np.inf
-                if lp_val > val:
-                    val, s = lp_val, "dual_feasible"
+            # the LP's certified bound where it is larger (both sound), or where the solver's value
+            # is no certificate (e.g. a Lanczos estimate) and the LP's is as large
+            if lp_val > val or (lp_val == val and s not in CERTIFYING):
+                val, s = lp_val, "dual_feasible"
             lower[b, r] = val
             st.append(s)
+            if progress is not None:
+                progress(b, r, rows, float(val))
         status.append(st)
         secs.append(time.perf_counter() - t0)
     name = "first-order" if fo else f"cvxpy-{solver.upper()}"

@@ -1,4 +1,6 @@
 """Data sets as (images float32 in [0, 1] of shape (N, C, H, W), labels int64 (N,)), from files.
+``domain(name)`` is the valid input range of a data set's images, the box a perturbation ball
+around one of them is clipped to.
 
 Names: ``digits`` (scikit-learn's embedded 8x8 digits, always available; a fixed 80/20 split),
 ``mnist``, ``fashion-mnist``, ``cifar10`` (found under ``data_dir``, else ``$CERTIFY_DATA``), or a
@@ -24,6 +26,13 @@ DATASETS = {
     "cifar10": ("cifar10", (3, 32, 32), 10),
 }
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
+PIXEL_RANGE = (0.0, 1.0)      # every image load_dataset returns lies in it (checked there)
+
+
+def domain(name_or_path: str) -> tuple[float, float]:
+    """The valid input range (lo, hi) of the images of data set ``name_or_path``: pixels in
+    [0, 1] for every data set and file ``load_dataset`` reads (it refuses any other range)."""
+    return PIXEL_RANGE
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +109,7 @@ def load_dataset(name_or_path: str, split: str = "test", data_dir: str | None = 
     xt = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
     if len(xt) == 0:
         raise CertifyError(f"{name_or_path}: holds no {split} images")
-    if not (float(xt.min()) >= 0 and float(xt.max()) <= 1):
+    if not (float(xt.min()) >= PIXEL_RANGE[0] and float(xt.max()) <= PIXEL_RANGE[1]):
         raise CertifyError(f"{name_or_path}: pixel values outside [0, 1] after scaling")
     return xt.contiguous(), torch.from_numpy(np.asarray(y).astype(np.int64))
 
@@ -130,4 +139,4 @@ def fit_input_shape(x: torch.Tensor, input_shape: tuple[int, ...], data_name: st
                        f"input shape {want}")
 
 
-__all__ = ["DATASETS", "load_dataset", "select", "fit_input_shape", "read_idx", "read_npz", "read_cifar_pickle", "data_root"]
+__all__ = ["DATASETS", "PIXEL_RANGE", "domain", "load_dataset", "select", "fit_input_shape", "read_idx", "read_npz", "read_cifar_pickle", "data_root"]

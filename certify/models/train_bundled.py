@@ -27,7 +27,7 @@ def train(name: str, epochs: int = 60, eps: float = 0.03, seed: int = 0) -> torc
         perm = torch.randperm(len(x), generator=g)
         for k in range(0, len(x), 64):
             xb, yb = x[perm[k:k + 64]], y[perm[k:k + 64]]
-            xa, _ = pgd_margin(model, ball(xb, eps, "inf"), robustness_matrix(yb, 10), steps=5)
+            xa, _ = pgd_margin(model, ball(xb, eps, "inf", domain=(0.0, 1.0)), robustness_matrix(yb, 10), steps=5)
             loss = 0.5 * F.cross_entropy(model(xb), yb) + 0.5 * F.cross_entropy(model(xa), yb)
             opt.zero_grad()
             loss.backward()

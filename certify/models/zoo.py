@@ -158,13 +158,16 @@ def _load_error(path: str, e: Exception) -> CertifyError:
     if isinstance(e, pickle.UnpicklingError) and "GLOBAL " in str(e):     # the pickle names code to call
         return CertifyError(f"{path} holds pickled Python objects (such as a whole torch.nn.Module), which certify "
                             "never loads because unpickling runs code: export the model to ONNX "
-                            "(torch.onnx.export), or save its state_dict with certify.models.save_checkpoint")
+                            "(torch.onnx.export) or with torch.export.save (.pt2), or save its state_dict and give "
+                            "the class as MODEL module:Class with --weights FILE")
     return CertifyError(f"{path}: not a certify checkpoint or torch weights file ({type(e).__name__}: "
                         f"{first[:200]})")
 
 
-def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
-    """(module in eval mode, the checkpoint dict without its state_dict)."""
+def load_checkpoint(path: str, run_config: dict | None = None) -> tuple[nn.Module, dict]:
+    """(module in eval mode, the checkpoint dict without its state_dict). A certify train
+    ``checkpoint.pt`` (its resumable state) loads when ``run_config`` gives its architecture
+    (model, input_shape, num_classes: the run folder's config.json)."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -172,11 +175,14 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
     except Exception as e:  # torch raises several types for non-checkpoint files
         raise _load_error(path, e) from None
     if isinstance(ck, dict) and ck.get("format") == TRAIN_FORMAT:
-        raise CertifyError(f"{path} is the resumable training state of a certify train run (for train --resume); "
-                           "certify the run's model.pt or model.onnx, in the same folder")
+        if run_config is None:
+            raise CertifyError(f"{path} is the training state of a certify train run, but its folder holds no "
+                               "config.json naming the architecture; certify the run's model.pt or model.onnx")
+        ck = dict(run_config, format=FORMAT, state_dict=ck.get("model"),
+                  meta={"trained_by": "certify train", "epochs_done": ck.get("epoch")})
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CertifyError(f"{path}: not a certify checkpoint (expected a dict with format {FORMAT!r}; "
-                           "save models with certify.models.save_checkpoint or export them to ONNX)")
+        raise CertifyError(f"{path}: not a certify checkpoint (expected a dict with format {FORMAT!r}); a "
+                           "state_dict loads with its class: MODEL module:Class --weights FILE")
     try:
         name, shape, classes, state = ck["model"], tuple(ck["input_shape"]), int(ck["num_classes"]), ck["state_dict"]
     except (KeyError, TypeError, ValueError) as e:

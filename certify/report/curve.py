@@ -14,6 +14,7 @@ radius eps when its verdict is ``certified`` and 0 otherwise. ACR = mean over al
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 import os
 from dataclasses import dataclass, field
@@ -142,15 +143,21 @@ def check_plot_path(path: str) -> None:
         raise CertifyError(f"plot {path}: folder {parent} does not exist")
 
 
+def cohen_time(seconds: float) -> str:
+    """A duration as Cohen et al.'s certify.py writes it: ``str(datetime.timedelta)``, h:mm:ss[.ffffff]."""
+    return str(datetime.timedelta(seconds=float(seconds)))
+
+
 def write_cohen(path: str, records: list[Record], append: bool = False) -> None:
-    """Write records in Cohen et al.'s format ``idx label predict radius correct time``."""
+    """Write records in Cohen et al.'s format ``idx label predict radius correct time`` (time as
+    h:mm:ss.ffffff, ``cohen_time``)."""
     new = not (append and os.path.exists(path) and os.path.getsize(path) > 0)
     with open(path, "w" if new else "a") as f:
         if new:
             f.write("\t".join(COHEN_HEADER) + "\n")
         for r in records:
             f.write(f"{r.idx}\t{r.label}\t{r.predict}\t{_effective_radius(r):.3f}\t{int(r.correct)}\t"
-                    f"{r.seconds:.4f}\n")
+                    f"{cohen_time(r.seconds)}\n")
 
 
 def certified_accuracy(res: Results, radii) -> np.ndarray:

@@ -11,6 +11,10 @@ computed in float64 and lowered by a bound on its own rounding error.
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+import threading
 from typing import Callable
 
 import highspy
@@ -20,6 +24,45 @@ import scipy.sparse as sp
 from certify.solvers.encode import Encoding
 
 EPS64 = np.finfo(np.float64).eps
+_first = threading.Lock()
+_banner_done = False
+
+
+def new_highs() -> highspy.Highs:
+    """A quiet ``Highs`` instance. HiGHS writes its two-line banner to the process's stdout when
+    the first instance is created, before ``output_flag`` can be set: that one creation runs
+    with file descriptor 1 sent to /dev/null (C stdio flushed before it comes back)."""
+    global _banner_done
+    if not _banner_done:
+        with _first:
+            if not _banner_done:
+                h = _silently(highspy.Highs)
+                _banner_done = True
+                h.setOptionValue("output_flag", False)
+                return h
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def _silently(make):
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):       # no usable stdout: nothing to protect
+        return make()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        return make()
+    finally:
+        try:
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def row_terms(c: np.ndarray, enc: Encoding, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,8 +99,7 @@ def status_name(h: highspy.Highs) -> str:
 
 def make_highs(enc: Encoding, time_limit: float | None = None, options: dict | None = None) -> highspy.Highs:
     """A ``Highs`` instance holding ``enc`` (zero objective), quiet and single-threaded."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("threads", 1)
     if time_limit is not None:
         h.setOptionValue("time_limit", float(time_limit))

@@ -1,4 +1,5 @@
-"""Output properties as C-matrix margins: the property holds when ``C @ y + d > 0`` row-wise.
+"""Output properties as C-matrix margins: the property holds when ``C @ y + d > 0`` row-wise
+(``margins(labels, K)`` builds the robustness spec, ``margin_values(y, C, d)`` evaluates it).
 
 Shapes: ``C`` is (B, rows, n_outputs), ``d`` is (B, rows) or None.
 """
@@ -22,7 +23,13 @@ def robustness_matrix(labels: torch.Tensor, num_classes: int, dtype=torch.float3
     return C[keep].reshape(B, num_classes - 1, num_classes)
 
 
-def margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+def margins(labels, n_classes: int, dtype=torch.float32) -> torch.Tensor:
+    """The robustness spec of ``labels`` (B,): C (B, K-1, K), row j = e_label - e_j (j != label),
+    so ``C @ y > 0`` says the label's logit beats every other (``robustness_matrix``)."""
+    return robustness_matrix(labels, n_classes, dtype)
+
+
+def margin_values(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
     """C @ y + d for outputs ``y`` (B, K): shape (B, rows)."""
     m = torch.einsum("brk,bk->br", C.to(y.dtype), y.reshape(y.shape[0], -1))
     return m if d is None else m + d.to(y.dtype)

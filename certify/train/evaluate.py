@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from certify.attack import pgd_margin
+from certify.data import PIXEL_RANGE
 from certify.report.records import Record, ResultWriter
-from certify.spec import ball, margins, robustness_matrix
+from certify.spec import ball, margin_values, robustness_matrix
 
-DOMAIN = (0.0, 1.0)
+DOMAIN = PIXEL_RANGE        # the balls of the evaluation are clipped to the images' range
 
 
 def _pgd20(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, K: int):
@@ -55,7 +56,7 @@ def evaluate_bounds(model: nn.Module, net, X: torch.Tensor, y: torch.Tensor, idx
             pred = net(xb).argmax(1)
         xa, adv = _pgd20(model, xb, yb, eps, "inf", K)
         with torch.no_grad():
-            adv_check = margins(net(xa), robustness_matrix(yb, K, dtype=xb.dtype)).min(1).values
+            adv_check = margin_values(net(xa), robustness_matrix(yb, K, dtype=xb.dtype)).min(1).values
         C = robustness_matrix(yb, K, dtype=xb.dtype)
         fn = bounds.alpha if method == "alpha" else bounds.crown
         with torch.no_grad() if method != "alpha" else torch.enable_grad():
@@ -67,7 +68,8 @@ def evaluate_bounds(model: nn.Module, net, X: torch.Tensor, y: torch.Tensor, idx
         for j, k in enumerate(chunk):
             correct = bool(pred[j] == yb[j])
             ev = {"margin_lower_bound": float(lb[j]), "pgd20_margin": float(adv_check[j]),
-                  f"{method}_margin_lower_bound": float(lb_m[j].min()), "ibp_margin_lower_bound": float(lb_i[j].min())}
+                  f"{method}_margin_lower_bound": float(lb_m[j].min()), "ibp_margin_lower_bound": float(lb_i[j].min()),
+                  "domain": list(DOMAIN)}
             if not correct:
                 verdict = "misclassified"
             elif lb[j] > 0 and adv_check[j] < 0:
@@ -113,7 +115,7 @@ def evaluate_smoothing(model: nn.Module, X: torch.Tensor, y: torch.Tensor, idx: 
         _, adv = _pgd20(model, xk, yk, eps, "2", K) if eps > 0 else (None, None)
         with torch.no_grad():
             res = smooth.certify(X[k], n0=n0, n=n, alpha=alpha, seed=idx[k])
-            base_margin = float(margins(model(xk), robustness_matrix(yk, K, dtype=xk.dtype)).min())
+            base_margin = float(margin_values(model(xk), robustness_matrix(yk, K, dtype=xk.dtype)).min())
         ev = res.evidence()
         ev["pgd20_margin"] = float(adv[0]) if adv is not None else base_margin
         label = int(yk[0])
