@@ -73,7 +73,7 @@ def search_forward(net: Network, gates: dict | None = None) -> Callable[[torch.T
 def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: InputSet, steps: int = 20,
                  restarts: int = 1, step_size: float | None = None, generator: torch.Generator | None = None,
                  start: torch.Tensor | None = None, decay: bool = False,
-                 deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 deadline: float | None = None, stop_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best (x, objective(x)) found per batch row: shapes (B, *shape) and (B,).
 
     ``step_size`` defaults to 2.5 * (set radius) / steps (per feature for boxes). The first
@@ -81,6 +81,8 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     ``decay`` scales the step by a cosine schedule from 1 to 0.01 over the steps of each restart
     (fine convergence onto thin violating regions, e.g. VNN-COMP falsification). ``deadline``
     (time.monotonic()): no step is begun past it (the best point so far is returned).
+    ``stop_below``: no step is begun once some row's best value is below it (a search for any
+    one point below a threshold, e.g. a counterexample).
     """
     lo, hi = input_set.box()
     lo, hi = lo.detach(), hi.detach()
@@ -96,15 +98,17 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     best_x = input_set.project(((lo + hi) / 2) if start is None else start.detach()).clone()
     with torch.no_grad():
         best_v = objective(best_x).detach()
+    done = lambda: ((deadline is not None and time.monotonic() > deadline)  # noqa: E731
+                    or (stop_below is not None and bool((best_v < stop_below).any())))
     for r in range(restarts):
-        if deadline is not None and time.monotonic() > deadline:
+        if done():
             break
         if r == 0:
             x = best_x.clone()
         else:
             x = input_set.project(input_set.sample(1, generator)[0])
         for it in range(steps):
-            if deadline is not None and time.monotonic() > deadline:
+            if done():
                 break
             a_it = alpha * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / steps))) if decay else alpha
             x = x.detach().requires_grad_(True)

@@ -87,3 +87,21 @@ def test_surrogate_gradient_finds_what_plain_pgd_cannot_through_sign():
     assert np.all(xs >= -1) and np.all(xs <= 1) and np.all(xs > 0.8)
     y64 = net.detach().to(torch.float64)(torch.as_tensor(xs).reshape(1, n))[0].numpy()
     assert y64[0] == n and ys[0] == n
+
+
+def test_pgd_stops_at_the_first_value_below_stop_below():
+    """With ``stop_below`` the search ends once some row is below it (few objective calls); the
+    returned value is the objective's at the returned point."""
+    calls = []
+    w = torch.ones(1, 4)
+
+    def f(z):
+        calls.append(1)
+        return (z @ w.T)[:, 0]
+    box = ball(torch.zeros(2, 4), 1.0, "inf")
+    x, v = pgd_minimize(f, box, steps=50, restarts=4, stop_below=-0.5)
+    assert len(calls) <= 8 and float(v.min()) < -0.5
+    assert torch.allclose(v, f(x))
+    calls.clear()
+    pgd_minimize(f, box, steps=50, restarts=4)
+    assert len(calls) > 100

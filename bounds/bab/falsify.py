@@ -139,7 +139,8 @@ class Falsifier:
         from uniform random starts (one batch: cheap for small networks).
         ``starts`` (S, n_in): instead, one attack from each of these points in the single box
         (N = 1), e.g. the bound minimizers of branch-and-bound's worst domains. ``deadline``: no
-        PGD step is begun past it."""
+        PGD step is begun past it. The attacks end at the first violation found (the other
+        boxes' values are then those reached so far)."""
         dis = [(torch.as_tensor(A, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
                for A, b in disjuncts]
         N0 = lo.shape[0]
@@ -170,20 +171,21 @@ class Falsifier:
         start = None
         if starts is not None:
             start = starts.reshape(N, -1).repeat_interleave(K, 0).to(torch.float32).reshape(box.lower.shape)
-        xs, vs = [], []
+        dis64 = [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+                 for A, b in disjuncts]
         n = self.batch_size(torch.float32, True)
+        v = torch.full((N * K,), math.inf)
+        ce = None
         for a in range(0, N * K, n):        # batches of attacks within the memory budget
             b = min(N * K, a + n)
-            x, v = pgd_minimize(lambda x, w=which[a:b], r=rep[a:b]: objective(x, w, r),
-                                Box(box.lower[a:b], box.upper[a:b]),
-                                steps=steps, restarts=restarts, generator=self.gen,
-                                start=None if start is None else start[a:b], decay=parallel > 1, deadline=deadline)
-            xs.append(x)
-            vs.append(v)
-        x, v = torch.cat(xs), torch.cat(vs)
-        v = v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
-        xs = x.reshape(x.shape[0], -1).to(torch.float64)
-        xs = torch.minimum(torch.maximum(xs, lo_k.to(torch.float64)), hi_k.to(torch.float64))
-        ce = self.check_points(xs, [(torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
-                                    for A, b in disjuncts])
-        return ce, v
+            x, v[a:b] = pgd_minimize(lambda x, w=which[a:b], r=rep[a:b]: objective(x, w, r),
+                                     Box(box.lower[a:b], box.upper[a:b]),
+                                     steps=steps, restarts=restarts, generator=self.gen,
+                                     start=None if start is None else start[a:b], decay=parallel > 1,
+                                     deadline=deadline, stop_below=0.0)
+            xs = x.reshape(x.shape[0], -1).to(torch.float64)
+            xs = torch.minimum(torch.maximum(xs, lo_k[a:b].to(torch.float64)), hi_k[a:b].to(torch.float64))
+            ce = self.check_points(xs, dis64)
+            if ce is not None:
+                break
+        return ce, v.reshape(N, K).min(1).values.reshape(-1, N0).min(0).values
