@@ -17,6 +17,7 @@ class VerifyOptions:
     seed: int = 0                 # seed of the attacks' random starts and samples
     falsify_first: bool = True    # attack every region before any proof (False: the searches must find the sats)
     pgd_restarts: int = 10        # restarts of the opening and closing PGD attacks
+    opening: float = 0.2          # share of the timeout the opening attack may take (the closing attacks run later)
     attack_max_dims: int = 12     # inputs with at most this many dimensions also get 2000 side-by-side attacks and 50k samples
     use_milp: bool = True         # MILPs beside the searches (ReLU splitting: per obligation; input splitting: small boxes)
     milp_max_binaries: int = 400  # a MILP runs beside ReLU splitting only for regions with at most this many unstable ReLUs
