@@ -14,6 +14,7 @@ Memory: inputs are evaluated in batches whose activations stay within ``MEMORY_B
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -103,11 +104,11 @@ class Falsifier:
         return None
 
     def sample(self, lo: torch.Tensor, hi: torch.Tensor, disjuncts, n: int = 50000, face: float = 0.3,
-               keep: int = 64) -> tuple[np.ndarray, np.ndarray] | None:
+               keep: int = 64, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Random inputs in the box [lo, hi] (n_in,): each coordinate uniform, or, with probability
         ``face``, pinned to one of its two bounds (half each). Screened in float32, the ``keep``
         best are re-checked in float64 (``check_points``); the points are drawn in float64, so
-        they lie in the box exactly.
+        they lie in the box exactly. ``deadline``: no batch of samples is begun past it.
 
         Why the faces: violations of low-dimensional properties often lie on the box's boundary,
         where uniform sampling seldom lands and PGD stalls."""
@@ -117,6 +118,8 @@ class Falsifier:
         m = max(1, min(n, self.batch_size(torch.float32, False), MEMORY_BUDGET // (24 * lo.numel())))
         best_x, best_v = lo.new_zeros((0, lo.numel())), lo.new_zeros(0, dtype=torch.float32)
         for a in range(0, n, m):            # batches within the memory budget, the best ``keep`` kept
+            if deadline is not None and a and time.monotonic() > deadline:
+                break
             shape = (min(m, n - a), lo.numel())
             x = lo + torch.rand(shape, generator=self.gen, dtype=torch.float64) * (hi - lo)
             pin = torch.rand(shape, generator=self.gen) < face
@@ -177,6 +180,8 @@ class Falsifier:
         v = torch.full((N * K,), math.inf)
         ce = None
         for a in range(0, N * K, n):        # batches of attacks within the memory budget
+            if deadline is not None and a and time.monotonic() > deadline:
+                break
             b = min(N * K, a + n)
             x, v[a:b] = pgd_minimize(lambda x, w=which[a:b], r=rep[a:b]: objective(x, w, r),
                                      Box(box.lower[a:b], box.upper[a:b]),
