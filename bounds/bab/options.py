@@ -32,6 +32,7 @@ class VerifyOptions:
     input_slice: float = 0.5      # input splitting: seconds of the first turn of each search (doubled every round)
     late_attack: float = 0.3      # input splitting: share of an obligation's time after which a large attack runs once
     graph_batch: int = 64         # input splitting over the general bound engine: boxes per bound call
+    root_alpha: float = 0.5       # ... its root alpha-CROWN on inputs over attack_max_dims dims: share of the time left
     quick: float = 0.1            # ReLU splitting: share of the timeout for a first pass over the obligations ...
     tighten: float | None = None  # ... then share of the time left for tightening their regions' bounds (None: by depth; 0: never)
     tighten_shallow: float = 0.25  # ``tighten`` on networks with at most ``deep`` hidden layers
