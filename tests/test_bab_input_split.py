@@ -208,7 +208,7 @@ def test_instability_candidate_splits_the_input_the_scores_cannot_see():
     assert seen == "unsat" and n <= 16
 
 
-def test_graph_search_stops_inside_a_bound_call_at_its_deadline(monkeypatch):
+def test_graph_search_stops_inside_a_bound_call_at_its_deadline():
     """A CROWN pass past its deadline raises ``BoundTimeout``; the graph search then ends as a
     timeout and keeps the box it was bounding open in its state (a resumed call goes on with it)."""
     import time
@@ -222,15 +222,12 @@ def test_graph_search_stops_inside_a_bound_call_at_its_deadline(monkeypatch):
     C, d = torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.tensor([100.0], dtype=torch.float64)
     with pytest.raises(BoundTimeout):
         isc.graph_bounds(net, lo, hi, C, d, 1, deadline=time.monotonic() - 1)
-    real = isc.graph_bounds
-    monkeypatch.setattr(isc, "graph_bounds", lambda *a: real(*a[:-1], deadline=time.monotonic() - 1))
     stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
     state: dict = {}
     verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
-                                       state=state)
+                                       state=state, bound_deadline=time.monotonic() - 1)
     assert verdict == "timeout" and stats["bound_calls"] == 0
     assert torch.equal(torch.cat([s[0] for s in state["stack"]]), lo)
-    monkeypatch.setattr(isc, "graph_bounds", real)
     verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
                                        state=state)
     assert verdict == "unsat"

@@ -60,14 +60,17 @@ def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tens
 
 def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                       deadline: float, try_points, stats: dict, batch: int = 64, min_width: float = 1e-9,
-                      state: dict | None = None, stop=None, clip: bool = True, mean_row: bool = True):
+                      state: dict | None = None, stop=None, clip: bool = True, mean_row: bool = True,
+                      bound_deadline: float | None = None):
     """Prove max_r (C y + d)_r > 0 on [lo, hi] (n_in,) float64; C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None``. ``stop()``: polled before each batch,
     True ends the call as a timeout. ``state``: a dict that keeps the open boxes (and the bound
     method) at a timeout; passed back, the search goes on where it stopped. Counts go to
     ``stats`` (domains, bound_calls, time_bound, time_falsify; ``bound_method`` "ibp" when CROWN
-    had no rule). Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
+    had no rule). ``bound_deadline``: a bound call still running then ends the call as a timeout
+    (the boxes stay open; ``deadline`` itself is only checked between calls, so that resumed
+    short calls still progress). Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     r0 = C.shape[0]                     # branching follows the original rows only
     C, d = C.double(), d.double()
     if mean_row and r0 > 1:
@@ -82,12 +85,12 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         nonlocal method
         t = time.monotonic()
         try:
-            out = graph_bounds(net64, l, h, C, d, r0, method, deadline)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
         except CertifyError:
             if method != "crown":
                 raise
             method = stats["bound_method"] = "ibp"   # an op without a CROWN rule: interval bounds
-            out = graph_bounds(net64, l, h, C, d, r0, method, deadline)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
         stats["bound_calls"] += 1
         stats["domains"] += l.shape[0]
         stats["time_bound"] += time.monotonic() - t

@@ -90,7 +90,7 @@ class GraphInputSplit(SplitStage):
         try:
             verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d, until, s.try_points(ob), s.counters,
                                             batch=s.opts.batch or s.opts.graph_batch,
-                                            state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob))
+                                            state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob), bound_deadline=s.deadline)
         except CertifyError as e:   # not even interval bounds for some op: no proof possible here
             s.counters["error"] = str(e)
             return Outcome("unknown", None, self.name)
