@@ -1,4 +1,5 @@
-"""VNN-COMP benchmarks (../shared/vnncomp: acasxu 186, mnistfc 90, test 5) with ``bounds.bab``.
+"""VNN-COMP benchmarks with ``bounds.bab``: ../shared/vnncomp (acasxu 186, mnistfc 90, test 5) or
+the general-network suite ../shared/vnncomp_general (``--shared``; 11 families, gzipped files).
 
 For each benchmark: correct sat, correct unsat, wrong, unknown/timeout, median time and score
 (+10 correct, -150 wrong, a sat whose counterexample fails onnxruntime counts as wrong), beside
@@ -6,7 +7,13 @@ alpha-beta-CROWN's columns from ground_truth.csv (its verdicts on the same insta
 same way, and its median time minus start-up overhead, GPU machine). Timeouts are the
 competition's times ``--timeout-scale``; ``--every K`` / ``--limit N`` pick a subset (every K-th
 instance of each benchmark), ``--unsolved-in DIR`` the instances an earlier run left undecided,
-``--known-truth`` those whose truth is known, ``--unknown-truth`` the others.
+``--known-truth`` those whose truth is known, ``--unknown-truth`` the others; ``--timeout-cap S``
+caps every instance's timeout at S seconds.
+
+Per benchmark the summary also counts the truth of the rows run, our sat with an
+onnxruntime-confirmed counterexample (the only sat that counts), and lists the rows to
+investigate: our unsat where the ground truth says sat (in the general suite that truth is tool
+consensus without a validated counterexample, so such a row is a finding, not yet a verdict).
 
 Writes the results folder ``--out`` (``certify.report.results_folder``): ``rows.csv`` (one row
 per instance, every benchmark; rows already there are resumed on rerun, ``--fresh`` starts over),
@@ -15,6 +22,8 @@ filled it) and ``machine.json``.
 
     python benchmarks/vnncomp.py --quick                 # test + every 12th acasxu/mnistfc, x0.1 timeouts
     python benchmarks/vnncomp.py --timeout-scale 1       # the full competition run (hours on 2 CPU cores)
+    python benchmarks/vnncomp.py --shared ../shared/vnncomp_general --benchmarks lsnc --every 5 \
+        --timeout-cap 60 --out benchmarks/results/vnncomp_general
 """
 from __future__ import annotations
 
@@ -34,6 +43,21 @@ from certify.report.results_folder import (command_line, commands_with, machine_
                                            write_results_folder)
 from certify.cluster import connect  # noqa: E402
 from certify.vnncomp import read_ground_truth, run_benchmark, summarize, truth_for  # noqa: E402
+
+
+def counts(rows: list[dict], gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
+    """Our verdicts (sat only with a confirmed counterexample), the truth and alpha-beta-CROWN's
+    verdicts over the same rows, and the rows to investigate (our unsat on a truth-sat row)."""
+    gt = [r for r in gt_rows if (r["onnx"], r["vnnlib"]) in keys]
+    tally = lambda vs: {v: sum(1 for x in vs if x == v) for v in ("sat", "unsat")}  # noqa: E731
+    ours = {"sat_confirmed": sum(1 for r in rows if r["verdict"] == "sat" and r["ce_valid"] == "yes"),
+            "sat_unconfirmed": sum(1 for r in rows if r["verdict"] == "sat" and r["ce_valid"] != "yes"),
+            "unsat": sum(1 for r in rows if r["verdict"] == "unsat")}
+    ours["undecided"] = len(rows) - sum(ours.values())
+    return {"ours": ours, "truth": {**tally([r["truth"] for r in gt]), "unknown": sum(1 for r in gt if r["truth"]
+                                                                                        not in ("sat", "unsat"))},
+            "abcrown": tally([r.get("abcrown_result") for r in gt]),
+            "investigate": [f"{r['onnx']} {r['vnnlib']}" for r in rows if r["verdict"] == "unsat" and r["truth"] == "sat"]}
 
 
 def abcrown_columns(gt_rows: list[dict], keys: set[tuple[str, str]]) -> dict:
@@ -72,7 +96,8 @@ def run_all(args, shared: Path, gt: dict, gt_path: Path, rows_path: Path, client
 
         print(f"== {name} (timeout x{args.timeout_scale}, every {args.every})", flush=True)
         run_benchmark(bdir, rows_path, ground_truth=gt_path, timeout_scale=args.timeout_scale, select=select,
-                      log=lambda m: print(m, flush=True), client=client, threads=args.threads)
+                      log=lambda m: print(m, flush=True), client=client, threads=args.threads,
+                      timeout_cap=args.timeout_cap)
     return 0
 
 
@@ -81,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "vnncomp"), help="VNN-COMP folder")
     ap.add_argument("--benchmarks", default="test,acasxu,mnistfc", help="comma-separated benchmark names")
     ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout")
+    ap.add_argument("--timeout-cap", type=float, default=None, metavar="S",
+                    help="at most S seconds per instance (after --timeout-scale)")
     ap.add_argument("--every", type=int, default=1, help="run every K-th instance of each benchmark")
     ap.add_argument("--limit", type=int, default=None, help="at most N instances per benchmark")
     ap.add_argument("--quick", action="store_true", help="--timeout-scale 0.1 --every 12")
@@ -121,19 +148,31 @@ def main(argv=None) -> int:
     for name in dict.fromkeys(r["benchmark"] for r in rows):
         mine = [r for r in rows if r["benchmark"] == name]
         keys = {(f"{name}/{r['onnx']}", f"{name}/{r['vnnlib']}") for r in mine}
-        table[name] = {"ours": summarize(mine), "abcrown": abcrown_columns(gt_rows, keys)}
+        table[name] = {"ours": summarize(mine), "abcrown": abcrown_columns(gt_rows, keys),
+                       "counts": counts(mine, gt_rows, keys)}
     hdr = (f"{'benchmark':<10} {'tool':<8} {'inst':>4} {'sat ok':>6} {'unsat ok':>8} {'wrong':>5} "
            f"{'unk/to':>6} {'median s':>8} {'score':>6}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for name, cols in table.items():
-        for tool, s in cols.items():
+        for tool in ("ours", "abcrown"):
+            s = cols[tool]
             if s is None:
                 continue
             bv = s["by_verdict"]
             print(f"{name:<10} {tool:<8} {s['instances']:>4} {s['correct_sat']:>6} {s['correct_unsat']:>8} "
                   f"{s['wrong']:>5} {bv['unknown'] + bv['timeout'] + bv['error']:>6} {s['median_s']:>8} {s['score']:>6}")
-    summary = {"table": table, "note": "every row of rows.csv, by benchmark; abcrown columns: its 2021 verdicts on "
-                                       "the same instances, times minus start-up, GPU"}
+    print(f"\n{'benchmark':<30} {'ours sat/unsat/undecided':>24} {'truth sat/unsat/unk':>20} "
+          f"{'abcrown sat/unsat':>17}  investigate")
+    for name, cols in table.items():
+        c = cols["counts"]
+        o, t, a = c["ours"], c["truth"], c["abcrown"]
+        print(f"{name:<30} {o['sat_confirmed']:>9}/{o['unsat']}/{o['undecided'] + o['sat_unconfirmed']:<8} "
+              f"{t['sat']:>11}/{t['unsat']}/{t['unknown']:<4} {a['sat']:>11}/{a['unsat']:<4}  "
+              + (", ".join(c["investigate"]) or "-"))
+    summary = {"table": table, "note": "every row of rows.csv, by benchmark; abcrown columns: its verdicts of the "
+                                       "ground truth's year on the same instances, times minus start-up, GPU; "
+                                       "counts.ours.sat_confirmed: sat with an onnxruntime-confirmed counterexample; "
+                                       "counts.investigate: our unsat where the truth says sat"}
     write_results_folder(out, summary, None, commands_with(out, command_line()), machine_info(threads=args.threads))
     print(f"\nwrote {out}/summary.json, rows.csv, command.txt, machine.json")
     return 0

@@ -7,7 +7,8 @@ and for the output spec, one tensor per ReLU below S, of shape (B, rows of S, *r
 rows of S run in patches mode (as auto_LiRPA's patches alphas). The slopes start at CROWN's adaptive choice (so the
 first iterate is exactly CROWN) and are optimized with Adam (learning rate decayed by 0.98
 per step) on the gradient of the bound; intermediate bounds are recomputed with their own
-slopes at every iteration, so the final bound benefits from tighter intermediate layers.
+slopes at every iteration, so the final bound benefits from tighter intermediate layers (those
+whose graphs and slopes fit the memory budget, ``bounds/memory.py``; the others keep CROWN's).
 Each recomputed intermediate bound takes the tightest value of its CROWN bound, its IBP
 bound and the best bound of earlier iterations (all sound), but always the gradient of its
 CROWN bound (straight-through, as auto_LiRPA's reference bounds): a plain minimum would send
@@ -32,9 +33,10 @@ import torch
 
 from certify.ir.network import Network
 from certify.spec.sets import InputSet
-from bounds.crown import crown_spec, preactivation_nodes, propagate
+from bounds.crown import BoundTimeout, crown_spec, preactivation_nodes, propagate
 from bounds import activations as act
 from bounds.ibp import Interval
+from bounds.memory import alpha_rows
 
 
 def _adam_step(opt: torch.optim.Adam, params: list, grads, decay: float) -> None:
@@ -99,29 +101,40 @@ class AlphaResult:
 def optimize(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
              splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
              optimize_intermediate: bool = False, decay: float = 0.98, patience: int | None = None,
-             rel_tol: float = 1e-3, stop=None, deadline: float | None = None) -> AlphaResult:
+             rel_tol: float = 1e-3, stop=None, deadline: float | None = None,
+             first_deadline: float | None = None) -> AlphaResult:
     """alpha-CROWN (see the module docstring), returning the slopes as well as the bounds.
 
     ``patience``: stop once the objective (the sum of the spec's lower bounds minus its upper
     ones) has not improved by more than ``rel_tol`` of its magnitude (at least 1e-6) for that
     many steps; ``stop(best_lower)``: a callable, True to stop (e.g. every row proved);
-    ``deadline`` (time.monotonic()): no step begins after it. The first pass always runs."""
+    ``deadline`` (time.monotonic()): no step begins after it, and a step running past it is
+    dropped (the best bounds so far stand). The first (CROWN) pass always runs unless
+    ``first_deadline`` is given: past that one it raises ``BoundTimeout``. Only the intermediate
+    bounds whose graphs fit ``bounds.memory.ALPHA_BUDGET`` are optimized; ``rows`` in the result are
+    all the rows of the first pass."""
     net = net.detach()
-    rows: dict = {}
-    vals0 = propagate(net, input_set, "crown", splits, record_rows=rows)
+    rows, volume = {}, {}
+    vals0 = propagate(net, input_set, "crown", splits, record_rows=rows, deadline=first_deadline,
+                      record_volume=volume)
     vals0 = {k: (v[0].detach(), v[1].detach()) for k, v in vals0.items()}
-    lo0, hi0 = crown_spec(net, vals0, input_set, C, d, upper)
+    lo0, hi0 = crown_spec(net, vals0, input_set, C, d, upper, deadline=first_deadline)
     best_lo, best_hi = lo0.detach(), hi0.detach()
     pre = preactivation_nodes(net)
     best_pre = {k: vals0[k] for k in pre}
     slopes = _Slopes(net, vals0)
     steps = 0
-    if not slopes.init or iterations <= 0:
+    opt_rows = alpha_rows(net, rows, volume, lo0.shape[0], lo0.shape[1], upper, lo0.dtype)
+    if not slopes.init or iterations <= 0 or opt_rows is None:
         return AlphaResult(best_lo, best_hi, best_pre, slopes, rows, steps)
     adam, best_obj, since = None, -float("inf"), 0
     for it in range(iterations):
-        vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=rows, reference=dict(best_pre))
-        lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes)
+        try:
+            vals = propagate(net, input_set, "crown", splits, alpha_of=slopes, rows=opt_rows,
+                             reference=dict(best_pre), deadline=deadline)
+            lo, hi = crown_spec(net, vals, input_set, C, d, upper, slopes, deadline=deadline)
+        except BoundTimeout:        # every earlier iterate is sound: the best so far stands
+            break
         slopes.creating = False
         loss = -lo.sum() + (hi.sum() if upper else 0.0)
         with torch.no_grad():
@@ -149,19 +162,25 @@ def optimize(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d
 
 def alpha_crown(net: Network, input_set: InputSet, C: torch.Tensor | None = None, d: torch.Tensor | None = None,
                 splits: dict | None = None, iterations: int = 20, lr: float = 0.5, upper: bool = True,
-                optimize_intermediate: bool = False, decay: float = 0.98, patience: int | None = None):
+                optimize_intermediate: bool = False, decay: float = 0.98, patience: int | None = None,
+                deadline: float | None = None):
     """Optimized bounds of ``C @ y + d``: (lower (B, rows), upper (B, rows), intermediate dict).
 
     ``optimize_intermediate=True`` adds the widths of every pre-activation bound to the
     objective (used by ``intermediate_bounds(method='alpha')``); otherwise only the final
     bound is optimized (the intermediate slopes still follow its gradient). ``patience``: see
-    ``optimize``."""
+    ``optimize``. ``deadline``: the first (CROWN) pass raises ``BoundTimeout`` past it; later,
+    the best bounds so far are returned."""
     net = net.detach()
-    res = optimize(net, input_set, C, d, splits, iterations, lr, upper, optimize_intermediate, decay, patience)
+    res = optimize(net, input_set, C, d, splits, iterations, lr, upper, optimize_intermediate, decay, patience,
+                   deadline=deadline, first_deadline=deadline)
     best_lo, best_hi, best_pre = res.lower, res.upper, res.pre
     if not res.slopes.init or iterations <= 0:
         return best_lo, best_hi, best_pre
     with torch.no_grad():       # one more pass: the last slopes on the best bounds of every layer
-        lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, res.slopes)
+        try:
+            lo, hi = crown_spec(net, best_pre, input_set, C, d, upper, res.slopes, deadline=deadline)
+        except BoundTimeout:
+            return best_lo, best_hi, best_pre
         best_lo, best_hi = torch.maximum(best_lo, lo), torch.minimum(best_hi, hi)
     return best_lo, best_hi, best_pre

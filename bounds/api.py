@@ -133,13 +133,15 @@ def _ibp_bounds(net: Network, s: InputSet, C, d, splits) -> Bounds:
 
 
 def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: str = "crown", splits=None,
-                   **opts) -> Bounds:
+                   deadline: float | None = None, **opts) -> Bounds:
     """Bounds of ``C @ y + d`` (or of the outputs) over ``input_set`` (B sets) by ``method``.
 
     Options: ``upper`` (default True; False skips the upper bounds of CROWN/alpha, left +inf),
     alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp');
     crown, crown-ibp: ``return_A`` (the bounds' linear functions of the input as ``.A``,
-    ``LinearBounds``)."""
+    ``LinearBounds``). ``deadline`` (a ``time.monotonic()`` value): a CROWN pass still running
+    then raises ``bounds.BoundTimeout``; alpha-CROWN returns its best bounds so far (raising
+    only when its first CROWN pass is not done)."""
     method = method_name(method)
     net, s, C, d = _prepare(net, None, None, None, None, input_set, C, d)
     upper = bool(opts.pop("upper", True))
@@ -155,11 +157,11 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
         inter = "ibp" if method == "crown-ibp" else opts.pop("intermediate", "crown")
         _no_opts(opts, method)
         cache: dict = {}
-        vals = propagate(net, s, inter, splits, relax_cache=cache)
-        return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache))
+        vals = propagate(net, s, inter, splits, relax_cache=cache, deadline=deadline)
+        return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache, deadline=deadline))
     iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))
     _no_opts(opts, method)
-    lo, hi, _ = alpha_crown(net, s, C, d, splits, iterations, lr, upper)
+    lo, hi, _ = alpha_crown(net, s, C, d, splits, iterations, lr, upper, deadline=deadline)
     return Bounds(lo, hi)
 
 

@@ -15,7 +15,10 @@ unstable -- for ReLU the ones whose interval straddles 0, a stable neuron's rela
 exact whatever its bounds -- and all of them for smooth ops, MaxPool, products, softmax). Rows are
 packed per batch element, so the cost is B x (most such neurons in one element): linear in
 B. Rows of a (C, H, W) node travel as receptive-field windows (``bounds/patches.py``), so a
-convolutional layer costs its windows, not its whole image, per row. Results are intersected with IBP (both sound). ReLU splits clamp the pre-activation
+convolutional layer costs its windows, not its whole image, per row. Memory: every backward pass
+runs in chunks of rows (and of the batch) whose coefficients stay within ``ROW_BUDGET``
+elements (``crown_node``, ``crown_spec``). Time: a ``deadline`` stops any pass with
+``BoundTimeout``. Results are intersected with IBP (both sound). ReLU splits clamp the pre-activation
 bounds as soon as they are computed, so later layers use the clamped bounds. Bounds may be
 infinite where an op is unbounded (1/x over an interval containing 0): the relaxations then
 use constants and the rows that depend on them come out -inf, never NaN.
@@ -28,6 +31,7 @@ outward margin is added (the smooth ops' relaxations carry their own, see bounds
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -44,8 +48,18 @@ from bounds.patches import PATCH_RULES, Patches, concretize_lower_patches, to_de
 from bounds.patches import add as patch_add
 
 NONLINEAR = act.NEEDS_BOUNDS
-ROW_BUDGET = 2 ** 24        # elements of one A tensor before a backward pass is split into chunks
+ROW_BUDGET = 2 ** 24        # elements of the largest A tensor of one backward pass (chunks of rows / batch)
 use_patches = True          # conv rows as receptive-field windows (bounds/patches.py); False: dense
+
+
+class BoundTimeout(TimeoutError):
+    """A bound computation passed its ``deadline`` (no bound was returned)."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise ``BoundTimeout`` when ``time.monotonic()`` is past ``deadline`` (None: never)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise BoundTimeout("bound computation stopped at its deadline")
 
 
 def preactivation_nodes(net: Network) -> dict[str, list[str]]:
@@ -104,7 +118,8 @@ class _Ctx:
 def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval], input_set: InputSet,
                    alpha_of: Callable | None = None, key: str | None = None,
                    bias: torch.Tensor | None = None, relax_cache: dict | None = None,
-                   row_terms: dict | None = None, keep: dict | None = None) -> torch.Tensor:
+                   row_terms: dict | None = None, keep: dict | None = None, meter: dict | None = None,
+                   deadline: float | None = None) -> torch.Tensor:
     """Lower bounds (B, R) of ``A . y_start + bias`` (A: (B, R, *shape(start))) over the input set.
 
     ``bounds`` must hold (lo, hi) of every pre-activation node below ``start``;
@@ -116,8 +131,10 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
     answers for ``A' . y + bias' <= A . y`` on the set (e.g. beta-CROWN's split terms, which are
     <= 0 on a split domain; a term that returns A unchanged and no bias just reads the rows).
     ``keep``: a dict that receives the input's coefficients ("input", dense (B, R, *input shape),
-    None when the bound does not depend on the input) and the constant ("bias", (B, R))."""
-    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache, row_terms)
+    None when the bound does not depend on the input) and the constant ("bias", (B, R)).
+    ``meter``: a dict whose "peak" receives the most elements of the rows at any node, "volume"
+    their sum over the nodes (added to what is there); ``deadline``: see ``propagate``."""
+    Ax, bias = backward_linear(net, start, A, bounds, alpha_of, key, bias, relax_cache, row_terms, meter, deadline)
     if keep is not None:
         keep["input"] = to_dense(Ax) if isinstance(Ax, Patches) else Ax
         keep["bias"] = bias
@@ -133,7 +150,8 @@ def backward_lower(net: Network, start: str, A: torch.Tensor, bounds: dict[str, 
 
 def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str, Interval],
                     alpha_of: Callable | None = None, key: str | None = None, bias: torch.Tensor | None = None,
-                    relax_cache: dict | None = None, row_terms: dict | None = None):
+                    relax_cache: dict | None = None, row_terms: dict | None = None, meter: dict | None = None,
+                    deadline: float | None = None):
     """The backward pass of ``backward_lower`` without its concretization: (Ax, bias) with
     ``Ax . x + bias <= A . y_start + bias0`` for every input x whose pre-activations lie in
     ``bounds``; Ax (B, R, *input shape), dense or ``Patches``, or None where the quantity does
@@ -148,8 +166,11 @@ def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str,
         Acur = pending.pop(node.name, None)
         if Acur is None:
             continue
+        check_deadline(deadline)
         if row_terms is not None and node.name in row_terms:
             Acur, bias = _row_term(row_terms[node.name], Acur, bias)
+        if meter is not None:
+            _measure(meter, Acur)
         ctx.in_shapes = [net.shape_of(i) for i in node.inputs]
         out = None
         if isinstance(Acur, Patches):
@@ -170,6 +191,8 @@ def backward_linear(net: Network, start: str, A: torch.Tensor, bounds: dict[str,
     Ax = pending.pop(net.input_name, None)
     if Ax is not None and row_terms is not None and net.input_name in row_terms:
         Ax, bias = _row_term(row_terms[net.input_name], Ax, bias)
+    if meter is not None and Ax is not None:
+        _measure(meter, Ax)
     return Ax, bias
 
 
@@ -177,6 +200,13 @@ def _row_term(term, A, bias):
     A = to_dense(A) if isinstance(A, Patches) else A
     A, b = term(A)
     return A, bias if b is None else bias + b
+
+
+def _measure(meter: dict, A) -> None:
+    """meter["peak"]: the most elements of the rows at one node; meter["volume"]: their sum."""
+    n = (A.t if isinstance(A, Patches) else A).numel()
+    meter["peak"] = max(meter.get("peak", 0), n)
+    meter["volume"] = meter.get("volume", 0) + n
 
 
 def _accumulate(a, b):
@@ -227,47 +257,97 @@ def max_ancestor_size(net: Network, name: str) -> int:
 
 def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, bounds: dict[str, Interval],
                input_set: InputSet, alpha_of: Callable | None = None,
-               relax_cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               relax_cache: dict | None = None, deadline: float | None = None,
+               meter: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN lower/upper bounds (B, R) of neurons ``idx`` (B, R) of node ``name`` (pad rows: -inf/+inf).
+    ``meter``: a dict whose "volume" receives the elements of the rows summed over every node
+    and chunk (what a pass of these rows holds at once when it keeps its graph, as alpha's do).
 
-    The rows are split into chunks so that no A tensor exceeds ``ROW_BUDGET`` elements; with
-    ``alpha_of`` each chunk has its own slopes (key ``(name, first row)``)."""
+    Memory: the rows are split into chunks so that no A tensor of a backward pass holds more
+    than ``ROW_BUDGET`` elements. The first chunk is sized for dense rows over the largest
+    ancestor (an upper bound), the later ones by the most elements a row of the chunks before
+    had at any node (rows in patches mode are far smaller); when one dense row over the whole
+    batch is already over the budget, the batch is split as well. With ``alpha_of`` the chunks
+    keep the dense sizing, the same in every pass (each chunk has its own slopes, key
+    ``(name, first row)``), and the batch is not split."""
+    B, R = idx.shape
+    dense_row = 2 * max_ancestor_size(net, name)        # elements of one row (+ and -) per batch element
+    bstep = B if alpha_of is not None else max(1, min(B, ROW_BUDGET // dense_row))
+    los, his = [], []
+    for b0 in range(0, B, bstep):
+        b1 = min(B, b0 + bstep)
+        vals, s = (bounds, input_set) if bstep == B else (slice_bounds(bounds, b0, b1), BatchSlice(input_set, b0, b1))
+        lo, hi = _crown_rows(net, name, idx[b0:b1], vals, s, alpha_of, relax_cache, deadline, dense_row, meter)
+        los.append(lo)
+        his.append(hi)
+    lo, hi = torch.cat(los), torch.cat(his)
+    inf = torch.full_like(lo, float("inf"))
+    return torch.where(valid, lo, -inf), torch.where(valid, hi, inf)
+
+
+def _crown_rows(net, name, idx, bounds, input_set, alpha_of, relax_cache, deadline, dense_row, total=None):
+    """``crown_node`` on one slice of the batch, its rows in chunks (see there); pad rows unmasked."""
     B, R = idx.shape
     shape = net.shape_of(name)
     dtype = input_set.box()[0].dtype
-    per_row = B * max_ancestor_size(net, name) * 2
-    step = max(1, ROW_BUDGET // max(per_row, 1))
     node = net.node(name)
     start_rule = START_RULES.get(type(node.op))
+    per_row = B * dense_row                 # elements of one row of the batch at its largest node (bound)
     los, his = [], []
-    for a in range(0, R, step):
-        b = min(R, a + step)
+    a = 0
+    while a < R:
+        check_deadline(deadline)
+        b = min(R, a + max(1, ROW_BUDGET // per_row))
         sub = idx[:, a:b]
-        sub_alpha = None
+        sub_alpha, meter = None, {}
         if alpha_of is not None:        # one set of slopes per chunk of rows
             def sub_alpha(start, node, rows, window, a=a):
                 return alpha_of((start, a), node, rows, window)
+        kw = dict(relax_cache=relax_cache, meter=meter, deadline=deadline)
         if use_patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
             C_, H_, W_ = shape
             t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype, device=sub.device)
             t.scatter_(2, (sub // (H_ * W_)).reshape(sub.shape + (1, 1, 1)), 1.0)
             rem = sub % (H_ * W_)
             p = Patches(torch.cat([t, -t], 1), torch.cat([rem // W_] * 2, 1), torch.cat([rem % W_] * 2, 1), H_, W_)
-            res = backward_lower(net, name, p, bounds, input_set, sub_alpha, relax_cache=relax_cache)
+            res = backward_lower(net, name, p, bounds, input_set, sub_alpha, **kw)
         elif start_rule is not None:    # first step without forming the one-hot rows
             Ain, b0 = start_rule(node.op, sub, net.shape_of(node.inputs[0]), shape)
             b0 = torch.zeros(sub.shape, dtype=dtype, device=sub.device) if b0 is None else b0
             res = backward_lower(net, node.inputs[0], torch.cat([Ain, -Ain], 1), bounds, input_set, sub_alpha,
-                                 key=name, bias=torch.cat([b0, -b0], 1), relax_cache=relax_cache)
+                                 key=name, bias=torch.cat([b0, -b0], 1), **kw)
         else:
-            res = backward_lower(net, name, _onehot_rows(sub, shape, dtype), bounds, input_set, sub_alpha,
-                                 relax_cache=relax_cache)
+            res = backward_lower(net, name, _onehot_rows(sub, shape, dtype), bounds, input_set, sub_alpha, **kw)
         los.append(res[:, :b - a])
         his.append(-res[:, b - a:])
-    lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype, device=valid.device)
-    hi = torch.cat(his, 1) if his else torch.zeros(B, 0, dtype=dtype, device=valid.device)
-    inf = torch.full_like(lo, float("inf"))
-    return torch.where(valid, lo, -inf), torch.where(valid, hi, inf)
+        if alpha_of is None and meter:
+            per_row = max(1, -(-meter["peak"] // (b - a)))
+        if total is not None:
+            total["volume"] = total.get("volume", 0) + meter.get("volume", 0)
+        a = b
+    lo = torch.cat(los, 1) if los else torch.zeros(B, 0, dtype=dtype, device=idx.device)
+    hi = torch.cat(his, 1) if his else torch.zeros(B, 0, dtype=dtype, device=idx.device)
+    return lo, hi
+
+
+class BatchSlice:
+    """Batch elements ``b0:b1`` of an input set (what concretization reads: ``box()``, ``norm``,
+    and for L2 / L1 balls ``center``, ``eps``, ``domain``)."""
+
+    def __init__(self, s: InputSet, b0: int, b1: int):
+        lo, hi = s.box()
+        self._box, self.norm = (lo[b0:b1], hi[b0:b1]), s.norm
+        if s.norm in ("1", "2"):
+            self.center, self.domain = s.center[b0:b1], s.domain
+            eps = torch.as_tensor(s.eps)
+            self.eps = eps if eps.dim() == 0 else eps[b0:b1]
+
+    def box(self):
+        return self._box
+
+
+def slice_bounds(bounds: dict[str, Interval], b0: int, b1: int) -> dict[str, Interval]:
+    return {k: (v[0][b0:b1], v[1][b0:b1]) for k, v in bounds.items()}
 
 
 def scatter_tighten(lo: torch.Tensor, hi: torch.Tensor, idx: torch.Tensor, new_lo: torch.Tensor,
@@ -354,8 +434,14 @@ def _affine_of_input(net: Network, name: str) -> bool:
 
 def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", splits: dict | None = None,
               alpha_of: Callable | None = None, rows: dict | None = None, reference: dict | None = None,
-              record_rows: dict | None = None, relax_cache: dict | None = None) -> dict[str, Interval]:
+              record_rows: dict | None = None, relax_cache: dict | None = None,
+              deadline: float | None = None, record_volume: dict | None = None) -> dict[str, Interval]:
     """Bounds (lo, hi) (B, *shape) of every node, with CROWN (or IBP) pre-activation bounds.
+
+    ``deadline`` (a ``time.monotonic()`` value): checked before every node and inside every
+    backward pass; past it, ``BoundTimeout`` is raised and nothing is returned.
+    ``record_volume``: a dict that receives, per node bounded by CROWN, the elements of its rows
+    summed over the nodes of its backward passes (``crown_node``'s meter).
 
     ``rows``: fixed (idx, valid) per pre-activation node (alpha-CROWN keeps the neuron set of
     its first pass); ``record_rows``: a dict that receives the (idx, valid) used;
@@ -372,6 +458,7 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
     vals: dict[str, Interval] = {net.input_name: apply_splits(net, pre.get(net.input_name, []), input_set.box(), splits)}
     sanitize = may_be_unbounded(net)
     for node in net.nodes:
+        check_deadline(deadline)
         iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
@@ -385,7 +472,11 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
                 if record_rows is not None:
                     record_rows[node.name] = (idx, valid)
                 if idx.shape[1] > 0:
-                    new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of, relax_cache)
+                    meter = None if record_volume is None else {}
+                    new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of, relax_cache,
+                                                deadline, meter)
+                    if meter is not None:
+                        record_volume[node.name] = meter.get("volume", 0)
                     if alpha_of is None:
                         iv = scatter_tighten(iv[0], iv[1], idx, new_lo, new_hi)
                     else:           # alpha-CROWN: the tighter values, CROWN's gradient
@@ -426,20 +517,40 @@ def crown_linear(net: Network, vals: dict[str, Interval], input_set: InputSet, C
 
 def crown_spec(net: Network, vals: dict[str, Interval], input_set: InputSet, C: torch.Tensor | None,
                d: torch.Tensor | None, upper: bool = True, alpha_of: Callable | None = None,
-               relax_cache: dict | None = None, row_terms: dict | None = None, keep: dict | None = None):
+               relax_cache: dict | None = None, row_terms: dict | None = None, keep: dict | None = None,
+               deadline: float | None = None):
     """Lower and upper CROWN bounds (B, rows) of ``C @ y + d`` given pre-activation bounds ``vals``.
 
     With ``upper=False`` only lower bounds are computed (upper is +inf); ``row_terms``, ``keep``:
-    see ``backward_lower`` (rows: the lower rows, then the upper ones)."""
+    see ``backward_lower`` (rows: the lower rows, then the upper ones). Without ``alpha_of``,
+    ``row_terms`` and ``keep`` (which are per batch element and row), the batch (then the rows) is
+    split into chunks whose dense rows over the largest ancestor stay within ``ROW_BUDGET``
+    elements; ``deadline``: see ``propagate``."""
     B = input_set.box()[0].shape[0]
     dtype, device = input_set.box()[0].dtype, input_set.box()[0].device
     Cs = spec_rows(net, C, B, dtype, device)
     rows = Cs.shape[1]
-    A = torch.cat([Cs, -Cs], 1) if upper else Cs
-    res = backward_lower(net, net.output, A, vals, input_set, alpha_of, relax_cache=relax_cache, row_terms=row_terms,
-                         keep=keep)
-    lo = res[:, :rows]
-    hi = -res[:, rows:] if upper else torch.full_like(lo, float("inf"))
+    whole = alpha_of is not None or row_terms is not None or keep is not None
+    per_row = max_ancestor_size(net, net.output) * (2 if upper else 1)
+    bstep = B if whole else max(1, min(B, ROW_BUDGET // (per_row * rows)))
+    rstep = rows if bstep > 1 or whole else max(1, min(rows, ROW_BUDGET // per_row))
+    los, his = [], []
+    for b0 in range(0, B, bstep):
+        b1 = min(B, b0 + bstep)
+        sub_vals, s = (vals, input_set) if bstep == B else (slice_bounds(vals, b0, b1), BatchSlice(input_set, b0, b1))
+        lo_r, hi_r = [], []
+        for r0 in range(0, rows, rstep):
+            check_deadline(deadline)
+            Cr = Cs[b0:b1, r0:r0 + rstep]
+            n = Cr.shape[1]
+            A = torch.cat([Cr, -Cr], 1) if upper else Cr
+            res = backward_lower(net, net.output, A, sub_vals, s, alpha_of, relax_cache=relax_cache,
+                                 row_terms=row_terms, keep=keep, deadline=deadline)
+            lo_r.append(res[:, :n])
+            hi_r.append(-res[:, n:] if upper else torch.full_like(res[:, :n], float("inf")))
+        los.append(torch.cat(lo_r, 1))
+        his.append(torch.cat(hi_r, 1))
+    lo, hi = torch.cat(los), torch.cat(his)
     if d is not None:
         lo, hi = lo + d, hi + d
     return lo, hi

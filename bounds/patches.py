@@ -4,7 +4,7 @@ A row that bounds one neuron of a conv layer only involves, at every earlier nod
 neuron's receptive field: a small window. ``Patches`` stores, per row, that window's
 coefficients ``t`` (B, R, C, Ph, Pw) and its top-left corner ``(oh, ow)`` (B, R) in the
 node's (H, W) grid (entries outside the grid are kept at 0). The backward rules of
-``PATCH_RULES`` (conv, activations, per-channel affine ops, Add / Sub, Identity) work on the
+``PATCH_RULES`` (conv, transposed conv, activations, per-channel affine ops, Add / Sub, Identity) work on the
 windows; any other op densifies first (``to_dense``). This is auto_LiRPA's "patches mode"
 idea: the cost per row is the window, not the image, which is what makes CROWN's
 intermediate bounds of convolutional networks cheap.
@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from certify.ir import ops as O
 from bounds import activations as act
+
+MAP_BUDGET = 2 ** 22     # entries of a transposed conv's per-phase matrix (``_phase_map``)
 
 
 @dataclass
@@ -115,6 +117,64 @@ def _conv(op: O.Conv2d, p: Patches, node, ctx):
     return [q], bias
 
 
+def _conv_transpose(op: O.ConvTranspose2d, p: Patches, node, ctx):
+    """y = convT(x): the rows on x are conv2d(rows on y) (the adjoint). A window at y-offset ``oh``
+    reaches the x positions from ``i0 = ceil((oh + pad - dil (k - 1)) / stride)``; placed at phase
+    ``oh + pad - i0 stride`` (one of ``stride`` values per dim) on a canvas that starts at
+    y-position ``i0 stride - pad``, a stride-``stride`` conv2d of the canvas gives the rows on x
+    from ``i0`` on (entries cropped off the canvas reach no x). Rows of one phase share that
+    linear map: applied as the conv, or as its matrix when that is cheaper (``_phase_map``)."""
+    B, R, Oc, Ph, Pw = p.t.shape
+    kh, kw = op.weight.shape[2:]
+    (sh, sw), (dh, dw) = op.stride, op.dilation
+    i0 = -torch.div(-(p.oh + op.padding[0] - dh * (kh - 1)), sh, rounding_mode="floor")
+    j0 = -torch.div(-(p.ow + op.padding[1] - dw * (kw - 1)), sw, rounding_mode="floor")
+    ph, pw = p.oh + op.padding[0] - i0 * sh, p.ow + op.padding[1] - j0 * sw     # phases (B, R)
+    Qh, Qw = (int(ph.max()) + Ph - 1) // sh + 1, (int(pw.max()) + Pw - 1) // sw + 1   # windows on x
+    I = op.weight.shape[0]
+    flat = p.t.reshape(B * R, Oc, Ph, Pw)
+    phases, key = torch.unique(torch.stack([ph.reshape(-1), pw.reshape(-1)], 1), dim=0, return_inverse=True)
+    out = None if len(phases) == 1 else p.t.new_zeros((B * R, I, Qh, Qw))
+    for c, (a, b) in enumerate(phases.tolist()):
+        rows = None if out is None else (key == c).nonzero().squeeze(1)
+        tc = flat if rows is None else flat.index_select(0, rows)
+        res = _phase_map(op, tc, a, b, Qh, Qw)
+        if out is None:
+            out = res
+        else:
+            out = out.index_copy(0, rows, res)
+    t = out.reshape(B, R, I, Qh, Qw)
+    bias = None if op.bias is None else torch.matmul(p.t.sum((3, 4)), op.bias)
+    in_shape = ctx.in_shapes[0]
+    q = mask(Patches(t, i0, j0, in_shape[1], in_shape[2]))
+    if Qh * Qw >= in_shape[1] * in_shape[2]:
+        return [to_dense(q)], bias
+    return [q], bias
+
+
+def _phase_map(op: O.ConvTranspose2d, t: torch.Tensor, ph: int, pw: int, Qh: int, Qw: int) -> torch.Tensor:
+    """Windows t (N, Oc, Ph, Pw) at phase (ph, pw) -> their (N, I, Qh, Qw) windows on the input.
+    The conv costs N x (its cost per window); the matrix of the map costs Oc Ph Pw windows to build
+    and N x Oc Ph Pw x I Qh Qw to apply: taken when cheaper and no larger than ``MAP_BUDGET``."""
+    N, Oc, Ph, Pw = t.shape
+    kh, kw = op.weight.shape[2:]
+    (sh, sw), (dh, dw) = op.stride, op.dilation
+    I = op.weight.shape[0]
+    Lh, Lw = (Qh - 1) * sh + dh * (kh - 1) + 1, (Qw - 1) * sw + dw * (kw - 1) + 1
+    pads = (pw, Lw - pw - Pw, ph, Lh - ph - Ph)                  # negative: cropped
+
+    def conv(w):
+        return F.conv2d(F.pad(w, pads), op.weight, None, op.stride, 0, op.dilation, op.groups)
+
+    n_in, n_out = Oc * Ph * Pw, I * Qh * Qw
+    per_window = n_out * (Oc // op.groups) * kh * kw             # multiply-adds of the conv per window
+    if n_in * n_out > MAP_BUDGET or N * per_window <= n_in * per_window + N * n_in * n_out:
+        return conv(t)
+    with torch.no_grad():
+        M = conv(torch.eye(n_in, dtype=t.dtype, device=t.device).reshape(n_in, Oc, Ph, Pw)).reshape(n_in, n_out)
+    return (t.reshape(N, n_in) @ M).reshape(N, I, Qh, Qw)
+
+
 def _grid_relax(op, lo, hi, finite: bool):
     """The record's lines on the whole grid, and whether they are finite (else: dense rule)."""
     if finite and act.ACTIVATIONS[type(op)].bounded:
@@ -167,6 +227,7 @@ def _channel_affine(op, p: Patches, node, ctx):
 
 PATCH_RULES = {
     O.Conv2d: _conv,
+    O.ConvTranspose2d: _conv_transpose,
     O.BatchNorm: _channel_affine,
     O.Normalize: _channel_affine,
     O.Add: lambda op, p, node, ctx: ([p, p], None),

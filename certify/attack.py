@@ -5,6 +5,13 @@ branch-and-bound and adversarial training.
 with signed-gradient steps (L-inf / box) or normalized-gradient steps (L2, and L1 with its
 projection), random starts,
 and keeps the best point seen. The returned points always lie in the set (projected).
+
+``search_forward(net)`` evaluates a network for such a search: every value is the network's
+own, but ops whose gradient is zero almost everywhere or vanishes where they saturate take a
+surrogate's gradient (straight-through, ``SURROGATES``): ``Sign`` and ``Floor`` that of the
+identity, ``Softmax`` that of a softmax at the temperature of its inputs' spread (so a
+saturated softmax, whose float gradient is exactly 0, still points somewhere). Points found
+this way are points of the real network; only the search directions are the surrogate's.
 """
 from __future__ import annotations
 
@@ -14,14 +21,59 @@ from typing import Callable
 
 import torch
 
+from certify.ir import ops as O
+from certify.ir.network import Network
 from certify.spec.output import margin_values
 from certify.spec.sets import InputSet
+
+
+def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``value``, with the gradient of ``surrogate``."""
+    return surrogate + (value - surrogate).detach()
+
+
+def _tempered_softmax(op: O.Softmax, x: torch.Tensor) -> torch.Tensor:
+    ax = op.axis + 1
+    spread = (x.amax(ax, keepdim=True) - x.amin(ax, keepdim=True)).detach().clamp(min=1.0)
+    return torch.softmax(x / spread, dim=ax)
+
+
+SURROGATES: dict[type, Callable] = {
+    O.Sign: lambda op, x: x,
+    O.Floor: lambda op, x: x,
+    O.Softmax: _tempered_softmax,
+}
+
+
+def search_forward(net: Network, gates: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> net(x)`` in value, with the surrogate gradients of ``SURROGATES`` (module doc);
+    ``net`` itself when it has none of those ops. ``gates``: {node name: bool tensor (B, *shape)}
+    where that node's surrogate passes its gradient (e.g. the neurons whose value can change
+    over the searched set); elsewhere the node passes none."""
+    if not any(type(n.op) in SURROGATES for n in net.nodes):
+        return net
+    gates = gates or {}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        vals = {net.input_name: x}
+        for n in net.nodes:
+            ins = [vals[i] for i in n.inputs]
+            y = n.op.forward(*ins)
+            sur = SURROGATES.get(type(n.op))
+            if sur is not None and torch.is_grad_enabled():
+                s = sur(n.op, ins[0])
+                g = gates.get(n.name)
+                y = _straight_through(y, s if g is None else torch.where(g, s, s.detach()))
+            vals[n.name] = y
+        return vals[net.output]
+
+    return forward
 
 
 def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: InputSet, steps: int = 20,
                  restarts: int = 1, step_size: float | None = None, generator: torch.Generator | None = None,
                  start: torch.Tensor | None = None, decay: bool = False,
-                 deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 deadline: float | None = None, stop_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best (x, objective(x)) found per batch row: shapes (B, *shape) and (B,).
 
     ``step_size`` defaults to 2.5 * (set radius) / steps (per feature for boxes). The first
@@ -29,6 +81,8 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     ``decay`` scales the step by a cosine schedule from 1 to 0.01 over the steps of each restart
     (fine convergence onto thin violating regions, e.g. VNN-COMP falsification). ``deadline``
     (time.monotonic()): no step is begun past it (the best point so far is returned).
+    ``stop_below``: no step is begun once some row's best value is below it (a search for any
+    one point below a threshold, e.g. a counterexample).
     """
     lo, hi = input_set.box()
     lo, hi = lo.detach(), hi.detach()
@@ -44,15 +98,17 @@ def pgd_minimize(objective: Callable[[torch.Tensor], torch.Tensor], input_set: I
     best_x = input_set.project(((lo + hi) / 2) if start is None else start.detach()).clone()
     with torch.no_grad():
         best_v = objective(best_x).detach()
+    done = lambda: ((deadline is not None and time.monotonic() > deadline)  # noqa: E731
+                    or (stop_below is not None and bool((best_v < stop_below).any())))
     for r in range(restarts):
-        if deadline is not None and time.monotonic() > deadline:
+        if done():
             break
         if r == 0:
             x = best_x.clone()
         else:
             x = input_set.project(input_set.sample(1, generator)[0])
         for it in range(steps):
-            if deadline is not None and time.monotonic() > deadline:
+            if done():
                 break
             a_it = alpha * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / steps))) if decay else alpha
             x = x.detach().requires_grad_(True)

@@ -249,11 +249,13 @@ def decide_instance(bench_dir: str, method: str, unit: tuple[int, str, str, floa
 
 def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, ground_truth: Path | None = None,
                   timeout_scale: float = 1.0, method: str = "auto", overwrite: bool = False,
-                  select=None, log=print, client=None, threads: int = 1, device: str = "cpu") -> dict:
+                  select=None, log=print, client=None, threads: int = 1, device: str = "cpu",
+                  timeout_cap: float | None = None) -> dict:
     """Run every instance (resuming this benchmark's rows already in ``out``, retrying those that
     ended in ``error``); returns the summary dict of the instances selected. ``out`` is locked
     while the run lasts and written by this process only.
 
+    Each instance gets its timeout times ``timeout_scale``, at most ``timeout_cap`` seconds.
     ``select(index, onnx, vnnlib) -> bool`` picks a subset. ``client`` (a ``distributed.Client``)
     runs each instance as a task on its cluster, torch at ``threads`` threads (``bounds.bab`` runs
     its own threads beside); a task that fails there (twice, or ``INSTANCE_GRACE`` s past its
@@ -294,7 +296,7 @@ def run_benchmark(bench_dir: Path, out: Path, instances: Path | None = None, gro
         for k, (onnx, vnn, to) in enumerate(rows_in):
             if select is not None and not select(k, onnx, vnn):
                 continue
-            timeout = to * timeout_scale
+            timeout = to * timeout_scale if timeout_cap is None else min(to * timeout_scale, timeout_cap)
             if (onnx, vnn) in done:
                 row = done[(onnx, vnn)]
                 if row.get("timeout_s") != f"{timeout:.1f}":

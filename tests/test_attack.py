@@ -50,3 +50,58 @@ def test_pgd_begins_no_step_past_its_deadline():
     x, v = pgd_minimize(f, s, steps=10**6, restarts=1, deadline=t + 0.2)
     assert time.monotonic() - t < 5 and 1 < len(calls) < 10**6
     assert bool(s.contains(x).all()) and bool((v < 1.5).all())
+
+
+def _sign_staircase(n: int):
+    """y = sum_i sign(x_i - 0.8) on [-1, 1]^n: piecewise constant (gradient 0 everywhere); y >= n - 0.5
+    only where every x_i > 0.8, a corner of volume 0.1^n that random starts miss."""
+    from certify.ir import Sign
+    return sequential((n,), [Linear(torch.eye(n), torch.full((n,), -0.8)), Sign(),
+                             Linear(torch.ones(1, n), torch.zeros(1))])
+
+
+def test_surrogate_gradient_finds_what_plain_pgd_cannot_through_sign():
+    """Through Sign the true gradient is 0, so plain PGD never moves from its starts; the
+    straight-through search (``search_forward``) climbs into the corner. The counterexample is
+    the real network's: re-evaluated in float64 it violates the property."""
+    import numpy as np
+    from bounds.bab.falsify import Falsifier
+    from certify.attack import search_forward
+    from certify.spec.vnnlib import Region, VnnlibProperty
+    n = 10
+    net = _sign_staircase(n)
+    box = ball(torch.zeros(8, n), 1.0, "inf")
+    _, v_plain = pgd_minimize(lambda x: -net(x)[:, 0], box, steps=30, restarts=2,
+                              generator=torch.Generator().manual_seed(0))
+    assert float(v_plain.min()) > -(n - 0.5)          # plain PGD: stuck where it started
+    search = search_forward(net)
+    x = torch.rand(4, n) * 2 - 1
+    assert torch.equal(search(x), net(x))             # values are the network's own
+    A, b = np.array([[-1.0]]), np.array([-(n - 0.5)])  # violated iff y >= n - 0.5
+    prop = VnnlibProperty("<test>", n, 1, [Region(-np.ones(n), np.ones(n), [(A, b)])])
+    fal = Falsifier(net, prop, seed=0)
+    lo, hi = -torch.ones(1, n, dtype=torch.float64), torch.ones(1, n, dtype=torch.float64)
+    ce, _ = fal.pgd(lo, hi, [(A, b)], steps=30, restarts=2)
+    assert ce is not None
+    xs, ys = ce
+    assert np.all(xs >= -1) and np.all(xs <= 1) and np.all(xs > 0.8)
+    y64 = net.detach().to(torch.float64)(torch.as_tensor(xs).reshape(1, n))[0].numpy()
+    assert y64[0] == n and ys[0] == n
+
+
+def test_pgd_stops_at_the_first_value_below_stop_below():
+    """With ``stop_below`` the search ends once some row is below it (few objective calls); the
+    returned value is the objective's at the returned point."""
+    calls = []
+    w = torch.ones(1, 4)
+
+    def f(z):
+        calls.append(1)
+        return (z @ w.T)[:, 0]
+    box = ball(torch.zeros(2, 4), 1.0, "inf")
+    x, v = pgd_minimize(f, box, steps=50, restarts=4, stop_below=-0.5)
+    assert len(calls) <= 8 and float(v.min()) < -0.5
+    assert torch.allclose(v, f(x))
+    calls.clear()
+    pgd_minimize(f, box, steps=50, restarts=4)
+    assert len(calls) > 100

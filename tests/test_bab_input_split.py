@@ -206,3 +206,28 @@ def test_instability_candidate_splits_the_input_the_scores_cannot_see():
     seen, n = run(True)
     assert blind in ("unknown", "timeout")
     assert seen == "unsat" and n <= 16
+
+
+def test_graph_search_stops_inside_a_bound_call_at_its_deadline():
+    """A CROWN pass past its deadline raises ``BoundTimeout``; the graph search then ends as a
+    timeout and keeps the box it was bounding open in its state (a resumed call goes on with it)."""
+    import time
+
+    import pytest
+
+    import bounds.bab.input_split_crown as isc
+    from bounds.crown import BoundTimeout
+    net = random_mlp([3, 8, 2], torch.Generator().manual_seed(0), dtype=torch.float64)
+    lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    C, d = torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.tensor([100.0], dtype=torch.float64)
+    with pytest.raises(BoundTimeout):
+        isc.graph_bounds(net, lo, hi, C, d, 1, deadline=time.monotonic() - 1)
+    stats = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+    state: dict = {}
+    verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
+                                       state=state, bound_deadline=time.monotonic() - 1)
+    assert verdict == "timeout" and stats["bound_calls"] == 0
+    assert torch.equal(torch.cat([s[0] for s in state["stack"]]), lo)
+    verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
+                                       state=state)
+    assert verdict == "unsat"

@@ -31,3 +31,10 @@ def test_a_benchmark_does_not_resume_another_benchmarks_rows(shared_dir, tmp_pat
     assert s["by_verdict"]["unsat"] == 1 and s["by_verdict"]["sat"] == 0     # run, not taken from "other"
     got = list(csv.DictReader(open(rows)))
     assert [(r["benchmark"], r["verdict"]) for r in got] == [("other", "sat"), ("test", "unsat")]
+
+
+def test_timeout_cap_bounds_every_instance_timeout(shared_dir, tmp_path):
+    rows = tmp_path / "rows.csv"
+    run_benchmark(shared_dir / "vnncomp" / "test", rows, select=lambda k, onnx, vnn: k == 0, timeout_cap=7.0)
+    got = list(csv.DictReader(open(rows)))
+    assert [(r["timeout_s"], r["verdict"]) for r in got] == [("7.0", "unsat")]

@@ -23,32 +23,35 @@ import torch
 
 from bounds.bab.box_clip import clip_boxes
 from bounds.bab.chain_bounds import PROOF_TOL
+from bounds.crown import BoundTimeout
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.sets import Box
 
 
 def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
-                 rows: int, method: str = "crown"):
+                 rows: int, method: str = "crown", deadline: float | None = None):
     """Lower bounds (n, r) of C y + d over the boxes ``l``, ``h`` (n, n_in) float64, C (r, n_out),
     d (r,); with ``method="crown"`` also, per box, the row followed (the best of the first
     ``rows``), (n,), and its linear lower bound's input coefficients (n, n_in) (else None, None).
-    Raises ``CertifyError`` when the engine has no rule for an op of ``net64``."""
+    Raises ``CertifyError`` when the engine has no rule for an op of ``net64``, ``BoundTimeout``
+    past ``deadline``."""
     from bounds import compute_bounds
     from bounds.crown import crown_spec, propagate
     n, shape = l.shape[0], (l.shape[0],) + tuple(net64.input_shape)
     Cb, db = C.unsqueeze(0).expand(n, -1, -1), d.unsqueeze(0).expand(n, -1)
     if method != "crown":
         with torch.no_grad():
-            b = compute_bounds(net64, Box(l.reshape(shape), h.reshape(shape)), C=Cb, d=db, method=method, upper=False)
+            b = compute_bounds(net64, Box(l.reshape(shape), h.reshape(shape)), C=Cb, d=db, method=method, upper=False,
+                               deadline=deadline)
         return b.lower.reshape(n, -1), None, None
     cache: dict = {}
     with torch.no_grad():
-        vals = propagate(net64, Box(l.reshape(shape), h.reshape(shape)), "crown", relax_cache=cache)
+        vals = propagate(net64, Box(l.reshape(shape), h.reshape(shape)), "crown", relax_cache=cache, deadline=deadline)
     lr, hr = l.detach().clone().requires_grad_(True), h.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         low, _ = crown_spec(net64, vals, Box(lr.reshape(shape), hr.reshape(shape)), Cb, db, upper=False,
-                            relax_cache=cache)
+                            relax_cache=cache, deadline=deadline)
         row = low.detach()[:, :rows].argmax(1)
         gl, gh = torch.autograd.grad(low.gather(1, row.unsqueeze(1)).sum(), [lr, hr], allow_unused=True)
     lam = torch.zeros_like(l) if gl is None else gl + gh   # None: the output does not depend on the input
@@ -57,14 +60,17 @@ def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tens
 
 def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                       deadline: float, try_points, stats: dict, batch: int = 64, min_width: float = 1e-9,
-                      state: dict | None = None, stop=None, clip: bool = True, mean_row: bool = True):
+                      state: dict | None = None, stop=None, clip: bool = True, mean_row: bool = True,
+                      bound_deadline: float | None = None):
     """Prove max_r (C y + d)_r > 0 on [lo, hi] (n_in,) float64; C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None``. ``stop()``: polled before each batch,
     True ends the call as a timeout. ``state``: a dict that keeps the open boxes (and the bound
     method) at a timeout; passed back, the search goes on where it stopped. Counts go to
     ``stats`` (domains, bound_calls, time_bound, time_falsify; ``bound_method`` "ibp" when CROWN
-    had no rule). Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
+    had no rule). ``bound_deadline``: a bound call still running then ends the call as a timeout
+    (the boxes stay open; ``deadline`` itself is only checked between calls, so that resumed
+    short calls still progress). Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     r0 = C.shape[0]                     # branching follows the original rows only
     C, d = C.double(), d.double()
     if mean_row and r0 > 1:
@@ -79,12 +85,12 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         nonlocal method
         t = time.monotonic()
         try:
-            out = graph_bounds(net64, l, h, C, d, r0, method)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
         except CertifyError:
             if method != "crown":
                 raise
             method = stats["bound_method"] = "ibp"   # an op without a CROWN rule: interval bounds
-            out = graph_bounds(net64, l, h, C, d, r0, method)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
         stats["bound_calls"] += 1
         stats["domains"] += l.shape[0]
         stats["time_bound"] += time.monotonic() - t
@@ -98,7 +104,12 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         l, h = torch.cat([s[0] for s in stack]), torch.cat([s[1] for s in stack])
         stack = [(l[:-batch], h[:-batch])] if l.shape[0] > batch else []
         l, h = l[-batch:], h[-batch:]
-        low, row, lam = bound(l, h)
+        try:
+            low, row, lam = bound(l, h)
+        except BoundTimeout:            # the boxes go back on the stack, open
+            if state is not None:
+                state.update(stack=stack + [(l, h)], method=method)
+            return "timeout", None
         open_ = ~(low.max(1).values > PROOF_TOL)
         if not bool(open_.any()):
             continue

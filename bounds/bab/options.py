@@ -17,6 +17,7 @@ class VerifyOptions:
     seed: int = 0                 # seed of the attacks' random starts and samples
     falsify_first: bool = True    # attack every region before any proof (False: the searches must find the sats)
     pgd_restarts: int = 10        # restarts of the opening and closing PGD attacks
+    opening: float = 0.2          # share of the timeout the opening attack may take (the closing attacks run later)
     attack_max_dims: int = 12     # inputs with at most this many dimensions also get 2000 side-by-side attacks and 50k samples
     use_milp: bool = True         # MILPs beside the searches (ReLU splitting: per obligation; input splitting: small boxes)
     milp_max_binaries: int = 400  # a MILP runs beside ReLU splitting only for regions with at most this many unstable ReLUs
@@ -33,6 +34,7 @@ class VerifyOptions:
     graph_batch: int = 64         # input splitting over the general bound engine: boxes per bound call
     activation_batch: int = 128   # activation splitting over the general bound engine: domains per bound call
     activation_iterations: int = 10   # activation splitting over the general bound engine: alpha/beta steps per call
+    root_alpha: float = 0.5       # ... its root alpha-CROWN on inputs over attack_max_dims dims: share of the time left
     quick: float = 0.1            # ReLU splitting: share of the timeout for a first pass over the obligations ...
     tighten: float | None = None  # ... then share of the time left for tightening their regions' bounds (None: by depth; 0: never)
     tighten_shallow: float = 0.25  # ``tighten`` on networks with at most ``deep`` hidden layers

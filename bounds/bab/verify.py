@@ -106,8 +106,9 @@ def _schedule(search: Search) -> tuple[str, Outcome | None]:
                for k, r in enumerate(prop.regions)]
     if opts.falsify_first:
         t, opening = time.monotonic(), OpeningAttack(search)
+        until = min(search.deadline, search.t0 + opts.opening * search.timeout)
         for ob in regions:
-            out = opening.run(ob, search.deadline)
+            out = opening.run(ob, until)
             if out.decided:
                 stats["time_falsify"] += time.monotonic() - t
                 return "sat", out

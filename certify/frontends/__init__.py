@@ -14,7 +14,7 @@ import math
 import torch as _torch  # bare `torch` here would be shadowed by the submodule certify.frontends.torch
 
 from certify.ir import Network, Node
-from certify.ir.ops import Identity, IRError, Linear, Op, Reshape, Shape
+from certify.ir.ops import ConvTranspose2d, Gather, Identity, IRError, Linear, Op, Reshape, Shape
 
 MAX_DENSE = 50_000_000
 """Largest dense matrix (entries) a front end builds to express a matmul on a non-flat tensor."""
@@ -62,6 +62,22 @@ class GraphBuilder:
             return x
         return self.add(Reshape(shape), [x], hint, origin)
 
+    def element_map(self, x: str, src, hint: str, origin: str, dtype: _torch.dtype) -> str:
+        """A node whose output element k is element ``src[k]`` of flat ``x`` (``src``: integers
+        laid out as the per-sample output shape). A nearest upsampling of a (C, H, W) ``x`` by
+        integer factors becomes a depthwise transposed convolution with a ones kernel (exact:
+        each output is one input times 1; bound propagation keeps its rows as windows), any
+        other map one flat ``Gather``."""
+        src = _torch.as_tensor(src).long()
+        s = self.shapes[x]
+        up = upsample_factors(src, s)
+        if up is not None:
+            sh, sw = up
+            op = ConvTranspose2d(_torch.ones((s[0], 1, sh, sw), dtype=dtype), None, (sh, sw), groups=s[0])
+            return self.add(op, [x], hint, origin)
+        flat = self.reshape(x, (math.prod(s),), hint + "/flat", origin)
+        return self.add(Gather(0, src.reshape(-1).tolist(), tuple(src.shape)), [flat], hint + "/moved", origin)
+
     def affine(self, x: str, A: _torch.Tensor, b: _torch.Tensor | None, out_shape: Shape, hint: str,
                origin: str) -> str:
         """y = A @ flat(x) + b reshaped to ``out_shape``: Reshape -> Linear -> Reshape as needed."""
@@ -101,3 +117,19 @@ class GraphBuilder:
 
 
 __all__ = ["GraphBuilder", "MAX_DENSE"]
+
+
+def upsample_factors(src: _torch.Tensor, in_shape: Shape) -> tuple[int, int] | None:
+    """(sh, sw) when ``src`` (per-sample output shape) picks, from flat element numbers of a
+    (C, H, W) input, the nearest upsampling by integer factors sh, sw (out[c, i, j] =
+    x[c, i // sh, j // sw]); else None."""
+    if len(in_shape) != 3 or src.dim() != 3 or src.shape[0] != in_shape[0]:
+        return None
+    C, H, W = in_shape
+    Ho, Wo = src.shape[1:]
+    if Ho % H or Wo % W:
+        return None
+    sh, sw = Ho // H, Wo // W
+    ids = _torch.arange(C * H * W).reshape(C, H, W)
+    want = ids.repeat_interleave(sh, 1).repeat_interleave(sw, 2)
+    return (sh, sw) if _torch.equal(src, want) else None

@@ -21,7 +21,8 @@ non-unit axes) become IR ``Reshape`` nodes; MatMul/Gemm with a constant operand 
 ``Transpose``, ``ConvTranspose``, ``ReduceSum``/``ReduceMean``; ops that only copy elements
 (nearest ``Resize``/``Upsample``, ``Expand``, ``Tile``, ``DepthToSpace``, ``SpaceToDepth``, and
 the broadcasting of a network tensor by ``Add``/``Mul``/...) are evaluated once on the tensor of
-element numbers and become one flat ``Gather``; ``Concat`` with constants is padding plus a
+element numbers and become one flat ``Gather`` (an integer nearest upsampling: a depthwise
+``ConvTranspose`` with a ones kernel, ``GraphBuilder.element_map``); ``Concat`` with constants is padding plus a
 constant. The supported op types are the keys of ``RULES``.
 
 Constants
@@ -1013,7 +1014,7 @@ def _conv_transpose(cv: _Converter, node, at, ins, origin):
 def _moved(cv: _Converter, node, at, ins, origin):
     """An op that only moves or copies elements (nearest Resize/Upsample, Expand, Tile,
     DepthToSpace, ...): evaluated on the tensor of element numbers by the reference runtime,
-    whose output names the source of every element: one flat ``Gather``."""
+    whose output names the source of every element (``GraphBuilder.element_map``)."""
     x = ins[0]
     if any(isinstance(v, (Dyn, Padded)) for v in ins[1:]):
         raise cv.err(f"{origin}: only the first input may be a network tensor")
@@ -1029,9 +1030,9 @@ def _moved(cv: _Converter, node, at, ins, origin):
         raise cv.err(f"{origin}: cannot evaluate the element map ({type(e).__name__}: {e})") from None
     if src.size == 0 or not np.array_equal(src, np.round(src)) or src.min() < 0 or src.max() >= n:
         raise cv.err(f"{origin}: the op does not copy elements (it interpolates); not supported")
-    flat = cv.b.reshape(x.name, (n,), node.output[0] + "/flat", origin)
-    name = cv.emit(Gather(0, [int(i) for i in src.reshape(-1)], tuple(src.shape)), [flat], node, origin, "/moved")
-    return cv.from_full(name, node, origin)
+    per_sample = src.reshape(ir_shape(src.shape)) if src.ndim >= 2 and src.shape[0] == 1 else src
+    name = cv.b.element_map(x.name, per_sample, node.output[0] or node.name, origin, cv.dtype)
+    return cv.as_dyn(name, tuple(src.shape), node, origin)
 
 
 RULES = {

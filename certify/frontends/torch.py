@@ -24,7 +24,8 @@ What is understood
   ``nn.ConvTranspose2d`` / ``F.conv_transpose2d``; ops that only copy elements
   (``nn.Upsample`` / ``F.interpolate`` nearest, ``flip``, ``roll``, ``expand``, ``repeat``,
   ``tile``, ``repeat_interleave``, pixel (un)shuffle, broadcasting of a network tensor) are
-  evaluated once on the tensor of element numbers and become one flat ``Gather``.
+  evaluated once on the tensor of element numbers and become one flat ``Gather`` (an integer
+  nearest upsampling: a depthwise transposed convolution, ``GraphBuilder.element_map``).
 * In-place forms (``x += y``, ``x.add_(y)``, ``nn.ReLU(inplace=True)``) when the overwritten
   tensor is not used anywhere else (otherwise the aliasing is rejected).
 * Anything computed from constants only (e.g. ``self.mean.view(1, 3, 1, 1)``) is evaluated at
@@ -460,7 +461,7 @@ def _m_unflatten(t: _Tracer, node, mod: nn.Unflatten, args, kwargs, origin):
 def _moved(t: _Tracer, node, x: _Dyn, fn, origin) -> _Dyn:
     """``fn`` (a batch (1, *s) -> (1, *out) function) only moves or copies elements (nearest
     upsampling, expand, repeat, flip, roll, pixel shuffle, ...): evaluated on the tensor of element
-    numbers, its output names the source of every element: one flat ``Gather``."""
+    numbers, its output names the source of every element (``GraphBuilder.element_map``)."""
     s = t.shape(x)
     n = math.prod(s)
     with torch.no_grad():
@@ -469,9 +470,7 @@ def _moved(t: _Tracer, node, x: _Dyn, fn, origin) -> _Dyn:
         raise t.fail(origin, "the op changes the batch dimension; not supported")
     if not bool((src == src.round()).all() & (src >= 0).all() & (src < n).all()):
         raise t.fail(origin, "the op does not copy elements (it interpolates or computes); not supported")
-    flat = t.b.reshape(x.name, (n,), node.name + "/flat", origin)
-    op = Gather(0, [int(i) for i in src.reshape(-1).tolist()], tuple(src.shape[1:]))
-    return _Dyn(t.b.add(op, [flat], node.name, origin))
+    return _Dyn(t.b.element_map(x.name, src[0], node.name, origin, t.b_dtype()))
 
 
 def _m_moved(t: _Tracer, node, mod, args, kwargs, origin):

@@ -27,7 +27,7 @@ class OpeningAttack(Stage):
             ce, _ = fal.pgd(lo.unsqueeze(0), hi.unsqueeze(0), ob.disjuncts, steps=100, restarts=1, parallel=2000,
                             deadline=until)
             if ce is None:
-                how, ce = "sample", fal.sample(lo, hi, ob.disjuncts)
+                how, ce = "sample", fal.sample(lo, hi, ob.disjuncts, deadline=until)
         return Outcome("sat", ce, self.name, how) if ce is not None else Outcome("timeout")
 
 

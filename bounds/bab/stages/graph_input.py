@@ -2,8 +2,16 @@
 (``bounds.bab.input_split_crown``): every network the engine bounds, chain or not. Resumable: a
 run goes on with the open boxes of the last one (``ob.state``). Its root scores are those it
 branches on: |coefficient| x width per input dimension of the root's CROWN bound (the one
-``graph_activation.graph_root`` keeps per obligation, where the engine has every CROWN rule)."""
+``graph_activation.graph_root`` keeps per obligation, where the engine has every CROWN rule).
+
+``prepare`` bounds the obligations of each region together at its root box (intermediate
+bounds computed once for all of them, not once per obligation): by CROWN, or, for inputs with
+more than ``attack_max_dims`` dimensions (where input splitting gains little), by alpha-CROWN
+within ``root_alpha`` of the time left, then once more on those left; the obligations this
+proves leave the search."""
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -11,7 +19,9 @@ from bounds.bab.chain_bounds import PROOF_TOL
 from bounds.bab.input_split_crown import graph_bounds, input_split_graph
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.bab.stages.graph_activation import graph_root, search_graph
+from bounds.crown import BoundTimeout
 from certify.errors import CertifyError
+from certify.spec.sets import Box
 
 
 class GraphInputSplit(SplitStage):
@@ -40,12 +50,57 @@ class GraphInputSplit(SplitStage):
             return None
         return lam[0].abs() * (h - l)[0]
 
+    def prepare(self, obs: list[Obligation]) -> list[Obligation]:
+        s = self.search
+        big = s.n_in > s.opts.attack_max_dims
+        left = []
+        for region in dict.fromkeys(ob.region for ob in obs):
+            group = [ob for ob in obs if ob.region == region]
+            if any(not (torch.equal(ob.lo, group[0].lo) and torch.equal(ob.hi, group[0].hi)) for ob in group):
+                left += group         # (obligations of one region share its box)
+                continue
+            for _ in range(2 if big else 1):    # alpha: a second round on the obligations the first left
+                n = len(group)
+                group = self._root(group, big)
+                if not group or len(group) == n:
+                    break
+            left += group
+        return self.order(left)
+
+    def _root(self, group: list[Obligation], alpha: bool) -> list[Obligation]:
+        """The obligations of ``group`` (one box) that its root bound leaves unproved."""
+        from bounds import compute_bounds
+        s = self.search
+        lo, hi = group[0].lo.double(), group[0].hi.double()
+        C = torch.cat([ob.C.double() for ob in group]).unsqueeze(0)
+        d = torch.cat([ob.d.double() for ob in group]).unsqueeze(0)
+        shape = (1,) + tuple(s.net64.input_shape)
+        deadline = (time.monotonic() + s.opts.root_alpha * max(0.0, s.deadline - time.monotonic())) if alpha \
+            else s.deadline
+        try:
+            low = s.timed("time_bound", compute_bounds, s.net64, Box(lo.reshape(shape), hi.reshape(shape)),
+                          C=C, d=d, method="alpha" if alpha else "crown", upper=False,
+                          deadline=deadline).lower[0].detach()
+        except (BoundTimeout, CertifyError):
+            return group
+        left, k = [], 0
+        for ob in group:
+            r = ob.C.shape[0]
+            if bool(low[k:k + r].max() > PROOF_TOL):
+                proved = s.stats.setdefault("proved_by", {})
+                proved["root"] = proved.get("root", 0) + 1
+            else:
+                left.append(ob)
+            k += r
+        return left
+
     def run(self, ob: Obligation, until: float) -> Outcome:
         s = self.search
         try:
             verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d, until, s.try_points(ob), s.counters,
                                             batch=s.opts.batch or s.opts.graph_batch,
-                                            state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob))
+                                            state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob),
+                                            bound_deadline=s.deadline)
         except CertifyError as e:   # not even interval bounds for some op: no proof possible here
             s.counters["error"] = str(e)
             return Outcome("unknown", None, self.name)
