@@ -339,8 +339,8 @@ class BatchSlice:
         self._box, self.norm = (lo[b0:b1], hi[b0:b1]), s.norm
         if s.norm in ("1", "2"):
             self.center, self.domain = s.center[b0:b1], s.domain
-            eps = torch.as_tensor(s.eps)
-            self.eps = eps if eps.dim() == 0 else eps[b0:b1]
+            eps = s.eps         # as given: a float made a float32 tensor would round the radius (down, for 0.03)
+            self.eps = eps[b0:b1] if torch.is_tensor(eps) and eps.dim() > 0 else eps
 
     def box(self):
         return self._box
