@@ -137,7 +137,8 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
     """Bounds of ``C @ y + d`` (or of the outputs) over ``input_set`` (B sets) by ``method``.
 
     Options: ``upper`` (default True; False skips the upper bounds of CROWN/alpha, left +inf),
-    alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp');
+    alpha: ``iterations`` (20), ``lr`` (0.5); crown: ``intermediate`` ('crown' or 'ibp'),
+    ``patches`` (True: convolutional rows as windows; False: dense rows, the same bounds);
     crown, crown-ibp: ``return_A`` (the bounds' linear functions of the input as ``.A``,
     ``LinearBounds``). ``deadline`` (a ``time.monotonic()`` value): a CROWN pass still running
     then raises ``bounds.BoundTimeout``; alpha-CROWN returns its best bounds so far (raising
@@ -155,9 +156,10 @@ def compute_bounds(net: Network, input_set: InputSet, C=None, d=None, method: st
         return _ibp_bounds(net, s, C, d, splits)
     if method in ("crown", "crown-ibp"):
         inter = "ibp" if method == "crown-ibp" else opts.pop("intermediate", "crown")
+        patches = bool(opts.pop("patches", True))
         _no_opts(opts, method)
         cache: dict = {}
-        vals = propagate(net, s, inter, splits, relax_cache=cache, deadline=deadline)
+        vals = propagate(net, s, inter, splits, relax_cache=cache, deadline=deadline, patches=patches)
         return Bounds(*crown_spec(net, vals, s, C, d, upper, relax_cache=cache, deadline=deadline))
     iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))
     _no_opts(opts, method)
@@ -210,14 +212,16 @@ def intermediate_bounds(net: Network, input_set: InputSet, method: str = "crown"
     op, MaxPool, a product or a softmax: ``bounds.activations.NEEDS_BOUNDS``).
 
     ``method='alpha'`` optimizes the slopes to shrink the sum of these bounds' widths
-    (``iterations``, ``lr`` options) and returns the best bound of each neuron seen."""
+    (``iterations``, ``lr`` options) and returns the best bound of each neuron seen; crown takes
+    ``patches`` (see ``compute_bounds``)."""
     method = str(method).lower()
     method = ALIASES.get(method, method)
     net, s, _, _ = _prepare(net, None, None, None, None, input_set, None, None)
     pre = preactivation_nodes(net)
     if method in ("crown", "ibp"):
+        patches = bool(opts.pop("patches", True))
         _no_opts(opts, method)
-        vals = propagate(net, s, method, splits)
+        vals = propagate(net, s, method, splits, patches=patches)
         return {k: Bounds(*vals[k]) for k in pre}
     if method == "alpha":
         iterations, lr = int(opts.pop("iterations", 20)), float(opts.pop("lr", 0.5))

@@ -49,7 +49,6 @@ from bounds.patches import add as patch_add
 
 NONLINEAR = act.NEEDS_BOUNDS
 ROW_BUDGET = 2 ** 24        # elements of the largest A tensor of one backward pass (chunks of rows / batch)
-use_patches = True          # conv rows as receptive-field windows (bounds/patches.py); False: dense
 
 
 class BoundTimeout(TimeoutError):
@@ -258,10 +257,12 @@ def max_ancestor_size(net: Network, name: str) -> int:
 def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, bounds: dict[str, Interval],
                input_set: InputSet, alpha_of: Callable | None = None,
                relax_cache: dict | None = None, deadline: float | None = None,
-               meter: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               meter: dict | None = None, patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN lower/upper bounds (B, R) of neurons ``idx`` (B, R) of node ``name`` (pad rows: -inf/+inf).
     ``meter``: a dict whose "volume" receives the elements of the rows summed over every node
     and chunk (what a pass of these rows holds at once when it keeps its graph, as alpha's do).
+    ``patches``: rows of a (C, H, W) node travel as receptive-field windows (bounds/patches.py);
+    False: dense rows (the same bounds, more memory).
 
     Memory: the rows are split into chunks so that no A tensor of a backward pass holds more
     than ``ROW_BUDGET`` elements. The first chunk is sized for dense rows over the largest
@@ -277,7 +278,8 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
     for b0 in range(0, B, bstep):
         b1 = min(B, b0 + bstep)
         vals, s = (bounds, input_set) if bstep == B else (slice_bounds(bounds, b0, b1), BatchSlice(input_set, b0, b1))
-        lo, hi = _crown_rows(net, name, idx[b0:b1], vals, s, alpha_of, relax_cache, deadline, dense_row, meter)
+        lo, hi = _crown_rows(net, name, idx[b0:b1], vals, s, alpha_of, relax_cache, deadline, dense_row, meter,
+                             patches)
         los.append(lo)
         his.append(hi)
     lo, hi = torch.cat(los), torch.cat(his)
@@ -285,7 +287,8 @@ def crown_node(net: Network, name: str, idx: torch.Tensor, valid: torch.Tensor, 
     return torch.where(valid, lo, -inf), torch.where(valid, hi, inf)
 
 
-def _crown_rows(net, name, idx, bounds, input_set, alpha_of, relax_cache, deadline, dense_row, total=None):
+def _crown_rows(net, name, idx, bounds, input_set, alpha_of, relax_cache, deadline, dense_row, total=None,
+                patches=True):
     """``crown_node`` on one slice of the batch, its rows in chunks (see there); pad rows unmasked."""
     B, R = idx.shape
     shape = net.shape_of(name)
@@ -304,7 +307,7 @@ def _crown_rows(net, name, idx, bounds, input_set, alpha_of, relax_cache, deadli
             def sub_alpha(start, node, rows, window, a=a):
                 return alpha_of((start, a), node, rows, window)
         kw = dict(relax_cache=relax_cache, meter=meter, deadline=deadline)
-        if use_patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
+        if patches and len(shape) == 3:     # rows as 1x1 windows, grown by the rules
             C_, H_, W_ = shape
             t = torch.zeros(sub.shape + (C_, 1, 1), dtype=dtype, device=sub.device)
             t.scatter_(2, (sub // (H_ * W_)).reshape(sub.shape + (1, 1, 1)), 1.0)
@@ -435,13 +438,15 @@ def _affine_of_input(net: Network, name: str) -> bool:
 def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", splits: dict | None = None,
               alpha_of: Callable | None = None, rows: dict | None = None, reference: dict | None = None,
               record_rows: dict | None = None, relax_cache: dict | None = None,
-              deadline: float | None = None, record_volume: dict | None = None) -> dict[str, Interval]:
+              deadline: float | None = None, record_volume: dict | None = None,
+              patches: bool = True) -> dict[str, Interval]:
     """Bounds (lo, hi) (B, *shape) of every node, with CROWN (or IBP) pre-activation bounds.
 
     ``deadline`` (a ``time.monotonic()`` value): checked before every node and inside every
     backward pass; past it, ``BoundTimeout`` is raised and nothing is returned.
     ``record_volume``: a dict that receives, per node bounded by CROWN, the elements of its rows
-    summed over the nodes of its backward passes (``crown_node``'s meter).
+    summed over the nodes of its backward passes (``crown_node``'s meter). ``patches``: see
+    ``crown_node``.
 
     ``rows``: fixed (idx, valid) per pre-activation node (alpha-CROWN keeps the neuron set of
     its first pass); ``record_rows``: a dict that receives the (idx, valid) used;
@@ -474,7 +479,7 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
                 if idx.shape[1] > 0:
                     meter = None if record_volume is None else {}
                     new_lo, new_hi = crown_node(net, node.name, idx, valid, vals, input_set, alpha_of, relax_cache,
-                                                deadline, meter)
+                                                deadline, meter, patches)
                     if meter is not None:
                         record_volume[node.name] = meter.get("volume", 0)
                     if alpha_of is None:

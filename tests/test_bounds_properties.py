@@ -259,20 +259,17 @@ def test_crown_equals_auto_lirpa_when_installed():
     assert torch.allclose(ours.lower, lb, atol=1e-4) and torch.allclose(ours.upper, ub, atol=1e-4)
 
 
-def test_patches_equal_dense_backward(monkeypatch):
+def test_patches_equal_dense_backward():
     """Conv-network rows as receptive-field windows give the same bounds as dense rows."""
-    import sys
-    crown_mod = sys.modules["bounds.crown"]
     for name in ("resnet", "mixed", "cnn_bn"):
         net = ALL[name]()
         x = centers(net, B=3)
         for norm in ("inf", 2):
-            monkeypatch.setattr(crown_mod, "use_patches", True)
-            a = bounds.crown(net, x, eps=0.03, norm=norm, domain=(0.0, 1.0))
-            ia = bounds.intermediate_bounds(net, ball(x, 0.03, norm, domain=(0.0, 1.0)), "crown")
-            monkeypatch.setattr(crown_mod, "use_patches", False)
-            b = bounds.crown(net, x, eps=0.03, norm=norm, domain=(0.0, 1.0))
-            ib = bounds.intermediate_bounds(net, ball(x, 0.03, norm, domain=(0.0, 1.0)), "crown")
+            s = ball(x, 0.03, norm, domain=(0.0, 1.0))
+            a = bounds.compute_bounds(net, s, method="crown")
+            ia = bounds.intermediate_bounds(net, s, "crown")
+            b = bounds.compute_bounds(net, s, method="crown", patches=False)
+            ib = bounds.intermediate_bounds(net, s, "crown", patches=False)
             assert torch.allclose(a.lower, b.lower, atol=1e-10) and torch.allclose(a.upper, b.upper, atol=1e-10)
             for k in ia:
                 assert torch.allclose(ia[k].lower, ib[k].lower, atol=1e-10), (name, k)
