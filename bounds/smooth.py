@@ -25,6 +25,7 @@ lines are not finite; ``bounds.activations.relax`` replaces them by the interval
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
@@ -46,7 +47,7 @@ def nan_to_inf(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
             torch.nan_to_num(hi, nan=math.inf, posinf=math.inf, neginf=-math.inf))
 
 
-class Smooth:
+class Smooth(ABC):
     """f, f', the critical points of f(x) - k x, the range of f' and the image of [lo, hi].
 
     ``defined(op, lo, hi)``: where finite lines exist on [lo, hi]; ``hull``: f is bounded by
@@ -54,22 +55,25 @@ class Smooth:
 
     hull = False
 
+    @abstractmethod
     def f(self, op, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """f(x), elementwise."""
 
+    @abstractmethod
     def df(self, op, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """f'(x), elementwise."""
 
     def crit(self, op, k: Tensor, lo: Tensor, hi: Tensor) -> list[Tensor]:
         """Points where f'(x) = k (any extra point is harmless: candidates are clamped into [lo, hi])."""
         return []
 
+    @abstractmethod
     def image(self, op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Exact image of [lo, hi] (before the rounding margin); +-inf where unbounded."""
-        raise NotImplementedError
 
+    @abstractmethod
     def slope_range(self, op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """(min, max) of f' on [lo, hi]."""
 
     def defined(self, op, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.ones_like(lo, dtype=torch.bool)

@@ -18,6 +18,7 @@ Stopping a stage at any time therefore leaves only sound results.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -83,7 +84,7 @@ class Outcome:
         return self.verdict in ("sat", "unsat")
 
 
-class Stage:
+class Stage(ABC):
     """One job of the search (module docstring). ``name`` keys its state and its stats."""
 
     name = "stage"
@@ -91,8 +92,9 @@ class Stage:
     def __init__(self, search: "Search"):
         self.search = search
 
+    @abstractmethod
     def run(self, ob: Obligation, until: float) -> Outcome:
-        raise NotImplementedError
+        """Work on ``ob`` until ``until`` (time.monotonic()) at the latest; its verdict so far."""
 
 
 class SplitStage(Stage):
@@ -119,8 +121,9 @@ class SplitStage(Stage):
     def applies(cls, search: "Search") -> bool:
         return False
 
+    @abstractmethod
     def root_scores(self, ob: Obligation) -> Tensor | None:
-        raise NotImplementedError
+        """See the class docstring."""
 
     def prepare(self, obs: list[Obligation]) -> list[Obligation]:
         return self.order(obs)
