@@ -227,7 +227,31 @@ def test_graph_search_stops_inside_a_bound_call_at_its_deadline():
     verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
                                        state=state, bound_deadline=time.monotonic() - 1)
     assert verdict == "timeout" and stats["bound_calls"] == 0
-    assert torch.equal(torch.cat([s[0] for s in state["stack"]]), lo)
+    assert torch.equal(torch.cat([s[0] for s in state["todo"]]), lo)
     verdict, _ = isc.input_split_graph(net, lo[0], hi[0], C, d, time.monotonic() + 60, lambda xs: None, stats,
                                        state=state)
     assert verdict == "unsat"
+
+
+def test_widest_candidate_splits_the_input_the_scores_cannot_see():
+    """``_blind_spot_chain`` as a general network: with one candidate (the best score) the graph
+    input split only thins x_0 out and ends without a proof; with the widest-input candidate
+    beside it, it splits x_1 at 0 and proves the box (minimum 0.1) in a few boxes."""
+    import time
+
+    from bounds.bab.input_split_crown import input_split_graph
+    from certify.ir import Linear, ReLU, sequential
+    chain = _blind_spot_chain()
+    net = sequential((2,), [Linear(chain.weights[0], chain.biases[0]), ReLU(), Linear(chain.weights[1], chain.biases[1])])
+    lo, hi = torch.tensor([0.0, -1.0], dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    C, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+
+    def run(k):
+        st = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+        verdict, _ = input_split_graph(net, lo, hi, C, d, time.monotonic() + 5, lambda x: None, st, batch=64,
+                                       candidates=k)
+        return verdict, st["domains"]
+
+    assert run(1)[0] in ("unknown", "timeout")
+    verdict, n = run(2)
+    assert verdict == "unsat" and n <= 16

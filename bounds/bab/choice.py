@@ -32,3 +32,17 @@ def prefer_input_split(counts: dict[str, float]) -> bool:
     """Whether input splitting is the search to run, from ``split_counts``: it has at most as
     many directions to split as activation splitting (module docstring)."""
     return counts["input"] <= counts["activation"]
+
+
+CLOSE = 2.0   # counts within this factor of each other do not tell the searches apart
+
+
+def split_kinds(counts: dict[str, float]) -> tuple[str, ...]:
+    """The kinds of split to search by, from ``split_counts``: the one with fewer directions, or
+    both in turns where the counts are within a factor ``CLOSE`` (the participation ratio
+    estimates how many directions carry the scores, not how many splits each needs: a neuron's
+    split removes its relaxation, an input's halves one width, so near-equal counts are a tie)."""
+    a, b = counts["input"], counts["activation"]
+    if max(a, b) <= CLOSE * min(a, b):
+        return ("input", "activation")
+    return ("input",) if a < b else ("activation",)

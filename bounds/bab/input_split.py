@@ -40,6 +40,7 @@ import torch
 
 from bounds.bab.chain import Chain
 from bounds.bab.box_clip import clip_boxes
+from bounds.bab.box_split import halves
 from bounds.bab.milp_chain import ChainMilp, MilpWorker, compact_encoding
 from bounds.bab.chain_bounds import PROOF_TOL, bound_domains
 
@@ -129,17 +130,7 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
             new = ~(dims == e).any(1, keepdim=True) & (inst.gather(1, e) >= 0)
             dims, valid = torch.cat([dims, e], 1), torch.cat([valid, new], 1)
             k += 1
-        idx = torch.arange(N, device=dims.device).unsqueeze(1).expand(N, k)
-        mid = ((l + h) / 2)[idx, dims]                       # (N, k)
-        Lc = l.unsqueeze(1).expand(N, k, n_in).clone()
-        Hc = h.unsqueeze(1).expand(N, k, n_in).clone()
-        H_left, L_right = Hc.clone(), Lc.clone()
-        i0, i1 = idx.reshape(-1), torch.arange(k, device=idx.device).repeat(N)
-        H_left[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
-        L_right[i0, i1, dims.reshape(-1)] = mid.reshape(-1)
-        cl = torch.cat([Lc.reshape(-1, n_in), L_right.reshape(-1, n_in)])
-        ch = torch.cat([H_left.reshape(-1, n_in), Hc.reshape(-1, n_in)])
-        parent = torch.arange(N, device=idx.device).repeat_interleave(k).repeat(2)
+        cl, ch, parent = halves(l, h, dims)
         # a child box lies in its parent's, so the parent's pre-activation bounds hold on it and
         # are intersected with the child's (``reuse_parent``): more neurons stable, a cheaper
         # refinement and tighter bounds

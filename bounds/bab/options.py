@@ -13,7 +13,7 @@ from certify.errors import CertifyError
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    method: str = "auto"          # "auto" (split chosen from the root bound's scores), "input", "relu", or a stage name
+    method: str = "auto"          # "auto" (split chosen from the root bound's scores), "input", "relu", "both", or a stage name
     seed: int = 0                 # seed of the attacks' random starts and samples
     falsify_first: bool = True    # attack every region before any proof (False: the searches must find the sats)
     pgd_restarts: int = 10        # restarts of the opening and closing PGD attacks
@@ -31,7 +31,8 @@ class VerifyOptions:
     input_iterations: int = 3     # input splitting's 5-candidate search: alpha steps per bound call
     input_slice: float = 0.5      # input splitting: seconds of the first turn of each search (doubled every round)
     late_attack: float = 0.3      # input splitting: share of an obligation's time after which a large attack runs once
-    graph_batch: int = 64         # input splitting over the general bound engine: boxes per bound call
+    graph_batch: int = 1024       # input splitting over the general bound engine: boxes per bound call
+    graph_candidates: int = 3     # ... and dimensions it tries per split (the best of them is kept)
     activation_batch: int = 128   # activation splitting over the general bound engine: domains per bound call
     activation_iterations: int = 10   # activation splitting over the general bound engine: alpha/beta steps per call
     root_alpha: float = 0.5       # ... its root alpha-CROWN on inputs over attack_max_dims dims: share of the time left

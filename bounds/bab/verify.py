@@ -6,8 +6,9 @@ over the stages of ``bounds.bab.stages`` (each ``run(obligation, until) -> Outco
 3. The split search: per kind of split the first stage of ``SPLIT_STAGES`` that applies (the
    chain fast paths first). With ``method="auto"`` and both kinds there, an obligation whose root
    bound already proves it is proved there (stage "root"), and the others choose the search by
-   the root bound's scores (``bounds.bab.choice``); ``method`` "input" / "relu" / a stage name
-   forces one, where it applies (else the input split, which applies to every network).
+   the root bound's scores (``bounds.bab.choice``: one kind, or both in turns, ``InTurns``, when
+   the scores do not tell them apart); ``method`` "input" / "relu" / a stage name forces one,
+   where it applies (else the input split, which applies to every network), "both" forces turns.
 4. Passes over the obligations left, in the search's order, ``split.workers`` at once: "share"
    (each an equal share of the time left: a violation of a later one is not starved by a hard
    earlier one), then "rest" (those that timed out, in turn, with all the time left; resumable
@@ -31,16 +32,16 @@ import numpy as np
 import torch
 
 from bounds.bab.chain import to_chain
-from bounds.bab.choice import prefer_input_split, split_counts
+from bounds.bab.choice import split_counts, split_kinds
 from bounds.bab.options import VerifyOptions
-from bounds.bab.stages import (COUNTERS, SPLIT_STAGES, ClosingAttack, Obligation, OpeningAttack, Outcome, Search,
-                               SplitStage, TightenBounds)
+from bounds.bab.stages import (COUNTERS, SPLIT_STAGES, ClosingAttack, InTurns, Obligation, OpeningAttack, Outcome,
+                               Search, SplitStage, TightenBounds)
 from bounds.bab.threads import one_torch_thread, run_in_threads
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.vnnlib import conjunction_margins
 
-METHODS = ("auto", "input", "relu")
+METHODS = ("auto", "input", "relu", "both")
 KINDS = {"input": "input", "relu": "activation"}
 
 
@@ -163,6 +164,9 @@ def _choose_split(search: Search, obs: list[Obligation]) -> tuple[SplitStage, li
     if method in KINDS:
         kind = KINDS[method] if KINDS[method] in first else "input"
         return first[kind](search), obs
+    if method == "both":
+        stages = [first[k](search) for k in ("input", "activation") if k in first]
+        return (stages[0] if len(stages) == 1 else InTurns(search, stages)), obs
     if method != "auto":
         cls = next(c for c in SPLIT_STAGES if c.name == method)
         return (cls if cls.applies(search) else first["input"])(search), obs
@@ -180,10 +184,11 @@ def _choose_split(search: Search, obs: list[Obligation]) -> tuple[SplitStage, li
             scores[st.splits].append(s)
         pending.append(ob)
     counts = split_counts(scores)
-    use_input = prefer_input_split(counts)
+    kinds = split_kinds(counts)
     search.stats["split_counts"] = {k: round(v, 2) for k, v in counts.items()}
     search.stats["time_choice"] = time.monotonic() - t
-    return stages[0 if use_input else 1], pending
+    chosen = [st for st in stages if st.splits in kinds]
+    return (chosen[0] if len(chosen) == 1 else InTurns(search, chosen)), pending
 
 
 def _count_proof(stats: dict, stage: str) -> None:

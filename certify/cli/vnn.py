@@ -117,8 +117,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="result file to write (first line the verdict, then the "
                                                "counterexample after sat)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--method", choices=["auto", "input", "relu"], default="auto",
-                   help="branching: input splits (low-dim inputs), ReLU splits, or auto (default)")
+    p.add_argument("--method", choices=["auto", "input", "relu", "both"], default="auto",
+                   help="branching: input splits (low-dim inputs), ReLU (activation) splits, both in turns, or auto "
+                        "(default: chosen from the root bound)")
     p.add_argument("--seed", type=int, default=0, help="seed of the PGD falsifier (default 0)")
     p.add_argument("--parse-only", action="store_true", help="only check that the network loads and the property "
                                                              "parses for it (exit 0), no verification")
@@ -138,7 +139,7 @@ def register(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming")
     q.add_argument("--timeout-scale", type=positive_float, default=1.0, help="multiply every timeout (e.g. 0.1 for a "
                                                                     "quick run; default 1)")
-    q.add_argument("--method", choices=["auto", "input", "relu"], default="auto", help="branching (default auto)")
+    q.add_argument("--method", choices=["auto", "input", "relu", "both"], default="auto", help="branching (default auto)")
     q.add_argument("--every", type=positive_int, default=1, help="run every EVERY-th instance only (default 1)")
     q.add_argument("--limit", type=positive_int, default=None, help="run at most LIMIT instances")
     add_device_arg(q)

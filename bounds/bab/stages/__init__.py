@@ -11,6 +11,7 @@ from bounds.bab.stages.chain_relu import ChainReluSplit
 from bounds.bab.stages.falsify import ClosingAttack, OpeningAttack
 from bounds.bab.stages.graph_activation import GraphActivationSplit
 from bounds.bab.stages.graph_input import GraphInputSplit
+from bounds.bab.stages.in_turns import InTurns
 from bounds.bab.stages.milp import MilpBeside
 from bounds.bab.stages.tighten import TightenBounds
 
@@ -22,5 +23,5 @@ SPLIT_STAGES: list[type[SplitStage]] = [
 ]
 
 __all__ = ["SPLIT_STAGES", "COUNTERS", "Stage", "SplitStage", "Helper", "Obligation", "Outcome", "Search",
-           "ChainInputSplit", "ChainReluSplit", "GraphInputSplit", "GraphActivationSplit", "OpeningAttack", "ClosingAttack",
+           "ChainInputSplit", "ChainReluSplit", "GraphInputSplit", "GraphActivationSplit", "InTurns", "OpeningAttack", "ClosingAttack",
            "MilpBeside", "TightenBounds"]

@@ -16,7 +16,7 @@ import time
 import torch
 
 from bounds.bab.chain_bounds import PROOF_TOL
-from bounds.bab.input_split_crown import graph_bounds, input_split_graph
+from bounds.bab.input_split_crown import boxes_per_call, graph_bounds, input_split_graph
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.bab.stages.graph_activation import graph_root, search_graph
 from bounds.crown import BoundTimeout
@@ -98,7 +98,8 @@ class GraphInputSplit(SplitStage):
         s = self.search
         try:
             verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d, until, s.try_points(ob), s.counters,
-                                            batch=s.opts.batch or s.opts.graph_batch,
+                                            batch=boxes_per_call(s.net64, s.opts.batch or s.opts.graph_batch),
+                                            candidates=s.opts.graph_candidates,
                                             state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob),
                                             bound_deadline=s.deadline)
         except CertifyError as e:   # not even interval bounds for some op: no proof possible here
