@@ -7,8 +7,9 @@ branches on: |coefficient| x width per input dimension of the root's CROWN bound
 ``prepare`` bounds the obligations of each region together at its root box (intermediate
 bounds computed once for all of them, not once per obligation): by CROWN, or, for inputs with
 more than ``attack_max_dims`` dimensions (where input splitting gains little), by alpha-CROWN
-within ``root_alpha`` of the time left, then once more on those left; the obligations this
-proves leave the search."""
+within ``root_alpha`` of the time left, then once more on those left, unless the activation
+split has optimized that box's root already (``InTurns``); the obligations this proves leave
+the search."""
 from __future__ import annotations
 
 import time
@@ -59,9 +60,10 @@ class GraphInputSplit(SplitStage):
             if any(not (torch.equal(ob.lo, group[0].lo) and torch.equal(ob.hi, group[0].hi)) for ob in group):
                 left += group         # (obligations of one region share its box)
                 continue
-            for _ in range(2 if big else 1):    # alpha: a second round on the obligations the first left
+            alpha = big and s.roots.get(group[0].key, {}).get("graph") is None
+            for _ in range(2 if alpha else 1):    # alpha: a second round on the obligations the first left
                 n = len(group)
-                group = self._root(group, big)
+                group = self._root(group, alpha)
                 if not group or len(group) == n:
                     break
             left += group

@@ -26,8 +26,8 @@ class InTurns(SplitStage):
         return self.stages[0].root_scores(ob)
 
     def prepare(self, obs: list[Obligation]) -> list[Obligation]:
-        for st in self.stages:
-            obs = st.prepare(obs)
+        for st in sorted(self.stages, key=lambda st: st.splits != "activation"):
+            obs = st.prepare(obs)   # (the activation split's optimized root first: the input split reuses it)
         self.workers = max(st.workers for st in self.stages)
         return obs
 
