@@ -172,3 +172,29 @@ def test_activation_split_creates_its_tensors_on_the_inputs_device():
         res = verify(g, prop, timeout=10, method="activation-split", use_milp=False, workers=1, falsify_first=False)
     assert not found, found
     assert res.status == "unsat" and res.stats["domains"] > 1
+
+
+def test_a_root_bound_longer_than_the_timeout_ends_at_the_deadline():
+    """On a convolutional network whose root CROWN bound takes longer than the whole timeout, the
+    choice between the searches, their roots and the searches all stop at the deadline: the verdict
+    is a timeout, returned within a fraction of a second of it."""
+    import time
+
+    g = torch.Generator().manual_seed(0)
+
+    def conv(o, i):
+        return Conv2d(torch.randn(o, i, 3, 3, generator=g, dtype=DT) / (3 * i ** 0.5), None, 1, 1)
+
+    nodes, prev = [], "input"
+    for k, (o, i) in enumerate([(16, 3), (16, 16), (16, 16)]):
+        nodes += [Node(f"c{k}", conv(o, i), (prev,)), Node(f"r{k}", ReLU(), (f"c{k}",))]
+        prev = f"r{k}"
+    nodes += [Node("f", Flatten(), (prev,)),
+              Node("o", Linear(torch.randn(3, 16 * 24 * 24, generator=g, dtype=DT) / 100, None), ("f",))]
+    net = Network((3, 24, 24), nodes, name="wide-cnn")
+    c = torch.rand(3 * 24 * 24, generator=g, dtype=DT).numpy()
+    A = np.array([[1.0, -1.0, 0.0]])
+    prop = VnnlibProperty("p", net.input_size, 3, [Region(c - 0.5, c + 0.5, [(A, np.array([-1e3]))])])
+    t = time.monotonic()
+    res = verify(net, prop, timeout=1.0, falsify_first=False, use_milp=False)
+    assert res.status == "timeout" and time.monotonic() - t < 1.8, (res.status, time.monotonic() - t)

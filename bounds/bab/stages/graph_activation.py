@@ -26,7 +26,7 @@ from bounds.bab.graph_bounds import Graph, Splits, _box, bound_domains
 from bounds.bab.graph_branching import neuron_scores
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.backward_rules import BACKWARD_RULES
-from bounds.crown import propagate
+from bounds.crown import BoundTimeout, propagate
 from certify.errors import CertifyError
 
 _ROOT = "graph-crown-root"
@@ -50,7 +50,8 @@ def graph_root(search: Search, ob: Obligation):
     """(CROWN's bound of ``ob`` at its root (B = 1, ``graph_bounds.DomainBounds``), the box's
     CROWN pre-activation bounds), float64: the pre-activation bounds computed once per box
     (``search.roots[key]["graph-crown"]``), the bound once per obligation (``ob.state``). Raises
-    ``CertifyError`` where the engine has no rule for an op."""
+    ``CertifyError`` where the engine has no rule for an op, ``BoundTimeout`` past the search's
+    deadline."""
     if _ROOT not in ob.state:
         g = search_graph(search)
         if g is None:
@@ -60,12 +61,13 @@ def graph_root(search: Search, ob: Obligation):
         if "graph-crown" not in root:
             t = time.monotonic()
             with torch.no_grad():
-                vals = search.timed("time_bound", propagate, g.net64, _box(g.net64, lo, hi), "crown")
+                vals = search.timed("time_bound", propagate, g.net64, _box(g.net64, lo, hi), "crown",
+                                    deadline=search.deadline)
             root["graph-crown"] = {k: v for k, v in vals.items() if k in g.consumers}
             root["graph-crown-seconds"] = time.monotonic() - t
         pre = root["graph-crown"]
         res = search.timed("time_bound", bound_domains, g, lo, hi, ob.C.double().unsqueeze(0),
-                           ob.d.double().unsqueeze(0), pre, Splits.none(1, lo.device))
+                           ob.d.double().unsqueeze(0), pre, Splits.none(1, lo.device), deadline=search.deadline)
         search.counters["bound_calls"] += 1
         ob.state[_ROOT] = res, pre
     return ob.state[_ROOT]
@@ -90,7 +92,7 @@ class GraphActivationSplit(SplitStage):
     def root_scores(self, ob: Obligation):
         try:
             res, pre = graph_root(self.search, ob)
-        except CertifyError:   # no bound here: every neuron counts alike (the most directions)
+        except (CertifyError, BoundTimeout):   # no bound here: every neuron counts alike (the most directions)
             return torch.ones(sum(self.graph.sizes), dtype=torch.float64, device=ob.lo.device)
         best, row = res.lower.max(1)
         if bool(best[0] > PROOF_TOL):
@@ -120,6 +122,8 @@ class GraphActivationSplit(SplitStage):
             except CertifyError as e:   # no CROWN rule for some op: the search decides nothing here
                 s.counters["error"] = str(e)
                 r = None
+            except BoundTimeout:        # the deadline came first: the search ends as a timeout
+                r, root["graph-timeout"] = None, True
             rows, r0 = {}, 0
             for ob in group:
                 rows[ob.index] = slice(r0, r0 + ob.C.shape[0])
@@ -135,7 +139,7 @@ class GraphActivationSplit(SplitStage):
         s, opts = self.search, self.search.opts
         root = s.roots[ob.key]
         if root.get("graph") is None:
-            return Outcome("unknown", None, self.name)
+            return Outcome("timeout" if root.get("graph-timeout") else "unknown", None, self.name)
         try_points = s.try_points(ob)
 
         def try_and_attack(xs):

@@ -36,7 +36,10 @@ class GraphInputSplit(SplitStage):
     def root_scores(self, ob: Obligation):
         l, h = ob.lo.reshape(1, -1).double(), ob.hi.reshape(1, -1).double()
         if search_graph(self.search) is not None:   # the root the activation split shares (one CROWN per box)
-            res, _ = graph_root(self.search, ob)
+            try:
+                res, _ = graph_root(self.search, ob)
+            except BoundTimeout:    # past the deadline: the widest dimension first
+                return (h - l)[0]
             best, row = res.lower.max(1)
             if bool(best[0] > PROOF_TOL):
                 return None
