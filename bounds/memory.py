@@ -11,10 +11,16 @@ volume is not chunked away, because the graph of every chunk lives until the ste
 first (without it there is nothing to optimize), then the intermediate nodes from the cheapest
 on, as many as fit. A node left out keeps its CROWN bound, fixed (it gets no rows, so no slopes
 and no graph), which only loosens the result, never makes it unsound.
+
+Branch and bound sizes its batches the same way: ``search_budget`` is ``SEARCH_SHARE`` of the
+memory available when a search starts, half for one bound call's work and half for the open
+domains it keeps; ``domains_within`` turns a per-domain size (from the network's sizes:
+``spec_volume``, ``GRAPH_FACTOR``) into the domains one call may bound.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -22,11 +28,43 @@ from certify.ir.network import Network
 
 ALPHA_BUDGET = 4 * 2 ** 30   # bytes alpha-CROWN's graphs and slopes may hold at once
 GRAPH_FACTOR = 8             # tensors kept per element of a row's volume (graph, slopes, gradients, Adam)
+SEARCH_SHARE = 0.5           # share of the available memory a search may hold (the rest: other processes, and what the sizes miss)
+FALLBACK_MEMORY = 8 * 2 ** 30   # bytes assumed available where the system does not say
 
 
 def spec_volume(net: Network, batch: int, rows: int, upper: bool) -> int:
     """Elements of the output spec's rows over every node (dense rows: an upper bound)."""
     return batch * rows * (2 if upper else 1) * sum(math.prod(net.shape_of(n.name)) for n in net.nodes)
+
+
+def available_memory(device: torch.device | str | None = None) -> int:
+    """Bytes the machine can still give now: a CUDA device's free memory, else the kernel's
+    ``MemAvailable`` (Linux), else the free physical pages, else ``FALLBACK_MEMORY``."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return FALLBACK_MEMORY
+
+
+def search_budget(device: torch.device | str | None = None) -> int:
+    """Bytes a branch-and-bound search may hold: ``SEARCH_SHARE`` of ``available_memory``."""
+    return int(SEARCH_SHARE * available_memory(device))
+
+
+def domains_within(per_domain: int, budget: int, cap: int, least: int = 2) -> int:
+    """Domains one bound call may take: as many as fit in ``budget`` bytes at ``per_domain``
+    bytes each, at most ``cap``, at least ``least`` (a search always makes progress)."""
+    return max(least, min(cap, budget // max(per_domain, 1)))
 
 
 def alpha_rows(net: Network, rows: dict, volume: dict, batch: int, spec_rows: int, upper: bool,
