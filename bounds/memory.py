@@ -14,8 +14,9 @@ and no graph), which only loosens the result, never makes it unsound.
 
 Branch and bound sizes its batches the same way: ``search_budget`` is ``SEARCH_SHARE`` of the
 memory available when a search starts, half for one bound call's work and half for the open
-domains it keeps; ``domains_within`` turns a per-domain size (from the network's sizes:
-``spec_volume``, ``GRAPH_FACTOR``) into the domains one call may bound.
+domains it keeps; ``domain_bytes`` is one domain's size in a bound call with alpha/beta steps, from the
+network's sizes (the rows' volume as ``spec_volume`` counts it, the multipliers, the
+pre-activation bounds), and ``domains_within`` turns it into the domains one call may bound.
 """
 from __future__ import annotations
 
@@ -30,11 +31,25 @@ ALPHA_BUDGET = 4 * 2 ** 30   # bytes alpha-CROWN's graphs and slopes may hold at
 GRAPH_FACTOR = 8             # tensors kept per element of a row's volume (graph, slopes, gradients, Adam)
 SEARCH_SHARE = 0.5           # share of the available memory a search may hold (the rest: other processes, and what the sizes miss)
 FALLBACK_MEMORY = 8 * 2 ** 30   # bytes assumed available where the system does not say
+PASS_COPIES = 4              # float64 coefficient tensors alive per element of a row's volume in a bound pass
+MULTIPLIER_COPIES = 6        # per alpha/beta element: value, gradient, 2 Adam moments, best, start
+BOUND_COPIES = 6             # float64 copies of a domain's pre-activation bounds in a call (given, clamped, relaxed, steps')
 
 
 def spec_volume(net: Network, batch: int, rows: int, upper: bool) -> int:
     """Elements of the output spec's rows over every node (dense rows: an upper bound)."""
     return batch * rows * (2 if upper else 1) * sum(math.prod(net.shape_of(n.name)) for n in net.nodes)
+
+
+def domain_bytes(volume: int, multipliers: int, bounds: int, opt_dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one domain takes in a bound call with alpha/beta steps in ``opt_dtype``: its rows'
+    coefficients (``volume`` elements over the nodes they pass) in the steps' graph
+    (``GRAPH_FACTOR``) and in the float64 passes (``PASS_COPIES``), its ``multipliers`` alpha and
+    beta elements (``MULTIPLIER_COPIES``) and its ``bounds`` pre-activation bound elements
+    (float64, ``BOUND_COPIES``)."""
+    step = torch.empty((), dtype=opt_dtype).element_size()
+    return volume * (GRAPH_FACTOR * step + PASS_COPIES * 8) + multipliers * MULTIPLIER_COPIES * step \
+        + bounds * BOUND_COPIES * 8
 
 
 def available_memory(device: torch.device | str | None = None) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from certify.ir import ReLU
+from bounds import memory
 from bounds.activations import ACTIVATIONS
 from bounds.bab.chain import Chain
 
@@ -556,3 +557,17 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     det = (lambda xs: None if xs is None else [None if x is None else x.detach() for x in xs])
     return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta), lam_lower,
                         inst[0] if instability else None)
+
+
+def domain_bytes(chain: Chain, rows: int, opt_dtype: torch.dtype = torch.float32,
+                 warm_start: bool = True) -> tuple[int, int]:
+    """(bytes one domain takes in a ``bound_domains`` call with alpha/beta steps, bytes an open
+    domain is kept in), from the chain's widths and the ``rows`` of its margins: in a call, the
+    rows' coefficients at every layer (input, each hidden pre-activation and activation, output),
+    alpha and beta per row and hidden neuron, the pre-activation bounds
+    (``bounds.memory.domain_bytes``); kept: bounds (float64), scores (float64), splits (int8)
+    and, with ``warm_start``, alpha and beta in float32."""
+    S = sum(chain.hidden_sizes)
+    call = memory.domain_bytes(rows * (chain.n_in + 2 * S + chain.n_out), 2 * rows * S, 2 * S, opt_dtype)
+    kept = (16 + 8 + 1) * S + (2 * 4 * rows * S if warm_start else 0)
+    return call, kept
