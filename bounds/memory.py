@@ -14,8 +14,8 @@ and no graph), which only loosens the result, never makes it unsound.
 
 Branch and bound sizes its batches the same way: ``search_budget`` is ``SEARCH_SHARE`` of the
 memory available when a search starts, half for one bound call's work and half for the open
-domains it keeps; ``domain_bytes`` is one domain's size in a bound call with alpha/beta steps, from the
-network's sizes (the rows' volume as ``spec_volume`` counts it, the multipliers, the
+domains it keeps; ``domain_bytes`` is one domain's size in a bound call with alpha/beta steps,
+from the network's sizes (the rows' volume as ``spec_volume`` counts it, the multipliers, the
 pre-activation bounds), and ``domains_within`` turns it into the domains one call may bound.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from certify.ir.network import Network
 
 ALPHA_BUDGET = 4 * 2 ** 30   # bytes alpha-CROWN's graphs and slopes may hold at once
 GRAPH_FACTOR = 8             # tensors kept per element of a row's volume (graph, slopes, gradients, Adam)
-SEARCH_SHARE = 0.5           # share of the available memory a search may hold (the rest: other processes, and what the sizes miss)
+SEARCH_SHARE = 0.5           # share of the available memory a search may hold (the rest: others, what sizes miss)
 FALLBACK_MEMORY = 8 * 2 ** 30   # bytes assumed available where the system does not say
 PASS_COPIES = 4              # float64 coefficient tensors alive per element of a row's volume in a bound pass
 MULTIPLIER_COPIES = 6        # per alpha/beta element: value, gradient, 2 Adam moments, best, start
