@@ -9,7 +9,7 @@ import torch
 
 from bounds.bab.activation_split import SplitOptions, activation_split_bab, call_bytes, prepare_root
 from bounds.bab.chain import to_chain
-from bounds.bab.chain_bounds import domain_bytes
+from bounds.bab.chain_bounds import bound_domains, domain_bytes, pre_activation_bounds, refine_chunk
 from bounds.bab.falsify import Falsifier
 from bounds.bab.input_split import boxes_per_call, staged_bounds
 from bounds.bab.relu_split import relu_split_bab
@@ -101,3 +101,24 @@ def test_staged_bounds_in_groups_equal_one_call():
     assert torch.equal(whole.lower, parts.lower) and torch.equal(whole.lam_in, parts.lam_in)
     assert torch.equal(whole.instability, parts.instability)
     assert all(torch.equal(a, x) and torch.equal(b_, y) for (a, b_), (x, y) in zip(whole.pre, parts.pre))
+
+
+def test_refinement_in_chunks_within_the_budget_equals_one_chunk():
+    """The per-domain CROWN refinement of a deeper chain, one (domain, neuron) pair at a time
+    (a budget of 1 byte) and in one chunk: the same bounds."""
+    net, prop, lo, hi, A, b = random_case(7, [3, 16, 16, 16, 2])
+    chain = to_chain(net)
+    assert refine_chunk(chain, 1) == 1 and refine_chunk(chain, None) == 8192
+    lo1, hi1 = torch.tensor(lo).reshape(1, -1), torch.tensor(hi).reshape(1, -1)
+    root = pre_activation_bounds(chain, lo1, hi1)
+    g = torch.Generator().manual_seed(1)
+    splits = [torch.randint(-1, 2, (6, n), dtype=torch.int8, generator=g) * (torch.rand(6, n, generator=g) < 0.2)
+              for n in chain.hidden_sizes]
+    C, d = torch.tensor(A).unsqueeze(0).expand(6, -1, -1), -torch.tensor(b).unsqueeze(0).expand(6, -1)
+    kw = dict(splits=splits, pre=root, mode="refine")
+    one = bound_domains(chain, lo1.expand(6, -1), hi1.expand(6, -1), C, d, **kw)
+    many = bound_domains(chain, lo1.expand(6, -1), hi1.expand(6, -1), C, d, memory=1, **kw)
+    assert torch.equal(one.lower, many.lower)
+    assert all(torch.equal(a, x) and torch.equal(b_, y) for (a, b_), (x, y) in zip(one.pre, many.pre))
+    clamped = pre_activation_bounds(chain, lo1.expand(6, -1), hi1.expand(6, -1), splits, root, recompute=False)
+    assert any(bool((l > c).any()) for (l, _), (c, _) in zip(one.pre[1:], clamped[1:]))   # the refinement tightened

@@ -324,9 +324,10 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
     B = l.shape[0]
     step = B if memory is None else boxes_per_call(chain, C.shape[1], memory)
     if step >= B:
-        return _staged_bounds(chain, l, h, C, d, iterations, mode, pre, instability)
+        return _staged_bounds(chain, l, h, C, d, iterations, mode, pre, instability, memory)
     parts = [_staged_bounds(chain, l[a:a + step], h[a:a + step], C[a:a + step], d[a:a + step], iterations, mode,
-                            None if pre is None else [(x[a:a + step], y[a:a + step]) for x, y in pre], instability)
+                            None if pre is None else [(x[a:a + step], y[a:a + step]) for x, y in pre], instability,
+                            memory)
              for a in range(0, B, step)]
     cat = (lambda f: torch.cat([f(p) for p in parts]))
     return _Bounds(cat(lambda p: p.lower), cat(lambda p: p.lam_in),
@@ -334,7 +335,8 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
                    cat(lambda p: p.lam_lower), None if parts[0].instability is None else cat(lambda p: p.instability))
 
 
-def _staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False):
+def _staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False,
+                   memory: int | None = None):
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
     open, over the first stage's intermediate bounds. With ``mode="refine"`` that second stage is
@@ -350,7 +352,7 @@ def _staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=Non
         return res
     # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next
     sub = bound_domains(chain, l[open_], h[open_], C[open_], d[open_], iterations=iterations, mode=mode,
-                        pre=[(a[open_], b[open_]) for a, b in res.pre])
+                        pre=[(a[open_], b[open_]) for a, b in res.pre], memory=memory)
     lower, lam, lam_lower = res.lower.clone(), res.lam_in.clone(), res.lam_lower.clone()
     lower[open_] = torch.maximum(lower[open_], sub.lower)
     lam[open_] = sub.lam_in

@@ -190,7 +190,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
                             iterations=iterations, mode=mode, refine_from=refine_from,
-                            pre_alpha=pre_alpha, deadline=deadline, opt_dtype=opt_dtype,
+                            pre_alpha=pre_alpha, deadline=deadline, opt_dtype=opt_dtype, memory=memory // 2,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1
