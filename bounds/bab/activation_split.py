@@ -15,14 +15,14 @@ is affine on it (``graph_leaf``), else it stays undecided (the search ends ``unk
 Candidates -- the minimizers over the box of each open child's linear bound, the LP optima --
 are confirmed by the caller's ``try_points``.
 
-Memory: the open domains are kept (bounds in float32 rounded outward, alpha in float16) within
-``SplitOptions.memory`` bytes: past it the stored warm starts are dropped (children start from the
-root's slopes); past it without them the search ends ``unknown``. The domains bounded at once are
-capped so that one backward pass's rows stay within ``row_memory`` bytes.
+Memory: the search holds ``SplitOptions.memory`` bytes (default ``bounds.memory.search_budget``),
+half for one bound call, whose domains are as many as fit at ``bounds.memory.domain_bytes`` from
+the network's sizes (at most ``batch``), half for the open domains, kept with bounds in float32
+rounded outward and alpha in float16: past it the stored warm starts are dropped (children start
+from the root's slopes); past it without them the search ends ``unknown``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -35,20 +35,21 @@ from bounds.bab.graph_bounds import Graph, Splits, bound_domains, refresh
 from bounds.bab.graph_branching import split_scores
 from bounds.bab.graph_leaf import exact, leaf_lp
 from bounds.bab.graph_root import root_bounds
+from bounds.memory import domain_bytes, domains_within, search_budget, spec_volume
 
 Tensor = torch.Tensor
 
 
 @dataclass
 class SplitOptions:
-    """batch: domains bounded per call (children; capped by ``row_memory``); iterations:
+    """batch: most domains bounded per call (children; fewer where ``memory`` says); iterations:
     alpha/beta steps per call (lr_alpha, lr_beta); root_iterations / root_lr / root_patience:
     the root's alpha-CROWN (intermediate slopes); root_spec_iterations: steps on the spec's
     slopes over the root's final bounds; refresh: recompute the later pre-activation bounds of
     children by CROWN, within refresh_cost times the work of the call's alpha/beta steps (IBP
-    always); candidates: linear-bound minimizers tried per call; max_domains / memory: limits
-    on the open domains; row_memory: bytes of one backward pass's rows; opt_dtype: dtype of the
-    steps (the bound itself is float64)."""
+    always); candidates: linear-bound minimizers tried per call; max_domains: a limit on the open
+    domains; memory: bytes the search may hold (None: ``bounds.memory.search_budget``, see the
+    module docstring); opt_dtype: dtype of the steps (the bound itself is float64)."""
 
     batch: int = 128
     iterations: int = 10
@@ -62,8 +63,7 @@ class SplitOptions:
     refresh_cost: float = 1.0
     candidates: int = 16
     max_domains: int = 200_000
-    memory: int = 2 * 2 ** 30
-    row_memory: int = 256 * 2 ** 20
+    memory: int | None = None
     opt_dtype: torch.dtype = torch.float32
 
 
@@ -191,9 +191,12 @@ def _cat_beta(a, b):
     return torch.cat([pad(a), pad(b)])
 
 
-def _rows_per_domain(g: Graph, R: int) -> int:
-    """Elements of the spec rows' largest coefficient tensor per domain (one backward pass)."""
-    return R * max(math.prod(g.net64.shape_of(n.name)) for n in g.net64.nodes)
+def call_bytes(g: Graph, pre: dict, alpha: dict | None, R: int, dtype: torch.dtype) -> int:
+    """One domain's bytes in a bound call (``bounds.memory.domain_bytes``): the R spec rows over
+    every node, the alpha variables, the pre-activation bounds."""
+    multipliers = sum(v[0].numel() for v in (alpha or {}).values())
+    bounds = sum(2 * l[0].numel() for l, _ in pre.values())
+    return domain_bytes(spec_volume(g.net64, 1, R, False), multipliers, bounds, dtype)
 
 
 def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, deadline: float, try_points,
@@ -247,8 +250,9 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
         store, undecided, last_call = _Store(lo1.device), [], 0.0
         choice = split_scores(g, pre, res.lam, res.alpha, row)
         store.add(best, row, (choice[1], choice[2], choice[3], choice[0]), pre, Splits.none(1, lo1.device), res.alpha, res.beta)
-    per_domain = _rows_per_domain(g, R) * 8 * 4        # float64 rows, a few copies alive at once
-    batch = max(2, min(opt.batch, opt.row_memory // max(per_domain, 1)))
+    memory = search_budget(lo.device) if opt.memory is None else opt.memory
+    batch = domains_within(call_bytes(g, store.pre or {}, root_alpha, R, opt.opt_dtype), memory // 2, opt.batch)
+    stats["split_batch"] = batch
     while store.n:
         if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = store.n + len(undecided)
@@ -258,7 +262,7 @@ def activation_split_bab(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Ten
             return "timeout", None
         if store.n > opt.max_domains:
             return "unknown", None
-        if store.n * store.bytes_per_domain() > opt.memory:
+        if store.n * store.bytes_per_domain() > memory // 2:
             if store.warm and store.alpha is not None:
                 store.warm, store.alpha = False, None
             else:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bounds.crown import ROW_BUDGET
 from certify.ir import (AvgPool2d, BatchNorm, ConstAdd, ConstMul, Conv2d, Flatten, Identity, Linear,
                         LinearMap, Network, Normalize, ReLU, Reshape)
 
@@ -63,19 +64,31 @@ class Chain:
         return x
 
 
-def _densify(ops, in_shape, max_entries: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _densify(ops, in_shape, max_entries: int, device: torch.device,
+             widest: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The matrix (n_out, n) and bias (n_out,) of the affine ``ops`` on inputs of ``in_shape``:
+    the images of 0 and of the identity basis, pushed through in chunks of basis vectors whose
+    values stay within ``ROW_BUDGET`` elements at the ``widest`` op output."""
     n = math.prod(in_shape)
-    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64, device=device),
-                       torch.eye(n, dtype=torch.float64, device=device)])
-    x = basis.reshape((n + 1,) + tuple(in_shape))
-    with torch.no_grad():
-        for op in ops:
-            x = op.forward(x)
-    out = x.reshape(n + 1, -1)
-    if out.shape[1] * n > max_entries:
+    step = max(1, ROW_BUDGET // max(widest, 1))
+
+    def image(x):
+        x = x.reshape((x.shape[0],) + tuple(in_shape))
+        with torch.no_grad():
+            for op in ops:
+                x = op.forward(x)
+        return x.reshape(x.shape[0], -1)
+
+    b = image(torch.zeros(1, n, dtype=torch.float64, device=device))[0]
+    if b.numel() * n > max_entries:
         return None
-    b = out[0].clone()
-    return (out[1:] - b).T.contiguous(), b
+    w = torch.empty(b.numel(), n, dtype=torch.float64, device=device)
+    for a in range(0, n, step):
+        k = min(step, n - a)
+        basis = torch.zeros(k, n, dtype=torch.float64, device=device)
+        basis[torch.arange(k, device=device), a + torch.arange(k, device=device)] = 1.0
+        w[:, a:a + k] = (image(basis) - b).T
+    return w, b
 
 
 def chain_obstacle(net: Network) -> str | None:
@@ -102,17 +115,19 @@ def to_chain(net: Network, max_entries: int = 40_000_000) -> Chain | None:
         return None
     weights, biases = [], []
     run, run_shape, cur_shape = [], net64.input_shape, net64.input_shape
+    widest = math.prod(run_shape)
 
     def flush():
-        nonlocal run, run_shape
+        nonlocal run, run_shape, widest
         if math.prod(run_shape) * math.prod(cur_shape) > max_entries:
             return False
-        wb = _densify(run, run_shape, max_entries, net64.device)
+        wb = _densify(run, run_shape, max_entries, net64.device, widest)
         if wb is None:
             return False
         weights.append(wb[0])
         biases.append(wb[1])
         run, run_shape = [], cur_shape
+        widest = math.prod(run_shape)
         return True
 
     for node in net64.nodes:
@@ -122,6 +137,7 @@ def to_chain(net: Network, max_entries: int = 40_000_000) -> Chain | None:
             run_shape = node.shape
         else:
             run.append(node.op)
+            widest = max(widest, math.prod(node.shape))
         cur_shape = node.shape
     if not flush():
         return None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from certify.ir import ReLU
+from bounds import memory
 from bounds.activations import ACTIVATIONS
 from bounds.bab.chain import Chain
 
@@ -343,10 +344,22 @@ def _crown_layer(chain: Chain, t: int, lo: Tensor, hi: Tensor, out) -> tuple[Ten
     return low[:, :n], -low[:, n:]
 
 
+PAIR_COPIES = 12   # float64 vectors of a layer's width per (domain, neuron) pair in ``_refine_plain``: rows, slopes, relaxations
+
+
+def refine_chunk(chain: Chain, memory: int | None, most: int = 8192) -> int:
+    """(domain, neuron) pairs ``_refine_plain`` back-substitutes at once within ``memory`` bytes
+    (None: ``most``): ``PAIR_COPIES`` float64 vectors of the widest layer per pair."""
+    if memory is None:
+        return most
+    return max(1, min(most, memory // (PAIR_COPIES * 8 * max([chain.n_in] + chain.hidden_sizes))))
+
+
 def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre=None,
                           recompute: bool = True, mode: str = "backward",
                           refine_from: Tensor | None = None, pre_alpha: dict | None = None,
-                          deadline: float | None = None, inst=None) -> list[tuple[Tensor, Tensor]]:
+                          deadline: float | None = None, inst=None,
+                          memory: int | None = None) -> list[tuple[Tensor, Tensor]]:
     """Clamped bounds (l, u) (B, n_k) of every hidden pre-activation over the domains.
 
     ``mode``: "backward" (CROWN back-substitution per layer, tighter), "forward" (symbolic
@@ -360,10 +373,11 @@ def pre_activation_bounds(chain: Chain, lo: Tensor, hi: Tensor, splits=None, pre
         out = [_clamp(l.expand(B, -1), u.expand(B, -1), None if splits is None else splits[t])
                for t, (l, u) in enumerate(pre)]
         return _refine_unstable(chain, lo, hi, out, splits, refine_from=refine_from, pre_alpha=pre_alpha,
-                                deadline=deadline)
+                                deadline=deadline, chunk=refine_chunk(chain, memory))
     if mode in ("forward", "hybrid") and (pre is None or recompute):
         out = _forward_pre(chain, lo, hi, splits, pre, inst)
-        return _refine_unstable(chain, lo, hi, out, splits) if mode == "hybrid" else out
+        return _refine_unstable(chain, lo, hi, out, splits, chunk=refine_chunk(chain, memory)) if mode == "hybrid" \
+            else out
     out = []
     for t in range(len(chain.weights) - 1):
         s = None if splits is None else splits[t]
@@ -458,7 +472,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
                   stop_when_positive: bool = True, mode: str = "backward", alpha_init=None,
                   beta_init=None, refine_from: Tensor | None = None, pre_alpha: dict | None = None,
                   deadline: float | None = None, instability: bool = False,
-                  opt_dtype: torch.dtype = torch.float32) -> DomainBounds:
+                  opt_dtype: torch.dtype = torch.float32, memory: int | None = None) -> DomainBounds:
     """Sound lower bounds (B, r) of C z_L + d over each domain; see the module docstring.
 
     ``deadline`` (time.monotonic()): the per-domain refinement (mode "refine") and the alpha/beta
@@ -474,7 +488,8 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     ``beta`` returned are the last step's (in ``opt_dtype``): as warm starts for children they
     continue the ascent where the best step's would restart it.
     ``instability`` (modes "forward", "hybrid"): also return the inputs' instability
-    (``_forward_pre``).
+    (``_forward_pre``). ``memory``: bytes the pre-activation refinement's rows may take
+    (``pre_activation_bounds``).
     """
     inst = [] if instability else None
     lo, hi = lo.to(torch.float64), hi.to(torch.float64)
@@ -482,7 +497,7 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     L = len(chain.weights)
     with torch.no_grad():
         pre_b = pre_activation_bounds(chain, lo, hi, splits, pre, recompute, mode, refine_from, pre_alpha, deadline,
-                                      inst)
+                                      inst, memory)
         empty = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
         if splits is None:
             # a box is never empty: bounds crossing after intersecting two sound enclosures can
@@ -556,3 +571,17 @@ def bound_domains(chain: Chain, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, sp
     det = (lambda xs: None if xs is None else [None if x is None else x.detach() for x in xs])
     return DomainBounds(best, lam.detach(), hidden, pre_b, det(alpha), det(beta), lam_lower,
                         inst[0] if instability else None)
+
+
+def domain_bytes(chain: Chain, rows: int, opt_dtype: torch.dtype = torch.float32,
+                 warm_start: bool = True) -> tuple[int, int]:
+    """(bytes one domain takes in a ``bound_domains`` call with alpha/beta steps, bytes an open
+    domain is kept in), from the chain's widths and the ``rows`` of its margins: in a call, the
+    rows' coefficients at every layer (input, each hidden pre-activation and activation, output),
+    alpha and beta per row and hidden neuron, the pre-activation bounds
+    (``bounds.memory.domain_bytes``); kept: bounds (float64), scores (float64), splits (int8)
+    and, with ``warm_start``, alpha and beta in float32."""
+    S = sum(chain.hidden_sizes)
+    call = memory.domain_bytes(rows * (chain.n_in + 2 * S + chain.n_out), 2 * rows * S, 2 * S, opt_dtype)
+    kept = (16 + 8 + 1) * S + (2 * 4 * rows * S if warm_start else 0)
+    return call, kept

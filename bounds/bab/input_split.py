@@ -42,7 +42,8 @@ from bounds.bab.chain import Chain
 from bounds.bab.box_clip import clip_boxes
 from bounds.bab.box_split import halves
 from bounds.bab.milp_chain import ChainMilp, MilpWorker, compact_encoding
-from bounds.bab.chain_bounds import PROOF_TOL, bound_domains
+from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, domain_bytes
+from bounds.memory import domains_within, search_budget
 
 
 def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -50,7 +51,8 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
                     iterations: int = 3, min_width: float = 1e-9, mode: str = "refine",
                     candidates: int = 5, reuse_parent: bool = True, clip: bool = True,
                     mean_row: bool = True, state: dict | None = None, milp: "BoxMilps | None" = None,
-                    instability: bool = False, stop: "Callable[[], bool] | None" = None, wait: bool = True):
+                    instability: bool = False, stop: "Callable[[], bool] | None" = None, wait: bool = True,
+                    memory: int | None = None):
     """Prove max_r (C z + d)_r > 0 on the box [lo, hi] (n_in,), C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None`` is called on box centres and on the
@@ -64,8 +66,10 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     thread instead of being split; a box the MILP does not prove comes back to the stack.
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None). ``state``: a dict
     that keeps the open boxes at a timeout; passing it back (same problem, same ``candidates``)
-    continues the search where it stopped.
+    continues the search where it stopped. ``memory``: bytes one bound call may hold (boxes are
+    bounded in groups within it, ``staged_bounds``; None: ``bounds.memory.search_budget``'s half).
     """
+    memory = search_budget(lo.device) // 2 if memory is None else memory
     r0 = C.shape[0]                     # branching follows the original rows only
     if mean_row and C.shape[0] > 1:
         # a violation needs every row <= 0, so their mean <= 0 too: a bound proving the mean row
@@ -80,7 +84,8 @@ def input_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.T
     def bound(l, h, pre=None):
         n = l.shape[0]
         t = time.monotonic()
-        res = staged_bounds(chain, l, h, Cb.expand(n, -1, -1), db.expand(n, -1), iterations, mode, pre, unst)
+        res = staged_bounds(chain, l, h, Cb.expand(n, -1, -1), db.expand(n, -1), iterations, mode, pre, unst,
+                            memory)
         stats["bound_calls"] += 1
         stats["domains"] += n
         stats["time_bound"] += time.monotonic() - t
@@ -292,7 +297,37 @@ def _unpack(pk: torch.Tensor, sizes) -> list:
     return out
 
 
-def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False):
+FORWARD_COPIES = 5   # float64 tensors of a layer's symbolic forms (2, n, n_in + 1) alive per box in a forward pass
+
+
+def boxes_per_call(chain: Chain, rows: int, memory: int) -> int:
+    """Boxes ``staged_bounds`` bounds at once within ``memory`` bytes: the larger of a box's
+    symbolic forms at the widest layer (``FORWARD_COPIES``) and its size in a bound call with
+    alpha steps (``relu_split.domain_bytes``)."""
+    forward = FORWARD_COPIES * 2 * max(chain.hidden_sizes, default=0) * (chain.n_in + 1) * 8
+    return domains_within(max(forward, domain_bytes(chain, rows)[0]), memory, 1 << 62, least=1)
+
+
+def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False,
+                  memory: int | None = None):
+    """``_staged_bounds`` over the boxes in groups that fit ``memory`` bytes (``boxes_per_call``;
+    None: all at once); each box's bounds are its own, so the groups' results are concatenated."""
+    B = l.shape[0]
+    step = B if memory is None else boxes_per_call(chain, C.shape[1], memory)
+    if step >= B:
+        return _staged_bounds(chain, l, h, C, d, iterations, mode, pre, instability, memory)
+    parts = [_staged_bounds(chain, l[a:a + step], h[a:a + step], C[a:a + step], d[a:a + step], iterations, mode,
+                            None if pre is None else [(x[a:a + step], y[a:a + step]) for x, y in pre], instability,
+                            memory)
+             for a in range(0, B, step)]
+    cat = (lambda f: torch.cat([f(p) for p in parts]))
+    return _Bounds(cat(lambda p: p.lower), cat(lambda p: p.lam_in),
+                   [(cat(lambda p: p.pre[k][0]), cat(lambda p: p.pre[k][1])) for k in range(len(parts[0].pre))],
+                   cat(lambda p: p.lam_lower), None if parts[0].instability is None else cat(lambda p: p.instability))
+
+
+def _staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None, instability: bool = False,
+                   memory: int | None = None):
     """Lower bounds of C z + d over the boxes, cheapest first: symbolic intervals ("forward") for
     all boxes, then ``mode`` (tighter intermediate bounds, alpha steps) only for those still
     open, over the first stage's intermediate bounds. With ``mode="refine"`` that second stage is
@@ -308,7 +343,7 @@ def staged_bounds(chain: Chain, l, h, C, d, iterations: int, mode: str, pre=None
         return res
     # the forward stage's intermediate bounds (already intersected with ``pre``) seed the next
     sub = bound_domains(chain, l[open_], h[open_], C[open_], d[open_], iterations=iterations, mode=mode,
-                        pre=[(a[open_], b[open_]) for a, b in res.pre])
+                        pre=[(a[open_], b[open_]) for a, b in res.pre], memory=memory)
     lower, lam, lam_lower = res.lower.clone(), res.lam_in.clone(), res.lam_lower.clone()
     lower[open_] = torch.maximum(lower[open_], sub.lower)
     lam[open_] = sub.lam_in

@@ -25,7 +25,8 @@ class VerifyOptions:
     default_workers: int = 2      # ``workers`` when not given (at most the core count)
     batch: int | None = None      # domains per bound call (None: each search's own, see relu_batch and input_batches)
     iterations: int | None = None  # alpha/beta steps per bound call (None: relu_iterations / input_iterations)
-    relu_batch: int = 256         # ReLU splitting: domains per bound call
+    relu_batch: int = 256         # ReLU splitting: most domains per bound call (fewer where the memory budget says)
+    memory: int | None = None     # bytes the activation-split searches may hold, all workers together (None: bounds.memory.search_budget)
     relu_iterations: int = 10     # ReLU splitting: alpha/beta steps per bound call
     input_batches: tuple = (1024, 512, 128)   # input splitting's three searches (1, 2 and 5 candidate dims): boxes per call
     input_iterations: int = 3     # input splitting's 5-candidate search: alpha steps per bound call
@@ -33,7 +34,7 @@ class VerifyOptions:
     late_attack: float = 0.3      # input splitting: share of an obligation's time after which a large attack runs once
     graph_batch: int = 1024       # input splitting over the general bound engine: boxes per bound call
     graph_candidates: int = 3     # ... and dimensions it tries per split (the best of them is kept)
-    activation_batch: int = 128   # activation splitting over the general bound engine: domains per bound call
+    activation_batch: int = 128   # activation splitting over the general bound engine: most domains per bound call
     activation_iterations: int = 10   # activation splitting over the general bound engine: alpha/beta steps per call
     root_alpha: float = 0.5       # ... its root alpha-CROWN on inputs over attack_max_dims dims: share of the time left
     quick: float = 0.1            # ReLU splitting: share of the timeout for a first pass over the obligations ...

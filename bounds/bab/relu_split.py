@@ -10,6 +10,11 @@ from the parent's optimized alpha/beta (any start is sound: alpha is clamped to 
 affine piece: an LP (HiGHS) over the box and the split constraints decides it; its optimum is a
 counterexample candidate. Candidates (the minimizers of each child's linear bound, LP optima)
 are confirmed exactly by the caller's ``try_points``.
+
+Memory (``memory`` bytes, default ``bounds.memory.search_budget``): half for one bound call,
+whose domains are as many as fit at ``domain_bytes``'s call size (at most ``batch``), half for
+the open domains at its stored size; past that the open domains' warm starts are dropped
+(children start from CROWN's slopes), and past it without them the search ends ``unknown``.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ import torch
 
 from bounds.bab.branching import babsr_scores, split_children
 from bounds.bab.chain import Chain
-from bounds.bab.chain_bounds import PROOF_TOL, bound_domains, optimized_pre_bounds, pre_activation_bounds
+from bounds.bab.chain_bounds import (PROOF_TOL, bound_domains, domain_bytes, optimized_pre_bounds,
+                                     pre_activation_bounds)
 from bounds.bab.graph_leaf import minmax_lp
-
+from bounds.memory import domains_within, search_budget
 
 
 def leaf_lp(chain: Chain, lo, hi, C, d, pre, splits):
@@ -53,7 +59,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
                    root_iterations: int = 50, recompute: bool = True, max_domains: int = 200_000,
                    warm_start: bool = True, root_pre=None, pre_iterations: int = 20, mode: str = "refine",
                    pre_alpha: dict | None = None, stop=None, state: dict | None = None,
-                   opt_dtype: torch.dtype = torch.float32):
+                   opt_dtype: torch.dtype = torch.float32, memory: int | None = None):
     """Prove max_r (C z + d)_r > 0 over the box [lo, hi] (n_in,) by splitting ReLUs.
 
     ``warm_start``: children start alpha and beta from their parent's optimized values (kept per
@@ -68,12 +74,17 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
     ``state``: a dict that keeps the open domains when the search stops at its deadline; called
     again with the same dict (and the same bounds), the search goes on from there instead of
     starting over. ``opt_dtype``: the dtype of the alpha/beta steps (``bound_domains``).
+    ``memory``: bytes the search may hold (module docstring); ``batch`` is the most domains per
+    bound call. ``stats["split_batch"]``: the domains per call it ran with.
 
     Returns ("unsat", None), ("sat", ce), ("timeout", None) or ("unknown", None)."""
     lo1, hi1 = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
     C, d = C.double(), d.double()
     t = time.monotonic()
     r_rows = C.shape[0]
+    memory = search_budget(lo.device) if memory is None else memory
+    batch = domains_within(domain_bytes(chain, r_rows, opt_dtype)[0], memory // 2, batch)
+    stats["split_batch"] = batch
 
     def _store(res, rows):
         """alpha, beta of the domains ``rows`` of ``res`` as float32 lists (beta zero-filled)."""
@@ -109,6 +120,8 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         D_score = babsr_scores(res.lam_hidden, res.pre, splits, row)
         D_pre = [(l.clone(), u.clone()) for l, u in res.pre] if recompute else None
         D_ab = _store(res, torch.ones(1, dtype=torch.bool, device=lo1.device))
+    warm_start = D_ab is not None   # (dropped for lack of memory, or never asked for)
+    kept_bytes = domain_bytes(chain, r_rows, opt_dtype, warm_start)[1]
     while D_lower.shape[0]:
         if time.monotonic() + last_call > deadline or (stop is not None and stop()):
             stats["open_domains"] = int(D_lower.shape[0])
@@ -119,6 +132,13 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
             return "timeout", None
         if D_lower.shape[0] > max_domains:
             return "unknown", None
+        if D_lower.shape[0] * kept_bytes > memory // 2:   # the open domains fill their half
+            if not warm_start:
+                stats["open_domains"] = int(D_lower.shape[0])
+                stats["worst_open_lower"] = float(D_lower.min())
+                return "unknown", None
+            D_ab, warm_start = None, False
+            kept_bytes = domain_bytes(chain, r_rows, opt_dtype, False)[1]
         k = min(batch // 2, D_lower.shape[0])
         pick = torch.topk(-D_lower, k).indices
         keep = torch.ones(D_lower.shape[0], dtype=torch.bool, device=D_lower.device)
@@ -170,7 +190,7 @@ def relu_split_bab(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Te
         res = bound_domains(chain, lo1.expand(n2, -1), hi1.expand(n2, -1), C.expand(n2, -1, -1),
                             d.expand(n2, -1), splits=ch_split, pre=ch_pre, recompute=recompute,
                             iterations=iterations, mode=mode, refine_from=refine_from,
-                            pre_alpha=pre_alpha, deadline=deadline, opt_dtype=opt_dtype,
+                            pre_alpha=pre_alpha, deadline=deadline, opt_dtype=opt_dtype, memory=memory // 2,
                             alpha_init=None if P_ab is None else [torch.cat([a, a]) for a in P_ab[0]],
                             beta_init=None if P_ab is None else [torch.cat([b, b]) for b in P_ab[1]])
         stats["bound_calls"] += 1

@@ -46,7 +46,7 @@ def run_in_threads(work: Callable[[int], object], n: int) -> list:
 
 
 # per-search values that describe one search rather than add up over threads
-_FIRST, _LAST = ("root_lower",), ("open_domains", "worst_open_lower")
+_FIRST, _LAST = ("root_lower",), ("open_domains", "worst_open_lower", "split_batch")
 
 
 def merge_stats(stats: dict, parts: list[dict]) -> None:

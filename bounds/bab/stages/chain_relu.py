@@ -9,6 +9,8 @@ while the search runs; otherwise ``workers`` obligations are searched at once. A
 obligation's open domains from its last run (``ob.state["relu"]``) as long as its region's
 bounds have not changed. The bound minimizers of the worst open domains are tried as
 counterexamples and attacked by a short PGD from there (they lie near the likeliest violations).
+Each search may hold its share of ``memory`` (``bounds.memory.search_budget`` when not set, taken
+once), the workers' searches alike.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from bounds.bab.relu_split import relu_split_bab
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.bab.stages.chain_root import chain_root, proved_at_root, relu_scores
 from bounds.bab.stages.milp import MilpBeside, unstable_count
+from bounds.memory import search_budget
 
 
 class ChainReluSplit(SplitStage):
@@ -61,6 +64,7 @@ class ChainReluSplit(SplitStage):
         else:   # no MILP: the other cores run searches of their own
             self.workers = max(1, min(opts.default_workers if opts.workers is None else opts.workers,
                                       os.cpu_count() or 1))
+        self.memory = (search_budget(s.chain.weights[0].device) if opts.memory is None else opts.memory) // self.workers
         return order
 
     def run(self, ob: Obligation, until: float) -> Outcome:
@@ -76,5 +80,6 @@ class ChainReluSplit(SplitStage):
                                      batch=opts.batch or opts.relu_batch,
                                      iterations=opts.relu_iterations if opts.iterations is None else opts.iterations,
                                      root_pre=root["pre"], pre_alpha=root["slopes"], stop=lambda: s.interrupted(ob),
-                                     state=ob.state.setdefault(self.name, {}), opt_dtype=s.opt_dtype)
+                                     state=ob.state.setdefault(self.name, {}), opt_dtype=s.opt_dtype,
+                                     memory=self.memory)
         return Outcome(verdict, ce, self.name, "bab" if verdict == "sat" else None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import torch
 
@@ -27,6 +28,7 @@ from bounds.bab.graph_branching import neuron_scores
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.backward_rules import BACKWARD_RULES
 from bounds.crown import BoundTimeout, propagate
+from bounds.memory import search_budget
 from certify.errors import CertifyError
 
 _ROOT = "graph-crown-root"
@@ -133,6 +135,8 @@ class GraphActivationSplit(SplitStage):
             opts = s.opts
             self.workers = max(1, min(opts.default_workers if opts.workers is None else opts.workers,
                                       os.cpu_count() or 1))
+        memory = search_budget(obs[0].lo.device if obs else None) if s.opts.memory is None else s.opts.memory
+        self.options = replace(self.options, memory=memory // self.workers)
         return self.order(obs)
 
     def run(self, ob: Obligation, until: float) -> Outcome:
