@@ -82,7 +82,7 @@ class ChainInputSplit(SplitStage):
                     ce = s.attack(ob, steps=300, restarts=1, parallel=10000, deadline=until)
                     if ce is not None:
                         return Outcome("sat", ce, "falsify", "pgd")
-                    ce = s.timed("time_falsify", s.falsifier.sample, lo, hi, ob.disjuncts, n=200000)
+                    ce = s.timed("time_falsify", s.falsifier.sample, lo, hi, ob.disjuncts, n=200000, deadline=until)
                     if ce is not None:
                         return Outcome("sat", ce, "falsify", "sample")
         finally:
