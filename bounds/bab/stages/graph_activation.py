@@ -109,6 +109,8 @@ class GraphActivationSplit(SplitStage):
             until = time.monotonic() + max(0.0, s.deadline - time.monotonic()) / (len(boxes) - i)
             C = torch.cat([ob.C for ob in group])
             d = torch.cat([ob.d for ob in group])
+            groups = torch.cat([torch.full((ob.C.shape[0],), i, dtype=torch.long, device=ob.lo.device)
+                                for i, ob in enumerate(group)])
             try:
                 graph_root(s, group[0])   # CROWN's pre-activation bounds: the fallback, and what a pass costs
                 pass_s = root["graph-crown-seconds"]
@@ -116,7 +118,7 @@ class GraphActivationSplit(SplitStage):
                     r = crown_root(self.graph, root["graph-crown"])   # no time for alpha-CROWN's passes
                 else:   # its last step's gradient and the float64 evaluation come after the steps' deadline
                     r = s.timed("time_root", prepare_root, s.network, group[0].lo, group[0].hi, C, d, self.options,
-                                until - (ROOT_PASSES - 1) * pass_s, self.graph)
+                                until - (ROOT_PASSES - 1) * pass_s, self.graph, groups)
             except CertifyError as e:   # no CROWN rule for some op: the search decides nothing here
                 s.counters["error"] = str(e)
                 r = None
