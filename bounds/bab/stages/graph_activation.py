@@ -8,9 +8,10 @@ pre-activation bounds shared by its obligations and by ``GraphInputSplit``); Non
 the obligation, else the split scores of every neuron that can be split
 (``graph_branching.neuron_scores``). ``prepare``: per box, the root bounds (alpha-CROWN with
 optimized intermediate slopes, ``activation_split.prepare_root``) for the rows of every
-obligation on it at once, the time left shared equally among the boxes (CROWN's root instead
-where even the optimized root's first passes would end past the box's share); each obligation then
-searches with its own rows' slopes. Resumable: a run goes on with the open domains of the last
+obligation on it at once, within ``root_alpha`` of the time left shared equally among the boxes
+(the search needs the rest; CROWN's root instead where even the optimized root's first passes
+would end past the box's share), its steps ending once every obligation has a positive row; each
+obligation then searches with its own rows' slopes. Resumable: a run goes on with the open domains of the last
 one (``ob.state[name]``). Without a MILP beside it, ``workers`` obligations are searched at once.
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ class GraphActivationSplit(SplitStage):
             root = s.roots.setdefault(key, {})
             if "graph" in root:
                 continue
-            until = time.monotonic() + max(0.0, s.deadline - time.monotonic()) / (len(boxes) - i)
+            until = time.monotonic() + s.opts.root_alpha * max(0.0, s.deadline - time.monotonic()) / (len(boxes) - i)
             C = torch.cat([ob.C for ob in group])
             d = torch.cat([ob.d for ob in group])
             groups = torch.cat([torch.full((ob.C.shape[0],), i, dtype=torch.long, device=ob.lo.device)
