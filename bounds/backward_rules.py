@@ -52,6 +52,14 @@ def _conv_out_padding(op: O.Conv2d, in_hw, out_hw) -> tuple[int, int]:
     return tuple(pads)
 
 
+def _tiles(op: O.Conv2d, in_shape, out_shape) -> bool:
+    """Whether the windows of ``op`` tile its input exactly (stride = kernel, no padding or
+    dilation, out x kernel = in): each input element lies in exactly one window."""
+    k = tuple(op.weight.shape[2:])
+    return (tuple(op.stride) == k and tuple(op.padding) == (0, 0) and tuple(op.dilation) == (1, 1)
+            and tuple(out_shape[1 + i] * k[i] for i in range(2)) == tuple(in_shape[1:]))
+
+
 def _conv(op: O.Conv2d, A, node, ctx):
     B, R = A.shape[:2]
     in_shape = ctx.in_shapes[0]
@@ -61,9 +69,13 @@ def _conv(op: O.Conv2d, A, node, ctx):
         O_, I, kh, kw = op.weight.shape
         cols = torch.matmul(op.weight.reshape(O_, I * kh * kw).t(), A.reshape(B * R, O_, -1))
         ph, pw = op.padding
-        full = (in_shape[1] + 2 * ph, in_shape[2] + 2 * pw)
-        At = F.fold(cols, full, (kh, kw), dilation=op.dilation, stride=op.stride)
-        At = At[:, :, ph:ph + in_shape[1], pw:pw + in_shape[2]]
+        oh, ow = out_shape[1:]
+        if _tiles(op, in_shape, out_shape):   # non-overlapping windows covering the input: fold is a permutation
+            At = cols.reshape(B * R, I, kh, kw, oh, ow).permute(0, 1, 4, 2, 5, 3).reshape(B * R, I, oh * kh, ow * kw)
+        else:
+            full = (in_shape[1] + 2 * ph, in_shape[2] + 2 * pw)
+            At = F.fold(cols, full, (kh, kw), dilation=op.dilation, stride=op.stride)
+            At = At[:, :, ph:ph + in_shape[1], pw:pw + in_shape[2]]
     else:
         At = F.conv_transpose2d(A.reshape((B * R,) + tuple(out_shape)), op.weight, None, op.stride, op.padding,
                                 _conv_out_padding(op, in_shape[1:], out_shape[1:]), op.groups, op.dilation)

@@ -78,6 +78,11 @@ class Smooth(ABC):
     def defined(self, op, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.ones_like(lo, dtype=torch.bool)
 
+    def curvature(self, op, lo: Tensor, hi: Tensor) -> Tensor | None:
+        """+1 where f is convex on [lo, hi], -1 where concave, 0 where neither (or unknown);
+        None: not known anywhere (the default lines come from the candidates)."""
+        return None
+
 
 def _extremes(fn: Smooth, op, lo, hi, k) -> tuple[Tensor, Tensor, Tensor]:
     """min and max of f(c) - k c over the candidates, and the largest |f(c)| (all shaped like k)."""
@@ -142,8 +147,35 @@ def default_slopes(fn: Smooth, op, lo, hi) -> tuple[Tensor, Tensor]:
     return ks.gather(0, i_lo)[0], ks.gather(0, i_up)[0]
 
 
+def curved_lines(fn: Smooth, op, lo: Tensor, hi: Tensor) -> Relax | None:
+    """The default lines where f is convex or concave on every interval (else None), in closed
+    form: the midpoint tangent below and the chord above a convex piece (above and below a
+    concave one), the lines the candidates would pick. A convex f(x) - k x takes its minimum
+    where f' = k (the midpoint, for the tangent's slope) and its maximum at an end (the chord's
+    intercept); the rounding margin is ``intercepts``'."""
+    sign = fn.curvature(op, lo, hi)
+    if sign is None or not bool((sign != 0).all()):
+        return None
+    m = (lo + hi) / 2
+    chord, tangent = _chord_mid(fn, op, lo, hi)
+    f_lo, f_hi, f_m = fn.f(op, lo), fn.f(op, hi), fn.f(op, m)
+    at_tangent = f_m - tangent * m
+    ends = (f_lo - chord * lo, f_hi - chord * hi)
+    e = _eps(lo)
+    mag = torch.maximum(torch.maximum(f_lo.abs(), f_hi.abs()), f_m.abs())
+    rad = torch.maximum(lo.abs(), hi.abs())
+    m_t, m_c = e * (mag + tangent.abs() * rad), e * (mag + chord.abs() * rad)
+    convex = sign > 0
+    return Relax(torch.where(convex, tangent, chord), torch.where(convex, at_tangent - m_t, torch.minimum(*ends) - m_c),
+                 torch.where(convex, chord, tangent), torch.where(convex, torch.maximum(*ends) + m_c, at_tangent + m_t))
+
+
 def relax(fn: Smooth, op, lo: Tensor, hi: Tensor, alpha=None) -> Relax:
     """Lines sound on [lo, hi] (see module doc); ``alpha``: None or (lower, upper) in [0, 1]."""
+    if alpha is None and not fn.hull:
+        lines = curved_lines(fn, op, lo, hi)
+        if lines is not None:
+            return _undefined_nan(fn, op, lo, hi, lines)
     if alpha is None:
         k_lo, k_up = default_slopes(fn, op, lo, hi)
     else:
@@ -151,16 +183,22 @@ def relax(fn: Smooth, op, lo: Tensor, hi: Tensor, alpha=None) -> Relax:
         a_lo, a_up = (a.clamp(0.0, 1.0) for a in alpha)
         k_lo, k_up = kmin + a_lo * (kmax - kmin), kmin + a_up * (kmax - kmin)
     b_lo, b_up = intercepts(fn, op, lo, hi, k_lo, k_up)
-    undefined = ~fn.defined(op, lo, hi)
-    if bool(undefined.any()):              # no finite line: NaN, replaced by the caller's constants
-        nan = torch.full((), math.nan, dtype=lo.dtype, device=lo.device)
-        k_lo, b_lo, k_up, b_up = (torch.where(undefined, nan, t) for t in (k_lo, b_lo, k_up, b_up))
+    k_lo, b_lo, k_up, b_up = _undefined_nan(fn, op, lo, hi, Relax(k_lo, b_lo, k_up, b_up))
     if fn.hull:
         long = (hi - lo) >= TWO_PI
         zero, one = torch.zeros_like(k_lo), torch.ones_like(k_lo)
         k_lo, k_up = torch.where(long, zero, k_lo), torch.where(long, zero, k_up)
         b_lo, b_up = torch.where(long, -one, b_lo), torch.where(long, one, b_up)
     return Relax(k_lo, b_lo, k_up, b_up)
+
+
+def _undefined_nan(fn: Smooth, op, lo: Tensor, hi: Tensor, r: Relax) -> Relax:
+    """``r`` with NaN lines where no finite line exists (replaced by the caller's constants)."""
+    undefined = ~fn.defined(op, lo, hi)
+    if not bool(undefined.any()):
+        return r
+    nan = torch.full((), math.nan, dtype=lo.dtype, device=lo.device)
+    return Relax(*(torch.where(undefined, nan, t) for t in (r.lower_slope, r.lower_bias, r.upper_slope, r.upper_bias)))
 
 
 def alpha_init(fn: Smooth, op, lo: Tensor, hi: Tensor, slopes=None) -> Tensor:
@@ -200,6 +238,9 @@ class _Exp(Smooth):
     def image(self, op, lo, hi):
         return torch.exp(lo), torch.exp(hi)
 
+    def curvature(self, op, lo, hi):
+        return torch.ones_like(lo)
+
     def slope_range(self, op, lo, hi):
         return torch.exp(lo), torch.exp(hi)
 
@@ -225,6 +266,9 @@ class _Log(Smooth):
     def slope_range(self, op, lo, hi):
         return 1.0 / hi, 1.0 / lo
 
+    def curvature(self, op, lo, hi):
+        return -(lo > 0).to(lo.dtype)
+
 
 class _Reciprocal(Smooth):
     def f(self, op, x):
@@ -244,6 +288,9 @@ class _Reciprocal(Smooth):
         ok = self.defined(op, lo, hi)
         inf = torch.full_like(lo, math.inf)
         return torch.where(ok, 1.0 / hi, -inf), torch.where(ok, 1.0 / lo, inf)
+
+    def curvature(self, op, lo, hi):
+        return (lo > 0).to(lo.dtype) - (hi < 0).to(lo.dtype)
 
     def slope_range(self, op, lo, hi):
         near = torch.minimum(lo * lo, hi * hi)

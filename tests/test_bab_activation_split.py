@@ -247,3 +247,31 @@ def test_verify_splits_activations_of_a_residual_network_with_many_inputs(tmp_pa
             assert k % 2 == 0
         verdicts.append(res.status)
     assert verdicts.count("sat") + verdicts.count("unsat") == 4, verdicts
+
+
+def test_root_steps_go_on_until_every_obligation_has_a_positive_row():
+    """The rows of two obligations bounded at once, the first proved by CROWN already: with
+    ``groups`` the steps go on for the second (its bound rises above CROWN's, and stays below
+    the sampled minimum), while read as one obligation they stop at once (a positive row)."""
+    from bounds.bab.graph_root import all_proved
+    assert all_proved(torch.tensor([[1.0, -1.0]])) and not all_proved(torch.tensor([[1.0, -1.0]]), torch.tensor([0, 1]))
+    assert all_proved(torch.tensor([[1.0, -1.0, 2.0]]), torch.tensor([0, 0, 1]))
+    net = residual_mlp(3)
+    lo, hi = torch.tensor([-0.6, -0.4], dtype=DT).reshape(1, -1), torch.tensor([0.5, 0.7], dtype=DT).reshape(1, -1)
+    C = torch.tensor([[1.0, -1.0, 0.5], [1.0, -1.0, 0.5]], dtype=DT)
+    g = Graph(net)
+    d = torch.tensor([[100.0, 0.0]], dtype=DT)
+    one = Splits.none(1)
+    crown = bound_domains(g, lo, hi, C.unsqueeze(0), d, root_bounds(g, lo, hi, C.unsqueeze(0), d, iterations=0)[0],
+                          one).lower[0]
+    assert float(crown[0]) > 0 > float(crown[1])
+    per = {}
+    for name, groups in (("one", None), ("two", torch.tensor([0, 1]))):
+        pre, alpha = root_bounds(g, lo, hi, C.unsqueeze(0), d, iterations=20, patience=None, groups=groups)
+        per[name] = float(bound_domains(g, lo, hi, C.unsqueeze(0), d, pre, one, alpha=alpha).lower[0, 1])
+    assert per["one"] == pytest.approx(float(crown[1]), abs=1e-9)
+    assert per["two"] > float(crown[1]) + 1e-3
+    xs = lo + (hi - lo) * torch.rand(50000, 2, dtype=DT, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = net.forward_all(xs)[net.output] @ C[1]
+    assert float(out.min()) >= per["two"] - 1e-9

@@ -343,3 +343,37 @@ def test_leaky_relu_alpha_and_splits():
         inside = vals["n0"][:, j] >= 0 if sign > 0 else vals["n0"][:, j] <= 0
         y = vals[net.output][inside]
         assert (y >= b.lower - 1e-9).all() and (y <= b.upper + 1e-9).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["exp", "log", "reciprocal+", "reciprocal-"])
+def test_closed_form_lines_of_convex_and_concave_pieces(name, dtype):
+    """Where f is convex or concave on every interval (exp; log; 1/x on one side of 0) the
+    default lines come in closed form (midpoint tangent, chord): they hold on a dense grid with
+    no tolerance, and in float64 equal the lines the generic candidates pick (to rounding)."""
+    from bounds import smooth as S
+    fn = {"exp": S.EXP, "log": S.LOG, "reciprocal+": S.RECIPROCAL, "reciprocal-": S.RECIPROCAL}[name]
+    g = torch.Generator().manual_seed(3)
+    c = torch.randn(300, generator=g, dtype=DT) * 3
+    w = torch.rand(300, generator=g, dtype=DT) ** 2 * 5
+    w[:10], w[10:20] = 0.0, 1e-7
+    if name != "exp":
+        c = c.abs() + w + 1e-2
+        c = -c if name == "reciprocal-" else c
+    lo, hi = (c - w).to(dtype), (c + w).to(dtype)
+    r = S.curved_lines(fn, None, lo, hi)
+    assert r is not None
+    t = torch.linspace(0, 1, 501, dtype=DT).unsqueeze(1)
+    xs = torch.maximum(torch.minimum(lo.double() + t * (hi.double() - lo.double()), hi.double()), lo.double())
+    fx = fn.f(None, xs)
+    assert not (r.lower_slope.double() * xs + r.lower_bias.double() > fx).any()
+    assert not (r.upper_slope.double() * xs + r.upper_bias.double() < fx).any()
+    if dtype == DT:
+        k_lo, k_up = S.default_slopes(fn, None, lo, hi)
+        b_lo, b_up = S.intercepts(fn, None, lo, hi, k_lo, k_up)
+        scale = 1 + fx.abs().max(0).values
+        for line, ref in ((r.lower_slope * xs + r.lower_bias, k_lo * xs + b_lo),
+                          (r.upper_slope * xs + r.upper_bias, k_up * xs + b_up)):
+            assert bool(((line - ref).abs() <= 1e-10 * scale).all())
+    mixed = torch.tensor([-1.0, 0.5], dtype=dtype), torch.tensor([1.0, 2.0], dtype=dtype)
+    assert S.curved_lines(S.RECIPROCAL, None, *mixed) is None      # 1/x across 0: no closed form

@@ -82,14 +82,15 @@ class Root:
 
 
 def prepare_root(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, options: SplitOptions | None = None,
-                 deadline: float | None = None, graph: Graph | None = None) -> Root:
+                 deadline: float | None = None, graph: Graph | None = None, groups: Tensor | None = None) -> Root:
     """The root bounds of the box [lo, hi] (n_in,) for the rows C (R, n_out), d (R,) of every
-    obligation on it at once (alpha-CROWN with optimized intermediate slopes, ``graph_root``)."""
+    obligation on it at once (alpha-CROWN with optimized intermediate slopes, ``graph_root``);
+    ``groups`` (R,) long: the obligation of each row (default: all rows one obligation)."""
     opt = options or SplitOptions()
     g = graph or Graph(net)
     pre, alpha = root_bounds(g, lo.reshape(1, -1).double(), hi.reshape(1, -1).double(), C.double().unsqueeze(0),
                              d.double().unsqueeze(0), opt.root_iterations, opt.root_lr, opt.root_patience,
-                             opt.opt_dtype, deadline)
+                             opt.opt_dtype, deadline, groups)
     return Root(g, pre, alpha)
 
 

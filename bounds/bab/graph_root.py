@@ -22,15 +22,17 @@ Tensor = torch.Tensor
 
 def root_bounds(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, iterations: int = 20, lr: float = 0.5,
                 patience: int | None = 4, opt_dtype: torch.dtype = torch.float32,
-                deadline: float | None = None) -> tuple[dict, dict]:
+                deadline: float | None = None, groups: Tensor | None = None) -> tuple[dict, dict]:
     """(pre, spec alpha): float64 bounds {pre-activation node: (lo, hi) (1, *shape)} of the box
     [lo, hi] (1, n_in) and the optimized slopes of the spec's rows {activation node: (1, R, ...)}
-    (``opt_dtype``). ``iterations`` 0: CROWN's bounds and slopes. The steps stop once the spec's
-    best lower bound is positive in some row (nothing more is needed) or at ``deadline``."""
+    (``opt_dtype``). ``iterations`` 0: CROWN's bounds and slopes. ``groups`` (R,) long: the
+    obligation of each row (the rows of several obligations bounded at once; default: one
+    obligation). The steps stop once every obligation's best lower bound is positive in some
+    row (nothing more is needed) or at ``deadline``."""
     net_o = g.net64 if opt_dtype == torch.float64 else g.net32
     box_o = _box(net_o, lo.to(opt_dtype), hi.to(opt_dtype))
     res = optimize(net_o, box_o, C.to(opt_dtype), d.to(opt_dtype), iterations=iterations, lr=lr, upper=False,
-                   patience=patience, stop=lambda best: bool((best.max(1).values > 0).all()), deadline=deadline)
+                   patience=patience, stop=lambda best: all_proved(best, groups), deadline=deadline)
     box = _box(g.net64, lo, hi)
     params = res.slopes.params
 
@@ -43,6 +45,17 @@ def root_bounds(g: Graph, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, iteratio
     spec = {node: p.detach() for (key, node), p in res.slopes.params.items() if key == g.net64.output}
     g.alpha_nodes = sorted(set(g.alpha_nodes) | {node for node in res.slopes.init})
     return pre, spec
+
+
+def all_proved(lower: Tensor, groups: Tensor | None = None) -> bool:
+    """Whether every obligation has a positive row in ``lower`` (B, R), for each of the B boxes;
+    ``groups`` (R,) long: the obligation of each row (None: all rows one obligation)."""
+    pos = lower > 0
+    if groups is None:
+        return bool(pos.any(1).all())
+    hit = torch.zeros(lower.shape[0], int(groups.max()) + 1, dtype=torch.long, device=lower.device)
+    hit.index_add_(1, groups.to(lower.device), pos.long())
+    return bool((hit[:, torch.unique(groups.to(lower.device))] > 0).all())
 
 
 def timed_root(g: Graph, lo, hi, C, d, stats: dict, **kw):

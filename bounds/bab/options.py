@@ -36,7 +36,7 @@ class VerifyOptions:
     graph_candidates: int = 3     # ... and dimensions it tries per split (the best of them is kept)
     activation_batch: int = 128   # activation splitting over the general bound engine: most domains per bound call
     activation_iterations: int = 10   # activation splitting over the general bound engine: alpha/beta steps per call
-    root_alpha: float = 0.5       # ... its root alpha-CROWN on inputs over attack_max_dims dims: share of the time left
+    root_alpha: float = 0.5       # a search over the general bound engine: its root alpha-CROWN's share of the time left
     quick: float = 0.1            # ReLU splitting: share of the timeout for a first pass over the obligations ...
     tighten: float | None = None  # ... then share of the time left for tightening their regions' bounds (None: by depth; 0: never)
     tighten_shallow: float = 0.25  # ``tighten`` on networks with at most ``deep`` hidden layers

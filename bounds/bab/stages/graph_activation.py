@@ -8,9 +8,10 @@ pre-activation bounds shared by its obligations and by ``GraphInputSplit``); Non
 the obligation, else the split scores of every neuron that can be split
 (``graph_branching.neuron_scores``). ``prepare``: per box, the root bounds (alpha-CROWN with
 optimized intermediate slopes, ``activation_split.prepare_root``) for the rows of every
-obligation on it at once, the time left shared equally among the boxes (CROWN's root instead
-where even the optimized root's first passes would end past the box's share); each obligation then
-searches with its own rows' slopes. Resumable: a run goes on with the open domains of the last
+obligation on it at once, within ``root_alpha`` of the time left shared equally among the boxes
+(the search needs the rest; CROWN's root instead where even the optimized root's first passes
+would end past the box's share), its steps ending once every obligation has a positive row; each
+obligation then searches with its own rows' slopes. Resumable: a run goes on with the open domains of the last
 one (``ob.state[name]``). Without a MILP beside it, ``workers`` obligations are searched at once.
 """
 from __future__ import annotations
@@ -110,9 +111,11 @@ class GraphActivationSplit(SplitStage):
             root = s.roots.setdefault(key, {})
             if "graph" in root:
                 continue
-            until = time.monotonic() + max(0.0, s.deadline - time.monotonic()) / (len(boxes) - i)
+            until = time.monotonic() + s.opts.root_alpha * max(0.0, s.deadline - time.monotonic()) / (len(boxes) - i)
             C = torch.cat([ob.C for ob in group])
             d = torch.cat([ob.d for ob in group])
+            groups = torch.cat([torch.full((ob.C.shape[0],), i, dtype=torch.long, device=ob.lo.device)
+                                for i, ob in enumerate(group)])
             try:
                 graph_root(s, group[0])   # CROWN's pre-activation bounds: the fallback, and what a pass costs
                 pass_s = root["graph-crown-seconds"]
@@ -120,7 +123,7 @@ class GraphActivationSplit(SplitStage):
                     r = crown_root(self.graph, root["graph-crown"])   # no time for alpha-CROWN's passes
                 else:   # its last step's gradient and the float64 evaluation come after the steps' deadline
                     r = s.timed("time_root", prepare_root, s.network, group[0].lo, group[0].hi, C, d, self.options,
-                                until - (ROOT_PASSES - 1) * pass_s, self.graph)
+                                until - (ROOT_PASSES - 1) * pass_s, self.graph, groups)
             except CertifyError as e:   # no CROWN rule for some op: the search decides nothing here
                 s.counters["error"] = str(e)
                 r = None
