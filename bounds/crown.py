@@ -452,8 +452,10 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
     its first pass); ``record_rows``: a dict that receives the (idx, valid) used;
     ``relax_cache``: a dict to keep the activations' relaxations in (pass the same one to
     ``crown_spec`` to reuse them there); ``reference``: sound bounds per pre-activation node to intersect with (e.g. the best of
-    earlier passes); the intersection's gradient is the computed bound's (straight-through), so
-    alpha-CROWN's slopes keep learning where the reference is as tight or tighter."""
+    earlier passes); without ``alpha_of`` it is applied before the rows are chosen (a neuron it
+    makes stable gets no CROWN pass); with it, after, its gradient the computed bound's
+    (straight-through), so alpha-CROWN's slopes keep learning where the reference is as tight or
+    tighter."""
     if intermediate not in ("crown", "ibp"):
         raise CertifyError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
     pre = preactivation_nodes(net)
@@ -467,6 +469,10 @@ def propagate(net: Network, input_set: InputSet, intermediate: str = "crown", sp
         iv = ibp_node(node.op, [vals[i] for i in node.inputs], sanitize)
         if node.name in pre:
             iv = apply_splits(net, pre[node.name], iv, splits)
+            if reference is not None and node.name in reference and alpha_of is None:
+                # before the rows are chosen: neurons the reference makes stable need no CROWN pass
+                ref = reference[node.name]
+                iv = (torch.maximum(iv[0], ref[0]), torch.minimum(iv[1], ref[1]))
             use_crown = intermediate == "crown" and not (input_set.norm in BOX_NORMS
                                                          and _affine_of_input(net, node.name))
             if use_crown:

@@ -255,3 +255,44 @@ def test_widest_candidate_splits_the_input_the_scores_cannot_see():
     assert run(1)[0] in ("unknown", "timeout")
     verdict, n = run(2)
     assert verdict == "unsat" and n <= 16
+
+
+def test_parent_bounds_keep_the_graph_input_split_exact():
+    """With each child's pre-activation bounds intersected with its parent's (``reuse_parent``),
+    the graph input split still decides thresholds just below and above the exact minimum (MILP)
+    of small ReLU networks, and the reference never loosens a box's CROWN bounds below the
+    sampled minimum."""
+    import time
+
+    from bounds.bab.input_split_crown import graph_bounds, input_split_graph
+    from helpers.oracles import exact_min
+    from helpers.properties import random_case
+    for seed in range(4):
+        net, prop, lo, hi, A, b = random_case(500 + seed, [3, 10, 10, 2])
+        m = exact_min(net, lo, hi, A, b)
+        net64 = net.to(torch.float64)
+        lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+        for tau, truth in ((-0.02, "unsat"), (0.02, "sat")):
+            C, d = torch.as_tensor(A, dtype=torch.float64), -torch.as_tensor(b + m + tau, dtype=torch.float64)
+            found = []
+
+            def try_points(xs, C=C, d=d):
+                with torch.no_grad():
+                    v = (net64(xs.reshape((-1,) + net64.input_shape)).reshape(xs.shape[0], -1) @ C.T + d).max(1).values
+                return xs[v.argmin()] if bool((v <= 0).any()) else None
+
+            st = {"domains": 0, "bound_calls": 0, "time_bound": 0.0, "time_falsify": 0.0}
+            verdict, ce = input_split_graph(net64, lo_t, hi_t, C, d, time.monotonic() + 20, try_points, st, batch=32,
+                                            candidates=3, reuse_parent=True)
+            assert verdict == truth, (seed, tau, verdict)
+        keep: dict = {}
+        C, d = torch.as_tensor(A, dtype=torch.float64), -torch.as_tensor(b, dtype=torch.float64)
+        graph_bounds(net64, lo_t[None], hi_t[None], C, d, 1, keep=keep)
+        g = torch.Generator().manual_seed(seed)
+        sub_lo = lo_t + (hi_t - lo_t) * 0.5 * torch.rand(lo_t.shape, generator=g, dtype=torch.float64)
+        sub_hi = sub_lo + (hi_t - sub_lo) * torch.rand(lo_t.shape, generator=g, dtype=torch.float64)
+        low, _, _ = graph_bounds(net64, sub_lo[None], sub_hi[None], C, d, 1, reference=keep)
+        xs = sub_lo + (sub_hi - sub_lo) * torch.rand(20000, lo_t.numel(), generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            y = net64(xs.reshape((-1,) + net64.input_shape)).reshape(xs.shape[0], -1)
+        assert float(low.max()) <= float((y @ C.T + d).max(1).values.min()) + 1e-9

@@ -10,7 +10,9 @@ split in half along one of ``candidates`` dimensions: those with the largest |la
 its best row (what drives most of the bound's spread) and the widest relative to the root box
 (an input whose coefficient is small while its width keeps intermediate relaxations loose); the
 children of every candidate are bounded in one batch and the candidate whose weaker child has
-the best bound is kept. A child's bounds are at least its parent's (it lies inside). For a
+the best bound (its own, before the parent's is applied) is kept. A child's bounds are at least
+its parent's (it lies inside), and so are its pre-activation bounds where the open boxes can
+keep theirs (``reuse_parent``: fewer unstable neurons, fewer CROWN rows). For a
 conjunction of several rows their mean is bounded too (a violation needs every row <= 0, so the
 mean as well). Where CROWN has no rule for some op the engine's interval bounds (IBP) are used
 instead, the candidates then being the widest dimensions relative to the root box, with centres
@@ -29,19 +31,22 @@ import torch
 from bounds.bab.box_clip import clip_boxes
 from bounds.bab.box_split import halves
 from bounds.bab.chain_bounds import PROOF_TOL
-from bounds.crown import ROW_BUDGET, BoundTimeout
+from bounds.crown import ROW_BUDGET, BoundTimeout, preactivation_nodes
 from certify.errors import CertifyError
 from certify.ir import Network
 from certify.spec.sets import Box
 
 
 def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
-                 rows: int, method: str = "crown", deadline: float | None = None):
+                 rows: int, method: str = "crown", deadline: float | None = None, reference: dict | None = None,
+                 keep: dict | None = None):
     """Lower bounds (n, r) of C y + d over the boxes ``l``, ``h`` (n, n_in) float64, C (r, n_out),
     d (r,); with ``method="crown"`` also, per box, the row followed (the best of the first
     ``rows``), (n,), and its linear lower bound's input coefficients (n, n_in) (else None, None).
-    Raises ``CertifyError`` when the engine has no rule for an op of ``net64``, ``BoundTimeout``
-    past ``deadline``."""
+    ``reference``: sound pre-activation bounds of these boxes {node: (lo, hi) (n, *shape)} (e.g.
+    their parents'), intersected with theirs before CROWN (``propagate``); ``keep``: a dict that
+    receives the boxes' pre-activation bounds (CROWN only). Raises ``CertifyError`` when the
+    engine has no rule for an op of ``net64``, ``BoundTimeout`` past ``deadline``."""
     from bounds import compute_bounds
     from bounds.crown import crown_spec, propagate
     n, shape = l.shape[0], (l.shape[0],) + tuple(net64.input_shape)
@@ -53,7 +58,10 @@ def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tens
         return b.lower.reshape(n, -1), None, None
     cache: dict = {}
     with torch.no_grad():
-        vals = propagate(net64, Box(l.reshape(shape), h.reshape(shape)), "crown", relax_cache=cache, deadline=deadline)
+        vals = propagate(net64, Box(l.reshape(shape), h.reshape(shape)), "crown", relax_cache=cache, deadline=deadline,
+                         reference=reference)
+    if keep is not None:
+        keep.update((k, vals[k]) for k in preactivation_nodes(net64))
     lr, hr = l.detach().clone().requires_grad_(True), h.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         low, _ = crown_spec(net64, vals, Box(lr.reshape(shape), hr.reshape(shape)), Cb, db, upper=False,
@@ -71,16 +79,28 @@ def boxes_per_call(net: Network, cap: int) -> int:
     return max(1, min(cap, ROW_BUDGET // per_box))
 
 
+MAX_OPEN = 100_000   # open boxes a search is expected to hold at once (sizes what each may carry)
+
+
+def parent_bounds_fit(net: Network, budget: int) -> bool:
+    """Whether ``MAX_OPEN`` open boxes can each keep their float64 pre-activation bounds (for
+    their children, ``reuse_parent``) within ``budget`` bytes."""
+    per_box = 2 * 8 * sum(math.prod(net.shape_of(n)) for n in preactivation_nodes(net))
+    return per_box * MAX_OPEN <= budget
+
+
 def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                       deadline: float, try_points, stats: dict, batch: int = 64, min_width: float = 1e-9,
                       state: dict | None = None, stop=None, clip: bool = True, mean_row: bool = True,
-                      bound_deadline: float | None = None, candidates: int = 1):
+                      bound_deadline: float | None = None, candidates: int = 1, reuse_parent: bool = False):
     """Prove max_r (C y + d)_r > 0 on [lo, hi] (n_in,) float64; C (r, n_out), d (r,).
 
     ``try_points(xs (N, n_in)) -> counterexample or None``. ``stop()``: polled before each batch,
     True ends the call as a timeout. ``state``: a dict that keeps the open boxes (and the bound
     method) at a timeout; passed back, the search goes on where it stopped. ``batch``: boxes per
-    bound call. ``candidates``: dimensions tried per split (module docstring). Counts go to
+    bound call. ``candidates``: dimensions tried per split (module docstring). ``reuse_parent``:
+    each open box keeps its pre-activation bounds, and its children's are intersected with them
+    before CROWN (a neuron they make stable needs no CROWN pass). Counts go to
     ``stats`` (domains, bound_calls, time_bound, time_falsify; ``bound_method`` "ibp" when CROWN
     had no rule). ``bound_deadline``: a bound call still running then ends the call as a timeout
     (the boxes stay open; ``deadline`` itself is only checked between calls, so that resumed
@@ -97,22 +117,25 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
     else:
         todo, stack, method = [(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())], [], "crown"
 
-    def bound(l, h, parent_low=None):
+    packer = _Packer(net64) if reuse_parent and preactivation_nodes(net64) else None
+
+    def bound(l, h, parent_pk=None):
+        """(low, row, lam, packed pre-activation bounds or None) of the boxes l, h."""
         nonlocal method
         t = time.monotonic()
+        keep = {} if packer is not None and method == "crown" else None
+        ref = None if parent_pk is None else packer.unpack(parent_pk)
         try:
-            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline, reference=ref, keep=keep)
         except CertifyError:
             if method != "crown":
                 raise
             method = stats["bound_method"] = "ibp"   # an op without a CROWN rule: interval bounds
-            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline)
+            out, keep = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline), None
         stats["bound_calls"] += 1
         stats["domains"] += l.shape[0]
         stats["time_bound"] += time.monotonic() - t
-        if parent_low is not None:      # a child box lies in its parent's: the parent's bounds hold on it
-            out = (torch.maximum(out[0], parent_low),) + out[1:]
-        return out
+        return out + (packer.pack(keep) if keep else None,)
 
     def keep_state():
         if state is not None:
@@ -127,23 +150,23 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
             todo = [(l[:-batch], h[:-batch])] if l.shape[0] > batch else []
             l, h = l[-batch:], h[-batch:]
             try:
-                low, row, lam = bound(l, h)
+                res = bound(l, h)
             except BoundTimeout:            # the boxes go back, open
                 todo.append((l, h))
                 keep_state()
                 return "timeout", None
-            keep = ~(low.max(1).values > PROOF_TOL)
+            keep = ~(res[0].max(1).values > PROOF_TOL)
             if bool(keep.any()):
-                stack.append((l[keep], h[keep], low[keep], None if row is None else row[keep],
-                              None if lam is None else lam[keep]))
+                stack.append(_rows((l, h) + res, keep))
             continue
-        l, h, low, row, lam = (None if t[0] is None else torch.cat(t) for t in zip(*stack))
+        top = tuple(None if t[0] is None else torch.cat(t) for t in zip(*stack))
         n = max(1, batch // (2 * k))     # parents whose children fill one bound call
-        if l.shape[0] > n:
-            stack = [tuple(None if t is None else t[:-n] for t in (l, h, low, row, lam))]
-            l, h, low, row, lam = (None if t is None else t[-n:] for t in (l, h, low, row, lam))
+        if top[0].shape[0] > n:
+            stack = [_rows(top, slice(None, -n))]
+            top = _rows(top, slice(-n, None))
         else:
             stack = []
+        l, h, low, row, lam, pk = top
         if lam is None:
             score, cand = (h - l) / root_w, (l + h) / 2
         else:
@@ -153,7 +176,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
                 if bool(empty.any()):
                     stats["clipped_empty"] = stats.get("clipped_empty", 0) + int(empty.sum())
                     keep = ~empty
-                    l, h, low, lam = l[keep], h[keep], low[keep], lam[keep]
+                    l, h, low, row, lam, pk = _rows((l, h, low, row, lam, pk), keep)
                     if l.shape[0] == 0:
                         continue
             width = h - l
@@ -173,21 +196,48 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         N, kk = dims.shape
         cl, ch, parent = halves(l, h, dims)
         try:
-            clow, crow, clam = bound(cl, ch, low[parent])
+            res = bound(cl, ch, None if pk is None else pk[parent])
         except BoundTimeout:            # the parents go back, open
-            stack.append((l, h, low, row, lam))
+            stack.append((l, h, low, row, lam, pk))
             keep_state()
             return "timeout", None
-        best = clow.max(1).values
+        best = res[0].max(1).values     # the pick follows the children's own bounds (no ties at the parent's)
         worse = torch.minimum(best[:N * kk], best[N * kk:]).reshape(N, kk).masked_fill(~valid, -float("inf"))
         first = torch.arange(N, device=l.device) * kk + worse.argmax(1)
         sel = torch.cat([first, N * kk + first])
-        open_ = ~(best[sel] > PROOF_TOL)
+        # a child box lies in its parent's: the parent's bounds hold on it
+        res = (torch.maximum(res[0], low[parent]),) + res[1:]
+        open_ = ~(res[0][sel].max(1).values > PROOF_TOL)
         sel = sel[open_]
         if sel.numel():
-            stack.append((cl[sel], ch[sel], clow[sel], None if crow is None else crow[sel],
-                          None if clam is None else clam[sel]))
+            stack.append(_rows((cl, ch) + res, sel))
     return "unsat", None
+
+
+def _rows(t: tuple, idx) -> tuple:
+    """The boxes ``idx`` of a stack record (tensors indexed along their first axis; None stays)."""
+    return tuple(None if x is None else x[idx] for x in t)
+
+
+class _Packer:
+    """A box's pre-activation bounds {node: (lo, hi) (N, *shape)} as one (N, 2 P) tensor (a stack
+    record's column) and back."""
+
+    def __init__(self, net: Network):
+        self.names = list(preactivation_nodes(net))
+        self.shapes = [tuple(net.shape_of(n)) for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+
+    def pack(self, vals: dict) -> torch.Tensor:
+        N = vals[self.names[0]][0].shape[0]
+        return torch.cat([t.reshape(N, -1) for n in self.names for t in vals[n]], 1)
+
+    def unpack(self, pk: torch.Tensor) -> dict:
+        out, k = {}, 0
+        for n, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[n] = (pk[:, k:k + size].reshape((-1,) + shape), pk[:, k + size:k + 2 * size].reshape((-1,) + shape))
+            k += 2 * size
+        return out
 
 
 def _candidate_dims(score: torch.Tensor, rel_width: torch.Tensor, k: int):

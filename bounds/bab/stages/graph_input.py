@@ -17,10 +17,11 @@ import time
 import torch
 
 from bounds.bab.chain_bounds import PROOF_TOL
-from bounds.bab.input_split_crown import boxes_per_call, graph_bounds, input_split_graph
+from bounds.bab.input_split_crown import boxes_per_call, graph_bounds, input_split_graph, parent_bounds_fit
 from bounds.bab.stages.base import Obligation, Outcome, Search, SplitStage
 from bounds.bab.stages.graph_activation import graph_root, search_graph
 from bounds.crown import BoundTimeout
+from bounds.memory import search_budget
 from certify.errors import CertifyError
 from certify.spec.sets import Box
 
@@ -105,6 +106,7 @@ class GraphInputSplit(SplitStage):
             verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d, until, s.try_points(ob), s.counters,
                                             batch=boxes_per_call(s.net64, s.opts.batch or s.opts.graph_batch),
                                             candidates=s.opts.graph_candidates,
+                                            reuse_parent=parent_bounds_fit(s.net64, search_budget(ob.lo.device)),
                                             state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob),
                                             bound_deadline=s.deadline)
         except CertifyError as e:   # not even interval bounds for some op: no proof possible here
