@@ -101,14 +101,31 @@ class GraphInputSplit(SplitStage):
         return left
 
     def run(self, ob: Obligation, until: float) -> Outcome:
+        """Two searches in turns, each going on where its last turn stopped (turns of
+        ``input_slice`` seconds, doubled every round): ``graph_candidates`` candidate dimensions
+        with the parents' pre-activation bounds kept where they fit, and every dimension (at most
+        twice as many) without them. Their depth-first orders differ, and an order stuck in one
+        part of the box is often quick in another."""
         s = self.search
+        st = ob.state.setdefault(self.name, {"states": [{}, {}], "turn": 0, "slice": s.opts.input_slice})
+        n_in = ob.lo.numel()
+        searches = [dict(candidates=s.opts.graph_candidates,
+                         reuse_parent=parent_bounds_fit(s.net64, search_budget(ob.lo.device))),
+                    dict(candidates=min(n_in, 2 * s.opts.graph_candidates), reuse_parent=False)]
+        verdict, ce = "timeout", None
         try:
-            verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d, until, s.try_points(ob), s.counters,
-                                            batch=boxes_per_call(s.net64, s.opts.batch or s.opts.graph_batch),
-                                            candidates=s.opts.graph_candidates,
-                                            reuse_parent=parent_bounds_fit(s.net64, search_budget(ob.lo.device)),
-                                            state=ob.state.setdefault(self.name, {}), stop=lambda: s.interrupted(ob),
-                                            bound_deadline=s.deadline)
+            while time.monotonic() < until and not s.interrupted(ob):
+                k = st["turn"] % len(searches)
+                verdict, ce = input_split_graph(s.net64, ob.lo, ob.hi, ob.C, ob.d,
+                                                min(until, time.monotonic() + st["slice"]), s.try_points(ob),
+                                                s.counters, batch=boxes_per_call(s.net64, s.opts.batch or s.opts.graph_batch),
+                                                state=st["states"][k], stop=lambda: s.interrupted(ob),
+                                                bound_deadline=s.deadline, **searches[k])
+                if verdict != "timeout":
+                    break
+                st["turn"] += 1
+                if st["turn"] % len(searches) == 0:
+                    st["slice"] *= 2
         except CertifyError as e:   # not even interval bounds for some op: no proof possible here
             s.counters["error"] = str(e)
             return Outcome("unknown", None, self.name)
