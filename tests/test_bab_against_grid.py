@@ -78,7 +78,7 @@ def test_generic_path_sigmoid_net_and_output_atoms(seed):
     text += f"(assert (>= Y_{i} Y_{j}))\n(assert (<= {c!r} Y_2))\n"
     prop = parse(text, 2, 3)
     res = verify(net, prop, timeout=15, falsify_first=False)
-    assert res.stats["method"] == "generic-input"
+    assert "generic-input" in res.stats["method"].split("+")   # alone, or in turns with activation splitting
     if res.status == "unsat":
         assert not viol_grid
     if res.status == "sat":
