@@ -109,8 +109,9 @@ class GraphInputSplit(SplitStage):
         s = self.search
         st = ob.state.setdefault(self.name, {"states": [{}, {}], "turn": 0, "slice": s.opts.input_slice})
         n_in = ob.lo.numel()
-        searches = [dict(candidates=s.opts.graph_candidates,
-                         reuse_parent=parent_bounds_fit(s.net64, search_budget(ob.lo.device))),
+        if not hasattr(self, "_reuse"):   # (the memory check once per search, not per turn)
+            self._reuse = parent_bounds_fit(s.net64, search_budget(ob.lo.device))
+        searches = [dict(candidates=s.opts.graph_candidates, reuse_parent=self._reuse),
                     dict(candidates=min(n_in, 2 * s.opts.graph_candidates), reuse_parent=False)]
         verdict, ce = "timeout", None
         try:

@@ -39,14 +39,13 @@ class InTurns(SplitStage):
         last = Outcome("timeout", None, self.name)
         while time.monotonic() < until and len(turn["done"]) < len(self.stages):
             k = turn["next"]
-            if k not in turn["done"]:
-                out = self.stages[k].run(ob, min(until, time.monotonic() + turn["slice"]))
-            else:
-                out = Outcome("timeout")
             turn["next"] = (k + 1) % len(self.stages)
             if turn["next"] == 0:
                 turn["slice"] *= 2
-            if out.verdict == "unknown" and k not in turn["done"]:
+            if k in turn["done"]:
+                continue
+            out = self.stages[k].run(ob, min(until, time.monotonic() + turn["slice"]))
+            if out.verdict == "unknown":
                 turn["done"].add(k)
                 last = out
             elif out.verdict != "timeout":
