@@ -50,6 +50,73 @@ def test_clip_keeps_every_violating_point():
     assert cut > kept_total // 10, f"clipping cut only {cut} of {kept_total} boxes"
 
 
+def _lp_feasible(lo, hi, a, b) -> bool:
+    """Whether some x in [lo, hi] satisfies a x <= b (scipy's HiGHS, status checked)."""
+    from scipy.optimize import linprog
+    res = linprog(np.zeros(lo.numel()), A_ub=a.numpy(), b_ub=b.numpy(), bounds=list(zip(lo.tolist(), hi.tolist())),
+                  method="highs")
+    assert res.status in (0, 2), res.message
+    return res.status == 0
+
+
+def test_two_row_clip_is_empty_exactly_when_the_lp_is_infeasible():
+    """For two half-spaces the best pair combination decides emptiness exactly (Farkas), which
+    one-row clipping alone does not: random (lam, lower) rows on random boxes, compared with an LP
+    over the half-spaces the rows define."""
+    from bounds.bab.box_clip import pair_combinations
+    g = torch.Generator().manual_seed(5)
+    agree = only_pairs = 0
+    for trial in range(300):
+        n = 2 + trial % 5
+        lo = torch.rand(1, n, generator=g, dtype=torch.float64) - 1
+        hi = lo + 0.1 + torch.rand(1, n, generator=g, dtype=torch.float64)
+        lam = torch.randn(1, 2, n, generator=g, dtype=torch.float64)
+        c, rad = (lo + hi) / 2, (hi - lo) / 2
+        width = (lam.abs() * rad.unsqueeze(1)).sum(-1)                       # (1, 2)
+        lower = -width * torch.rand(1, 2, generator=g, dtype=torch.float64) * 1.2
+        a = lam[0]
+        b = (a * c).sum(-1) - (a.abs() * rad).sum(-1) - lower[0]
+        feasible = _lp_feasible(lo[0], hi[0], a, b)
+        pa, pb = pair_combinations(lo, hi, lam, b.unsqueeze(0))
+        gap = float(torch.minimum(pa * lo, pa * hi).sum() - pb)
+        if abs(gap) < 1e-7:
+            continue                          # on the boundary: either answer is within rounding
+        _, _, empty = clip_boxes(lo, hi, lam, lower)
+        assert bool(empty[0]) == (not feasible), f"trial {trial}: clip says empty={bool(empty[0])}, LP {feasible}"
+        agree += 1
+        one = torch.zeros(1, dtype=torch.bool)
+        for r in range(2):
+            one |= clip_boxes(lo, hi, lam[:, r:r + 1], lower[:, r:r + 1])[2]
+        only_pairs += int(bool(empty[0]) and not bool(one[0]))
+    assert agree > 250 and only_pairs > 0, (agree, only_pairs)
+
+
+def test_the_graph_search_follows_a_row_that_is_positive_at_the_centre():
+    """A row <= 0 at a box's centre is never proved on it: of a conjunction's rows the search
+    branches on the best bound among those positive there."""
+    from bounds.bab.input_split_crown import _followed_row
+    g = torch.Generator().manual_seed(2)
+    net = random_mlp([3, 10, 2], g, dtype=torch.float64)
+    lo = torch.rand(40, 3, generator=g, dtype=torch.float64) - 1
+    hi = lo + 0.5
+    C, d = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        y = net((lo + hi) / 2)
+    d = -y[:, 0].median() * torch.tensor([1.0, 0.0], dtype=torch.float64) - y[:, 1].median() * torch.tensor([0.0, 1.0], dtype=torch.float64)
+    m = y @ C.T + d
+    low = torch.randn(40, 2, generator=g, dtype=torch.float64) - 5
+    row = _followed_row(net, lo, hi, C, d, low)
+    pos = m > 0
+    for i in range(40):
+        if bool(pos[i].any()):
+            assert bool(pos[i, row[i]]), i
+            best = low[i].masked_fill(~pos[i], -float("inf")).argmax()
+            assert int(row[i]) == int(best)
+        else:
+            assert int(row[i]) == int(low[i].argmax())
+    assert bool((pos.sum(1) == 1).any()) and bool((~pos.any(1)).any())
+
+
 def test_parallel_pgd_finds_a_narrow_violation():
     g = torch.Generator().manual_seed(3)
     net = random_mlp([4, 16, 16, 2], g)

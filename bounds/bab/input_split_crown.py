@@ -14,7 +14,8 @@ the best bound (its own, before the parent's is applied) is kept. A child's boun
 its parent's (it lies inside), and so are its pre-activation bounds where the open boxes can
 keep theirs (``reuse_parent``: fewer unstable neurons, fewer CROWN rows). For a
 conjunction of several rows their mean is bounded too (a violation needs every row <= 0, so the
-mean as well). Where CROWN has no rule for some op the engine's interval bounds (IBP) are used
+mean as well), every row's linear bound clips the box, and the search follows the best-bounded
+row among those positive at the box's centre (``_followed_row``). Where CROWN has no rule for some op the engine's interval bounds (IBP) are used
 instead, the candidates then being the widest dimensions relative to the root box, with centres
 as the only counterexample candidates.
 
@@ -39,10 +40,11 @@ from certify.spec.sets import Box
 
 def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
                  rows: int, method: str = "crown", deadline: float | None = None, reference: dict | None = None,
-                 keep: dict | None = None):
+                 keep: dict | None = None, every_row: bool = False):
     """Lower bounds (n, r) of C y + d over the boxes ``l``, ``h`` (n, n_in) float64, C (r, n_out),
     d (r,); with ``method="crown"`` also, per box, the row followed (the best of the first
-    ``rows``), (n,), and its linear lower bound's input coefficients (n, n_in) (else None, None).
+    ``rows``), (n,), and its linear lower bound's input coefficients (n, n_in), or with
+    ``every_row`` every row's (n, r, n_in) (else None, None).
     ``reference``: sound pre-activation bounds of these boxes {node: (lo, hi) (n, *shape)} (e.g.
     their parents'), intersected with theirs before CROWN (``propagate``); ``keep``: a dict that
     receives the boxes' pre-activation bounds (CROWN only). Raises ``CertifyError`` when the
@@ -66,10 +68,28 @@ def graph_bounds(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tens
     with torch.enable_grad():
         low, _ = crown_spec(net64, vals, Box(lr.reshape(shape), hr.reshape(shape)), Cb, db, upper=False,
                             relax_cache=cache, deadline=deadline)
-        row = low.detach()[:, :rows].argmax(1)
-        gl, gh = torch.autograd.grad(low.gather(1, row.unsqueeze(1)).sum(), [lr, hr], allow_unused=True)
-    lam = torch.zeros_like(l) if gl is None else gl + gh   # None: the output does not depend on the input
+        row = _followed_row(net64, l, h, C, d, low.detach()[:, :rows])
+        outs = [low[:, j] for j in range(low.shape[1])] if every_row else [low.gather(1, row.unsqueeze(1))]
+        lams = []
+        for k, o in enumerate(outs):
+            gl, gh = torch.autograd.grad(o.sum(), [lr, hr], allow_unused=True, retain_graph=k + 1 < len(outs))
+            lams.append(torch.zeros_like(l) if gl is None else gl + gh)   # None: no dependence on the input
+    lam = torch.stack(lams, 1) if every_row else lams[0]
     return low.detach(), row, lam
+
+
+def _followed_row(net64: Network, l: torch.Tensor, h: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+                  low: torch.Tensor) -> torch.Tensor:
+    """(n,) per box the row of ``low`` (n, r) to branch on: the best bound among the rows
+    positive at the box's centre (a row <= 0 there is never proved on the box; with none, the
+    centre violates, and the best bound is taken)."""
+    if low.shape[1] == 1:
+        return torch.zeros(low.shape[0], dtype=torch.long, device=low.device)
+    with torch.no_grad():
+        y = net64(((l + h) / 2).reshape((-1,) + tuple(net64.input_shape))).reshape(l.shape[0], -1)
+    pos = (y @ C[:low.shape[1]].T + d[:low.shape[1]]) > 0
+    pos = pos | ~pos.any(1, keepdim=True)
+    return low.masked_fill(~pos, -float("inf")).argmax(1)
 
 
 def boxes_per_call(net: Network, cap: int) -> int:
@@ -118,6 +138,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         todo, stack, method = [(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())], [], "crown"
 
     packer = _Packer(net64) if reuse_parent and preactivation_nodes(net64) else None
+    every_row = clip and C.shape[0] > 1      # a conjunction: every row's half-space clips
 
     def bound(l, h, parent_pk=None):
         """(low, row, lam, packed pre-activation bounds or None) of the boxes l, h."""
@@ -126,7 +147,8 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         keep = {} if packer is not None and method == "crown" else None
         ref = None if parent_pk is None else packer.unpack(parent_pk)
         try:
-            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline, reference=ref, keep=keep)
+            out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline, reference=ref, keep=keep,
+                               every_row=every_row)
         except CertifyError:
             if method != "crown":
                 raise
@@ -157,7 +179,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
                 return "timeout", None
             keep = ~(res[0].max(1).values > PROOF_TOL)
             if bool(keep.any()):
-                stack.append(_rows((l, h) + res, keep))
+                stack.append(_rows((l, h) + res[:3] + (res[0],) + res[3:], keep))
             continue
         top = tuple(None if t[0] is None else torch.cat(t) for t in zip(*stack))
         n = max(1, batch // (2 * k))     # parents whose children fill one bound call
@@ -166,22 +188,26 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
             top = _rows(top, slice(-n, None))
         else:
             stack = []
-        l, h, low, row, lam, pk = top
+        # low: the box's own bound (that of its linear bound ``lam``, what clipping needs);
+        # floor: the best bound known for it (its ancestors' hold on it too)
+        l, h, low, row, lam, floor, pk = top
         if lam is None:
             score, cand = (h - l) / root_w, (l + h) / 2
         else:
-            if clip:   # the followed row's half-space: a violation needs that row <= 0 as well
+            if clip:   # a violation needs every row <= 0: each row's half-space clips
                 ridx = torch.arange(l.shape[0], device=l.device)
-                l, h, empty = clip_boxes(l, h, lam.unsqueeze(1), low[ridx, row].unsqueeze(1))
+                rows_lam, rows_low = (lam, low) if every_row else (lam.unsqueeze(1), low[ridx, row].unsqueeze(1))
+                l, h, empty = clip_boxes(l, h, rows_lam, rows_low)
                 if bool(empty.any()):
                     stats["clipped_empty"] = stats.get("clipped_empty", 0) + int(empty.sum())
                     keep = ~empty
-                    l, h, low, row, lam, pk = _rows((l, h, low, row, lam, pk), keep)
+                    l, h, low, row, lam, floor, pk = _rows((l, h, low, row, lam, floor, pk), keep)
                     if l.shape[0] == 0:
                         continue
             width = h - l
-            score = lam.abs() * width + 1e-12 * width / root_w
-            cand = torch.cat([(l + h) / 2, torch.where(lam > 0, l, h)])
+            lam1 = lam[torch.arange(l.shape[0], device=l.device), row] if every_row else lam   # the followed row's
+            score = lam1.abs() * width + 1e-12 * width / root_w
+            cand = torch.cat([(l + h) / 2, torch.where(lam1 > 0, l, h)])
         t = time.monotonic()
         ce = try_points(cand)
         stats["time_falsify"] += time.monotonic() - t
@@ -198,19 +224,21 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         try:
             res = bound(cl, ch, None if pk is None else pk[parent])
         except BoundTimeout:            # the parents go back, open
-            stack.append((l, h, low, row, lam, pk))
+            stack.append((l, h, low, row, lam, floor, pk))
             keep_state()
             return "timeout", None
-        best = res[0].max(1).values     # the pick follows the children's own bounds (no ties at the parent's)
+        # the pick follows the children's own bounds (no ties at the parent's) on the row their
+        # parent follows (a row it is not is refuted at the parent's centre)
+        best = res[0].max(1).values if row is None else res[0].gather(1, row[parent].unsqueeze(1)).squeeze(1)
         worse = torch.minimum(best[:N * kk], best[N * kk:]).reshape(N, kk).masked_fill(~valid, -float("inf"))
         first = torch.arange(N, device=l.device) * kk + worse.argmax(1)
         sel = torch.cat([first, N * kk + first])
         # a child box lies in its parent's: the parent's bounds hold on it
-        res = (torch.maximum(res[0], low[parent]),) + res[1:]
-        open_ = ~(res[0][sel].max(1).values > PROOF_TOL)
+        child_floor = torch.maximum(res[0], floor[parent])
+        open_ = ~(child_floor[sel].max(1).values > PROOF_TOL)
         sel = sel[open_]
         if sel.numel():
-            stack.append(_rows((cl, ch) + res, sel))
+            stack.append(_rows((cl, ch) + res[:3] + (child_floor,) + res[3:], sel))
     return "unsat", None
 
 
