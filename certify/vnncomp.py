@@ -51,8 +51,8 @@ def parse_result(text: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
 
 
 def onnx_session(path: str):
-    """An onnxruntime session (CPU, one thread) for a .onnx / .onnx.gz file: the reference ONNX
-    semantics that ``check_counterexample_ort`` checks counterexamples with."""
+    """An onnxruntime session (CPU, one thread) for a .onnx / .onnx.gz file; counterexamples are
+    judged by its outputs (``check_counterexample_ort``)."""
     import onnxruntime as ort
     data = gzip.open(path, "rb").read() if str(path).endswith(".gz") else Path(path).read_bytes()
     opts = ort.SessionOptions()

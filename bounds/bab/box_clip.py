@@ -35,16 +35,16 @@ def clip_boxes(lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, lower: tor
     b = b + REL_TOL * (1.0 + lower.abs() + (a.abs() * (c.abs() + rad).unsqueeze(1)).sum(-1))
     ok = torch.isfinite(b)          # an infinite lower bound (empty domain) clips nothing here
     a, b = a.masked_fill(~ok.unsqueeze(-1), 0.0), b.masked_fill(~ok, float("inf"))
-    empty = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
     R, n = a.shape[1], a.shape[2]
     if R > 1 and lo.shape[0] * R * (R - 1) // 2 * (n + 2) * n <= PAIR_WORK:
         pa, pb = pair_combinations(lo, hi, a, b)
         a, b = torch.cat([a, pa], 1), torch.cat([b, pb], 1)
-        empty = empty | (a.abs().sum(-1) == 0).logical_and(b < 0).any(1)
     for _ in range(2 if a.shape[1] > 1 else 1):
         for r in range(a.shape[1]):
             lo, hi = _clip_row(lo, hi, a[:, r], b[:, r])
-    return lo, hi, empty | (lo > hi).any(1)
+    # a row 0 . x <= b < 0 holds nowhere (clipping cannot show it: it has no coefficient to clip by)
+    void = ((a.abs().sum(-1) == 0) & (b < 0)).any(1)
+    return lo, hi, void | (lo > hi).any(1)
 
 
 def pair_combinations(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
@@ -69,13 +69,13 @@ def pair_combinations(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor, b: to
 
 
 def _clip_row(lo, hi, ar, br):
-    """The box (B, n) tightened to the half-spaces ar . x <= br (ar (B, n), br (B,); inf: none)."""
+    """The box (B, n) tightened to the half-spaces ar . x <= br (ar (B, n), br (B,); a void row
+    has ar = 0 and clips nothing)."""
     pos, neg = ar > 0, ar < 0
     mins = torch.where(pos, ar * lo, ar * hi)                      # min of a_j x_j over the box
     rest = mins.sum(1, keepdim=True) - mins                         # (B, n_in)
     slack = REL_TOL * (1.0 + (ar.abs() * torch.maximum(lo.abs(), hi.abs())).sum(1, keepdim=True))
     t = (br.unsqueeze(1) - rest + slack) / torch.where(pos | neg, ar, torch.ones_like(ar))
-    use = torch.isfinite(br).unsqueeze(1)
-    hi = torch.where(pos & use, torch.minimum(hi, t), hi)
-    lo = torch.where(neg & use, torch.maximum(lo, t), lo)
+    hi = torch.where(pos, torch.minimum(hi, t), hi)
+    lo = torch.where(neg, torch.maximum(lo, t), lo)
     return lo, hi

@@ -15,8 +15,8 @@ its parent's (it lies inside), and so are its pre-activation bounds where the op
 keep theirs (``reuse_parent``: fewer unstable neurons, fewer CROWN rows). For a
 conjunction of several rows their mean is bounded too (a violation needs every row <= 0, so the
 mean as well), every row's linear bound clips the box, and the search follows the best-bounded
-row among those positive at the box's centre (``_followed_row``). Where CROWN has no rule for some op the engine's interval bounds (IBP) are used
-instead, the candidates then being the widest dimensions relative to the root box, with centres
+row among those positive at the box's centre (``_followed_row``). Where CROWN has no rule for
+some op the engine's interval bounds (IBP) are used instead, the candidates then being the widest dimensions relative to the root box, with centres
 as the only counterexample candidates.
 
 A box leaves the search only when a float64 bound (> ``PROOF_TOL``) or the clipping proves it:
@@ -138,17 +138,16 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
         todo, stack, method = [(lo.reshape(1, -1).double(), hi.reshape(1, -1).double())], [], "crown"
 
     packer = _Packer(net64) if reuse_parent and preactivation_nodes(net64) else None
-    every_row = clip and C.shape[0] > 1      # a conjunction: every row's half-space clips
 
     def bound(l, h, parent_pk=None):
-        """(low, row, lam, packed pre-activation bounds or None) of the boxes l, h."""
+        """(low, row, every row's lam, packed pre-activation bounds or None) of the boxes l, h."""
         nonlocal method
         t = time.monotonic()
         keep = {} if packer is not None and method == "crown" else None
         ref = None if parent_pk is None else packer.unpack(parent_pk)
         try:
             out = graph_bounds(net64, l, h, C, d, r0, method, bound_deadline, reference=ref, keep=keep,
-                               every_row=every_row)
+                               every_row=True)
         except CertifyError:
             if method != "crown":
                 raise
@@ -195,9 +194,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
             score, cand = (h - l) / root_w, (l + h) / 2
         else:
             if clip:   # a violation needs every row <= 0: each row's half-space clips
-                ridx = torch.arange(l.shape[0], device=l.device)
-                rows_lam, rows_low = (lam, low) if every_row else (lam.unsqueeze(1), low[ridx, row].unsqueeze(1))
-                l, h, empty = clip_boxes(l, h, rows_lam, rows_low)
+                l, h, empty = clip_boxes(l, h, lam, low)
                 if bool(empty.any()):
                     stats["clipped_empty"] = stats.get("clipped_empty", 0) + int(empty.sum())
                     keep = ~empty
@@ -205,7 +202,7 @@ def input_split_graph(net64: Network, lo: torch.Tensor, hi: torch.Tensor, C: tor
                     if l.shape[0] == 0:
                         continue
             width = h - l
-            lam1 = lam[torch.arange(l.shape[0], device=l.device), row] if every_row else lam   # the followed row's
+            lam1 = lam[torch.arange(l.shape[0], device=l.device), row]   # the followed row's
             score = lam1.abs() * width + 1e-12 * width / root_w
             cand = torch.cat([(l + h) / 2, torch.where(lam1 > 0, l, h)])
         t = time.monotonic()
